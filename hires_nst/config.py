@@ -1,0 +1,200 @@
+"""One resolved configuration: dataclass defaults < preset TOML < command-line flags.
+
+Each concern has a frozen dataclass; ``RenderConfig`` holds them. Every layer of settings is a
+nested mapping ``{section: {key: value}}``; ``resolve`` merges the layers, rejects unknown keys
+(naming the key and where it came from), coerces types and validates ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence, get_type_hints
+
+from hires_nst.errors import ConfigError
+from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, canonical_layer
+
+OPTIMIZERS = ("lbfgs", "adam")
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # Adam on a [0, 1] image, as crowsonkb's renderer
+
+
+def _opt(flag: str, help: str, default: Any = None, **kwargs: Any) -> Any:
+    """A config field that knows its command-line flag and help text."""
+    return field(default=default, metadata={"flag": flag, "help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    content_weight: float = _opt("--content-weight", "Weight of the content loss.", 1.0)
+    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 10.0)
+    tv_weight: float = _opt("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0)
+    content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers.", DEFAULT_CONTENT_LAYERS)
+    style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers.", DEFAULT_STYLE_LAYERS)
+    style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.) or adam.", "lbfgs")
+    lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (L-BFGS 1.0, Adam 0.02).", 0.0)
+    init: str = _opt("--init", "Start from the content image, noise, or an image file.", "content")
+    seed: int = _opt("--seed", "Random seed, for repeatable renders.", 0)
+
+
+@dataclass(frozen=True)
+class PyramidConfig:
+    max_size: int = _opt("--max-size", "Long side of the output in pixels.", 512)
+    min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 256 (or max-size if smaller).", 0)
+    scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
+    iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
+    style_scale: float = _opt("--style-scale", "Style image long side relative to the stage's output.", 1.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = _opt("--weights", "VGG19 weights: original (offline), torchvision, or a file.", "original")
+    pooling: str = _opt("--pooling", "Pooling in VGG19: max or avg.", "max")
+    preprocessing: str = _opt("--preprocessing", "Input preprocessing: auto (from the weights), caffe, torchvision.", "auto")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: str = _opt("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def lr(self) -> float:
+        """The step size actually used."""
+        return self.optim.lr or DEFAULT_LR[self.optim.optimizer]
+
+
+SECTIONS: dict[str, type] = get_type_hints(RenderConfig)
+
+
+def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
+    """Merge ``(source, {section: {key: value}})`` layers in order, later ones winning."""
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for source, layer in layers:
+        for section, values in layer.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{source}: [{section}] must be a table of settings")
+            for key, value in values.items():
+                merged[section][key] = _coerce(section, key, value, source)
+    config = RenderConfig(**{name: cls(**merged[name]) for name, cls in SECTIONS.items()})
+    validate(config)
+    return config
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a settings TOML file, with errors that name the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"settings file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def flag_of(section: str, key: str) -> str:
+    return _field(section, key).metadata["flag"]
+
+
+def _field(section: str, key: str) -> dataclasses.Field:
+    return {f.name: f for f in fields(SECTIONS[section])}[key]
+
+
+def _coerce(section: str, key: str, value: Any, source: str) -> Any:
+    known = {f.name for f in fields(SECTIONS[section])}
+    if key not in known:
+        raise ConfigError(f"{source}: unknown setting {section}.{key}; known in [{section}]: {', '.join(sorted(known))}")
+    kind = get_type_hints(SECTIONS[section])[key]
+    where = f"{source}: {section}.{key} ({flag_of(section, key)})"
+    try:
+        return _convert(kind, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {_describe(kind)}, got {value!r}") from None
+
+
+def _convert(kind: Any, value: Any) -> Any:
+    if kind is bool or isinstance(value, bool):
+        if not isinstance(value, bool) or kind is not bool:
+            raise TypeError
+        return value
+    if kind in (int, float):
+        if isinstance(value, str):
+            value = value.strip()
+        number = kind(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return number
+    if kind is str:
+        if not isinstance(value, (str, Path)):
+            raise TypeError
+        return str(value)
+    item = kind.__args__[0]  # tuple[X, ...]
+    if isinstance(value, str):
+        value = [v for v in value.replace(":", ",").split(",") if v.strip()]
+    elif not isinstance(value, Sequence):
+        value = [value]
+    return tuple(_convert(item, v) for v in value)
+
+
+def _describe(kind: Any) -> str:
+    if kind in (int, float, str, bool):
+        return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+    return f"a list of {_describe(kind.__args__[0])}s (e.g. 1,2,3)"
+
+
+def _fail(section: str, key: str, message: str, value: Any) -> ConfigError:
+    return ConfigError(f"{flag_of(section, key)} ({section}.{key}) {message}, got {value!r}")
+
+
+def validate(config: RenderConfig) -> None:
+    """Range checks that no type can express. Raises ConfigError naming the flag."""
+    loss, optim, pyramid, model = config.loss, config.optim, config.pyramid, config.model
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(loss, key) < 0:
+            raise _fail("loss", key, "must be >= 0", getattr(loss, key))
+    for key in ("content_layers", "style_layers"):
+        for name in getattr(loss, key):
+            canonical_layer(name)
+    if not loss.style_layers:
+        raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
+    if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
+        raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
+    if optim.optimizer not in OPTIMIZERS:
+        raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
+    if optim.lr < 0:
+        raise _fail("optim", "lr", "must be > 0 (or 0 for the default)", optim.lr)
+    if pyramid.max_size < 16:
+        raise _fail("pyramid", "max_size", "must be at least 16 pixels", pyramid.max_size)
+    if pyramid.min_size < 0 or 0 < pyramid.min_size < 16:
+        raise _fail("pyramid", "min_size", "must be at least 16 pixels", pyramid.min_size)
+    if pyramid.min_size > pyramid.max_size:
+        raise _fail("pyramid", "min_size", f"must not exceed --max-size {pyramid.max_size}", pyramid.min_size)
+    if pyramid.scale_factor <= 1:
+        raise _fail("pyramid", "scale_factor", "must be > 1", pyramid.scale_factor)
+    if any(n < 1 for n in pyramid.iterations):
+        raise _fail("pyramid", "iterations", "must be >= 1", pyramid.iterations)
+    if pyramid.style_scale <= 0:
+        raise _fail("pyramid", "style_scale", "must be > 0", pyramid.style_scale)
+    if model.pooling not in POOLINGS:
+        raise _fail("model", "pooling", f"must be one of {', '.join(POOLINGS)}", model.pooling)
+    if model.preprocessing not in ("auto", "caffe", "torchvision"):
+        raise _fail("model", "preprocessing", "must be auto, caffe or torchvision", model.preprocessing)

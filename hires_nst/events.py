@@ -1,0 +1,69 @@
+"""Progress events: the engine's only way to talk to the outside world.
+
+The engine calls ``sink(event)``; the CLI turns events into a rich display, tests collect them,
+and ``null_sink`` drops them (``--quiet``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    width: int
+    height: int
+    iterations: int
+    memory_bytes: int  # estimated peak of one iteration
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Emitted once before any work: the schedule, so a person sees what the night will cost."""
+
+    stages: tuple[PlannedStage, ...]
+    device: str
+    weights: str
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    stage: int  # 0-based
+    stages: int
+    width: int
+    height: int
+    iterations: int
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: int
+    iteration: int  # 1-based, within the stage
+    iterations: int
+    losses: dict[str, float]  # total, content, style, tv
+    seconds: float  # wall time of this iteration
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    stage: int
+    width: int
+    height: int
+    seconds: float
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Message:
+    """Something a person should know that is not an error (a fallback taken, a file written)."""
+
+    text: str
+
+
+Event = Union[Planned, StageStarted, Step, StageFinished, Message]
+Sink = Callable[[Event], None]
+
+
+def null_sink(event: Event) -> None:
+    """Drop every event."""

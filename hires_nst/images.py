@@ -1,0 +1,182 @@
+"""Image files in and out: every input becomes float32 RGB in [0, 1]; outputs are written atomically.
+
+Loading uses Pillow (EXIF orientation, ICC profiles, every mode) and OpenCV for 16-bit colour,
+which Pillow silently truncates to 8 bits. Resizing uses OpenCV: area averaging to shrink (no
+aliasing), Lanczos to enlarge.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from hires_nst.errors import InputError, OutputError
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+ALPHA_BACKGROUND = 1.0  # transparent areas are composited onto white, as they would print
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1]; ``what`` names it in errors."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} is an empty file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                array = _to_rgb_array(img, path)
+    except UnidentifiedImageError:
+        raise InputError(f"{what} is not an image file Pillow can read: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{what} is truncated or corrupt: {path} ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{what} is too large to load safely: {path} ({exc})") from None
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
+    orientation = img.getexif().get(0x0112, 1)
+    deep = _read_16bit_colour(path, img)
+    if deep is not None:
+        return _orient(deep, orientation)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(img, dtype=np.float32) / (65535.0 if img.mode.startswith("I;16") else 2**31 - 1)
+        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
+    if img.mode == "F":
+        return np.repeat(np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None], 3, axis=2)
+    img = _to_srgb(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + ALPHA_BACKGROUND * (1.0 - alpha)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _read_16bit_colour(path: Path, img: Image.Image) -> np.ndarray | None:
+    """16-bit RGB(A) PNG/TIFF through OpenCV; None for anything else."""
+    if img.format not in ("PNG", "TIFF") or img.mode not in ("RGB", "RGBA"):
+        return None
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3:
+        return None
+    data = data.astype(np.float32) / 65535.0
+    if data.shape[2] == 4:
+        alpha = data[..., 3:]
+        data = data[..., :3] * alpha + ALPHA_BACKGROUND * (1.0 - alpha)
+    return data[..., ::-1]  # BGR -> RGB
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array."""
+    ops = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
+    turns, flip = ops.get(orientation, (0, False))
+    array = np.rot90(array, turns)
+    return array[:, ::-1] if flip else array
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Convert through the embedded ICC profile (CMYK, Adobe RGB, ...) to sRGB when there is one."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return img.convert("RGB") if img.mode == "CMYK" else img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img.convert("RGB") if img.mode == "CMYK" else img
+
+
+def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize (H, W, 3): area averaging when shrinking, Lanczos when enlarging (clipped to [0, 1])."""
+    old_h, old_w = array.shape[:2]
+    if (old_w, old_h) == (width, height):
+        return array
+    shrinking = width * height < old_w * old_h
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    out = cv2.resize(array, (width, height), interpolation=interpolation)
+    return np.clip(out, 0.0, 1.0)
+
+
+def to_tensor(array: np.ndarray) -> Tensor:
+    """(H, W, 3) float array -> (1, 3, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0).float()
+
+
+def to_array(image: Tensor) -> np.ndarray:
+    """(1, 3, H, W) tensor -> (H, W, 3) float32 array clipped to [0, 1]."""
+    return image.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail now, not after hours of rendering, if ``path`` cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise OutputError(f"output {path}: unsupported extension {path.suffix!r}; use .png, .jpg or .tif")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".hires-nst-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    return path
+
+
+def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, str] | None = None) -> Path:
+    """Write (H, W, 3) [0, 1] to ``path`` atomically: a temp file in the same folder, then rename."""
+    path = check_output_path(path)
+    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8), "RGB")
+    fmt = FORMATS[path.suffix.lower()]
+    options = _save_options(fmt, text or {})
+    write_atomically(path, lambda f: image.save(f, format=fmt, **options))
+    return path
+
+
+def _save_options(fmt: str, text: Mapping[str, str]) -> dict:
+    if fmt == "JPEG":
+        return {"quality": 95, "subsampling": 0}
+    if fmt == "PNG" and text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
+        return {"pnginfo": info}
+    if fmt == "TIFF":
+        return {"compression": "tiff_adobe_deflate"}
+    return {}
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise

@@ -1,0 +1,101 @@
+"""The Gatys objective for one stage: targets, and loss with gradient with respect to the image.
+
+An objective is called on the image being optimised and writes ``image.grad`` itself, so that the
+optimiser never needs to know whether the gradient came from one autograd pass (``Objective``
+here) or was assembled tile by tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from hires_nst import losses
+from hires_nst.features import VGGFeatures
+
+LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Loss weights, with per-layer weights already normalised to sum 1."""
+
+    content: float
+    style: float
+    tv: float
+    content_layers: dict[str, float]
+    style_layers: dict[str, float]
+
+    @classmethod
+    def equal_layers(cls, content: float, style: float, tv: float,
+                     content_layers: Sequence[str], style_layers: Sequence[str]) -> "Weights":
+        return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_layers}),
+                   losses.normalised_weights({n: 1.0 for n in style_layers}))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the image is pulled towards at one stage."""
+
+    content: dict[str, Tensor]  # layer -> (1, C, h, w) features of the content image
+    style: dict[str, Tensor]  # layer -> (C, C) blended, position-averaged Gram of the styles
+    content_norms: dict[str, Tensor]  # layer -> |P|^2
+    style_norms: dict[str, Tensor]  # layer -> |A|^2
+
+
+@torch.no_grad()
+def make_targets(extractor: VGGFeatures, content: Tensor | None, styles: Sequence[Tensor],
+                 blend: Sequence[float], weights: Weights) -> Targets:
+    """Content features and blended style Grams; each style image is used at its own size."""
+    content_feats = {}
+    if content is not None and weights.content > 0 and weights.content_layers:
+        feats = extractor(content)
+        content_feats = {n: feats[n].float() for n in weights.content_layers}
+    per_style = []
+    for style in styles:
+        feats = extractor(style)
+        per_style.append({n: losses.gram(feats[n]) for n in weights.style_layers})
+    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
+    return Targets(content_feats, style_grams,
+                   {n: t.square().sum() for n, t in content_feats.items()},
+                   {n: t.square().sum() for n, t in style_grams.items()})
+
+
+def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> LossTerms:
+    total = weights.content * content + weights.style * style + weights.tv * tv
+    return {"total": total, "content": content, "style": style, "tv": tv}
+
+
+class Objective:
+    """Untiled loss and gradient: one VGG pass over the whole image."""
+
+    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights) -> None:
+        self.extractor, self.targets, self.weights = extractor, targets, weights
+
+    def _terms(self, image: Tensor) -> LossTerms:
+        feats = self.extractor(image)
+        t, w = self.targets, self.weights
+        zero = image.new_zeros(())
+        content = sum((lw * losses.relative_error(feats[n], t.content[n], t.content_norms[n])
+                       for n, lw in w.content_layers.items() if n in t.content), zero)
+        style = sum((lw * losses.relative_error(losses.gram(feats[n]), t.style[n], t.style_norms[n])
+                     for n, lw in w.style_layers.items()), zero)
+        tv = losses.tv_loss(image) if w.tv > 0 else zero
+        return combine(w, content, style, tv)
+
+    @torch.no_grad()
+    def loss(self, image: Tensor) -> LossTerms:
+        """Loss terms only (no gradient): for reports and scores."""
+        return self._terms(image)
+
+    def __call__(self, image: Tensor) -> LossTerms:
+        """Loss terms, with d(total)/d(image) written to ``image.grad``."""
+        with torch.enable_grad():
+            leaf = image.detach().requires_grad_(True)
+            terms = self._terms(leaf)
+            (grad,) = torch.autograd.grad(terms["total"], leaf)
+        image.grad = grad
+        return {k: v.detach() for k, v in terms.items()}

@@ -1,0 +1,57 @@
+"""Rich progress for the CLI: turns engine events into bars. The engine never imports this."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from hires_nst.events import Event, Message, Planned, StageFinished, StageStarted, Step
+
+
+class ProgressDisplay:
+    """An overall bar weighted by pixels x iterations, and a bar for the stage in progress."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+        self.overall: TaskID = self.progress.add_task("total", total=None, info="")
+        self.stage_task: TaskID | None = None
+        self.pixels = 0
+
+    def __enter__(self) -> "ProgressDisplay":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Planned):
+            self._show_plan(event)
+        elif isinstance(event, StageStarted):
+            self.pixels = event.width * event.height
+            label = f"stage {event.stage + 1}/{event.stages} {event.width}x{event.height}"
+            self.stage_task = self.progress.add_task(label, total=event.iterations, info="")
+        elif isinstance(event, Step) and self.stage_task is not None:
+            info = (f"it {event.iteration}/{event.iterations} loss {event.losses['total']:.4g} "
+                    f"{event.seconds:.2f}s/it")
+            self.progress.update(self.stage_task, completed=event.iteration, info=info)
+            self.progress.advance(self.overall, self.pixels / 1e6)
+        elif isinstance(event, StageFinished) and self.stage_task is not None:
+            self.progress.update(self.stage_task, info=f"loss {event.losses.get('total', 0):.4g} "
+                                                      f"done in {event.seconds:.1f}s")
+        elif isinstance(event, Message):
+            self.console.print(f"[yellow]{event.text}[/]")
+
+    def _show_plan(self, plan: Planned) -> None:
+        total = sum(s.width * s.height * s.iterations for s in plan.stages) / 1e6
+        self.progress.update(self.overall, total=total)
+        self.console.print(f"device {plan.device}; weights {plan.weights}")
+        for i, s in enumerate(plan.stages):
+            self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, "
+                               f"~{s.memory_bytes / 2**30:.2f} GiB")
