@@ -1,0 +1,53 @@
+"""Real renders of the Gatys paper's pair with the real (original Caffe) weights, at 128 px."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hires_nst import images
+from hires_nst.config import resolve
+from hires_nst.objective import Objective
+from hires_nst.pyramid import loss_weights, stage_inputs
+from hires_nst.render import RenderJob, build_extractor, render
+from hires_nst.schedule import Stage
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+needs_shared = pytest.mark.skipif(not (SHARED / "tubingen.jpg").is_file(), reason="../shared/images absent")
+
+
+def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float]:
+    """Losses of an image (or of the content init) against the render's own targets at its size."""
+    from hires_nst.objective import make_targets
+
+    content = images.load_image(SHARED / "tubingen.jpg")
+    style = images.load_image(SHARED / "starry_night.jpg")
+    result = images.load_image(output)
+    stage = Stage(0, result.shape[1], result.shape[0], 1)
+    extractor = build_extractor(config, device=__import__("torch").device("cpu"))
+    inputs = stage_inputs(content, [style], stage, config.pyramid.style_scale, __import__("torch").device("cpu"))
+    weights = loss_weights(config)
+    objective = Objective(extractor, make_targets(extractor, inputs.content, inputs.styles, (), weights), weights)
+    image = inputs.content if init_from_content else images.to_tensor(result)
+    return {k: float(v) for k, v in objective.loss(image).items()}
+
+
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_render_lowers_style_loss_fivefold_and_keeps_content(tmp_path: Path, optimizer: str) -> None:
+    config = resolve(("test", {"pyramid": {"max_size": 128, "iterations": [60]}, "optim": {"optimizer": optimizer}}))
+    out = tmp_path / "out.png"
+    result = render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), out, config))
+
+    assert (result.width, result.height) == (128, 96)
+    before = _losses_at(config, out, init_from_content=True)
+    after = _losses_at(config, out, init_from_content=False)
+    assert before["content"] == pytest.approx(0.0, abs=1e-6)
+    assert before["style"] / after["style"] >= 5.0
+    assert after["content"] < 1.0  # relative error of conv4_2: the scene is still there
+    settings = json.loads(result.settings.read_text())
+    assert settings["config"]["optim"]["optimizer"] == optimizer
+    assert settings["stages"][-1]["losses"]["style"] == pytest.approx(result.losses["style"])
