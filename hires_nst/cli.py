@@ -11,10 +11,12 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hires_nst import __version__
 from hires_nst.config import SECTIONS, resolve
-from hires_nst.errors import HiresNSTError
+from hires_nst.errors import HiresNSTError, Interrupted
+from hires_nst.events import Event, Sink, null_sink
 
 app = typer.Typer(
     name="hires-nst", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -33,27 +35,68 @@ def _opt(name: str, *decls: str) -> Any:
     return typer.Option(flag, *decls, help=_HELP[name], show_default=False)
 
 
+def say_error(prefix: str, message: object) -> None:
+    """One line on stderr, however long the message and whatever brackets (paths!) it holds."""
+    text = " ".join(str(message).split("\n"))
+    err_console.print(f"[red]{prefix}:[/] {escape(text)}", soft_wrap=True)
+
+
 @contextlib.contextmanager
 def reporting(debug: bool) -> Iterator[None]:
     """Turn engine errors into one red line and an exit code; tracebacks only with --debug."""
     try:
         yield
+    except Interrupted as exc:  # the engine kept what it finished and says how to resume
+        err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except HiresNSTError as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {exc}")
+        say_error("error", exc)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: nothing was written for this render")
+        err_console.print("[yellow]interrupted[/]", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except MemoryError:
-        err_console.print("[red]error:[/] out of memory; try a smaller --max-size")
+        say_error("error", "out of memory; try a smaller --max-size")
         raise typer.Exit(EXIT_ERROR) from None
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
-        err_console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (run with --debug for details)")
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA) OOM; torch is not imported here
+            say_error("error", f"out of device memory ({_first_line(exc)}); try a smaller --max-size")
+            raise typer.Exit(EXIT_ERROR) from None
+        say_error("internal error", f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for details)")
         raise typer.Exit(EXIT_BUG) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+@contextlib.contextmanager
+def progress_sink(quiet: bool) -> Iterator[Sink]:
+    """The engine's event sink: none with --quiet, else a rich display started by the first event.
+
+    Starting lazily keeps an error found before any work (bad file, bad device) to one line on stderr
+    instead of an empty progress bar followed by the line.
+    """
+    if quiet:
+        yield null_sink
+        return
+    from hires_nst.progress import ProgressDisplay
+
+    with contextlib.ExitStack() as stack:
+        display: ProgressDisplay | None = None
+
+        def sink(event: Event) -> None:
+            nonlocal display
+            if display is None:
+                display = stack.enter_context(ProgressDisplay(err_console))
+            display(event)
+
+        yield sink
 
 
 def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -75,10 +118,12 @@ def render(
     scale_factor: Annotated[Optional[float], _opt("scale_factor")] = None,
     iterations: Annotated[Optional[str], _opt("iterations")] = None,
     style_scale: Annotated[Optional[float], _opt("style_scale")] = None,
+    style_upscale: Annotated[Optional[bool], _opt("style_upscale")] = None,
     content_weight: Annotated[Optional[float], _opt("content_weight")] = None,
     style_weight: Annotated[Optional[float], _opt("style_weight")] = None,
     tv_weight: Annotated[Optional[float], _opt("tv_weight")] = None,
     style_blend: Annotated[Optional[str], _opt("style_blend")] = None,
+    preserve_color: Annotated[Optional[str], _opt("preserve_color")] = None,
     content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
     style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
     optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
@@ -89,26 +134,28 @@ def render(
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,
     preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
+    work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
+    save_every: Annotated[Optional[int], _opt("save_every")] = None,
+    save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted render from its finished "
+                                         "stages in the work dir (same inputs and settings).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard what the work dir holds and start over.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render CONTENT in the style of STYLES, coarse to fine up to --max-size."""
-    from hires_nst.events import null_sink
-    from hires_nst.progress import ProgressDisplay
     from hires_nst.render import RenderJob, render as run_render
 
     with reporting(debug):
         config = resolve(("command line", flag_layer(locals())))
-        job = RenderJob(content, tuple(styles), output, config)
-        if quiet:
-            result = run_render(job, null_sink)
-        else:
-            with ProgressDisplay(err_console) as display:
-                result = run_render(job, display)
+        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart)
+        with progress_sink(quiet) as sink:
+            result = run_render(job, sink)
         if not quiet:
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+            reused = f"; {result.stages_reused} stage(s) reused" if result.stages_reused else ""
             err_console.print(f"wrote {result.output} ({result.width}x{result.height}) in {result.seconds:.1f}s; "
-                              f"{losses}; settings in {result.settings}")
+                              f"{losses}; settings in {result.settings}{reused}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -119,7 +166,7 @@ def info() -> None:
     from hires_nst.placement import describe_devices
     from hires_nst.weights import original_weights_path
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False, soft_wrap=True)
     console.print(f"hires-nst {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
     console.print(f"CUDA available: {torch.cuda.is_available()}")
     for device in describe_devices():

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
+from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
 from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, canonical_layer
 
@@ -33,6 +34,8 @@ class LossConfig:
     content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers.", DEFAULT_CONTENT_LAYERS)
     style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers.", DEFAULT_STYLE_LAYERS)
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
+    preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
+                               "only) or match (recolour the style to the photo's palette).", "off")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class PyramidConfig:
     scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
     iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
     style_scale: float = _opt("--style-scale", "Style image long side relative to the stage's output.", 1.0)
+    style_upscale: bool = _opt("--style-upscale", "Allow enlarging the style image past its own size.", False)
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,20 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
+    save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
+    save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
@@ -178,6 +190,10 @@ def validate(config: RenderConfig) -> None:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
+    if loss.preserve_color not in COLOR_MODES:
+        raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
+    if config.output.save_every < 0:
+        raise _fail("output", "save_every", "must be >= 0", config.output.save_every)
     if optim.optimizer not in OPTIMIZERS:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:

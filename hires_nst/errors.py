@@ -27,3 +27,7 @@ class DeviceError(HiresNSTError):
 
 class NumericalError(HiresNSTError):
     """The optimisation produced a non-finite loss."""
+
+
+class Interrupted(HiresNSTError):
+    """The user stopped the render (Ctrl-C, SIGTERM); finished stages are kept for --resume."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from hires_nst.errors import ConfigError
+from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.weights import CONV_INDICES, VGGWeights
 
 BLOCK_SIZES = (2, 2, 4, 4, 4)
@@ -56,7 +56,10 @@ class VGGFeatures(nn.Module):
         if not self.layers:
             raise ConfigError("no feature layers requested")
         body = vgg19_body()
-        body.load_state_dict(weights.state_dict)
+        try:
+            body.load_state_dict(weights.state_dict)
+        except RuntimeError as exc:  # a hand-made VGGWeights that skipped check_shapes
+            raise WeightsError(f"{weights.source}: the weights do not fit VGG19 ({exc})") from None
         last = max(_RELU_INDEX[n] for n in self.layers)
         modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else m for m in body[: last + 1]]
         self.body = nn.Sequential(*modules)

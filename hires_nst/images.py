@@ -12,12 +12,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 from torch import Tensor
 
 from hires_nst.errors import InputError, OutputError
@@ -36,37 +36,73 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(f"{what} is an empty file: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                array = _to_rgb_array(img, path)
-    except UnidentifiedImageError:
-        raise InputError(f"{what} is not an image file Pillow can read: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{what} is truncated or corrupt: {path} ({exc})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{what} is too large to load safely: {path} ({exc})") from None
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{what} cannot be read: {path} ({exc.strerror or exc})") from None
+    with handle, _decode(handle, path, what) as img:
+        try:
+            array = _to_rgb_array(img, path)
+        except (OSError, ValueError, cv2.error) as exc:
+            raise InputError(f"{what} has a colour format that cannot be turned into RGB ({img.mode}): "
+                             f"{path} ({exc})") from None
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _decode(handle: BinaryIO, path: Path, what: str) -> Image.Image:
+    """Open and fully decode, so that a truncated file fails here and not halfway through a render."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(handle)
+            img.load()
+        return img
+    except UnidentifiedImageError:
+        raise InputError(f"{what} is not an image file Pillow can read: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{what} is too large to load safely: {path} ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged file makes Pillow's decoders raise OSError, EOFError, struct.error...
+        raise InputError(f"{what} is truncated or corrupt: {path} ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
-    orientation = img.getexif().get(0x0112, 1)
+    orientation = _orientation(img)
     deep = _read_16bit_colour(path, img)
     if deep is not None:
         return _orient(deep, orientation)
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(img, dtype=np.float32) / (65535.0 if img.mode.startswith("I;16") else 2**31 - 1)
+    return _orient(_pillow_to_rgb(img), orientation)
+
+
+def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
+    """Every Pillow mode (greyscale up to 32-bit, palette, CMYK, alpha) -> (H, W, 3) in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(img, dtype=np.float32)
+        if img.mode.startswith("I;16") or (img.mode == "I" and grey.max(initial=0) <= 65535):
+            grey = grey / 65535.0  # Pillow widens 16-bit greyscale (PGM, TIFF, ...) to "I"
+        elif img.mode == "I":
+            grey = grey / (2**31 - 1)
         return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
-    if img.mode == "F":
-        return np.repeat(np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None], 3, axis=2)
     img = _to_srgb(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    # Alpha, or a palette/colour-key transparency (PNG tRNS, GIF): composite onto the background.
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[..., 3:]
         return rgba[..., :3] * alpha + ALPHA_BACKGROUND * (1.0 - alpha)
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 when absent or unreadable (a damaged EXIF block is no reason to fail)."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # Pillow's EXIF parser raises many types on damaged data
+        return 1
 
 
 def _read_16bit_colour(path: Path, img: Image.Image) -> np.ndarray | None:
@@ -126,25 +162,38 @@ def to_array(image: Tensor) -> np.ndarray:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail now, not after hours of rendering, if ``path`` cannot be written."""
+    """Fail now, not after hours of rendering, if ``path`` cannot be written.
+
+    Creates nothing: a render that fails later must not leave empty folders behind.
+    """
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise OutputError(f"output {path}: unsupported extension {path.suffix!r}; use .png, .jpg or .tif")
     if path.is_dir():
         raise OutputError(f"output {path} is a directory")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".hires-nst-probe-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hires-nst-probe-"):
             pass
     except OSError as exc:
-        raise OutputError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
     return path
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or the closest of its ancestors that exists (the output folder is made when writing)."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
 def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, str] | None = None) -> Path:
     """Write (H, W, 3) [0, 1] to ``path`` atomically: a temp file in the same folder, then rename."""
     path = check_output_path(path)
-    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8), "RGB")
+    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))  # (H, W, 3) uint8 -> RGB
     fmt = FORMATS[path.suffix.lower()]
     options = _save_options(fmt, text or {})
     write_atomically(path, lambda f: image.save(f, format=fmt, **options))
@@ -166,11 +215,20 @@ def _save_options(fmt: str, text: Mapping[str, str]) -> dict:
     return {}
 
 
-def write_atomically(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    A crash or a full disk leaves the old ``path`` (or nothing) and no temp file, never half an image.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -180,3 +238,27 @@ def write_atomically(path: Path, write) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it

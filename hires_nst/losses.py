@@ -23,10 +23,17 @@ import torch
 from torch import Tensor
 
 
+def _wide(tensor: Tensor) -> Tensor:
+    """At least float32: bf16/fp16 activations are widened; float64 (references, gradchecks) is kept."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def gram_sum(features: Tensor) -> Tensor:
-    """Sum over positions of f f^T. (1, C, H, W) -> (C, C), accumulated in float32."""
+    """Sum over positions of f f^T. (1, C, H, W) -> (C, C), accumulated in float32 or wider."""
+    if features.dim() != 4 or features.shape[0] != 1:
+        raise ValueError(f"gram needs one feature map (1, C, H, W), got shape {tuple(features.shape)}")
     _, channels, height, width = features.shape
-    flat = features.reshape(channels, height * width).float()
+    flat = _wide(features.reshape(channels, height * width))
     return flat @ flat.T
 
 
@@ -39,8 +46,8 @@ def gram(features: Tensor) -> Tensor:
 def relative_error(value: Tensor, target: Tensor, target_norm: Tensor | float | None = None) -> Tensor:
     """``|value - target|^2 / |target|^2`` (a scalar); ``target_norm`` may be passed precomputed."""
     if target_norm is None:
-        target_norm = target.float().square().sum()
-    return (value.float() - target.float()).square().sum() / target_norm
+        target_norm = _wide(target).square().sum()
+    return (_wide(value) - _wide(target)).square().sum() / target_norm
 
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
@@ -86,4 +93,6 @@ def tv_loss(image: Tensor) -> Tensor:
 def normalised_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """Scale layer weights to sum to 1, so the number of layers does not change the balance."""
     total = float(sum(weights.values()))
+    if weights and (total <= 0 or any(w < 0 for w in weights.values())):
+        raise ValueError(f"layer weights must be >= 0 with a positive sum, got {dict(weights)}")
     return {name: w / total for name, w in weights.items()}

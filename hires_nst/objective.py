@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from hires_nst import losses
-from hires_nst.features import VGGFeatures
+from hires_nst.features import VGGFeatures, canonical_layer
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
@@ -29,11 +29,29 @@ class Weights:
     content_layers: dict[str, float]
     style_layers: dict[str, float]
 
+    def __post_init__(self) -> None:
+        # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
+        # and kept it as typed, so make_targets failed with a KeyError on 'relu4_2'.
+        object.__setattr__(self, "content_layers", _canonical_keys(self.content_layers))
+        object.__setattr__(self, "style_layers", _canonical_keys(self.style_layers))
+
     @classmethod
     def equal_layers(cls, content: float, style: float, tv: float,
                      content_layers: Sequence[str], style_layers: Sequence[str]) -> "Weights":
-        return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_layers}),
-                   losses.normalised_weights({n: 1.0 for n in style_layers}))
+        # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
+        content_names = dict.fromkeys(canonical_layer(n) for n in content_layers)
+        style_names = dict.fromkeys(canonical_layer(n) for n in style_layers)
+        return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_names}),
+                   losses.normalised_weights({n: 1.0 for n in style_names}))
+
+
+def _canonical_keys(layer_weights: dict[str, float]) -> dict[str, float]:
+    """``{reluB_C or convB_C: w}`` -> ``{convB_C: w}``, adding the weights of aliases."""
+    out: dict[str, float] = {}
+    for name, weight in layer_weights.items():
+        conv = canonical_layer(name)
+        out[conv] = out.get(conv, 0.0) + weight
+    return out
 
 
 @dataclass(frozen=True)

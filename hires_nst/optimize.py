@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from hires_nst.errors import NumericalError
+from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.objective import LossTerms
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds, image
@@ -24,7 +24,7 @@ def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer
                                  tolerance_grad=-1, tolerance_change=-1)
     if name == "adam":
         return torch.optim.Adam([image], lr=lr, betas=(0.9, 0.99))
-    raise ValueError(f"unknown optimizer {name!r}")
+    raise ConfigError(f"unknown optimizer {name!r}; use lbfgs or adam")
 
 
 def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
@@ -47,6 +47,11 @@ def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimiz
         values = {k: float(v) for k, v in last["terms"].items()}
         if not math.isfinite(values["total"]):
             raise NumericalError(f"the loss became {values['total']} at iteration {iteration}; "
+                                 "try a lower --lr or --style-weight")
+        # A finite loss with a non-finite gradient poisons the image one step before the loss
+        # shows it; on the last iteration that returned a NaN image without any error.
+        if not bool(torch.isfinite(image).all()):
+            raise NumericalError(f"the image became non-finite at iteration {iteration}; "
                                  "try a lower --lr or --style-weight")
         if on_step is not None:
             on_step(iteration, values, time.perf_counter() - start, image)

