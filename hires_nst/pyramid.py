@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from hires_nst import images
+from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Sink, StageFinished, StageStarted, Step
 from hires_nst.features import VGGFeatures
@@ -38,17 +39,21 @@ def loss_weights(config: RenderConfig) -> Weights:
                                 loss.content_layers, loss.style_layers)
 
 
-def style_size(style: np.ndarray, stage: Stage, style_scale: float) -> tuple[int, int]:
-    """Style long side = ``style_scale`` x the stage's long side, never above the style's own size."""
+def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False) -> tuple[int, int]:
+    """Style long side = ``style_scale`` x the stage's long side, not above the style's own size
+    unless ``upscale`` (an enlarged painting has no brushwork finer than its scan)."""
     height, width = style.shape[:2]
-    long_side = min(round(stage.long_side * style_scale), max(width, height))
+    long_side = round(stage.long_side * style_scale)
+    if not upscale:
+        long_side = min(long_side, max(width, height))
     return fit_long_side(width, height, max(16, long_side))
 
 
-def stage_inputs(content: np.ndarray, styles: Sequence[np.ndarray], stage: Stage, style_scale: float,
+def stage_inputs(content: np.ndarray, styles: Sequence[np.ndarray], stage: Stage, config: RenderConfig,
                  device: torch.device) -> StageInputs:
+    scale, upscale = config.pyramid.style_scale, config.pyramid.style_upscale
     content_t = images.to_tensor(images.resize(content, stage.width, stage.height)).to(device)
-    style_ts = [images.to_tensor(images.resize(s, *style_size(s, stage, style_scale))).to(device) for s in styles]
+    style_ts = [images.to_tensor(images.resize(s, *style_size(s, stage, scale, upscale))).to(device) for s in styles]
     return StageInputs(content_t, style_ts)
 
 
@@ -69,17 +74,29 @@ def upsample(image: Tensor, stage: Stage) -> Tensor:
     return images.to_tensor(array).to(image.device)
 
 
+@dataclass
+class Checkpointing:
+    """Where finished stages go, and how often the stage in progress is saved (0: never)."""
+
+    workdir: WorkDir
+    save_every: int = 0
+
+
 def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
-              config: RenderConfig, sink: Sink) -> tuple[Tensor, dict[str, float]]:
+              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
+              ) -> tuple[Tensor, dict[str, float]]:
     """Optimise one stage; returns the image and its final losses."""
     weights = loss_weights(config)
     targets = make_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights)
     objective = Objective(extractor, targets, weights)
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
     began = time.perf_counter()
+    save_every = checkpointing.save_every if checkpointing else 0
 
-    def on_step(iteration: int, values: dict[str, float], seconds: float, _image: Tensor) -> None:
+    def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
         sink(Step(stage.index, iteration, stage.iterations, values, seconds))
+        if save_every and iteration % save_every == 0 and checkpointing is not None:
+            checkpointing.workdir.save_current(image)
 
     result = optimize(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                       iterations=stage.iterations, on_step=on_step)
@@ -90,19 +107,31 @@ def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage:
 
 def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np.ndarray],
                 schedule: Sequence[Stage], config: RenderConfig, init: str | np.ndarray,
-                device: torch.device, sink: Sink,
-                on_stage_done: Callable[[Stage, Tensor, dict[str, float]], None] | None = None) -> Tensor:
-    """Run every stage in ``schedule``; returns the final image (1, 3, H, W) in [0, 1]."""
+                device: torch.device, sink: Sink, checkpointing: Checkpointing | None = None,
+                done: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
+    """Run the stages of ``schedule`` after the first ``done`` (taken from the work dir).
+
+    Returns the final image (1, 3, H, W) in [0, 1] and every stage's final losses.
+    """
     height, width = content.shape[:2]
     if max(schedule[-1].width, schedule[-1].height) > max(width, height):
         sink(Message(f"the content image ({width}x{height}) is upscaled to the output size "
                      f"{schedule[-1].width}x{schedule[-1].height}: fine detail comes from the style alone"))
     image: Tensor | None = None
-    for stage in schedule:
-        inputs = stage_inputs(content, styles, stage, config.pyramid.style_scale, device)
+    stage_losses: list[dict[str, float]] = []
+    if done:
+        assert checkpointing is not None
+        image = checkpointing.workdir.load_stage(done - 1)[0].to(device)
+        stage_losses = [checkpointing.workdir.stage_losses(i) for i in range(done)]
+        sink(Message(f"resuming: {done} of {len(schedule)} stages already done in {checkpointing.workdir.path}"))
+    for stage in schedule[done:]:
+        if checkpointing is not None:
+            checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
+        inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
-        image, final = run_stage(extractor, inputs, start, stage, len(schedule), config, sink)
-        if on_stage_done is not None:
-            on_stage_done(stage, image, final)
+        image, final = run_stage(extractor, inputs, start, stage, len(schedule), config, sink, checkpointing)
+        stage_losses.append(final)
+        if checkpointing is not None:
+            checkpointing.workdir.save_stage(stage, schedule, image, {}, final)
     assert image is not None
-    return image
+    return image, stage_losses

@@ -1,0 +1,107 @@
+"""Coarse-to-fine renders: checkpoints, resume, interruption, contact sheet, colour modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hires_nst import color, images
+from hires_nst.config import resolve
+from hires_nst.errors import ConfigError, Interrupted
+from hires_nst.events import StageStarted, Step
+from hires_nst.render import RenderJob, render
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+pytestmark = pytest.mark.skipif(not (SHARED / "tubingen.jpg").is_file(), reason="../shared/images absent")
+
+
+def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -> RenderJob:
+    """32 -> 64 -> 128 by default (fast); 64 -> 128 -> 256 with ``small=False``."""
+    sizes = {"min_size": 32, "max_size": 128} if small else {"min_size": 64, "max_size": 256}
+    layers = {"pyramid": {**sizes, "iterations": [8, 4, 2]},
+              "output": {"work_dir": str(tmp_path / "work")}}
+    for section, values in settings.items():
+        layers.setdefault(section, {}).update(values)
+    config = resolve(("test", layers))
+    return RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), tmp_path / name, config)
+
+
+def started_stages(events) -> list[int]:
+    return [e.stage for e in events if isinstance(e, StageStarted)]
+
+
+def test_three_stage_render_writes_a_checkpoint_per_stage(tmp_path: Path) -> None:
+    events = []
+    result = render(job(tmp_path, small=False), events.append)
+    work = tmp_path / "work"
+    assert sorted(p.name for p in work.glob("stage-*.pt")) == ["stage-0.pt", "stage-1.pt", "stage-2.pt"]
+    assert [images.load_image(work / f"stage-{i}.png").shape[:2] for i in range(3)] == [(48, 64), (96, 128), (192, 256)]
+    assert started_stages(events) == [0, 1, 2]
+    assert (result.width, result.height) == (256, 192)
+    assert json.loads((work / "status.json").read_text())["state"] == "finished"
+
+
+def test_resume_redoes_only_the_missing_stage_and_matches_the_uninterrupted_image(tmp_path: Path) -> None:
+    first = render(job(tmp_path, small=False))
+    uninterrupted = images.load_image(first.output)
+    (tmp_path / "work" / "stage-2.pt").unlink()
+    events = []
+    resumed = render(RenderJob(**{**job(tmp_path, small=False).__dict__, "resume": True}), events.append)
+    assert started_stages(events) == [2]
+    assert resumed.stages_reused == 2
+    assert np.abs(images.load_image(resumed.output) - uninterrupted).mean() < 1 / 255
+
+
+def test_ctrl_c_keeps_finished_stages_and_says_how_to_resume(tmp_path: Path) -> None:
+    def interrupt_in_stage_two(event) -> None:
+        if isinstance(event, Step) and event.stage == 1 and event.iteration == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="during stage 2/3.*--resume"):
+        render(job(tmp_path), interrupt_in_stage_two)
+    status = json.loads((tmp_path / "work" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["stage"] == 1
+    assert not (tmp_path / "out.png").exists()
+
+    with pytest.raises(ConfigError, match="unfinished render.*--resume"):
+        render(job(tmp_path))  # forgetting --resume must not throw the finished stage away
+    events = []
+    render(RenderJob(**{**job(tmp_path).__dict__, "resume": True}), events.append)
+    assert started_stages(events) == [1, 2]
+
+
+def test_resume_with_other_settings_is_refused_with_the_difference(tmp_path: Path) -> None:
+    render(job(tmp_path))
+    changed = job(tmp_path, loss={"style_weight": 3.0})
+    with pytest.raises(ConfigError, match="style_weight was 10.0, now 3.0"):
+        render(RenderJob(**{**changed.__dict__, "resume": True}))
+
+
+def test_a_larger_max_size_reuses_the_stages_of_a_smaller_render(tmp_path: Path) -> None:
+    render(job(tmp_path, pyramid={"max_size": 64, "iterations": [8, 4]}))
+    events = []
+    bigger = job(tmp_path, pyramid={"max_size": 128, "iterations": [8, 4, 2]})
+    render(RenderJob(**{**bigger.__dict__, "resume": True}), events.append)
+    assert started_stages(events) == [2]
+
+
+def test_save_stages_writes_a_contact_sheet_beside_the_output(tmp_path: Path) -> None:
+    render(job(tmp_path, output={"save_stages": True}, pyramid={"iterations": [2, 1, 1]}))
+    sheet = images.load_image(tmp_path / "out-stages.png")
+    assert sheet.shape[1] > 3 * 128  # three stages side by side, each 96 px tall (128 wide)
+
+
+def test_save_every_writes_the_stage_in_progress(tmp_path: Path) -> None:
+    render(job(tmp_path, output={"save_every": 2}, pyramid={"iterations": [2, 1, 1]}))
+    assert images.load_image(tmp_path / "work" / "current.png").shape[:2] == (24, 32)
+
+
+def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
+    result = render(job(tmp_path, loss={"preserve_color": "luminance"}, pyramid={"iterations": [4, 2, 1]}))
+    out = images.load_image(result.output)
+    content = images.resize(images.load_image(SHARED / "tubingen.jpg"), out.shape[1], out.shape[0])
+    chroma_error = np.abs(color.rgb_to_yiq(out)[..., 1:] - color.rgb_to_yiq(content)[..., 1:])
+    assert chroma_error.mean() < 0.01  # 8-bit rounding and gamut clipping only
