@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -30,8 +31,14 @@ _HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in datacl
 EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
 
 
+_BOOLS = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
+
+
 def _opt(name: str, *decls: str) -> Any:
+    """A render option whose help comes from the config field of the same name."""
     flag = "--" + name.replace("_", "-")
+    if name in _BOOLS:  # both spellings, so a command line can switch off what a preset switched on
+        flag = f"{flag}/--no-{flag[2:]}"
     return typer.Option(flag, *decls, help=_HELP[name], show_default=False)
 
 
@@ -99,6 +106,20 @@ def progress_sink(quiet: bool) -> Iterator[Sink]:
         yield sink
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, ``kill``) stops a render like Ctrl-C: finished stages are kept."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The options the user actually gave, as a config layer ``{section: {key: value}}``."""
     layer: dict[str, dict[str, Any]] = {}
@@ -130,6 +151,7 @@ def render(
     lr: Annotated[Optional[float], _opt("lr")] = None,
     init: Annotated[Optional[str], _opt("init")] = None,
     seed: Annotated[Optional[int], _opt("seed")] = None,
+    warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
     device: Annotated[Optional[str], _opt("device")] = None,
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,
@@ -149,7 +171,7 @@ def render(
     with reporting(debug):
         config = resolve(("command line", flag_layer(locals())))
         job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart)
-        with progress_sink(quiet) as sink:
+        with sigterm_as_interrupt(), progress_sink(quiet) as sink:
             result = run_render(job, sink)
         if not quiet:
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())

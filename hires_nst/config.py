@@ -44,6 +44,7 @@ class OptimConfig:
     lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (L-BFGS 1.0, Adam 0.02).", 0.0)
     init: str = _opt("--init", "Start from the content image, noise, or an image file.", "content")
     seed: int = _opt("--seed", "Random seed, for repeatable renders.", 0)
+    warm_start: bool = _opt("--warm-start", "Adam: carry its moments from stage to stage, resized.", True)
 
 
 @dataclass(frozen=True)

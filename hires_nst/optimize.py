@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hires_nst.errors import ConfigError, NumericalError
@@ -15,23 +16,63 @@ from hires_nst.objective import LossTerms
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds, image
 
 
+LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
+
+
+def lbfgs_history(pixels: int) -> int:
+    """Curvature pairs kept: 100 (as neural-style) while they fit in 2 GiB, fewer at print sizes.
+
+    Each pair is two image-sized fp32 vectors: at 4096x4096, 100 pairs would be 40 GB. The top
+    stages run few iterations from a good start, where a short history loses little (SPST keeps
+    10 pairs above its first scale; neural-style's multires recipe uses 5 at the top).
+    """
+    return max(3, min(100, LBFGS_HISTORY_BYTES // (2 * 3 * 4 * pixels)))
+
+
 def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer:
     if name == "lbfgs":
         # One evaluation per step() so progress, checkpoints and Ctrl-C happen every iteration; the
         # curvature history lives in the optimiser state, so this equals one long L-BFGS run.
         # Tolerances -1: never stop early (as neural-style), the user chose the iteration count.
-        return torch.optim.LBFGS([image], lr=lr, max_iter=1, history_size=100,
+        return torch.optim.LBFGS([image], lr=lr, max_iter=1, history_size=lbfgs_history(image[0, 0].numel()),
                                  tolerance_grad=-1, tolerance_change=-1)
     if name == "adam":
         return torch.optim.Adam([image], lr=lr, betas=(0.9, 0.99))
     raise ConfigError(f"unknown optimizer {name!r}; use lbfgs or adam")
 
 
+def resize_adam_state(state: dict[str, Tensor], height: int, width: int) -> dict[str, Tensor]:
+    """Carry Adam's moments to the next stage's size (as crowsonkb's renderer does).
+
+    Without them Adam restarts with tiny bias-corrected steps that are pure noise for a few
+    dozen iterations; resized moments continue the previous stage's per-pixel step sizes.
+    The second moment is interpolated bilinearly and clamped at 0 (bicubic could go negative).
+    """
+    size = (height, width)
+    avg = F.interpolate(state["exp_avg"], size=size, mode="bicubic", align_corners=False)
+    avg_sq = F.interpolate(state["exp_avg_sq"], size=size, mode="bilinear", align_corners=False).clamp_min(0)
+    return {"step": state["step"].clone(), "exp_avg": avg, "exp_avg_sq": avg_sq}
+
+
 def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
              iterations: int, on_step: StepCallback | None = None) -> Tensor:
     """Run ``iterations`` steps from ``image`` and return the result, clamped to [0, 1]."""
+    return optimize_with_state(image, objective, optimizer=optimizer, lr=lr, iterations=iterations,
+                               on_step=on_step)[0]
+
+
+def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
+                        iterations: int, on_step: StepCallback | None = None,
+                        warm_state: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``optimize`` that also returns Adam's final state and may start from a previous one.
+
+    ``warm_state`` (Adam only) must already have the image's size (see ``resize_adam_state``).
+    L-BFGS returns an empty state: its history belongs to one image size.
+    """
     image = image.detach().clone().requires_grad_(True)
     opt = make_optimizer(optimizer, image, lr)
+    if warm_state and optimizer == "adam":
+        opt.state[image] = {k: v.to(image.device).clone() for k, v in warm_state.items()}
     last: dict[str, LossTerms] = {}
 
     def closure() -> Tensor:
@@ -55,4 +96,5 @@ def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimiz
                                  "try a lower --lr or --style-weight")
         if on_step is not None:
             on_step(iteration, values, time.perf_counter() - start, image)
-    return image.detach().clamp(0, 1)
+    state = {k: v.detach() for k, v in opt.state[image].items()} if optimizer == "adam" and iterations else {}
+    return image.detach().clamp(0, 1), state

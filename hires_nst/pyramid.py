@@ -21,7 +21,7 @@ from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Sink, StageFinished, StageStarted, Step
 from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.optimize import optimize
+from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.schedule import Stage, fit_long_side
 
 
@@ -82,10 +82,17 @@ class Checkpointing:
     save_every: int = 0
 
 
+@dataclass
+class StageResult:
+    image: Tensor  # (1, 3, H, W) in [0, 1]
+    losses: dict[str, float]  # final losses at this stage
+    optimizer_state: dict[str, Tensor]  # Adam's moments (empty for L-BFGS)
+
+
 def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
-              ) -> tuple[Tensor, dict[str, float]]:
-    """Optimise one stage; returns the image and its final losses."""
+              warm_state: dict[str, Tensor] | None = None) -> StageResult:
+    """Optimise one stage."""
     weights = loss_weights(config)
     targets = make_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights)
     objective = Objective(extractor, targets, weights)
@@ -98,11 +105,11 @@ def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage:
         if save_every and iteration % save_every == 0 and checkpointing is not None:
             checkpointing.workdir.save_current(image)
 
-    result = optimize(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
-                      iterations=stage.iterations, on_step=on_step)
+    result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
+                                        iterations=stage.iterations, on_step=on_step, warm_state=warm_state)
     final = {k: float(v) for k, v in objective.loss(result).items()}
     sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
-    return result, final
+    return StageResult(result, final, state)
 
 
 def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -118,10 +125,12 @@ def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np
         sink(Message(f"the content image ({width}x{height}) is upscaled to the output size "
                      f"{schedule[-1].width}x{schedule[-1].height}: fine detail comes from the style alone"))
     image: Tensor | None = None
+    state: dict[str, Tensor] = {}
     stage_losses: list[dict[str, float]] = []
     if done:
         assert checkpointing is not None
-        image = checkpointing.workdir.load_stage(done - 1)[0].to(device)
+        image, state = checkpointing.workdir.load_stage(done - 1)
+        image = image.to(device)
         stage_losses = [checkpointing.workdir.stage_losses(i) for i in range(done)]
         sink(Message(f"resuming: {done} of {len(schedule)} stages already done in {checkpointing.workdir.path}"))
     for stage in schedule[done:]:
@@ -129,9 +138,11 @@ def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np
             checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
         inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
-        image, final = run_stage(extractor, inputs, start, stage, len(schedule), config, sink, checkpointing)
-        stage_losses.append(final)
+        warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
+        result = run_stage(extractor, inputs, start, stage, len(schedule), config, sink, checkpointing, warm)
+        image, state = result.image, result.optimizer_state
+        stage_losses.append(result.losses)
         if checkpointing is not None:
-            checkpointing.workdir.save_stage(stage, schedule, image, {}, final)
+            checkpointing.workdir.save_stage(stage, schedule, image, state, result.losses)
     assert image is not None
     return image, stage_losses
