@@ -1,0 +1,363 @@
+"""Exact tiled optimisation: the loss and gradient of a whole image, computed window by window.
+
+Why it can be exact (DESIGN.md 6): a Gram matrix is a sum over positions, so tiles add into one
+global Gram per layer; and the style gradient at a position needs only that global Gram,
+``dL/dF = c (G - A) F``. So each call runs two passes over the tiles: pass 1 (no grad) sums the
+Grams and content errors, pass 2 (with grad) backpropagates the analytic ``dL/dF`` of each tile's
+core into its window and adds the window's input gradient into one full-size buffer.
+
+Three rules keep tiled == untiled up to float rounding:
+
+* core offsets are multiples of ``align = 2**pools`` before the deepest layer, so a window's pooling
+  grid lines up with the untiled one;
+* every window reaches ``halo`` pixels past its core, enough that the zero padding at the window's
+  edge cannot reach the core at any used layer (``required_halo``);
+* windows never go past the image: at the image border a tile sees the same zero padding as the
+  untiled network, and the same pooling floors at a right/bottom edge that is not a multiple of 16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from hires_nst import losses
+from hires_nst.errors import ConfigError
+from hires_nst.features import BLOCK_SIZES, POOLS_BEFORE, VGGFeatures, canonical_layer
+from hires_nst.objective import LossTerms, Objective, Targets, Weights, combine, make_targets
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A pixel rectangle ``[left, right) x [top, bottom)``."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    def at_depth(self, depth: int) -> "Rect":
+        """This rectangle on a feature map after ``depth`` 2x2 poolings.
+
+        Exact for an aligned left/top; a right/bottom edge that is the image border floors exactly
+        as the pooling does (``floor(floor(W / 2) / 2) == W >> 2``).
+        """
+        return Rect(self.left >> depth, self.top >> depth, self.right >> depth, self.bottom >> depth)
+
+    def crop(self, tensor: Tensor) -> Tensor:
+        """``tensor[..., top:bottom, left:right]``: a view, so gradients flow back into ``tensor``."""
+        return tensor[..., self.top:self.bottom, self.left:self.right]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One unit of work: the ``core`` it is responsible for, and the ``window`` it runs VGG on."""
+
+    core: Rect
+    window: Rect  # core + halo, clipped to the image
+
+    def core_in_window(self, depth: int) -> tuple[slice, slice]:
+        """Row and column slices of the core inside the window's feature map at ``depth``."""
+        core, window = self.core.at_depth(depth), self.window.at_depth(depth)
+        return (slice(core.top - window.top, core.bottom - window.top),
+                slice(core.left - window.left, core.right - window.left))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _spans(length: int, size: int, halo: int, align: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, window start, window stop)`` of the cores along one axis.
+
+    Cores are ``size`` long; the last ends at ``length``, and absorbs a remainder shorter than
+    ``align``: such a sliver would cost a whole window for a few pixels and, with a small halo,
+    could be too small to survive VGG's poolings.
+    """
+    starts = list(range(0, length, size))
+    if len(starts) > 1 and length - starts[-1] < align:
+        starts.pop()
+    stops = starts[1:] + [length]
+    return [(start, stop, max(0, start - halo), min(length, stop + halo)) for start, stop in zip(starts, stops)]
+
+
+def plan_tiles(width: int, height: int, tile_size: int, halo: int, align: int = 16) -> list[Tile]:
+    """Cover a ``width`` x ``height`` image with cores, each exactly once, row by row.
+
+    ``tile_size`` is the core side, rounded down to a multiple of ``align`` (at least ``align``;
+    the last core of a row or column may be up to ``align - 1`` px longer, see ``_spans``);
+    ``halo`` is rounded up to a multiple of ``align`` so that clipped and unclipped window edges
+    stay on the pooling grid. A tile at least as large as the image gives one tile.
+    """
+    if width < 1 or height < 1:
+        raise ConfigError(f"image size must be positive, got {width}x{height}")
+    if align < 1 or align & (align - 1):
+        raise ConfigError(f"tile alignment must be a power of two, got {align}")
+    if tile_size < 1 or halo < 0:
+        raise ConfigError(f"tile size must be >= 1 and halo >= 0, got tile size {tile_size}, halo {halo}")
+    size = max(align, tile_size // align * align)
+    halo = _round_up(halo, align)
+    return [Tile(Rect(x0, y0, x1, y1), Rect(wx0, wy0, wx1, wy1))
+            for y0, y1, wy0, wy1 in _spans(height, size, halo, align)
+            for x0, x1, wx0, wx1 in _spans(width, size, halo, align)]
+
+
+def align_for(layers: Iterable[str]) -> int:
+    """Core offsets must be multiples of this: 2**(poolings before the deepest layer)."""
+    return 2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers)
+
+
+def required_halo(layers: Iterable[str]) -> int:
+    """The smallest halo (a multiple of ``align_for(layers)``) that makes ``layers`` exact.
+
+    Walks the VGG19 body: each 3x3 conv (zero padded) spoils one more feature pixel next to a
+    window edge at its own resolution; a 2x2 pooling on the aligned grid keeps ``ceil(b / 2)`` of
+    ``b`` spoiled pixels. A layer at depth ``k`` with ``b`` spoiled pixels needs ``b * 2**k`` input
+    pixels of halo: 80 px for conv5_1 (the receptive-field radius is ~70 px; pooling rounds it up).
+    """
+    wanted = {canonical_layer(n) for n in layers}
+    if not wanted:
+        raise ConfigError("no feature layers requested")
+    spoiled, need = 0, 0
+    for block, convs in enumerate(BLOCK_SIZES, 1):
+        if block > 1:
+            spoiled = math.ceil(spoiled / 2)
+        for conv in range(1, convs + 1):
+            spoiled += 1
+            if f"conv{block}_{conv}" in wanted:
+                need = max(need, spoiled * 2 ** (block - 1))
+    return _round_up(need, align_for(wanted))
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def _core_features(feats: dict[str, Tensor], tile: Tile, name: str) -> Tensor:
+    """A layer's features at the tile's core: (1, C, h, w) cropped from the window's map."""
+    rows, cols = tile.core_in_window(POOLS_BEFORE[name])
+    return feats[name][:, :, rows, cols]
+
+
+def _add_grams(feats: dict[str, Tensor], tile: Tile, layers: Iterable[str],
+               sums: dict[str, Tensor], areas: dict[str, int]) -> None:
+    """Add the core's ``sum f f^T`` (C, C, float32) and its area into the running totals per layer."""
+    for name in layers:
+        core = _core_features(feats, tile, name)  # (1, C, h, w)
+        part = losses.gram_sum(core)
+        sums[name] = sums[name] + part if name in sums else part
+        areas[name] = areas.get(name, 0) + core.shape[2] * core.shape[3]
+
+
+@dataclass
+class _Totals:
+    """What pass 1 sums over all tiles: the global statistics the loss and gradient need."""
+
+    gram_sums: dict[str, Tensor]  # style layer -> (C, C) float32, sum over positions of f f^T
+    areas: dict[str, int]  # style layer -> untiled H * W at that layer
+    content_errors: dict[str, Tensor]  # content layer -> 0-d float32, sum of (F - P)^2
+
+    def grams(self) -> dict[str, Tensor]:
+        return {n: s / self.areas[n] for n, s in self.gram_sums.items()}
+
+
+def used_layers(targets: Targets, weights: Weights) -> list[str]:
+    """The layers whose values enter the loss: the content layers with a target, and the style layers."""
+    content = [n for n in weights.content_layers if n in targets.content]
+    return list(dict.fromkeys(content + list(weights.style_layers)))
+
+
+class TiledObjective:
+    """The untiled ``Objective``'s loss and gradient, computed tile by tile (same interface).
+
+    Peak memory is that of one window's forward and backward pass, plus full-size image-shaped
+    buffers; the price is one extra forward pass per tile and the halo.
+    """
+
+    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights, tiles: Sequence[Tile]) -> None:
+        if not tiles:
+            raise ConfigError("a tiled objective needs at least one tile")
+        self.extractor, self.targets, self.weights = extractor, targets, weights
+        self.tiles = list(tiles)
+        self.content_layers = [n for n in weights.content_layers if n in targets.content]
+        self.style_layers = list(weights.style_layers)
+
+    def _content_target(self, tile: Tile, name: str) -> Tensor:
+        """The content features at the tile's core, cropped from the untiled target."""
+        return tile.core.at_depth(POOLS_BEFORE[name]).crop(self.targets.content[name])
+
+    @torch.no_grad()
+    def _accumulate(self, image: Tensor) -> _Totals:
+        """Pass 1: global Gram sums and content errors, one window at a time."""
+        zeros = {n: image.new_zeros((), dtype=torch.float32) for n in self.content_layers}
+        totals = _Totals({}, {}, zeros)
+        for tile in self.tiles:
+            self._accumulate_tile(image, tile, totals)
+        return totals
+
+    def _accumulate_tile(self, image: Tensor, tile: Tile, totals: _Totals) -> None:
+        feats = self.extractor(tile.window.crop(image))
+        _add_grams(feats, tile, self.style_layers, totals.gram_sums, totals.areas)
+        for name in self.content_layers:
+            diff = _core_features(feats, tile, name).float() - self._content_target(tile, name).float()
+            totals.content_errors[name] += diff.square().sum()
+
+    def _terms(self, image: Tensor, totals: _Totals) -> LossTerms:
+        """The loss terms from the global totals, exactly as ``Objective`` defines them."""
+        t, w = self.targets, self.weights
+        zero = image.new_zeros((), dtype=torch.float32)
+        content = sum((lw * totals.content_errors[n] / t.content_norms[n]
+                       for n, lw in w.content_layers.items() if n in t.content), zero)
+        grams = totals.grams()
+        style = sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+                     for n, lw in w.style_layers.items()), zero)
+        tv = losses.tv_loss(image.detach()) if w.tv > 0 else zero
+        return combine(w, content, style, tv)
+
+    def _style_factors(self, totals: _Totals) -> dict[str, Tensor]:
+        """Per style layer, ``4 s (G - A) / M`` with ``s = style weight * layer weight / |A|^2``.
+
+        Then ``dL/dF = factor @ F`` for F as (C, positions): from ``L = s |G - A|^2``,
+        ``G = F F^T / M`` and the symmetry of ``G - A``.
+        """
+        t, w = self.targets, self.weights
+        grams = totals.grams()
+        return {n: (4.0 * w.style * lw / (t.style_norms[n] * totals.areas[n])) * (grams[n] - t.style[n].float())
+                for n, lw in w.style_layers.items()}
+
+    def _feature_grads(self, feats: dict[str, Tensor], tile: Tile,
+                       factors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The tile's cores at every used layer and ``dL/d(core)`` for each: (1, C, h, w) pairs."""
+        grads: dict[str, Tensor] = {}
+        for name, factor in factors.items():
+            core = _core_features(feats, tile, name)
+            channels = core.shape[1]
+            flat = core.detach().float().reshape(channels, -1)  # (C, h*w)
+            grads[name] = (factor @ flat).reshape(core.shape)
+        t, w = self.targets, self.weights
+        for name in self.content_layers:
+            core = _core_features(feats, tile, name)
+            scale = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
+            grad = scale * (core.detach().float() - self._content_target(tile, name).float())
+            grads[name] = grads[name] + grad if name in grads else grad
+        outputs, grad_outputs = [], []
+        for name, grad in grads.items():
+            core = _core_features(feats, tile, name)
+            if core.numel():
+                outputs.append(core)
+                grad_outputs.append(grad.to(core.dtype))
+        return outputs, grad_outputs
+
+    def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, Tensor], grad: Tensor) -> None:
+        """Pass 2 for one tile: add d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included."""
+        with torch.enable_grad():
+            window = tile.window.crop(image.detach()).requires_grad_(True)
+            outputs, grad_outputs = self._feature_grads(self.extractor(window), tile, factors)
+            if not outputs:
+                return
+            (window_grad,) = torch.autograd.grad(outputs, window, grad_outputs)
+        tile.window.crop(grad).add_(window_grad.to(grad.dtype))
+
+    def _tv_grad(self, image: Tensor) -> Tensor:
+        """d(tv weight * TV)/d(image) on the full image: TV is cheap and image-sized."""
+        with torch.enable_grad():
+            leaf = image.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.weights.tv * losses.tv_loss(leaf), leaf)
+        return grad
+
+    def loss(self, image: Tensor) -> LossTerms:
+        """Loss terms only (pass 1): for reports and scores."""
+        return self._terms(image, self._accumulate(image))
+
+    def __call__(self, image: Tensor) -> LossTerms:
+        """Loss terms, with d(total)/d(image) written to ``image.grad`` (both passes)."""
+        totals = self._accumulate(image)
+        terms = self._terms(image, totals)
+        factors = self._style_factors(totals) if self.weights.style else {}
+        grad = self._tv_grad(image) if self.weights.tv > 0 else torch.zeros_like(image)
+        for tile in self.tiles:
+            self._backward_tile(image, tile, factors, grad)
+        image.grad = grad
+        return terms
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@torch.no_grad()
+def tiled_statistics(extractor: VGGFeatures, image: Tensor, tiles: Sequence[Tile], gram_layers: Sequence[str],
+                     map_layers: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Position-averaged Grams (C, C) and whole feature maps (1, C, H >> k, W >> k), window by window.
+
+    The same numbers as one untiled pass: a stage's content and style images are as large as the
+    image being optimised, so their targets must not need the untiled activations either.
+    """
+    height, width = image.shape[-2:]
+    sums: dict[str, Tensor] = {}
+    areas: dict[str, int] = {}
+    maps: dict[str, Tensor] = {}
+    for tile in tiles:
+        feats = extractor(tile.window.crop(image))
+        _add_grams(feats, tile, gram_layers, sums, areas)
+        for name in map_layers:
+            core = _core_features(feats, tile, name).float()
+            if name not in maps:
+                depth = POOLS_BEFORE[name]
+                maps[name] = core.new_zeros((1, core.shape[1], height >> depth, width >> depth))
+            tile.core.at_depth(POOLS_BEFORE[name]).crop(maps[name]).copy_(core)
+    return {n: s / areas[n] for n, s in sums.items()}, maps
+
+
+def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: Sequence[Tensor],
+                       blend: Sequence[float], weights: Weights, tile_size: int | None,
+                       halo: int | None = None) -> Targets:
+    """``objective.make_targets``, with each image larger than one tile computed window by window."""
+    if tile_size is None:
+        return make_targets(extractor, content, styles, blend, weights)
+    layers = list(dict.fromkeys([*weights.content_layers, *weights.style_layers]))
+    halo = required_halo(layers) if halo is None else halo
+
+    def tiles_for(image: Tensor) -> list[Tile]:
+        return plan_tiles(image.shape[-1], image.shape[-2], tile_size, halo, align_for(layers))
+
+    content_feats: dict[str, Tensor] = {}
+    if content is not None and weights.content > 0 and weights.content_layers:
+        _, content_feats = tiled_statistics(extractor, content, tiles_for(content), [], list(weights.content_layers))
+    per_style = [tiled_statistics(extractor, style, tiles_for(style), list(weights.style_layers), [])[0]
+                 for style in styles]
+    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
+    return Targets(content_feats, style_grams,
+                   {n: t.square().sum() for n, t in content_feats.items()},
+                   {n: t.square().sum() for n, t in style_grams.items()})
+
+
+def make_objective(extractor: VGGFeatures, targets: Targets, weights: Weights, width: int, height: int,
+                   tile_size: int | None, halo: int | None = None) -> Objective | TiledObjective:
+    """The cheapest exact objective for a ``width`` x ``height`` image.
+
+    Untiled when ``tile_size`` is None or one tile would cover the image (no second forward pass
+    for small stages); otherwise tiled, with ``required_halo`` of the used layers unless ``halo``
+    is given (a smaller halo trades exactness for speed).
+    """
+    if tile_size is None:
+        return Objective(extractor, targets, weights)
+    layers = used_layers(targets, weights)
+    halo = required_halo(layers) if halo is None else halo
+    tiles = plan_tiles(width, height, tile_size, halo, align_for(layers))
+    if len(tiles) == 1:
+        return Objective(extractor, targets, weights)
+    return TiledObjective(extractor, targets, weights, tiles)
