@@ -156,6 +156,8 @@ def render(
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,
     preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
+    tile_size: Annotated[Optional[str], _opt("tile_size")] = None,
+    halo: Annotated[Optional[int], _opt("halo")] = None,
     work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
     save_every: Annotated[Optional[int], _opt("save_every")] = None,
     save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,

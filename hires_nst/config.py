@@ -70,6 +70,13 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class TilingConfig:
+    tile_size: str = _opt("--tile-size", "Exact tiled optimisation: auto (largest tile that fits the device's free "
+                          "memory, untiled if the image fits), off, or a tile side in pixels.", "auto")
+    halo: int = _opt("--halo", "Context around each tile in pixels; 0 means the exact minimum for the layers.", 0)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
     save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
@@ -83,6 +90,7 @@ class RenderConfig:
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -193,6 +201,11 @@ def validate(config: RenderConfig) -> None:
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
+    tile = config.tiling.tile_size
+    if tile not in ("auto", "off") and not (tile.isdigit() and int(tile) >= 16):
+        raise _fail("tiling", "tile_size", "must be auto, off or a whole number of pixels >= 16", tile)
+    if config.tiling.halo < 0:
+        raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
     if config.output.save_every < 0:
         raise _fail("output", "save_every", "must be >= 0", config.output.save_every)
     if optim.optimizer not in OPTIMIZERS:

@@ -16,6 +16,8 @@ class PlannedStage:
     height: int
     iterations: int
     memory_bytes: int  # estimated peak of one iteration
+    tile: int | None = None  # tile side when tiled
+    tiles: int = 1
 
 
 @dataclass(frozen=True)

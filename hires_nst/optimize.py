@@ -47,11 +47,15 @@ def resize_adam_state(state: dict[str, Tensor], height: int, width: int) -> dict
     Without them Adam restarts with tiny bias-corrected steps that are pure noise for a few
     dozen iterations; resized moments continue the previous stage's per-pixel step sizes.
     The second moment is interpolated bilinearly and clamped at 0 (bicubic could go negative).
+    Our losses are means over positions, so each pixel's gradient shrinks with the pixel count:
+    the moments are rescaled by that ratio (squared for the second), else the carried second
+    moment would be ~16x too large after a 2x stage and Adam would crawl.
     """
     size = (height, width)
-    avg = F.interpolate(state["exp_avg"], size=size, mode="bicubic", align_corners=False)
+    ratio = state["exp_avg"][0, 0].numel() / (height * width)
+    avg = F.interpolate(state["exp_avg"], size=size, mode="bicubic", align_corners=False) * ratio
     avg_sq = F.interpolate(state["exp_avg_sq"], size=size, mode="bilinear", align_corners=False).clamp_min(0)
-    return {"step": state["step"].clone(), "exp_avg": avg, "exp_avg_sq": avg_sq}
+    return {"step": state["step"].clone(), "exp_avg": avg, "exp_avg_sq": avg_sq * ratio**2}
 
 
 def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from hires_nst.errors import DeviceError
@@ -31,11 +33,51 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def estimate_stage_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:
-    """Rough peak memory of one untiled VGG19 forward+backward at this size, in bytes."""
-    image_state = 3 * 4 * 4  # image, gradient, optimiser state (fp32, a few copies)
-    per_pixel = ACTIVATIONS_PER_PIXEL * bytes_per_value * BACKWARD_FACTOR + image_state
-    return int(width * height * per_pixel)
+def activation_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:
+    """Rough peak memory of one VGG19 forward+backward over a ``width`` x ``height`` window."""
+    return int(width * height * ACTIVATIONS_PER_PIXEL * bytes_per_value * BACKWARD_FACTOR)
+
+
+def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0) -> int:
+    """Peak memory of one iteration: full-image buffers plus the network on one window."""
+    window_w = width if tile is None else min(width, tile + 2 * halo)
+    window_h = height if tile is None else min(height, tile + 2 * halo)
+    return width * height * FULL_IMAGE_BYTES_PER_PIXEL + activation_bytes(window_w, window_h)
+
+
+# Full-image fp32 buffers besides the network: image, gradient, optimiser state (a few copies),
+# the conv4_2 content target (512 channels / 64 positions = 8 values per pixel).
+FULL_IMAGE_BYTES_PER_PIXEL = 3 * 4 * 6 + 8 * 4
+MEMORY_MARGIN = {"cuda": 0.8, "cpu": 0.6}  # of the free memory measured at stage start
+MIN_TILE = 64
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory where the network runs: CUDA's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16) -> int | None:
+    """The largest tile side whose window fits ``budget`` bytes; None when the whole image fits.
+
+    Full-image buffers (image, gradient, optimiser state, targets) are paid first; then the
+    network's activations scale with one window, (tile + 2 halo)^2 at most.
+    """
+    if estimate_stage_bytes(width, height) <= budget:
+        return None
+    tile = (max(width, height) // align) * align
+    while tile > MIN_TILE:
+        if estimate_stage_bytes(width, height, tile, halo) <= budget:
+            return tile
+        tile = max(MIN_TILE, (tile * 3 // 4) // align * align)
+    return MIN_TILE
 
 
 def describe_devices() -> list[dict[str, object]]:

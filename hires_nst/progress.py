@@ -53,5 +53,6 @@ class ProgressDisplay:
         self.progress.update(self.overall, total=total)
         self.console.print(f"device {plan.device}; weights {plan.weights}")
         for i, s in enumerate(plan.stages):
-            self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, "
-                               f"~{s.memory_bytes / 2**30:.2f} GiB")
+            tiling = f"{s.tiles} tiles of {s.tile} px" if s.tile else "untiled"
+            self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, {tiling}, "
+                               f"~{s.memory_bytes / 2**30:.2f} GiB", markup=False)

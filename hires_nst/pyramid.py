@@ -20,9 +20,12 @@ from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Sink, StageFinished, StageStarted, Step
 from hires_nst.features import VGGFeatures
-from hires_nst.objective import Objective, Weights, make_targets
+from hires_nst.errors import DeviceError
+from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
+from hires_nst.placement import MEMORY_MARGIN, MIN_TILE, auto_tile_size, available_bytes
 from hires_nst.schedule import Stage, fit_long_side
+from hires_nst.tiling import align_for, make_objective, make_tiled_targets, plan_tiles, required_halo
 
 
 @dataclass
@@ -37,6 +40,47 @@ def loss_weights(config: RenderConfig) -> Weights:
     loss = config.loss
     return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
                                 loss.content_layers, loss.style_layers)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How one stage is split: ``tile`` None means untiled."""
+
+    tile: int | None
+    halo: int
+    tiles: int  # how many windows each pass runs
+
+
+def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config") -> Tiling:
+    """The tiling of ``stage`` from ``--tile-size`` (auto: measured free memory), or a forced ``tile``."""
+    layers = [*config.loss.content_layers, *config.loss.style_layers]
+    halo = config.tiling.halo or required_halo(layers)
+    if tile == "config":
+        setting = config.tiling.tile_size
+        if setting == "off":
+            tile = None
+        elif setting == "auto":
+            budget = int(available_bytes(device) * MEMORY_MARGIN[device.type])
+            tile = auto_tile_size(stage.width, stage.height, halo, budget, align_for(layers))
+        else:
+            tile = int(setting)
+    count = len(plan_tiles(stage.width, stage.height, tile, halo, align_for(layers))) if tile else 1
+    return Tiling(tile if count > 1 else None, halo, count)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+
+
+def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling) -> Tiling:
+    """Half the tile (or, untiled, half the long side); DeviceError below the smallest tile."""
+    current = tiling.tile or stage.long_side
+    if current // 2 < MIN_TILE:
+        raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}) even with "
+                          f"{current} px tiles; free device memory or lower --max-size")
+    return stage_tiling(config, stage, device, tile=current // 2)
 
 
 def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False) -> tuple[int, int]:
@@ -91,11 +135,12 @@ class StageResult:
 
 def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
-              warm_state: dict[str, Tensor] | None = None) -> StageResult:
-    """Optimise one stage."""
+              warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None) -> StageResult:
+    """Optimise one stage, tiled when ``tiling.tile`` is set."""
     weights = loss_weights(config)
-    targets = make_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights)
-    objective = Objective(extractor, targets, weights)
+    tile, halo = (tiling.tile, tiling.halo) if tiling else (None, None)
+    targets = make_tiled_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights, tile, halo)
+    objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo)
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
     began = time.perf_counter()
     save_every = checkpointing.save_every if checkpointing else 0
@@ -110,6 +155,25 @@ def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage:
     final = {k: float(v) for k, v in objective.loss(result).items()}
     sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
     return StageResult(result, final, state)
+
+
+def run_stage_fitting_memory(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
+                             config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
+                             warm_state: dict[str, Tensor] | None) -> StageResult:
+    """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
+    tiling = stage_tiling(config, stage, start.device)
+    while True:
+        try:
+            return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+        smaller = smaller_tiling(config, stage, start.device, tiling)
+        was = f"{tiling.tile} px tiles" if tiling.tile else "untiled"
+        sink(Message(f"out of memory at stage {stage.index + 1} ({was}); retrying it with {smaller.tile} px tiles"))
+        if start.device.type == "cuda":
+            torch.cuda.empty_cache()
+        tiling = smaller
 
 
 def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -139,7 +203,8 @@ def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np
         inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
-        result = run_stage(extractor, inputs, start, stage, len(schedule), config, sink, checkpointing, warm)
+        result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
+                                          checkpointing, warm)
         image, state = result.image, result.optimizer_state
         stage_losses.append(result.losses)
         if checkpointing is not None:

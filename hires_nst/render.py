@@ -22,7 +22,7 @@ from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import Planned, PlannedStage, Sink, null_sink
 from hires_nst.features import VGGFeatures
 from hires_nst.placement import estimate_stage_bytes, resolve_device
-from hires_nst.pyramid import Checkpointing, run_pyramid
+from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.schedule import Stage, make_schedule
 from hires_nst.weights import load_weights
 
@@ -138,8 +138,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                              factor=pyramid.scale_factor, iterations=pyramid.iterations)
     workdir = WorkDir(work_dir_of(job))
     done = workdir.open(fingerprint(job), schedule, resume=job.resume, restart=job.restart)
-    sink(Planned(tuple(PlannedStage(s.width, s.height, s.iterations, estimate_stage_bytes(s.width, s.height))
-                       for s in schedule), str(device), extractor.source))
+    sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
     content, styles = working_images(inputs, config.loss.preserve_color)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
@@ -163,6 +162,12 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     workdir.set_status("finished", output=str(output))
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
+
+
+def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
+    tiling = stage_tiling(config, stage, device)
+    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo)
+    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 
 def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
