@@ -29,7 +29,7 @@ def _opt(flag: str, help: str, default: Any = None, **kwargs: Any) -> Any:
 @dataclass(frozen=True)
 class LossConfig:
     content_weight: float = _opt("--content-weight", "Weight of the content loss.", 1.0)
-    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 5.0)
+    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 10.0)
     tv_weight: float = _opt("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0)
     content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers.", DEFAULT_CONTENT_LAYERS)
     style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers.", DEFAULT_STYLE_LAYERS)

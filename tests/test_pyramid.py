@@ -76,7 +76,7 @@ def test_ctrl_c_keeps_finished_stages_and_says_how_to_resume(tmp_path: Path) -> 
 def test_resume_with_other_settings_is_refused_with_the_difference(tmp_path: Path) -> None:
     render(job(tmp_path))
     changed = job(tmp_path, loss={"style_weight": 3.0})
-    with pytest.raises(ConfigError, match="style_weight was 5.0, now 3.0"):
+    with pytest.raises(ConfigError, match="style_weight was 10.0, now 3.0"):
         render(RenderJob(**{**changed.__dict__, "resume": True}))
 
 

@@ -38,7 +38,7 @@ def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_render_lowers_style_loss_fivefold_and_keeps_content(tmp_path: Path, optimizer: str) -> None:
-    config = resolve(("test", {"pyramid": {"max_size": 128, "iterations": [100]}, "optim": {"optimizer": optimizer}}))
+    config = resolve(("test", {"pyramid": {"max_size": 128, "iterations": [60]}, "optim": {"optimizer": optimizer}}))
     out = tmp_path / "out.png"
     result = render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), out, config))
 
