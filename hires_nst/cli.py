@@ -224,3 +224,5 @@ def info() -> None:
 def main() -> None:
     app()
 
+
+from hires_nst import cli_jobs  # noqa: E402,F401  (registers the presets and batch commands on app)

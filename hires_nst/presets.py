@@ -33,7 +33,12 @@ class Preset:
         return f"preset {self.path}"
 
     def config(self) -> RenderConfig:
-        return resolve((self.source, self.layer))
+        try:
+            return resolve((self.source, self.layer))
+        except ConfigError as exc:  # range checks name the flag only: add the file
+            if self.source in str(exc):
+                raise
+            raise ConfigError(f"{self.source}: {exc}") from None
 
 
 def builtin_dir() -> Path:
