@@ -1,3 +1,4 @@
 from hires_nst.cli import main
 
-main()
+if __name__ == "__main__":  # not when a batch worker process (spawn) imports the main module
+    main()

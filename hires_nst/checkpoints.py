@@ -27,6 +27,7 @@ from torch import Tensor
 
 from hires_nst import images
 from hires_nst.errors import ConfigError, OutputError
+from hires_nst.safety import deferred_interrupts
 from hires_nst.schedule import Stage
 
 
@@ -114,12 +115,16 @@ class WorkDir:
 
     def save_stage(self, stage: Stage, schedule: Sequence[Stage], image: Tensor,
                    optimizer_state: dict[str, Tensor], losses: dict[str, float]) -> None:
-        """Write stage K's image (tensor first, then the record that makes it count)."""
+        """Write stage K's image (tensor first, then the record that makes it count).
+
+        Ctrl-C or SIGTERM during the writes waits until all three are done, then stops the render.
+        """
         payload = {"image": image.detach().cpu().float(), **{k: v.detach().cpu() for k, v in optimizer_state.items()}}
-        images.write_atomically(self._file(f"stage-{stage.index}.pt"), lambda f: torch.save(payload, f))
-        images.save_image(self._file(f"stage-{stage.index}.png"), images.to_array(image))
-        self._write_json(f"stage-{stage.index}.json", {
-            "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "losses": losses})
+        with deferred_interrupts():
+            images.write_atomically(self._file(f"stage-{stage.index}.pt"), lambda f: torch.save(payload, f))
+            images.save_image(self._file(f"stage-{stage.index}.png"), images.to_array(image))
+            self._write_json(f"stage-{stage.index}.json", {
+                "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "losses": losses})
 
     def load_stage(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         payload = torch.load(self._file(f"stage-{index}.pt"), map_location="cpu", weights_only=True)

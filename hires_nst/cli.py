@@ -129,6 +129,16 @@ def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return layer
 
 
+def preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The preset as the layer under the command line's (none without --preset)."""
+    if preset is None:
+        return []
+    from hires_nst.presets import load_preset
+
+    loaded = load_preset(preset)
+    return [(loaded.source, loaded.layer)]
+
+
 @app.command()
 def render(
     content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False)],
@@ -161,17 +171,27 @@ def render(
     work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
     save_every: Annotated[Optional[int], _opt("save_every")] = None,
     save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,
+    format: Annotated[Optional[str], _opt("format")] = None,
+    bit_depth: Annotated[Optional[int], _opt("bit_depth")] = None,
+    print_size: Annotated[Optional[str], _opt("print_size")] = None,
+    dpi: Annotated[Optional[int], _opt("dpi")] = None,
+    fit: Annotated[Optional[str], _opt("fit")] = None,
+    orientation: Annotated[Optional[str], _opt("orientation")] = None,
+    max_input_pixels: Annotated[Optional[int], _opt("max_input_pixels")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Start from a preset: a built-in name "
+                                                  "(see `hires-nst presets`) or a .toml file; options given "
+                                                  "here override its values.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted render from its finished "
                                          "stages in the work dir (same inputs and settings).")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard what the work dir holds and start over.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
-    """Render CONTENT in the style of STYLES, coarse to fine up to --max-size."""
+    """Render CONTENT in the style of STYLES, coarse to fine up to --max-size (or --print-size)."""
     from hires_nst.render import RenderJob, render as run_render
 
     with reporting(debug):
-        config = resolve(("command line", flag_layer(locals())))
+        config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
         job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart)
         with sigterm_as_interrupt(), progress_sink(quiet) as sink:
             result = run_render(job, sink)
@@ -205,3 +225,6 @@ def info() -> None:
 
 def main() -> None:
     app()
+
+
+from hires_nst import cli_jobs  # noqa: E402,F401  (registers the presets and batch commands on app)

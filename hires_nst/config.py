@@ -16,8 +16,11 @@ from typing import Any, Mapping, Sequence, get_type_hints
 from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
 from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, canonical_layer
+from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
 
 OPTIMIZERS = ("lbfgs", "adam")
+# --format value -> file extension.
+OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # Adam on a [0, 1] image, as crowsonkb's renderer
 
 
@@ -51,7 +54,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    max_size: int = _opt("--max-size", "Long side of the output in pixels.", 512)
+    max_size: int = _opt("--max-size", "Long side of the output in pixels (--print-size, when given, overrides it).", 512)
     min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 256 (or max-size if smaller).", 0)
     scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
     iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
@@ -83,6 +86,26 @@ class OutputConfig:
     work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
     save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
     save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
+    format: str = _opt("--format", "File format for an output named without an extension (png, tif, jpg); "
+                       "an output's own extension always wins.", "")
+    bit_depth: int = _opt("--bit-depth", "Bits per channel of PNG/TIFF outputs: 8 or 16 (JPEG is always 8).", 8)
+
+
+@dataclass(frozen=True)
+class PrintConfig:
+    print_size: str = _opt("--print-size", "Paper size (A0-A6, letter, legal, tabloid) or WxH in mm, cm or in "
+                           "(e.g. 500x700mm, 8x10in): sets the output size from --dpi and overrides --max-size.", "")
+    dpi: int = _opt("--dpi", "Dots per inch: sizes --print-size, and is written into every output file.", 300)
+    fit: str = _opt("--fit", "With --print-size: fit (the whole photo inside the paper) or crop (fill the paper, "
+                    "centre-cropping the photo to its aspect ratio).", "fit")
+    orientation: str = _opt("--orientation", "With --print-size: auto (paper turned like the photo), portrait "
+                            "or landscape.", "auto")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    max_input_pixels: int = _opt("--max-input-pixels", "Refuse input images with more pixels than this "
+                                 "(decompression-bomb guard); raise it for trusted huge scans.", 250_000_000)
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,8 @@ class RenderConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    print: PrintConfig = field(default_factory=PrintConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
@@ -230,3 +255,23 @@ def validate(config: RenderConfig) -> None:
         raise _fail("model", "pooling", f"must be one of {', '.join(POOLINGS)}", model.pooling)
     if model.preprocessing not in ("auto", "caffe", "torchvision"):
         raise _fail("model", "preprocessing", "must be auto, caffe or torchvision", model.preprocessing)
+    _validate_files(config)
+
+
+def _validate_files(config: RenderConfig) -> None:
+    """Output format, print size and input limits."""
+    output, printing = config.output, config.print
+    if output.format and output.format.lower() not in OUTPUT_FORMATS:
+        raise _fail("output", "format", "must be png, tif or jpg", output.format)
+    if output.bit_depth not in (8, 16):
+        raise _fail("output", "bit_depth", "must be 8 or 16", output.bit_depth)
+    if not 1 <= printing.dpi <= 10_000:
+        raise _fail("print", "dpi", "must be between 1 and 10000", printing.dpi)
+    if printing.fit not in FITS:
+        raise _fail("print", "fit", f"must be one of {', '.join(FITS)}", printing.fit)
+    if printing.orientation not in ORIENTATIONS:
+        raise _fail("print", "orientation", f"must be one of {', '.join(ORIENTATIONS)}", printing.orientation)
+    if printing.print_size:
+        paper_pixels(printing.print_size, printing.dpi)  # raises ConfigError naming --print-size
+    if config.input.max_input_pixels < 1:
+        raise _fail("input", "max_input_pixels", "must be at least 1", config.input.max_input_pixels)

@@ -31,3 +31,7 @@ class NumericalError(HiresNSTError):
 
 class Interrupted(HiresNSTError):
     """The user stopped the render (Ctrl-C, SIGTERM); finished stages are kept for --resume."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message  # what was kept, without the advice (a batch gives its own)

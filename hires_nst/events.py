@@ -63,7 +63,25 @@ class Message:
     text: str
 
 
-Event = Union[Planned, StageStarted, Step, StageFinished, Message]
+@dataclass(frozen=True)
+class JobStarted:
+    """A batch job begins (``index`` is 0-based among the jobs this run renders)."""
+
+    name: str
+    index: int
+    total: int
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    name: str
+    status: str  # finished | failed | interrupted
+    seconds: float
+    error: str = ""
+
+
+Event = Union[Planned, StageStarted, Step, StageFinished, Message, JobStarted, JobFinished]
 Sink = Callable[[Event], None]
 
 

@@ -7,12 +7,13 @@ aliasing), Lanczos to enlarge.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import tempfile
-import warnings
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -20,14 +21,22 @@ import torch
 from PIL import Image, ImageCms, UnidentifiedImageError
 from torch import Tensor
 
+from hires_nst import encode16
 from hires_nst.errors import InputError, OutputError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+DEFAULT_MAX_INPUT_PIXELS = 250_000_000  # a 20000x12500 scan; Pillow's own default stops at ~89 MP
+SETTINGS_KEY = "hires-nst"  # PNG text key of the settings; TIFF keeps them in ImageDescription
 ALPHA_BACKGROUND = 1.0  # transparent areas are composited onto white, as they would print
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an image file as (H, W, 3) float32 RGB in [0, 1]; ``what`` names it in errors."""
+def load_image(path: str | os.PathLike, what: str = "image",
+               max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """Read an image file as (H, W, 3) float32 RGB in [0, 1]; ``what`` names it in errors.
+
+    Images with more than ``max_pixels`` pixels are refused before they are decoded: a small
+    file can claim a gigapixel canvas (a decompression bomb) and exhaust memory.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
@@ -39,7 +48,7 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
         handle = path.open("rb")
     except OSError as exc:
         raise InputError(f"{what} cannot be read: {path} ({exc.strerror or exc})") from None
-    with handle, _decode(handle, path, what) as img:
+    with handle, _decode(handle, path, what, max_pixels) as img:
         try:
             array = _to_rgb_array(img, path)
         except (OSError, ValueError, cv2.error) as exc:
@@ -48,22 +57,49 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _decode(handle: BinaryIO, path: Path, what: str) -> Image.Image:
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding; None if it cannot be read."""
+    try:
+        with _no_pillow_pixel_limit(), Image.open(path) as img:
+            return img.size
+    except Exception:  # any unreadable file: the render itself reports it properly
+        return None
+
+
+@contextlib.contextmanager
+def _no_pillow_pixel_limit() -> Iterator[None]:
+    """Pillow's own bomb check (a process-wide limit) is replaced by ``max_pixels``, checked by us."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _decode(handle: BinaryIO, path: Path, what: str, max_pixels: int) -> Image.Image:
     """Open and fully decode, so that a truncated file fails here and not halfway through a render."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _no_pillow_pixel_limit():
             img = Image.open(handle)
-            img.load()
+        width, height = img.size
+        if width * height > max_pixels:
+            img.close()
+            raise InputError(f"{what} is too large to load safely: {path} is {width}x{height} "
+                             f"({_count(width * height)}), above the limit of {_count(max_pixels)}; "
+                             "if you trust the file, raise --max-input-pixels")
+        img.load()
         return img
     except UnidentifiedImageError:
         raise InputError(f"{what} is not an image file Pillow can read: {path}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{what} is too large to load safely: {path} ({exc})") from None
-    except MemoryError:
+    except (InputError, MemoryError):
         raise
     except Exception as exc:  # a damaged file makes Pillow's decoders raise OSError, EOFError, struct.error...
         raise InputError(f"{what} is truncated or corrupt: {path} ({_one_line(exc)})") from None
+
+
+def _count(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 else f"{pixels} pixels"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -190,19 +226,47 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
-def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, str] | None = None) -> Path:
-    """Write (H, W, 3) [0, 1] to ``path`` atomically: a temp file in the same folder, then rename."""
+def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, str] | None = None, *,
+               dpi: int | None = None, bit_depth: int = 8) -> Path:
+    """Write (H, W, 3) [0, 1] to ``path`` atomically: a temp file in the same folder, then rename.
+
+    Every file gets an sRGB ICC profile (inputs are converted to sRGB on load, so the render is
+    sRGB) and, if given, its DPI. ``text`` goes into PNG text chunks, the TIFF ImageDescription and
+    the JPEG comment. ``bit_depth`` 16 writes 16-bit PNG/TIFF; JPEG is always 8-bit.
+    """
     path = check_output_path(path)
-    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))  # (H, W, 3) uint8 -> RGB
     fmt = FORMATS[path.suffix.lower()]
-    options = _save_options(fmt, text or {})
+    text = dict(text or {})
+    if bit_depth == 16 and fmt != "JPEG":
+        pixels = encode16.to_uint16(array)
+        if fmt == "PNG":
+            write = lambda f: encode16.write_png16(f, pixels, dpi=dpi, icc=srgb_profile(), text=text)  # noqa: E731
+        else:
+            write = lambda f: encode16.write_tiff16(f, pixels, dpi=dpi, icc=srgb_profile(),  # noqa: E731
+                                                    description=_description(text))
+        write_atomically(path, write)
+        return path
+    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))  # (H, W, 3) uint8 -> RGB
+    options = {**_save_options(fmt, text), "icc_profile": srgb_profile()}
+    if dpi:
+        options["dpi"] = (dpi, dpi)
     write_atomically(path, lambda f: image.save(f, format=fmt, **options))
     return path
 
 
+@functools.cache
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _description(text: Mapping[str, str]) -> str:
+    return text.get(SETTINGS_KEY, "\n".join(text.values()))
+
+
 def _save_options(fmt: str, text: Mapping[str, str]) -> dict:
     if fmt == "JPEG":
-        return {"quality": 95, "subsampling": 0}
+        comment = {"comment": _description(text)} if text else {}
+        return {"quality": 95, "subsampling": 0, **comment}
     if fmt == "PNG" and text:
         from PIL.PngImagePlugin import PngInfo
 
@@ -211,7 +275,8 @@ def _save_options(fmt: str, text: Mapping[str, str]) -> dict:
             info.add_itxt(key, value)
         return {"pnginfo": info}
     if fmt == "TIFF":
-        return {"compression": "tiff_adobe_deflate"}
+        description = {"description": _description(text)} if text else {}
+        return {"compression": "tiff_adobe_deflate", "software": "hires-nst", **description}
     return {}
 
 

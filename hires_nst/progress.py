@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from hires_nst.events import Event, Message, Planned, StageFinished, StageStarted, Step
+from hires_nst.events import Event, JobFinished, JobStarted, Message, Planned, StageFinished, StageStarted, Step
 
 
 class ProgressDisplay:
@@ -56,3 +57,46 @@ class ProgressDisplay:
             tiling = f"{s.tiles} tiles of {s.tile} px" if s.tile else "untiled"
             self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, {tiling}, "
                                f"~{s.memory_bytes / 2**30:.2f} GiB", markup=False)
+
+
+class BatchDisplay:
+    """A line per job as it starts and ends, and one bar for the job in progress."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.task: TaskID | None = None
+        self.name = ""
+        self.pixels = 0
+
+    def __enter__(self) -> "BatchDisplay":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, JobStarted):
+            self.name = event.name
+            where = f" on {event.device}" if event.device and event.device != "auto" else ""
+            self.console.print(f"[{event.index + 1}/{event.total}] {event.name}{where}", markup=False)
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(event.name, total=None)
+        elif isinstance(event, Planned) and self.task is not None:
+            self.progress.update(self.task, total=sum(s.width * s.height * s.iterations for s in event.stages) / 1e6)
+        elif isinstance(event, StageStarted) and self.task is not None:
+            self.pixels = event.width * event.height
+            self.progress.update(self.task, description=f"{self.name} stage {event.stage + 1}/{event.stages} "
+                                                        f"{event.width}x{event.height}")
+        elif isinstance(event, Step) and self.task is not None:
+            self.progress.advance(self.task, self.pixels / 1e6)
+        elif isinstance(event, JobFinished):
+            colour = {"finished": "green", "failed": "red"}.get(event.status, "yellow")
+            note = f": {event.error}" if event.error else ""
+            self.console.print(f"  [{colour}]{event.status}[/] {escape(event.name)} in {event.seconds:.1f}s"
+                               f"{escape(note)}", soft_wrap=True)
+        elif isinstance(event, Message):
+            self.console.print(f"[yellow]{escape(event.text)}[/]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -16,15 +17,19 @@ import torch
 import hires_nst
 from hires_nst import color, images
 from hires_nst.checkpoints import WorkDir, file_digest
-from hires_nst.config import RenderConfig
+from hires_nst.config import OUTPUT_FORMATS, RenderConfig
 from hires_nst.contact_sheet import contact_sheet
 from hires_nst.errors import ConfigError, Interrupted
-from hires_nst.events import Planned, PlannedStage, Sink, null_sink
+from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink
 from hires_nst.features import VGGFeatures
 from hires_nst.placement import estimate_stage_bytes, resolve_device
+from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
+from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
 from hires_nst.schedule import Stage, make_schedule
 from hires_nst.weights import load_weights
+
+Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
 DEFAULT_WORK_ROOT = Path("outputs") / "work"
 
@@ -53,7 +58,7 @@ class RenderResult:
 
 @dataclass(frozen=True)
 class Inputs:
-    content: np.ndarray  # (H, W, 3) as loaded
+    content: np.ndarray  # (H, W, 3) as loaded (centre-cropped for a print size with --fit crop)
     styles: list[np.ndarray]
     init: str | np.ndarray
 
@@ -61,6 +66,34 @@ class Inputs:
 def settings_path(output: Path) -> Path:
     """The resolved settings live beside the image: ``out.png`` -> ``out.png.json``."""
     return output.with_name(output.name + ".json")
+
+
+def output_path(output: Path, fmt: str = "") -> Path:
+    """An output named without an extension takes ``--format``'s (PNG if none); its own one wins."""
+    if output.suffix:
+        return output
+    return output.with_name(output.name + OUTPUT_FORMATS.get(fmt.lower(), ".png"))
+
+
+def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[Stage], Crop | None]:
+    """The pyramid for a ``width`` x ``height`` content image: up to --max-size, or to the pixel size
+    of --print-size at --dpi (which then overrides --max-size), with the crop that fills the paper."""
+    pyramid, printing = config.pyramid, config.print
+    crop, max_size = None, pyramid.max_size
+    if printing.print_size:
+        plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
+        width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
+    schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
+                             factor=pyramid.scale_factor, iterations=pyramid.iterations)
+    return schedule, crop
+
+
+def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
+    """Bytes the job will write by folder (output, work dir), for a content of this size."""
+    config = job.config
+    schedule, _ = plan_schedule(config, width, height)
+    return render_needs(output_path(job.output, config.output.format), work_dir_of(job), schedule,
+                        config.optim.optimizer, config.output.bit_depth, config.output.save_stages)
 
 
 def work_dir_of(job: RenderJob) -> Path:
@@ -86,11 +119,12 @@ def load_inputs(job: RenderJob) -> Inputs:
     blend = job.config.loss.style_blend
     if blend and len(blend) != len(job.styles):
         raise ConfigError(f"--style-blend has {len(blend)} weights for {len(job.styles)} style images")
-    content = images.load_image(job.content, "content image")
-    styles = [images.load_image(p, f"style image {i + 1}") for i, p in enumerate(job.styles)]
+    limit = job.config.input.max_input_pixels
+    content = images.load_image(job.content, "content image", limit)
+    styles = [images.load_image(p, f"style image {i + 1}", limit) for i, p in enumerate(job.styles)]
     init = job.config.optim.init
     if init not in ("content", "noise"):
-        init = images.load_image(init, "--init image")
+        init = images.load_image(init, "--init image", limit)
     return Inputs(content, styles, init)
 
 
@@ -105,15 +139,18 @@ def working_images(inputs: Inputs, mode: str) -> tuple[np.ndarray, list[np.ndarr
     return inputs.content, inputs.styles
 
 
-def fingerprint(job: RenderJob) -> dict[str, Any]:
+def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
     """What a finished stage depends on: the inputs' bytes and every setting that shapes pixels.
 
     Sizes and iteration counts are matched stage by stage instead, so that a larger --max-size
-    can reuse the stages of a smaller render; device and output options do not change pixels.
+    (or print size) can reuse the stages of a smaller render; of the print settings only the crop
+    they make counts; device, output and input-limit options do not change pixels.
     """
     settings = job.config.to_dict()
-    settings.pop("device")
-    settings.pop("output")
+    for section in ("device", "output", "print", "input"):
+        settings.pop(section)
+    if crop is not None:
+        settings["crop"] = list(crop)
     pyramid = settings.pop("pyramid")
     settings["style"] = {"style_scale": pyramid["style_scale"], "style_upscale": pyramid["style_upscale"]}
     files = [job.content, *job.styles]
@@ -126,25 +163,29 @@ def fingerprint(job: RenderJob) -> dict[str, Any]:
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     """Render ``job``: load, optimise over the pyramid, write the image and its settings."""
     began = time.perf_counter()
-    output = images.check_output_path(job.output)
-    inputs = load_inputs(job)
     config = job.config
+    output = images.check_output_path(output_path(job.output, config.output.format))
+    inputs = load_inputs(job)
+    schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
+    if crop is not None:
+        inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
+    workdir = WorkDir(work_dir_of(job))
+    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
+                                  config.output.save_stages))
     device = resolve_device(config.device.device)
     torch.manual_seed(config.optim.seed)
     extractor = build_extractor(config, device)
-    pyramid = config.pyramid
-    height, width = inputs.content.shape[:2]
-    schedule = make_schedule(width, height, max_size=pyramid.max_size, min_size=pyramid.min_size,
-                             factor=pyramid.scale_factor, iterations=pyramid.iterations)
-    workdir = WorkDir(work_dir_of(job))
-    done = workdir.open(fingerprint(job), schedule, resume=job.resume, restart=job.restart)
+    stamp = fingerprint(job, crop)
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
     sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
+    if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
+        sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
     content, styles = working_images(inputs, config.loss.preserve_color)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
                                           Checkpointing(workdir, config.output.save_every), done)
     except KeyboardInterrupt:
-        raise _interrupted(workdir, job) from None
+        raise _interrupted(workdir, stamp, schedule) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -152,16 +193,25 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
-    record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path)
-    images.save_image(output, result, {"hires-nst": json.dumps(record["config"])})
+    record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path, crop)
+    with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
+        settings = _write_outputs(output, result, record, config, workdir, schedule)
+    return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
+                        workdir.path, done)
+
+
+def _write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], config: RenderConfig,
+                   workdir: WorkDir, schedule: list[Stage]) -> Path:
+    """The image (with DPI, sRGB profile and the settings inside), the settings beside it, the stage sheet."""
+    images.save_image(output, result, {images.SETTINGS_KEY: json.dumps(record)}, dpi=config.print.dpi,
+                      bit_depth=config.output.bit_depth)
     settings = settings_path(output)
     images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
     if config.output.save_stages:
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
     workdir.set_status("finished", output=str(output))
-    return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
-                        workdir.path, done)
+    return settings
 
 
 def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
@@ -170,25 +220,30 @@ def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> Planne
     return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 
-def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
-    status = workdir.status() or {}
-    stage = status.get("stage")
-    workdir.set_status("interrupted", stage=stage, stages=status.get("stages"))
-    where = f" during stage {stage + 1}/{status.get('stages')}" if stage is not None else ""
-    kept = f"{stage} finished stage(s) kept" if stage is not None else "nothing finished yet"
-    return Interrupted(f"interrupted{where}; {kept} in {workdir.path}; "
-                       "run the same command with --resume to continue")
+def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:
+    stage = (workdir.status() or {}).get("stage")
+    kept = workdir.finished_stages(stamp, schedule)
+    workdir.set_status("interrupted", stage=stage, stages=len(schedule))
+    if stage is None:
+        where = ""
+    elif kept > stage:  # the signal arrived while the stage's checkpoint was written, and waited for it
+        where = f" after stage {stage + 1}/{len(schedule)}"
+    else:
+        where = f" during stage {stage + 1}/{len(schedule)}"
+    detail = f"interrupted{where}; {f'{kept} finished stage(s) kept' if kept else 'nothing finished yet'}"
+    return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
 
 
 def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.device, schedule: list[Stage],
-                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path) -> dict:
+                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
     return {
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(device), "stages": stages,
-        "work_dir": str(work_dir), "seconds": round(seconds, 3),
+        "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
+        "crop": list(crop) if crop else None,
         "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

@@ -1,0 +1,310 @@
+"""Batches: job files, failures recorded while the batch goes on, re-runs that skip finished jobs and
+resume unfinished ones, grids with a contact sheet, outputs kept inside the output folder, and
+parallel workers. Renders are tiny (32 -> 48 px, 2 iterations per stage) with a preset written here."""
+
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import hires_nst.batch_run
+from hires_nst import images
+from hires_nst.batch import load_batch
+from hires_nst.batch_run import run_batch
+from hires_nst.cli import app
+from hires_nst.contact_sheet import CAPTION, GAP
+from hires_nst.errors import ConfigError, OutputError
+from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
+
+runner = CliRunner()
+TINY_PRESET = """description = "Tiny renders for tests."
+[pyramid]
+min_size = 32
+max_size = 48
+iterations = [2]
+"""
+
+
+def write_image(path: Path, width: int, height: int, seed: int) -> Path:
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(seed).random((height, width, 3))
+    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=2) * 0.7 + noise * 0.3
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """tmp_path/in/{a,b,s}.png and tmp_path/tiny.toml (a preset)."""
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.png", 48, 40, 0)
+    write_image(tmp_path / "in" / "b.png", 40, 48, 1)
+    write_image(tmp_path / "in" / "s.png", 48, 48, 2)
+    (tmp_path / "tiny.toml").write_text(TINY_PRESET)
+    return tmp_path
+
+
+def job_file(folder: Path, body: str, name: str = "jobs.toml") -> Path:
+    path = folder / name
+    path.write_text('output_dir = "out"\n[defaults]\npreset = "tiny.toml"\n' + body)
+    return path
+
+
+THREE_JOBS = """
+[[job]]
+name = "first"
+content = "in/a.png"
+styles = ["in/s.png"]
+
+[[job]]
+name = "missing"
+content = "in/nope.png"
+styles = "in/s.png"
+
+[[job]]
+name = "third"
+content = "in/b.png"
+styles = ["in/s.png"]
+output = "prints/third.tif"
+overrides = { output = { bit_depth = 16 }, loss = { style_weight = 100.0 } }
+"""
+
+
+def manifest(folder: Path) -> dict[str, dict]:
+    return {job["name"]: job for job in json.loads((folder / "out" / "manifest.json").read_text())["jobs"]}
+
+
+@pytest.fixture
+def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The content image of every render the batch starts."""
+    calls: list[str] = []
+    real = hires_nst.batch_run.render
+
+    def counting(job, sink):
+        calls.append(job.content.name)
+        return real(job, sink)
+
+    monkeypatch.setattr(hires_nst.batch_run, "render", counting)
+    return calls
+
+
+def test_three_jobs_one_missing_two_outputs_one_recorded_failure(folder: Path, render_calls: list[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = job_file(folder, THREE_JOBS)
+    monkeypatch.chdir(folder / "in")  # job-file paths are relative to the job file, not to here
+
+    result = runner.invoke(app, ["batch", str(jobs), "-q"])
+
+    assert result.exit_code == 1, result.output
+    assert "1 job(s) failed" in result.stderr
+    table = result.stdout
+    assert "first" in table and "finished" in table and "48x40" in table and "failed" in table
+    records = manifest(folder)
+    assert [(r["name"], r["status"]) for r in records.values()] == [
+        ("first", "finished"), ("missing", "failed"), ("third", "finished")]
+    assert records["missing"]["error"] == f"content image not found: {folder / 'in' / 'nope.png'}"
+    assert (records["first"]["width"], records["first"]["height"], records["first"]["output"]) == (48, 40, "first.png")
+    assert (records["third"]["width"], records["third"]["height"]) == (40, 48)
+    assert records["third"]["output"] == "prints/third.tif"
+    with Image.open(folder / "out" / "prints" / "third.tif") as img:
+        assert img.tag_v2[258] == (16, 16, 16)
+    assert "finished" in (folder / "out" / records["first"]["log"]).read_text()
+    assert "content image not found" in (folder / "out" / records["missing"]["log"]).read_text()
+    assert render_calls == ["a.png", "nope.png", "b.png"]
+    stamps = {p: p.stat().st_mtime_ns for p in (folder / "out").glob("*.png")}
+
+    again = runner.invoke(app, ["batch", str(jobs), "-q"])
+
+    assert again.exit_code == 1  # the missing file is still missing
+    assert render_calls[3:] == ["nope.png"]  # the finished jobs were not rendered again
+    assert {p: p.stat().st_mtime_ns for p in (folder / "out").glob("*.png")} == stamps
+    assert "done in an earlier run" in again.stdout
+    assert [r["status"] for r in manifest(folder).values()] == ["finished", "failed", "finished"]
+
+
+def test_a_batch_interrupted_in_its_second_job_resumes_the_rest(folder: Path) -> None:
+    body = "".join(f'\n[[job]]\nname = "j{i}"\ncontent = "in/{c}.png"\nstyles = "in/s.png"\n'
+                   for i, c in enumerate("aba", start=1))
+    batch = load_batch(job_file(folder, body))
+    events: list = []
+
+    def ctrl_c_in_stage_two_of_j2(event) -> None:
+        events.append(event)
+        started = [e.name for e in events if isinstance(e, JobStarted)]
+        if started[-1:] == ["j2"] and isinstance(event, Step) and event.stage == 1:
+            raise KeyboardInterrupt
+
+    first = run_batch(batch, ctrl_c_in_stage_two_of_j2)
+
+    assert [o.status for o in first.outcomes] == ["finished", "interrupted", "pending"]
+    assert "run the same batch command again to resume" in first.stopped
+    assert [r["status"] for r in manifest(folder).values()] == ["finished", "interrupted", "pending"]
+    assert not first.sheets
+
+    events = []
+    second = run_batch(load_batch(folder / "jobs.toml"), events.append)
+
+    assert [e.name for e in events if isinstance(e, JobStarted)] == ["j2", "j3"]  # j1 skipped
+    assert [o.status for o in second.outcomes] == ["finished"] * 3 and not second.stopped
+    assert second.outcomes[0].skipped
+    assert second.outcomes[1].stages_reused == 1  # j2 went on from its finished first stage
+    assert [e.stage for e in events if isinstance(e, StageStarted)] == [1, 0, 1]
+    assert sorted(p.name for p in (folder / "out").glob("*.png")) == ["j1.png", "j2.png", "j3.png"]
+
+
+def test_a_changed_job_is_rendered_again_from_scratch(folder: Path) -> None:
+    body = '\n[[job]]\nname = "j"\ncontent = "in/a.png"\nstyles = "in/s.png"\noverrides.pyramid = { max_size = 32 }\n'
+    run_batch(load_batch(job_file(folder, body)))
+    events: list = []
+    run_batch(load_batch(job_file(folder, body + "overrides.loss = { style_weight = 2.0 }\n")), events.append)
+    assert [e.stage for e in events if isinstance(e, StageStarted)] == [0]  # not skipped, not resumed
+    assert manifest(folder)["j"]["status"] == "finished"
+
+
+GRID = """
+[[grid]]
+name = "sweep"
+contents = ["in/a.png", "in/b.png"]
+styles = ["in/s.png"]
+vary = { "loss.style_weight" = [1.0, 1000.0] }
+overrides.pyramid = { max_size = 32 }  # one stage: 32x27 and 27x32
+"""
+
+
+def test_a_grid_of_two_contents_by_two_style_weights_makes_four_outputs_and_a_contact_sheet(folder: Path) -> None:
+    result = run_batch(load_batch(job_file(folder, GRID)))
+
+    assert [o.name for o in result.outcomes] == [
+        "sweep-a-s-style_weight=1.0", "sweep-a-s-style_weight=1000.0",
+        "sweep-b-s-style_weight=1.0", "sweep-b-s-style_weight=1000.0"]
+    assert [o.status for o in result.outcomes] == ["finished"] * 4
+    outputs = sorted((folder / "out" / "sweep").glob("*.png"))
+    assert [p.name for p in outputs] == ["a-s-style_weight=1.0.png", "a-s-style_weight=1000.0.png",
+                                         "b-s-style_weight=1.0.png", "b-s-style_weight=1000.0.png"]
+    weak, strong = (images.load_image(p) for p in outputs[:2])
+    assert not np.array_equal(weak, strong)  # the varied setting reached the renders
+    records = manifest(folder)
+    assert [(r["row"], r["col"]) for r in records.values()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert json.loads((outputs[1].parent / f"{outputs[1].name}.json").read_text())["config"]["loss"]["style_weight"] == 1000.0
+    [sheet] = result.sheets
+    assert sheet == folder / "out" / "sweep-sheet.png"
+    height, width = images.load_image(sheet).shape[:2]
+    assert height == CAPTION + 2 * (32 + GAP) + GAP  # a label row, then two rows of 32 px cells
+    assert width > 2 * 32
+
+
+def test_a_failed_grid_cell_is_grey_on_the_sheet(folder: Path) -> None:
+    grid = GRID.replace('"in/b.png"', '"in/gone.png"').replace("[1.0, 1000.0]", "[1.0]")
+    result = run_batch(load_batch(job_file(folder, grid)))
+    assert [o.status for o in result.outcomes] == ["finished", "failed"]
+    sheet = images.load_image(result.sheets[0])
+    grey = np.isclose(sheet, 0.85, atol=0.01).all(axis=2)
+    assert grey.sum() >= 32 * 27  # a placeholder the size of the finished cell
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ('output = "../escape.png"', "outside the batch's output folder"),
+    ('output = "/tmp/elsewhere.png"', "outside the batch's output folder"),
+    ('output = "work/x.png"', "reserved"),
+    ('output = "x.gif"', "unsupported extension"),
+    ('colour = "red"', "unknown key 'colour'"),
+    ('overrides = { loss = { style_wieght = 2.0 } }', "unknown setting loss.style_wieght"),
+    ('overrides = { pyramid = { max_size = "big" } }', "pyramid.max_size (--max-size) must be an integer"),
+    ('overrides = { loss = { style_weight = -1.0 } }', "--style-weight (loss.style_weight) must be >= 0"),
+    ('overrides = { output = { work_dir = "w" } }', "work_dir cannot be set in a batch"),
+    ('overrides = { lossy = { x = 1 } }', "unknown section overrides.lossy"),
+    ('preset = "huge"', "unknown preset 'huge'"),
+    ('name = "a/b"', "name must be letters"),
+])
+def test_job_file_mistakes_name_the_job_and_the_file(folder: Path, entry: str, expected: str) -> None:
+    name = "" if entry.startswith("name") else 'name = "j"\n'
+    path = job_file(folder, f'\n[[job]]\n{name}content = "in/a.png"\nstyles = "in/s.png"\n{entry}\n')
+    with pytest.raises(ConfigError) as error:
+        load_batch(path)
+    assert expected in str(error.value) and str(path) in str(error.value)
+    assert not (folder / "out").exists()
+
+
+def test_two_jobs_with_one_name_are_refused(folder: Path) -> None:
+    job = '\n[[job]]\ncontent = "in/a.png"\nstyles = "in/s.png"\n'
+    with pytest.raises(ConfigError, match="two jobs are named 'a-s'"):
+        load_batch(job_file(folder, job * 2))
+
+
+def test_an_unwritable_output_folder_fails_before_any_job(folder: Path, render_calls: list[str]) -> None:
+    (folder / "blocker").write_text("a file where the output folder should be")
+    path = job_file(folder, THREE_JOBS).read_text().replace('output_dir = "out"', 'output_dir = "blocker/out"')
+    (folder / "jobs.toml").write_text(path)
+    with pytest.raises(OutputError, match="cannot write to the batch's output folder"):
+        run_batch(load_batch(folder / "jobs.toml"))
+    assert render_calls == []
+
+
+def test_a_full_disk_fails_before_any_job(folder: Path, render_calls: list[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 2**20, 2**20))
+    with pytest.raises(OutputError, match="not enough disk space"):
+        run_batch(load_batch(job_file(folder, THREE_JOBS)))
+    assert render_calls == [] and not (folder / "out" / "manifest.json").exists()
+
+
+def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Path) -> None:
+    quick = '\n[[job]]\nname = "p{0}"\ncontent = "in/{1}.png"\nstyles = "in/s.png"\n'
+    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\n'
+    body = quick.format(1, "a") + quick.format(2, "b") + slow.format(3, "a") + slow.format(4, "b")
+
+    events: list = []
+
+    def ctrl_c_once_the_slow_ones_run(event) -> None:
+        events.append(event)
+        started = [e.name for e in events if isinstance(e, JobStarted)]
+        if isinstance(event, JobStarted) and {"p3", "p4"} <= set(started):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = run_batch(load_batch(job_file(folder, body)), ctrl_c_once_the_slow_ones_run, devices=["cpu", "cpu"])
+
+    kinds = [type(e).__name__ for e in events if isinstance(e, (JobStarted, JobFinished))]
+    assert kinds[:2] == ["JobStarted", "JobStarted"]  # two jobs at once, one per worker
+    assert [o.status for o in result.outcomes] == ["finished", "finished", "interrupted", "interrupted"]
+    assert (folder / "out" / "p1.png").is_file() and (folder / "out" / "p2.png").is_file()
+    assert "batch interrupted" in result.stopped and "run the same batch command again" in result.stopped
+    records = manifest(folder)
+    assert [r["status"] for r in records.values()] == ["finished", "finished", "interrupted", "interrupted"]
+    assert {r["device"] for r in records.values()} == {"cpu"}
+    assert multiprocessing.active_children() == []  # both workers stopped and were joined
+    assert "interrupted" in (folder / "out" / records["p3"]["log"]).read_text()
+
+
+def _readme_block(after: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return text[text.index(after):].split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "night.toml"
+    path.write_text(_readme_block("### Batches"))
+    batch = load_batch(path)
+    assert batch.output_dir == tmp_path / "night"
+    assert [job.name for job in batch.jobs] == [
+        "harbour", "tower-blend", "sweep-harbour-starry_night-style_weight=5.0",
+        "sweep-harbour-starry_night-style_weight=50.0", "sweep-tower-starry_night-style_weight=5.0",
+        "sweep-tower-starry_night-style_weight=50.0"]
+    harbour, blend = batch.jobs[0].render, batch.jobs[1].render
+    assert harbour.content == tmp_path / "photos" / "harbour.jpg"
+    assert harbour.output == tmp_path / "night" / "harbour.tif"
+    assert harbour.config.print.print_size == "A3" and harbour.config.output.bit_depth == 16
+    assert blend.config.pyramid.max_size == 512 and blend.config.loss.style_blend == (0.7, 0.3)
+    assert blend.output == tmp_path / "night" / "tower-blend.png"  # the preview preset's format
+    assert batch.jobs[3].render.config.loss.style_weight == 50.0
+    assert batch.jobs[3].render.output == tmp_path / "night" / "sweep" / "harbour-starry_night-style_weight=50.0.tif"
