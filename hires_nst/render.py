@@ -15,18 +15,23 @@ import torch
 
 import hires_nst
 from hires_nst import color, images
+from hires_nst.animation import AnimationRecorder
+from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
 from hires_nst.contact_sheet import contact_sheet
-from hires_nst.errors import ConfigError, Interrupted
-from hires_nst.events import Planned, PlannedStage, Sink, null_sink
-from hires_nst.features import VGGFeatures
+from hires_nst.errors import ConfigError, Interrupted, OutputError
+from hires_nst.events import Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import estimate_stage_bytes, resolve_device
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.schedule import Stage, make_schedule
+from hires_nst.trace import TraceWriter, trace_path
 from hires_nst.weights import load_weights
 
 DEFAULT_WORK_ROOT = Path("outputs") / "work"
+# Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
+# defaults, so a render started before they existed can still be resumed.
+ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,11 @@ def work_dir_of(job: RenderJob) -> Path:
     return DEFAULT_WORK_ROOT / f"{job.output.stem}-{tag}"
 
 
-def build_extractor(config: RenderConfig, device: torch.device) -> VGGFeatures:
+def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
     model, loss = config.model, config.loss
-    weights = load_weights(model.weights, model.preprocessing)
+    weights = load_weights(model.weights, model.preprocessing, model.backbone)
     layers = list(loss.content_layers) + list(loss.style_layers)
-    return VGGFeatures(weights, layers, model.pooling).to(device)
+    return make_extractor(model.backbone, weights, layers, model.pooling).to(device)
 
 
 def load_inputs(job: RenderJob) -> Inputs:
@@ -114,6 +119,9 @@ def fingerprint(job: RenderJob) -> dict[str, Any]:
     settings = job.config.to_dict()
     settings.pop("device")
     settings.pop("output")
+    for (section, key), default in ADDED_LATER.items():  # so that older work dirs still resume
+        if settings[section][key] == default:
+            del settings[section][key]
     pyramid = settings.pop("pyramid")
     settings["style"] = {"style_scale": pyramid["style_scale"], "style_upscale": pyramid["style_upscale"]}
     files = [job.content, *job.styles]
@@ -124,11 +132,12 @@ def fingerprint(job: RenderJob) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image and its settings."""
+    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace."""
     began = time.perf_counter()
     output = images.check_output_path(job.output)
     inputs = load_inputs(job)
     config = job.config
+    _check_animation_path(config)
     device = resolve_device(config.device.device)
     torch.manual_seed(config.optim.seed)
     extractor = build_extractor(config, device)
@@ -138,30 +147,69 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                              factor=pyramid.scale_factor, iterations=pyramid.iterations)
     workdir = WorkDir(work_dir_of(job))
     done = workdir.open(fingerprint(job), schedule, resume=job.resume, restart=job.restart)
+    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done)
+    animation = _animation(config, schedule[-1], inputs)
+    sink = tee(sink, trace, *([animation] if animation else []))
     sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
     content, styles = working_images(inputs, config.loss.preserve_color)
+    output_config = config.output
+    checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
+                                  output_config.animate_size)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          Checkpointing(workdir, config.output.save_every), done)
+                                          checkpointing, done)
     except KeyboardInterrupt:
         raise _interrupted(workdir, job) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        trace.close()
     result = images.to_array(image)
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
     record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path)
+    _write_outputs(job, output, result, record, workdir, schedule, animation)
+    return RenderResult(output, settings_path(output), schedule[-1].width, schedule[-1].height, seconds,
+                        stage_losses[-1], workdir.path, done)
+
+
+def _write_outputs(job: RenderJob, output: Path, result: np.ndarray, record: dict, workdir: WorkDir,
+                   schedule: list[Stage], animation: AnimationRecorder | None) -> None:
+    """The image, then its settings, trace, animation and contact sheet beside it."""
     images.save_image(output, result, {"hires-nst": json.dumps(record["config"])})
-    settings = settings_path(output)
-    images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
-    if config.output.save_stages:
+    images.write_atomically(settings_path(output), lambda f: f.write(json.dumps(record, indent=2).encode()))
+    trace = (workdir.path / "trace.csv").read_bytes()
+    images.write_atomically(trace_path(output), lambda f: f.write(trace))
+    if animation is not None:
+        animation.write()
+    if job.config.output.save_stages:
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
     workdir.set_status("finished", output=str(output))
-    return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
-                        workdir.path, done)
+
+
+def _check_animation_path(config: RenderConfig) -> None:
+    """Fail before the work, not after it, when the animation's folder cannot exist."""
+    if config.output.animate:
+        folder = Path(config.output.animate).expanduser().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"--animate {config.output.animate}: {folder} is not a folder")
+
+
+def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRecorder | None:
+    """The recorder for ``--animate``; frames of a luminance-only render get the photo's chroma back."""
+    if not config.output.animate:
+        return None
+    transform = None
+    if config.loss.preserve_color == "luminance":
+        def transform(image: np.ndarray) -> np.ndarray:
+            return color.with_chroma_of(image, images.resize(inputs.content, image.shape[1], image.shape[0]))
+    return AnimationRecorder(Path(config.output.animate).expanduser(), last.width, last.height,
+                             config.output.animate_size, transform)
 
 
 def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
@@ -180,7 +228,7 @@ def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
                        "run the same command with --resume to continue")
 
 
-def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.device, schedule: list[Stage],
+def _settings_record(job: RenderJob, extractor: FeatureExtractor, device: torch.device, schedule: list[Stage],
                      stage_losses: list[dict[str, float]], seconds: float, work_dir: Path) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
@@ -188,7 +236,8 @@ def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.devic
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(device), "stages": stages,
-        "work_dir": str(work_dir), "seconds": round(seconds, 3),
+        "work_dir": str(work_dir), "seconds": round(seconds, 3), "trace": str(trace_path(job.output)),
+        "animation": job.config.output.animate or None,
         "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
