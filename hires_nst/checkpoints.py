@@ -7,6 +7,7 @@ Layout of a work dir::
     stage-K.pt        stage K's image (float32) and optimiser state, loadable with weights_only
     stage-K.png       the same image, to look at
     current.png       the stage in progress (``--save-every``)
+    trace.csv         one row of losses, time and memory per iteration (trace.py), flushed as it goes
 
 A stage checkpoint may be reused only if the settings fingerprint matches and every stage up to
 it had the same size and iteration count, so raising --max-size on a finished render reuses

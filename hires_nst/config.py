@@ -15,13 +15,20 @@ from typing import Any, Mapping, Sequence, get_type_hints
 
 from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, canonical_layer
+from hires_nst.backbones import BACKBONES, get_backbone
+from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
 
-OPTIMIZERS = ("lbfgs", "adam")
+OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
+# Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /
+# Starry Night (default weights and layers, from the content image): each is the lowest final loss
+# after 60 iterations at 128 px of a grid in ~3x steps (also checked at 64 px, 30 iterations).
+# SGD and Adadelta see the gradient times the pixel count (optimize.PIXEL_SCALED).
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
+              "rmsprop": 0.005}
+VIDEO_SUFFIXES = (".gif", ".mp4")
 # --format value -> file extension.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # Adam on a [0, 1] image, as crowsonkb's renderer
 
 
 def _opt(flag: str, help: str, default: Any = None, **kwargs: Any) -> Any:
@@ -34,8 +41,13 @@ class LossConfig:
     content_weight: float = _opt("--content-weight", "Weight of the content loss.", 1.0)
     style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 10.0)
     tv_weight: float = _opt("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0)
-    content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers.", DEFAULT_CONTENT_LAYERS)
-    style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers.", DEFAULT_STYLE_LAYERS)
+    content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers, e.g. conv4_2 or conv4_2,conv5_2; "
+                                           "the backbone's default if not given (`hires-nst layers`).",
+                                           DEFAULT_CONTENT_LAYERS)
+    style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
+                                         "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
+    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: equal, or one number per "
+                                    "style layer, e.g. 256:64:16:4:1 (normalised to sum 1).", "equal")
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
@@ -43,13 +55,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.) or adam.", "lbfgs")
-    lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (L-BFGS 1.0, Adam 0.02).", 0.0)
+    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.), adam, adamw, sgd (momentum 0.9), adagrad, "
+                          "adadelta or rmsprop.", "lbfgs")
+    lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (lbfgs 1, adam/adamw 0.02, sgd 3e-4, "
+                     "adagrad 0.05, adadelta 3, rmsprop 0.005).", 0.0)
     init: str = _opt("--init", "Start from the content image, noise, or an image file.", "content")
     seed: int = _opt("--seed", "Random seed, for repeatable renders.", 0)
     # Measured (benchmarks/adam_warm_start.py, 64->128->256, 60/30/15 its): carried moments ended at
     # total loss 1.44 vs 1.37 restarting, so restarting is the default.
-    warm_start: bool = _opt("--warm-start", "Adam: carry its moments from stage to stage, resized.", False)
+    warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
 
 
 @dataclass(frozen=True)
@@ -64,8 +78,11 @@ class PyramidConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    weights: str = _opt("--weights", "VGG19 weights: original (offline), torchvision, or a file.", "original")
-    pooling: str = _opt("--pooling", "Pooling in VGG19: max or avg.", "max")
+    backbone: str = _opt("--backbone", "Feature network: vgg19, vgg16 or resnet50 (ResNet renders are never tiled).",
+                         "vgg19")
+    weights: str = _opt("--weights", "Network weights: original (VGG19 only, offline), torchvision (downloads once), "
+                        "random (untrained), or a file.", "original")
+    pooling: str = _opt("--pooling", "Pooling: max or avg (ResNet: its stem pooling).", "max")
     preprocessing: str = _opt("--preprocessing", "Input preprocessing: auto (from the weights), caffe, torchvision.", "auto")
 
 
@@ -86,6 +103,11 @@ class OutputConfig:
     work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
     save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
     save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
+    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif or .mp4.", "")
+    animate_every: int = _opt("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
+                              "end).", 10)
+    animate_size: int = _opt("--animate-size", "With --animate: long side of the frames in pixels (at most the "
+                             "output's).", 512)
     format: str = _opt("--format", "File format for an output named without an extension (png, tif, jpg); "
                        "an output's own extension always wins.", "")
     bit_depth: int = _opt("--bit-depth", "Bits per channel of PNG/TIFF outputs: 8 or 16 (JPEG is always 8).", 8)
@@ -143,9 +165,36 @@ def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
                 raise ConfigError(f"{source}: [{section}] must be a table of settings")
             for key, value in values.items():
                 merged[section][key] = _coerce(section, key, value, source)
+    _default_layers(merged)
     config = RenderConfig(**{name: cls(**merged[name]) for name, cls in SECTIONS.items()})
     validate(config)
     return config
+
+
+def _default_layers(merged: dict[str, dict[str, Any]]) -> None:
+    """Layers not given come from the backbone (the dataclass defaults are VGG's)."""
+    name = merged["model"].get("backbone", ModelConfig.backbone)
+    if name not in BACKBONES:
+        return  # validate() names the flag
+    backbone = get_backbone(name)
+    merged["loss"].setdefault("content_layers", backbone.content_layers)
+    merged["loss"].setdefault("style_layers", backbone.style_layers)
+
+
+def parse_layer_weights(text: str, layers: Sequence[str]) -> tuple[float, ...] | None:
+    """``--style-layer-weights``: None for ``equal``, else one weight >= 0 per layer (positive sum)."""
+    if text.strip() == "equal":
+        return None
+    flag = "--style-layer-weights"
+    try:
+        weights = tuple(float(v) for v in text.replace(":", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} must be 'equal' or numbers like 256:64:16:4:1, got {text!r}") from None
+    if len(weights) != len(layers):
+        raise ConfigError(f"{flag} has {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})")
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0 or sum(weights) == float("inf"):
+        raise ConfigError(f"{flag} needs finite weights >= 0 with a positive sum, got {text!r}")
+    return weights
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -219,11 +268,10 @@ def validate(config: RenderConfig) -> None:
     for key in ("content_weight", "style_weight", "tv_weight"):
         if getattr(loss, key) < 0:
             raise _fail("loss", key, "must be >= 0", getattr(loss, key))
-    for key in ("content_layers", "style_layers"):
-        for name in getattr(loss, key):
-            canonical_layer(name)
+    _validate_model(config)
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
+    parse_layer_weights(loss.style_layer_weights, loss.style_layers)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     if loss.preserve_color not in COLOR_MODES:
@@ -233,8 +281,7 @@ def validate(config: RenderConfig) -> None:
         raise _fail("tiling", "tile_size", "must be auto, off or a whole number of pixels >= 16", tile)
     if config.tiling.halo < 0:
         raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
-    if config.output.save_every < 0:
-        raise _fail("output", "save_every", "must be >= 0", config.output.save_every)
+    _validate_output(config.output)
     if optim.optimizer not in OPTIMIZERS:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:
@@ -275,3 +322,31 @@ def _validate_files(config: RenderConfig) -> None:
         paper_pixels(printing.print_size, printing.dpi)  # raises ConfigError naming --print-size
     if config.input.max_input_pixels < 1:
         raise _fail("input", "max_input_pixels", "must be at least 1", config.input.max_input_pixels)
+
+
+def _validate_model(config: RenderConfig) -> None:
+    """Backbone, its layer names, its weights, and whether it may be tiled."""
+    model = config.model
+    if model.backbone not in BACKBONES:
+        raise _fail("model", "backbone", f"must be one of {', '.join(BACKBONES)}", model.backbone)
+    backbone = get_backbone(model.backbone)
+    for key in ("content_layers", "style_layers"):
+        for name in getattr(config.loss, key):
+            backbone.canonical(name)
+    if model.weights == "original" and model.backbone != "vgg19":
+        raise _fail("model", "weights", "original (the Caffe VGG19) exists only for --backbone vgg19; use "
+                    "torchvision, random or a file", model.weights)
+    if not backbone.tileable and config.tiling.tile_size not in ("auto", "off"):
+        raise _fail("tiling", "tile_size", f"is not available with --backbone {model.backbone}: tiling is exact "
+                    "only for VGG backbones (use auto or off: ResNet renders run untiled)", config.tiling.tile_size)
+
+
+def _validate_output(output: OutputConfig) -> None:
+    if output.save_every < 0:
+        raise _fail("output", "save_every", "must be >= 0", output.save_every)
+    if output.animate and Path(output.animate).suffix.lower() not in VIDEO_SUFFIXES:
+        raise _fail("output", "animate", "must end in .gif or .mp4", output.animate)
+    if output.animate_every < 1:
+        raise _fail("output", "animate_every", "must be >= 1", output.animate_every)
+    if output.animate_size < 16:
+        raise _fail("output", "animate_size", "must be at least 16 pixels", output.animate_size)

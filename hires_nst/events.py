@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class PlannedStage:
@@ -45,6 +47,7 @@ class Step:
     iterations: int
     losses: dict[str, float]  # total, content, style, tv
     seconds: float  # wall time of this iteration
+    peak_memory: int = 0  # bytes: CUDA peak allocated in this stage, or the process's peak RSS on the CPU
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,15 @@ class StageFinished:
     height: int
     seconds: float
     losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """The image being optimised (for ``--animate``): at a stage's start, every N iterations, at its end."""
+
+    stage: int
+    iteration: int  # 0: the stage's starting image
+    image: np.ndarray  # (h, w, 3) float32 in [0, 1], downscaled to at most the requested frame size
 
 
 @dataclass(frozen=True)
@@ -81,9 +93,19 @@ class JobFinished:
     error: str = ""
 
 
-Event = Union[Planned, StageStarted, Step, StageFinished, Message, JobStarted, JobFinished]
+Event = Union[Planned, StageStarted, Step, StageFinished, Snapshot, Message, JobStarted, JobFinished]
 Sink = Callable[[Event], None]
 
 
 def null_sink(event: Event) -> None:
     """Drop every event."""
+
+
+def tee(*sinks: Sink) -> Sink:
+    """One sink that hands every event to each of ``sinks`` in turn."""
+
+    def sink(event: Event) -> None:
+        for each in sinks:
+            each(event)
+
+    return sink

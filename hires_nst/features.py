@@ -1,4 +1,4 @@
-"""The VGG19 feature extractor: frozen, truncated after the deepest layer in use.
+"""The VGG19 (and VGG16) feature extractor: frozen, truncated after the deepest layer in use.
 
 Layer names follow the paper: ``convB_C`` is the *rectified* response of that convolution, as in
 Gatys et al.'s Caffe model, whose in-place ReLU overwrites the conv output. ``reluB_C`` names the
@@ -14,14 +14,36 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from hires_nst.errors import ConfigError, WeightsError
-from hires_nst.weights import CONV_INDICES, VGGWeights
+from hires_nst.weights import VGGWeights
 
-BLOCK_SIZES = (2, 2, 4, 4, 4)
-LAYER_NAMES = tuple(f"conv{b}_{c}" for b, n in enumerate(BLOCK_SIZES, 1) for c in range(1, n + 1))
-# conv name -> index of its ReLU in vgg19().features
-_RELU_INDEX = {name: index + 1 for name, index in zip(LAYER_NAMES, CONV_INDICES)}
+# Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
+VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
+VGG_CFG = {"vgg19": "E", "vgg16": "D"}
+VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}
+VGG_CHANNELS = (64, 128, 256, 512, 512)  # per block, in both
+BLOCK_SIZES = VGG_BLOCKS["vgg19"]
+
+
+def vgg_layer_names(arch: str = "vgg19") -> tuple[str, ...]:
+    return tuple(f"conv{b}_{c}" for b, n in enumerate(VGG_BLOCKS[arch], 1) for c in range(1, n + 1))
+
+
+def _relu_indices(arch: str) -> dict[str, int]:
+    """conv name -> index of its ReLU in torchvision's ``features`` of ``arch``."""
+    convs = [i for i, v in enumerate(_cfg_modules(arch)) if v == "conv"]
+    return {name: index + 1 for name, index in zip(vgg_layer_names(arch), convs)}
+
+
+def _cfg_modules(arch: str) -> list[str]:
+    """The kinds of the modules ``make_layers`` builds for ``arch``: conv, relu, pool."""
+    return [kind for v in cfgs[VGG_CFG[arch]] for kind in (("pool",) if v == "M" else ("conv", "relu"))]
+
+
+LAYER_NAMES = vgg_layer_names("vgg19")
+_RELU_INDEX = _relu_indices("vgg19")
 POOLINGS = ("max", "avg")
 # Pooling steps in front of each block: a tile offset must be a multiple of 2**this (DESIGN.md 6).
+# The same for every VGG: the blocks differ only in how many convolutions they hold.
 POOLS_BEFORE = {name: int(name[4]) - 1 for name in LAYER_NAMES}
 DEFAULT_CONTENT_LAYERS = ("conv4_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -31,65 +53,83 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def canonical_layer(name: str) -> str:
+def canonical_layer(name: str, arch: str = "vgg19") -> str:
     """Map ``reluB_C`` to ``convB_C``; reject unknown names with the list of valid ones."""
     conv = "conv" + name[4:] if name.startswith("relu") else name
-    if conv not in _RELU_INDEX:
-        valid = ", ".join(LAYER_NAMES)
-        raise ConfigError(f"unknown layer {name!r}; valid layers: {valid} (or relu* for the same)")
+    names = vgg_layer_names(arch)
+    if conv not in names:
+        valid = ", ".join(names)
+        raise ConfigError(f"unknown layer {name!r} for {arch}; valid layers: {valid} (or relu* for the same)")
     return conv
 
 
+def vgg_body(arch: str = "vgg19") -> nn.Sequential:
+    """torchvision's VGG ``features`` architecture, without building the big classifier."""
+    return make_layers(cfgs[VGG_CFG[arch]], batch_norm=False)
+
+
 def vgg19_body() -> nn.Sequential:
-    """torchvision's VGG19 ``features`` architecture, without building the big classifier."""
-    return make_layers(cfgs["E"], batch_norm=False)
+    return vgg_body("vgg19")
+
+
+class Preprocess(nn.Module):
+    """RGB in [0, 1] -> what the weights were trained on: ``(x - shift) * scale``, BGR for Caffe."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "caffe":  # BGR, 0..255, mean subtracted
+            shift, scale = torch.tensor(CAFFE_MEAN_BGR) / 255.0, torch.full((3,), 255.0)
+        else:  # ImageNet mean/std normalisation
+            shift, scale = torch.tensor(IMAGENET_MEAN), 1.0 / torch.tensor(IMAGENET_STD)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1))
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        if self.kind == "caffe":
+            image = image.flip(1)  # RGB -> BGR
+        return (image - self.shift) * self.scale
 
 
 class VGGFeatures(nn.Module):
     """Maps an RGB image in [0, 1], (1, 3, H, W), to ``{layer: (1, C, H / 2**k, W / 2**k)}``."""
 
-    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> None:
+    tileable = True  # zero padding and 2x2 poolings only: exact tiling holds (tiling.py)
+
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max", arch: str = "vgg19") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; use max or avg")
-        self.layers = tuple(dict.fromkeys(canonical_layer(n) for n in layers))
+        if arch not in VGG_BLOCKS:
+            raise ConfigError(f"unknown VGG {arch!r}; use {' or '.join(VGG_BLOCKS)}")
+        self.arch, self.block_sizes = arch, VGG_BLOCKS[arch]
+        self.layers = tuple(dict.fromkeys(canonical_layer(n, arch) for n in layers))
         if not self.layers:
             raise ConfigError("no feature layers requested")
-        body = vgg19_body()
+        body = vgg_body(arch)
         try:
             body.load_state_dict(weights.state_dict)
         except RuntimeError as exc:  # a hand-made VGGWeights that skipped check_shapes
-            raise WeightsError(f"{weights.source}: the weights do not fit VGG19 ({exc})") from None
-        last = max(_RELU_INDEX[n] for n in self.layers)
+            raise WeightsError(f"{weights.source}: the weights do not fit {VGG_DISPLAY[arch]} ({exc})") from None
+        relu_index = _relu_indices(arch)
+        last = max(relu_index[n] for n in self.layers)
         modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else m for m in body[: last + 1]]
         self.body = nn.Sequential(*modules)
-        self._taps = {_RELU_INDEX[n]: n for n in self.layers}
+        self._taps = {relu_index[n]: n for n in self.layers}
+        self.pools_before = {n: POOLS_BEFORE[n] for n in self.layers}
         self.preprocessing = weights.preprocessing
         self.source = weights.source
-        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
-        self.register_buffer("scale", torch.ones(1, 3, 1, 1))
-        self._set_preprocessing(weights.preprocessing)
+        self.preprocess = Preprocess(weights.preprocessing)
         self.requires_grad_(False)
         self.eval()
-
-    def _set_preprocessing(self, kind: str) -> None:
-        # x_net = (x - shift) * scale, with channel order handled in forward for Caffe's BGR.
-        if kind == "caffe":
-            self.shift.copy_(torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1) / 255.0)
-            self.scale.fill_(255.0)
-        else:
-            self.shift.copy_(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-            self.scale.copy_(1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     @property
     def min_size(self) -> int:
         """Smallest input side that leaves every requested layer at least one pixel."""
-        return 2 ** max(POOLS_BEFORE[n] for n in self.layers)
+        return 2 ** max(self.pools_before.values())
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        if self.preprocessing == "caffe":
-            image = image.flip(1)  # RGB -> BGR
-        x = (image - self.shift) * self.scale
+        x = self.preprocess(image)
         out = {}
         for index, module in enumerate(self.body):
             x = module(x)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from hires_nst import losses
-from hires_nst.features import VGGFeatures, canonical_layer
+from hires_nst.backbones import FeatureExtractor, alias
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
@@ -31,7 +31,8 @@ class Weights:
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
-        # and kept it as typed, so make_targets failed with a KeyError on 'relu4_2'.
+        # and kept it as typed, so make_targets failed with a KeyError on 'relu4_2'. (Likewise
+        # ResNet's layerB_K for the last block of layerB.)
         object.__setattr__(self, "content_layers", _canonical_keys(self.content_layers))
         object.__setattr__(self, "style_layers", _canonical_keys(self.style_layers))
 
@@ -39,8 +40,8 @@ class Weights:
     def equal_layers(cls, content: float, style: float, tv: float,
                      content_layers: Sequence[str], style_layers: Sequence[str]) -> "Weights":
         # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
-        content_names = dict.fromkeys(canonical_layer(n) for n in content_layers)
-        style_names = dict.fromkeys(canonical_layer(n) for n in style_layers)
+        content_names = dict.fromkeys(alias(n) for n in content_layers)
+        style_names = dict.fromkeys(alias(n) for n in style_layers)
         return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_names}),
                    losses.normalised_weights({n: 1.0 for n in style_names}))
 
@@ -49,7 +50,7 @@ def _canonical_keys(layer_weights: dict[str, float]) -> dict[str, float]:
     """``{reluB_C or convB_C: w}`` -> ``{convB_C: w}``, adding the weights of aliases."""
     out: dict[str, float] = {}
     for name, weight in layer_weights.items():
-        conv = canonical_layer(name)
+        conv = alias(name)
         out[conv] = out.get(conv, 0.0) + weight
     return out
 
@@ -65,7 +66,7 @@ class Targets:
 
 
 @torch.no_grad()
-def make_targets(extractor: VGGFeatures, content: Tensor | None, styles: Sequence[Tensor],
+def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Sequence[Tensor],
                  blend: Sequence[float], weights: Weights) -> Targets:
     """Content features and blended style Grams; each style image is used at its own size."""
     content_feats = {}
@@ -90,7 +91,7 @@ def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> Los
 class Objective:
     """Untiled loss and gradient: one VGG pass over the whole image."""
 
-    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights) -> None:
+    def __init__(self, extractor: FeatureExtractor, targets: Targets, weights: Weights) -> None:
         self.extractor, self.targets, self.weights = extractor, targets, weights
 
     def _terms(self, image: Tensor) -> LossTerms:

@@ -29,16 +29,39 @@ def lbfgs_history(pixels: int) -> int:
     return max(3, min(100, LBFGS_HISTORY_BYTES // (2 * 3 * 4 * pixels)))
 
 
+# Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
+# step size in pixel values on the [0, 1] image, the same at every pyramid stage.
+# SGD and Adadelta are not scale-invariant, and our losses are means over positions, so a pixel's
+# gradient shrinks with the pixel count (4x per 2x stage): they see the gradient of the *summed*
+# loss instead (gradient x pixels), so that one --lr works at every stage and image size.
+SCALE_FREE = ("lbfgs", "adam", "adamw", "adagrad", "rmsprop")
+PIXEL_SCALED = ("sgd", "adadelta")
+ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry across stages
+
+
 def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``name`` over the one tensor ``image``, with this project's fixed settings."""
+    params = [image]
     if name == "lbfgs":
         # One evaluation per step() so progress, checkpoints and Ctrl-C happen every iteration; the
         # curvature history lives in the optimiser state, so this equals one long L-BFGS run.
         # Tolerances -1: never stop early (as neural-style), the user chose the iteration count.
-        return torch.optim.LBFGS([image], lr=lr, max_iter=1, history_size=lbfgs_history(image[0, 0].numel()),
+        return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=lbfgs_history(image[0, 0].numel()),
                                  tolerance_grad=-1, tolerance_change=-1)
     if name == "adam":
-        return torch.optim.Adam([image], lr=lr, betas=(0.9, 0.99))
-    raise ConfigError(f"unknown optimizer {name!r}; use lbfgs or adam")
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
+    if name == "adamw":  # Adam's betas, so that a comparison isolates torch's default decoupled weight decay
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    known = ", ".join(("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop"))
+    raise ConfigError(f"unknown optimizer {name!r}; use one of {known}")
 
 
 def resize_adam_state(state: dict[str, Tensor], height: int, width: int) -> dict[str, Tensor]:
@@ -68,25 +91,29 @@ def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimiz
 def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
                         iterations: int, on_step: StepCallback | None = None,
                         warm_state: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """``optimize`` that also returns Adam's final state and may start from a previous one.
+    """``optimize`` that also returns Adam's (or AdamW's) final state and may start from a previous one.
 
-    ``warm_state`` (Adam only) must already have the image's size (see ``resize_adam_state``).
-    L-BFGS returns an empty state: its history belongs to one image size.
+    ``warm_state`` (Adam, AdamW) must already have the image's size (see ``resize_adam_state``).
+    Other optimisers return an empty state: L-BFGS' history belongs to one image size, and the
+    others restart at each stage.
     """
     image = image.detach().clone().requires_grad_(True)
     opt = make_optimizer(optimizer, image, lr)
-    if warm_state and optimizer == "adam":
+    if warm_state and optimizer in ADAM_LIKE:
         opt.state[image] = {k: v.to(image.device).clone() for k, v in warm_state.items()}
     last: dict[str, LossTerms] = {}
+    grad_scale = float(image[0, 0].numel()) if optimizer in PIXEL_SCALED else 1.0
 
     def closure() -> Tensor:
         last["terms"] = objective(image)
+        if grad_scale != 1.0 and image.grad is not None:
+            image.grad.mul_(grad_scale)
         return last["terms"]["total"]
 
     for iteration in range(1, iterations + 1):
         start = time.perf_counter()
         opt.step(closure)
-        if optimizer != "lbfgs":  # Adam keeps the image in range; clamping would break L-BFGS' history
+        if optimizer != "lbfgs":  # first-order steps keep the image in range; clamping would break L-BFGS' history
             with torch.no_grad():
                 image.clamp_(0, 1)
         values = {k: float(v) for k, v in last["terms"].items()}
@@ -100,5 +127,5 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
                                  "try a lower --lr or --style-weight")
         if on_step is not None:
             on_step(iteration, values, time.perf_counter() - start, image)
-    state = {k: v.detach() for k, v in opt.state[image].items()} if optimizer == "adam" and iterations else {}
+    state = {k: v.detach() for k, v in opt.state[image].items()} if optimizer in ADAM_LIKE and iterations else {}
     return image.detach().clamp(0, 1), state

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 
 import torch
 
@@ -89,3 +91,17 @@ def describe_devices() -> list[dict[str, object]]:
         devices.append({"name": f"cuda:{index}", "model": props.name, "memory_gb": round(total / 2**30, 1),
                         "free_gb": round(free / 2**30, 1)})
     return devices
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new CUDA peak (per stage); the CPU's peak RSS cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the most memory tensors took since ``reset_peak_memory``; CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux

@@ -15,15 +15,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hires_nst import images
+import torch.nn.functional as F
+
+from hires_nst import images, losses
+from hires_nst.backbones import FeatureExtractor, alias, get_backbone
 from hires_nst.checkpoints import WorkDir
-from hires_nst.config import RenderConfig
-from hires_nst.events import Message, Sink, StageFinished, StageStarted, Step
-from hires_nst.features import VGGFeatures
+from hires_nst.config import RenderConfig, parse_layer_weights
+from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step
 from hires_nst.errors import DeviceError
+from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
-from hires_nst.placement import MEMORY_MARGIN, MIN_TILE, auto_tile_size, available_bytes
+from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, auto_tile_size, available_bytes, peak_memory_bytes,
+                                 reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
 from hires_nst.tiling import align_for, make_objective, make_tiled_targets, plan_tiles, required_halo
 
@@ -37,9 +41,17 @@ class StageInputs:
 
 
 def loss_weights(config: RenderConfig) -> Weights:
+    """The loss weights; style layers weighted by ``--style-layer-weights`` (equal by default)."""
     loss = config.loss
-    return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
-                                loss.content_layers, loss.style_layers)
+    layer_weights = parse_layer_weights(loss.style_layer_weights, loss.style_layers)
+    if layer_weights is None:
+        return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
+                                    loss.content_layers, loss.style_layers)
+    style: dict[str, float] = {}
+    for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
+        style[alias(name)] = style.get(alias(name), 0.0) + weight
+    content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
+    return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style))
 
 
 @dataclass(frozen=True)
@@ -52,9 +64,15 @@ class Tiling:
 
 
 def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config") -> Tiling:
-    """The tiling of ``stage`` from ``--tile-size`` (auto: measured free memory), or a forced ``tile``."""
+    """The tiling of ``stage`` from ``--tile-size`` (auto: measured free memory), or a forced ``tile``.
+
+    Backbones that cannot be tiled exactly (ResNet) always run untiled.
+    """
+    backbone = get_backbone(config.model.backbone)
+    if not backbone.tileable:
+        return Tiling(None, 0, 1)
     layers = [*config.loss.content_layers, *config.loss.style_layers]
-    halo = config.tiling.halo or required_halo(layers)
+    halo = config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name])
     if tile == "config":
         setting = config.tiling.tile_size
         if setting == "off":
@@ -77,6 +95,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling) -> Tiling:
     """Half the tile (or, untiled, half the long side); DeviceError below the smallest tile."""
     current = tiling.tile or stage.long_side
+    if not get_backbone(config.model.backbone).tileable:
+        raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}); "
+                          f"{config.model.backbone} renders cannot be tiled: free device memory or lower --max-size")
     if current // 2 < MIN_TILE:
         raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}) even with "
                           f"{current} px tiles; free device memory or lower --max-size")
@@ -120,20 +141,33 @@ def upsample(image: Tensor, stage: Stage) -> Tensor:
 
 @dataclass
 class Checkpointing:
-    """Where finished stages go, and how often the stage in progress is saved (0: never)."""
+    """What a render leaves behind while it runs: finished stages in the work dir, the stage in
+    progress every ``save_every`` iterations, and a ``Snapshot`` event every ``snapshot_every``
+    iterations (0: never) with the image shrunk to at most ``snapshot_size`` px (long side)."""
 
     workdir: WorkDir
     save_every: int = 0
+    snapshot_every: int = 0
+    snapshot_size: int = 512
+
+
+def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot:
+    """The image as a small array: shrunk on its device (area averaging) before it is copied off."""
+    height, width = image.shape[-2:]
+    if max(height, width) > size:
+        width, height = fit_long_side(width, height, size)
+        image = F.interpolate(image.detach().float(), size=(height, width), mode="area")
+    return Snapshot(stage.index, iteration, images.to_array(image))
 
 
 @dataclass
 class StageResult:
     image: Tensor  # (1, 3, H, W) in [0, 1]
     losses: dict[str, float]  # final losses at this stage
-    optimizer_state: dict[str, Tensor]  # Adam's moments (empty for L-BFGS)
+    optimizer_state: dict[str, Tensor]  # Adam's or AdamW's moments (empty for the others)
 
 
-def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
+def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
               warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None) -> StageResult:
     """Optimise one stage, tiled when ``tiling.tile`` is set."""
@@ -144,11 +178,16 @@ def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage:
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
     began = time.perf_counter()
     save_every = checkpointing.save_every if checkpointing else 0
+    snapshot_every = checkpointing.snapshot_every if checkpointing else 0
+    reset_peak_memory(start.device)
 
     def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
-        sink(Step(stage.index, iteration, stage.iterations, values, seconds))
+        sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device)))
         if save_every and iteration % save_every == 0 and checkpointing is not None:
             checkpointing.workdir.save_current(image)
+        if snapshot_every and checkpointing is not None and (
+                iteration % snapshot_every == 0 or iteration == stage.iterations):
+            sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
 
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                                         iterations=stage.iterations, on_step=on_step, warm_state=warm_state)
@@ -157,7 +196,7 @@ def run_stage(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage:
     return StageResult(result, final, state)
 
 
-def run_stage_fitting_memory(extractor: VGGFeatures, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
+def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
                              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
                              warm_state: dict[str, Tensor] | None) -> StageResult:
     """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
@@ -176,7 +215,7 @@ def run_stage_fitting_memory(extractor: VGGFeatures, inputs: StageInputs, start:
         tiling = smaller
 
 
-def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np.ndarray],
+def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequence[np.ndarray],
                 schedule: Sequence[Stage], config: RenderConfig, init: str | np.ndarray,
                 device: torch.device, sink: Sink, checkpointing: Checkpointing | None = None,
                 done: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
@@ -202,6 +241,8 @@ def run_pyramid(extractor: VGGFeatures, content: np.ndarray, styles: Sequence[np
             checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
         inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
+        if stage.index == done and checkpointing is not None and checkpointing.snapshot_every:
+            sink(snapshot(stage, 0, start, checkpointing.snapshot_size))  # the animation's first frame
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
                                           checkpointing, warm)

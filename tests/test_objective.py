@@ -220,5 +220,5 @@ def test_a_non_finite_gradient_on_the_last_iteration_raises(name: str) -> None:
 
 
 def test_unknown_optimizer_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
-        make_optimizer("sgd", torch.zeros(1, requires_grad=True), 0.1)
+    with pytest.raises(ConfigError, match="unknown optimizer 'nadam'"):
+        make_optimizer("nadam", torch.zeros(1, requires_grad=True), 0.1)

@@ -1,0 +1,185 @@
+"""Feature networks behind one interface: VGG19 (default), VGG16 and ResNet-50.
+
+Every extractor maps an RGB image in [0, 1], (1, 3, H, W), to ``{layer: (1, C, h, w)}`` and carries
+``layers``, ``min_size``, ``preprocessing``, ``source``, ``pools_before`` (log2 of each layer's
+downsampling) and ``tileable``. Only the VGGs are tileable: the exactness rules of tiling.py
+(DESIGN.md 6) are derived for 3x3 zero-padded convolutions and 2x2 poolings. ResNet-50's 7x7
+stride-2 stem, 3x3 stride-2 pooling and stride-2 convolutions would need their own rules (a 32 px
+grid, a halo of about the receptive-field radius: ~135 px at layer3, ~215 px at layer4), which are
+not implemented, so ResNet renders always run untiled.
+
+ResNet-50 layer names: ``stem`` (conv1 + bn1 + ReLU, 1/2), ``layerB_K`` the output of bottleneck
+block K of torchvision's ``layerB``, and ``layerB`` the output of its last block (``layer3`` is
+``layer3_6``). Default layers follow VGG's by downsampling and receptive field: content ``layer2``
+(1/8, receptive field 91 px in torchvision's stride-on-3x3 ResNet; VGG's conv4_2 is 1/8, 84 px),
+style ``stem``, ``layer1``, ``layer2``, ``layer3`` (1/2 .. 1/16, as conv1_1 .. conv5_1).
+``layer4`` (1/32, 2048 channels) is available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from torch import Tensor, nn
+
+from hires_nst.errors import ConfigError, WeightsError
+from hires_nst.features import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, VGG_BLOCKS, VGG_CHANNELS,
+                                Preprocess, VGGFeatures, vgg_body)
+from hires_nst.weights import VGGWeights
+
+RESNET_BLOCKS = (3, 4, 6, 3)  # bottleneck blocks in layer1..layer4 of ResNet-50
+RESNET_CHANNELS = (256, 512, 1024, 2048)
+
+
+class FeatureExtractor(Protocol):
+    """What the objective, the pyramid and the tiling need from a feature network."""
+
+    layers: tuple[str, ...]
+    preprocessing: str  # "caffe" | "torchvision"
+    source: str  # where the weights came from, for the settings record
+    pools_before: dict[str, int]  # layer -> k: its maps are 1/2**k of the input
+    tileable: bool
+
+    @property
+    def min_size(self) -> int: ...
+
+    def __call__(self, image: Tensor) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    channels: int
+    depth: int  # maps are 1 / 2**depth of the input
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone's layer names, their shapes and its default layers."""
+
+    name: str
+    layers: tuple[LayerInfo, ...]
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    tileable: bool
+
+    def canonical(self, name: str) -> str:
+        """The layer's canonical name (aliases resolved); unknown names list the valid ones."""
+        for info in self.layers:
+            if name == info.name or name in info.aliases:
+                return info.name
+        valid = ", ".join(i.name for i in self.layers)
+        alias = " (or relu* for the same)" if self.name.startswith("vgg") else " (or layerB_K for the last block)"
+        raise ConfigError(f"unknown layer {name!r} for {self.name}; valid layers: {valid}{alias}")
+
+    def info(self, name: str) -> LayerInfo:
+        canonical = self.canonical(name)
+        return next(i for i in self.layers if i.name == canonical)
+
+
+def _vgg(arch: str) -> Backbone:
+    layers = tuple(LayerInfo(f"conv{b}_{c}", VGG_CHANNELS[b - 1], b - 1, (f"relu{b}_{c}",))
+                   for b, n in enumerate(VGG_BLOCKS[arch], 1) for c in range(1, n + 1))
+    return Backbone(arch, layers, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, tileable=True)
+
+
+def _resnet50() -> Backbone:
+    layers = [LayerInfo("stem", 64, 1)]
+    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS), 1):
+        for block in range(1, blocks):
+            layers.append(LayerInfo(f"layer{stage}_{block}", channels, stage + 1))
+        layers.append(LayerInfo(f"layer{stage}", channels, stage + 1, (f"layer{stage}_{blocks}",)))
+    return Backbone("resnet50", tuple(layers), ("layer2",), ("stem", "layer1", "layer2", "layer3"), tileable=False)
+
+
+BACKBONES = {"vgg19": _vgg("vgg19"), "vgg16": _vgg("vgg16"), "resnet50": _resnet50()}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; use {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def alias(name: str) -> str:
+    """The canonical name of a layer of any backbone, without checking that it exists.
+
+    Backbones' names never collide, so this is safe where the backbone is not at hand (the loss
+    weights); names are validated against the backbone by the config and by the extractor.
+    """
+    for backbone in BACKBONES.values():
+        for info in backbone.layers:
+            if name in info.aliases:
+                return info.name
+    return name
+
+
+def trunk(backbone: str) -> nn.Module:
+    """The module whose state dict a backbone's weights fill: VGG ``features``, ResNet-50 minus ``fc``."""
+    if backbone == "resnet50":
+        from torchvision.models import resnet50
+
+        net = resnet50()
+        net.fc = nn.Identity()  # the classifier is never used
+        return net
+    return vgg_body(backbone)
+
+
+class ResNetFeatures(nn.Module):
+    """ResNet-50 features, frozen, batch norm in eval mode, truncated after the deepest layer."""
+
+    tileable = False
+
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {pooling!r}; use max or avg")
+        spec = BACKBONES["resnet50"]
+        self.layers = tuple(dict.fromkeys(spec.canonical(n) for n in layers))
+        if not self.layers:
+            raise ConfigError("no feature layers requested")
+        net = trunk("resnet50")
+        try:
+            net.load_state_dict(weights.state_dict)
+        except RuntimeError as exc:
+            raise WeightsError(f"{weights.source}: the weights do not fit ResNet-50 ({exc})") from None
+        # "avg" swaps the stem's 3x3 max pooling for an average one (the only pooling ResNet has).
+        pool = net.maxpool if pooling == "max" else nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        names, modules = ["stem"], [nn.Sequential(net.conv1, net.bn1, net.relu)]
+        for stage in range(1, 5):
+            blocks = list(getattr(net, f"layer{stage}"))
+            for index, block in enumerate(blocks, 1):
+                names.append(f"layer{stage}" if index == len(blocks) else f"layer{stage}_{index}")
+                modules.append(nn.Sequential(pool, block) if names[-1] == "layer1_1" else block)
+        last = max(names.index(n) for n in self.layers)
+        self.names, self.blocks = names[: last + 1], nn.ModuleList(modules[: last + 1])
+        self.pools_before = {n: spec.info(n).depth for n in self.layers}
+        self.preprocessing, self.source = weights.preprocessing, weights.source
+        self.preprocess = Preprocess(weights.preprocessing)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def min_size(self) -> int:
+        """Smallest input side that leaves every requested layer at least one pixel at its nominal stride."""
+        return 2 ** max(self.pools_before.values())
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        x = self.preprocess(image)
+        out = {}
+        for name, module in zip(self.names, self.blocks):
+            x = module(x)
+            if name in self.layers:
+                out[name] = x
+        return out
+
+
+def build_extractor(backbone: str, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> nn.Module:
+    """The extractor for ``backbone`` (see ``FeatureExtractor``) with ``weights`` loaded."""
+    get_backbone(backbone)
+    if backbone == "resnet50":
+        return ResNetFeatures(weights, layers, pooling)
+    return VGGFeatures(weights, layers, pooling, arch=backbone)
+

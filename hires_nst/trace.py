@@ -1,0 +1,139 @@
+"""Loss traces and run summaries: what ``trace.csv`` holds and what ``hires-nst compare`` reads.
+
+A render's trace has one row per iteration, written (and flushed) as the render runs into the
+work dir's ``trace.csv``, so an interrupted render keeps it; ``--resume`` drops the rows of stages
+it redoes and appends. The finished trace is copied beside the output as ``OUT.trace.csv``, next
+to the settings ``OUT.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from hires_nst import images
+from hires_nst.errors import InputError
+from hires_nst.events import Event, StageStarted, Step
+
+COLUMNS = ("stage", "width", "height", "iteration", "total", "content", "style", "tv", "seconds", "elapsed",
+           "peak_memory_mb")
+
+
+def trace_path(output: Path) -> Path:
+    """``out.png`` -> ``out.png.trace.csv``, beside the settings ``out.png.json``."""
+    return output.with_name(output.name + ".trace.csv")
+
+
+def read_trace(path: Path) -> list[dict[str, str]]:
+    """The rows of a trace file; none if it does not exist."""
+    try:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return []
+
+
+class TraceWriter:
+    """An event sink writing one row per ``Step``: stage (0-based, as in the settings and the work
+    dir's ``stage-K`` files), size, iteration (1-based), losses, seconds for the iteration, seconds
+    since the trace began (summed over all stages) and peak memory in MiB."""
+
+    def __init__(self, path: Path, keep_stages: int = 0) -> None:
+        kept = [row for row in read_trace(path) if int(row["stage"]) < keep_stages] if keep_stages else []
+        self.elapsed = float(kept[-1]["elapsed"]) if kept else 0.0
+        images.write_atomically(path, lambda f: f.write(_csv_text([list(COLUMNS)] + [
+            [row.get(c, "") for c in COLUMNS] for row in kept]).encode()))
+        self.path = path
+        self.handle = open(path, "a", newline="")
+        self.writer = csv.writer(self.handle)
+        self.size = (0, 0)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            self.size = (event.width, event.height)
+        elif isinstance(event, Step):
+            self.elapsed += event.seconds
+            losses = [f"{event.losses.get(k, math.nan):.9g}" for k in ("total", "content", "style", "tv")]
+            self.writer.writerow([event.stage, *self.size, event.iteration, *losses, f"{event.seconds:.4f}",
+                                  f"{self.elapsed:.3f}", f"{event.peak_memory / 2**20:.1f}"])
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _csv_text(rows: Iterable[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One finished render, as ``compare`` shows it."""
+
+    run: str  # the output image
+    backbone: str
+    optimizer: str
+    lr: float
+    width: int
+    height: int
+    iterations: int  # over all stages
+    losses: dict[str, float]  # final, at the output size
+    seconds: float  # the whole render
+    peak_memory_mb: float | None  # from the trace, if there is one
+
+
+def _is_record(data: Any) -> bool:
+    return isinstance(data, dict) and "config" in data and isinstance(data.get("stages"), list)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_records(path: Path) -> list[Path]:
+    """Settings records (``OUT.json``) at ``path``: the file itself, a work dir's finished output, or
+    every record in a folder (searched recursively when none lies at its top)."""
+    if path.is_file():
+        if not _is_record(_load_json(path)):
+            raise InputError(f"{path} is not the settings file of a render (OUT.json beside an output)")
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"run not found: {path}")
+    status = _load_json(path / "status.json")
+    if isinstance(status, dict) and status.get("output"):
+        settings = Path(status["output"]).with_name(Path(status["output"]).name + ".json")
+        if _is_record(_load_json(settings)):
+            return [settings]
+    found = [p for p in sorted(path.glob("*.json")) if _is_record(_load_json(p))]
+    found = found or [p for p in sorted(path.rglob("*.json")) if _is_record(_load_json(p))]
+    if not found:
+        raise InputError(f"no finished render in {path} (looked for OUT.json settings files and work dirs)")
+    return found
+
+
+def summarise(record_path: Path) -> RunSummary:
+    record = _load_json(record_path)
+    last = record["stages"][-1]
+    config = record["config"]
+    trace = trace_path(record_path.with_name(record_path.name[: -len(".json")]))  # beside the record
+    peaks = [float(r["peak_memory_mb"]) for r in read_trace(trace) if r.get("peak_memory_mb")]
+    return RunSummary(record.get("output", str(record_path)), config["model"].get("backbone", "vgg19"),
+                      config["optim"]["optimizer"], float(record.get("lr_used", 0.0)), last["width"], last["height"],
+                      sum(s["iterations"] for s in record["stages"]), last["losses"], float(record["seconds"]),
+                      max(peaks) if peaks else None)
+
+
+def compare_runs(paths: Iterable[Path]) -> list[RunSummary]:
+    """Summaries of every finished render found at ``paths``, each record once, in the order given."""
+    records = dict.fromkeys(p.resolve() for path in paths for p in find_records(Path(path)))
+    return [summarise(p) for p in records]

@@ -1,0 +1,118 @@
+"""--content-layers / --style-layers / --style-layer-weights: parsing, errors, and the weights the loss uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import hires_nst.render
+from hires_nst.cli import app
+from hires_nst.config import parse_layer_weights, resolve
+from hires_nst.errors import ConfigError
+from hires_nst.pyramid import loss_weights
+from hires_nst.render import RenderJob, RenderResult
+
+STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+
+
+def _config(**loss):
+    return resolve(("test", {"loss": loss}))
+
+
+def test_equal_is_the_default_and_gives_each_layer_a_fifth() -> None:
+    config = _config()
+    assert config.loss.style_layer_weights == "equal"
+    assert parse_layer_weights("equal", STYLE) is None
+    assert loss_weights(config).style_layers == {name: pytest.approx(0.2) for name in STYLE}
+    assert loss_weights(config).content_layers == {"conv4_2": 1.0}
+
+
+@pytest.mark.parametrize("text", ["256:64:16:4:1", "256,64,16,4,1", " 256 : 64 : 16 : 4 : 1 "])
+def test_a_list_of_weights_in_either_spelling(text: str) -> None:
+    assert parse_layer_weights(text, STYLE) == (256.0, 64.0, 16.0, 4.0, 1.0)
+
+
+def test_the_weights_are_normalised_to_sum_one_in_the_order_of_the_layers() -> None:
+    weights = loss_weights(_config(style_layer_weights="256:64:16:4:1"))
+    assert list(weights.style_layers) == list(STYLE)
+    assert [weights.style_layers[n] for n in STYLE] == pytest.approx([256 / 341, 64 / 341, 16 / 341, 4 / 341, 1 / 341])
+    reordered = loss_weights(_config(style_layers="conv5_1,conv1_1", style_layer_weights="3:1"))
+    assert reordered.style_layers == {"conv5_1": pytest.approx(0.75), "conv1_1": pytest.approx(0.25)}
+
+
+def test_a_layer_named_twice_by_its_alias_adds_its_weights() -> None:
+    weights = loss_weights(_config(style_layers="relu1_1,conv1_1,conv2_1", style_layer_weights="1:1:2"))
+    assert weights.style_layers == {"conv1_1": pytest.approx(0.5), "conv2_1": pytest.approx(0.5)}
+
+
+def test_several_content_layers_share_the_content_weight_equally() -> None:
+    weights = loss_weights(_config(content_layers="conv4_2,relu5_2"))
+    assert weights.content_layers == {"conv4_2": 0.5, "conv5_2": 0.5}
+
+
+@pytest.mark.parametrize("loss, message", [
+    ({"style_layer_weights": "1:2"}, "--style-layer-weights has 2 weights for 5 style layers \\(conv1_1, conv2_1, "),
+    ({"style_layer_weights": "1:2:3:4:5:6"}, "has 6 weights for 5 style layers"),
+    ({"style_layer_weights": "1:x:1:1:1"}, "must be 'equal' or numbers like 256:64:16:4:1, got '1:x:1:1:1'"),
+    ({"style_layer_weights": "1:-1:1:1:1"}, "finite weights >= 0 with a positive sum"),
+    ({"style_layer_weights": "0:0:0:0:0"}, "positive sum"),
+    ({"style_layer_weights": "nan:1:1:1:1"}, "finite weights"),
+    ({"style_layer_weights": "equals"}, "must be 'equal' or numbers"),
+    ({"content_layers": "conv6_1"}, "unknown layer 'conv6_1' for vgg19; valid layers: conv1_1, conv1_2, "),
+    ({"style_layers": "pool1"}, "unknown layer 'pool1'"),
+])
+def test_mistakes_are_config_errors_that_say_what_is_valid(loss: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(**loss)
+
+
+def test_layer_options_reach_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs: list[RenderJob] = []
+
+    def fake(job: RenderJob, sink: object = None) -> RenderResult:
+        jobs.append(job)
+        return RenderResult(job.output, Path(f"{job.output}.json"), 8, 8, 0.1, {"total": 1.0}, Path("work"))
+
+    monkeypatch.setattr(hires_nst.render, "render", fake)
+    args = ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--content-layers", "conv5_2",
+            "--style-layers", "conv1_1:conv3_1", "--style-layer-weights", "4:1", "--backbone", "vgg16",
+            "--weights", "random", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    loss = jobs[0].config.loss
+    assert (loss.content_layers, loss.style_layers, loss.style_layer_weights) == (("conv5_2",), ("conv1_1", "conv3_1"), "4:1")
+    assert (jobs[0].config.model.backbone, jobs[0].config.model.weights) == ("vgg16", "random")
+
+
+def test_layers_command_lists_names_channels_and_downsampling() -> None:
+    runner = CliRunner()
+    vgg = runner.invoke(app, ["layers"])
+    assert vgg.exit_code == 0 and "conv5_4" in vgg.stdout and "relu4_2" in vgg.stdout
+    assert "--content-layers conv4_2 --style-layers conv1_1,conv2_1,conv3_1,conv4_1,conv5_1" in vgg.stdout
+    vgg16 = runner.invoke(app, ["layers", "--backbone", "vgg16"])
+    assert "conv5_3" in vgg16.stdout and "conv5_4" not in vgg16.stdout
+    resnet = runner.invoke(app, ["layers", "--backbone", "resnet50"])
+    row = next(line for line in resnet.stdout.splitlines() if " layer3 " in line)
+    assert "layer3_6" in row and "1024" in row and "1/16" in row
+    assert "never tiled" in resnet.stdout
+    bad = runner.invoke(app, ["layers", "--backbone", "alexnet"])
+    assert bad.exit_code == 1 and "unknown backbone 'alexnet'" in bad.stderr
+
+
+def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(tmp_path: Path) -> None:
+    from hires_nst.render import fingerprint
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"x")
+
+    def settings(**layers) -> dict:
+        job = RenderJob(tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "o.png", resolve(("test", layers)))
+        return fingerprint(job)["settings"]
+
+    default = settings()
+    assert "backbone" not in default["model"] and "style_layer_weights" not in default["loss"]
+    assert settings(loss={"style_layer_weights": "4:3:2:1:1"})["loss"]["style_layer_weights"] == "4:3:2:1:1"
+    assert settings(model={"backbone": "vgg16", "weights": "random"})["model"]["backbone"] == "vgg16"
+    assert settings(output={"animate": str(tmp_path / "a.gif")}) == default  # an animation changes no pixel
