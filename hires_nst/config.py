@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence, get_type_hints
 from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
 from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, canonical_layer
+from hires_nst.placement import PRECISIONS
 
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # Adam on a [0, 1] image, as crowsonkb's renderer
@@ -69,6 +70,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DeviceConfig:
     device: str = _opt("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto")
+    devices: str = _opt("--devices", "Spread the tiles of each iteration over several devices: all (every CUDA "
+                        "device) or a list such as cuda:0,cuda:1; empty means the one --device.", "")
+    precision: str = _opt("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
+                          "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "
+                          "Gram matrices and losses stay fp32.", "auto")
+    sync_every: int = _opt("--sync-every", "Read the loss back from the device (progress, NaN check) every N "
+                           "iterations; 0 means every iteration on a CPU, every 10 on CUDA.", 0)
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,10 @@ def validate(config: RenderConfig) -> None:
         raise _fail("tiling", "tile_size", "must be auto, off or a whole number of pixels >= 16", tile)
     if config.tiling.halo < 0:
         raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
+    if config.device.precision not in PRECISIONS:
+        raise _fail("device", "precision", f"must be one of {', '.join(PRECISIONS)}", config.device.precision)
+    if config.device.sync_every < 0:
+        raise _fail("device", "sync_every", "must be >= 0", config.device.sync_every)
     if config.output.save_every < 0:
         raise _fail("output", "save_every", "must be >= 0", config.output.save_every)
     if optim.optimizer not in OPTIMIZERS:

@@ -127,6 +127,8 @@ class Objective:
                 total = terms["total"] * scale if scale != 1.0 else terms["total"]
                 (grad,) = torch.autograd.grad(total, leaf)
             out["terms"] = terms
+            # Channels-last inputs give a channels-last gradient; L-BFGS flattens it with view().
+            grad = grad.contiguous()
             return grad / scale if scale != 1.0 else grad
 
         image.grad = self.loss_scale.run(backward)

@@ -21,7 +21,8 @@ from hires_nst.contact_sheet import contact_sheet
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import Planned, PlannedStage, Sink, null_sink
 from hires_nst.features import VGGFeatures
-from hires_nst.placement import estimate_stage_bytes, resolve_device
+from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
+                                  resolve_precision)
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.schedule import Stage, make_schedule
 from hires_nst.weights import load_weights
@@ -109,7 +110,7 @@ def fingerprint(job: RenderJob) -> dict[str, Any]:
     """What a finished stage depends on: the inputs' bytes and every setting that shapes pixels.
 
     Sizes and iteration counts are matched stage by stage instead, so that a larger --max-size
-    can reuse the stages of a smaller render; device and output options do not change pixels.
+    can reuse the stages of a smaller render; device and output options do not change pixels (precision only within rounding).
     """
     settings = job.config.to_dict()
     settings.pop("device")
@@ -129,20 +130,21 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     output = images.check_output_path(job.output)
     inputs = load_inputs(job)
     config = job.config
-    device = resolve_device(config.device.device)
+    placement = make_placement(config)
+    device = placement.main
     torch.manual_seed(config.optim.seed)
-    extractor = build_extractor(config, device)
+    extractor = placement.extractor
     pyramid = config.pyramid
     height, width = inputs.content.shape[:2]
     schedule = make_schedule(width, height, max_size=pyramid.max_size, min_size=pyramid.min_size,
                              factor=pyramid.scale_factor, iterations=pyramid.iterations)
     workdir = WorkDir(work_dir_of(job))
     done = workdir.open(fingerprint(job), schedule, resume=job.resume, restart=job.restart)
-    sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
+    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
     content, styles = working_images(inputs, config.loss.preserve_color)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          Checkpointing(workdir, config.output.save_every), done)
+                                          Checkpointing(workdir, config.output.save_every), done, placement)
     except KeyboardInterrupt:
         raise _interrupted(workdir, job) from None
     except BaseException as exc:
@@ -152,7 +154,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
-    record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path)
+    record = _settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path)
     images.save_image(output, result, {"hires-nst": json.dumps(record["config"])})
     settings = settings_path(output)
     images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
@@ -164,9 +166,18 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                         workdir.path, done)
 
 
-def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
-    tiling = stage_tiling(config, stage, device)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo)
+def make_placement(config: RenderConfig) -> Placement:
+    """Devices, precision and one extractor replica per device: decided once per render."""
+    devices = resolve_devices(config.device.devices, config.device.device)
+    precision = resolve_precision(config.device.precision, devices)
+    extractor = build_extractor(config, devices[0])
+    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
+
+
+def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
+    tiling = stage_tiling(config, stage, placement.main, placement=placement)
+    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
+                                  placement.precision.bytes_per_value)
     return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 
@@ -180,14 +191,15 @@ def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
                        "run the same command with --resume to continue")
 
 
-def _settings_record(job: RenderJob, extractor: VGGFeatures, device: torch.device, schedule: list[Stage],
+def _settings_record(job: RenderJob, extractor: VGGFeatures, placement: Placement, schedule: list[Stage],
                      stage_losses: list[dict[str, float]], seconds: float, work_dir: Path) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
     return {
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
-        "preprocessing": extractor.preprocessing, "device": str(device), "stages": stages,
+        "preprocessing": extractor.preprocessing, "device": str(placement.main),
+        "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3),
         "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
