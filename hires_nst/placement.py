@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -207,7 +207,6 @@ class Placement:
     devices: tuple[torch.device, ...]
     precision: Precision = FP32
     sync_every: int = 1  # read losses back (progress, finite checks) every N iterations
-    notes: tuple[str, ...] = field(default=())  # what was decided, for the printed plan
 
     @property
     def main(self) -> torch.device:

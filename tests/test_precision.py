@@ -100,6 +100,24 @@ def test_bf16_features_are_bf16_but_grams_accumulate_in_fp32(extractor: VGGFeatu
     assert float((gram - exact).norm() / exact.norm()) < 1e-5
 
 
+def test_the_gram_of_bf16_features_keeps_no_float32_copy_for_the_backward_pass() -> None:
+    features = torch.rand(1, 8, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+    saved: list[torch.dtype] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.dtype)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        gram = losses.gram_sum(features)
+    (grad,) = torch.autograd.grad(gram.square().sum(), features)
+
+    assert gram.dtype == torch.float32 and saved == [torch.bfloat16]
+    wide = features.detach().double().reshape(8, -1)
+    expected = (4 * (wide @ wide.T) @ wide).reshape(features.shape)  # d|F F^T|^2/dF = 4 F F^T F
+    assert grad.dtype == torch.bfloat16 and float((grad.double() - expected).norm() / expected.norm()) < 1e-2
+
+
 def test_channels_last_prepares_the_weights_in_that_format() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     BF16.prepare(model)
