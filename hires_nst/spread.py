@@ -9,7 +9,8 @@ device (DESIGN.md 6, last paragraph):
 * pass 1: each device's Gram sums and content errors are summed onto the main device: about
   2.4 MB for the default style layers, whatever the image size;
 * pass 2: each device returns the gradient of its band's windows (band + halo, 3 floats per pixel),
-  which is added into the image's gradient.
+  which is added into the image's gradient. The crop of the image each device reads (the same
+  size) is copied to it once per evaluation: both passes use it.
 
 Devices run at once, one Python thread each (CUDA kernels release the GIL). The exactness rules of
 ``tiling`` hold unchanged: bands start on the pooling grid and windows reach past a band's edge
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from hires_nst.features import POOLS_BEFORE
-from hires_nst.objective import Objective, Targets, Weights
+from hires_nst.objective import LossTerms, Objective, Targets, Weights
 from hires_nst.placement import Placement, Precision
 from hires_nst.tiling import (Rect, Tile, TiledObjective, _round_up, _Totals, align_for, make_objective, plan_tiles,
                               required_halo, used_layers)
@@ -147,7 +148,8 @@ class SpreadObjective(TiledObjective):
     """``TiledObjective`` whose tiles run on several devices at once; same loss, same gradient.
 
     The loss terms, style factors, TV and loss scale are computed on the main device by the
-    inherited code; only the two passes over the tiles are replaced.
+    inherited code; the two passes over the tiles run on the devices, on crops of the image
+    copied once per evaluation.
     """
 
     def __init__(self, shards: Sequence[Shard], targets: Targets, weights: Weights, precision: Precision) -> None:
@@ -156,34 +158,57 @@ class SpreadObjective(TiledObjective):
         super().__init__(shards[0].objective.extractor, targets, weights, tiles, precision)
         self.shards = list(shards)
 
-    def _each(self, work: Callable[[Shard], T]) -> list[T]:
-        """``work(shard)`` for every shard at once, one thread each; results in shard order."""
+    def _each(self, work: Callable[..., T], *columns: Sequence) -> list[T]:
+        """``work(shard, *row)`` for every shard at once, one thread each; results in shard order.
 
-        def run(shard: Shard) -> T:
+        ``columns`` are per-shard arguments: ``_each(f, crops)`` calls ``f(shards[k], crops[k])``.
+        """
+
+        def run(row: tuple) -> T:
+            shard = row[0]
             if shard.device.type == "cuda":
                 with torch.cuda.device(shard.device):
-                    return work(shard)
-            return work(shard)
+                    return work(*row)
+            return work(*row)
 
         with ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="hires-nst-device") as pool:
-            return list(pool.map(run, self.shards))
+            return list(pool.map(run, zip(self.shards, *columns)))
 
-    def _accumulate(self, image: Tensor) -> _Totals:
+    def _take(self, image: Tensor) -> list[Tensor]:
+        """Each device's crop of the image, copied once per evaluation and used by both passes."""
+        return self._each(lambda shard: shard.take(image))
+
+    def _accumulate_crops(self, crops: list[Tensor], device: torch.device) -> _Totals:
         """Pass 1 on every device; Gram sums and content errors summed on the main device."""
-        parts = self._each(lambda shard: shard.objective._accumulate(shard.take(image)))
-        return _sum_totals(parts, image.device)
+        parts = self._each(lambda shard, crop: shard.objective._accumulate(crop), crops)
+        return _sum_totals(parts, device)
 
-    def _backward(self, image: Tensor, factors: dict[str, Tensor], scale: float) -> Tensor:
+    def _backward_crops(self, crops: list[Tensor], factors: dict[str, Tensor], scale: float, image: Tensor) -> Tensor:
         """Pass 2 on every device; each band's gradient added into one image-sized buffer."""
 
-        def band_grad(shard: Shard) -> Tensor:
+        def band_grad(shard: Shard, crop: Tensor) -> Tensor:
             local = {n: f.to(shard.device) for n, f in factors.items()}
-            return shard.objective._backward(shard.take(image), local, scale)
+            return shard.objective._backward(crop, local, scale)
 
         grad = torch.zeros_like(image, dtype=torch.float32)
-        for shard, part in zip(self.shards, self._each(band_grad)):
+        for shard, part in zip(self.shards, self._each(band_grad, crops)):
             shard.bounds.crop(grad).add_(part.to(grad.device))
         return grad
+
+    def loss(self, image: Tensor) -> LossTerms:
+        return self._terms(image, self._accumulate_crops(self._take(image), image.device))
+
+    def __call__(self, image: Tensor) -> LossTerms:
+        """As ``TiledObjective.__call__``, with both passes spread over the devices."""
+        crops = self._take(image)
+        totals = self._accumulate_crops(crops, image.device)
+        terms = self._terms(image, totals)
+        factors = self._style_factors(totals) if self.weights.style else {}
+        grad = self.loss_scale.run(lambda scale: self._backward_crops(crops, factors, scale, image))
+        if self.weights.tv > 0:
+            grad += self._tv_grad(image)
+        image.grad = grad
+        return terms
 
 
 def make_spread_objective(placement: Placement, targets: Targets, weights: Weights, width: int, height: int,
