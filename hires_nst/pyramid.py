@@ -65,7 +65,7 @@ def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile:
     """
     layers = [*config.loss.content_layers, *config.loss.style_layers]
     halo, align = config.tiling.halo or required_halo(layers), align_for(layers)
-    value_bytes = placement.precision.bytes_per_value if placement else 4
+    value_bytes = placement.precision.bytes_per_value(device) if placement else 4
     devices = placement.devices if placement else (device,)
     sizes: list[int | None] | None = None  # per device, in its band
     if tile == "config":

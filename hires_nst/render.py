@@ -177,7 +177,7 @@ def make_placement(config: RenderConfig) -> Placement:
 def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
     tiling = stage_tiling(config, stage, placement.main, placement=placement)
     memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
-                                  placement.precision.bytes_per_value)
+                                  placement.precision.bytes_per_value(placement.main))
     return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 

@@ -172,7 +172,7 @@ def test_a_render_on_two_cpu_devices_equals_the_single_device_render(tmp_path: P
     two = render(_job(tmp_path, "two", devices="cpu,cpu"), events.append)
 
     (plan,) = [e for e in events if isinstance(e, Planned)]
-    assert plan.device == "cpu, cpu (fp32)" and plan.stages[0].tiles == 8  # per band: 32 + 16 px cores, 2 rows
+    assert plan.device == "cpu, cpu (fp32, channels-last)" and plan.stages[0].tiles == 8  # per band: 32 + 16 px cores, 2 rows
     for key in ("total", "content", "style"):
         assert two.losses[key] == pytest.approx(one.losses[key], rel=1e-4), key
     a, b = (images.load_image(r.output) for r in (one, two))
