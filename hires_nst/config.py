@@ -18,6 +18,7 @@ from hires_nst.errors import ConfigError
 from hires_nst.backbones import BACKBONES, get_backbone
 from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
+from hires_nst.placement import PRECISIONS
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /
@@ -89,6 +90,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DeviceConfig:
     device: str = _opt("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto")
+    devices: str = _opt("--devices", "Spread the tiles of each iteration over several devices: all (every CUDA "
+                        "device) or a list such as cuda:0,cuda:1 (overrides --device); empty: the one --device.", "")
+    precision: str = _opt("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
+                          "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "
+                          "Gram matrices and losses stay fp32.", "auto")
+    sync_every: int = _opt("--sync-every", "Read the loss back from the device (progress, NaN check) every N "
+                           "iterations; 0 means every iteration on a CPU, every 10 on CUDA.", 0)
 
 
 @dataclass(frozen=True)
@@ -282,6 +290,10 @@ def validate(config: RenderConfig) -> None:
     if config.tiling.halo < 0:
         raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
     _validate_output(config.output)
+    if config.device.precision not in PRECISIONS:
+        raise _fail("device", "precision", f"must be one of {', '.join(PRECISIONS)}", config.device.precision)
+    if config.device.sync_every < 0:
+        raise _fail("device", "sync_every", "must be >= 0", config.device.sync_every)
     if optim.optimizer not in OPTIMIZERS:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from hires_nst import losses
 from hires_nst.backbones import FeatureExtractor, alias
+from hires_nst.placement import FP32, Precision
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
@@ -67,15 +68,18 @@ class Targets:
 
 @torch.no_grad()
 def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Sequence[Tensor],
-                 blend: Sequence[float], weights: Weights) -> Targets:
-    """Content features and blended style Grams; each style image is used at its own size."""
+                 blend: Sequence[float], weights: Weights, precision: Precision = FP32) -> Targets:
+    """Content features and blended style Grams; each style image is used at its own size.
+
+    Under the same ``precision`` as the optimisation, so that a perfect match scores zero.
+    """
     content_feats = {}
     if content is not None and weights.content > 0 and weights.content_layers:
-        feats = extractor(content)
-        content_feats = {n: feats[n].float() for n in weights.content_layers}
+        feats = precision.features(extractor, content)
+        content_feats = {n: feats[n].float().contiguous() for n in weights.content_layers}
     per_style = []
     for style in styles:
-        feats = extractor(style)
+        feats = precision.features(extractor, style)
         per_style.append({n: losses.gram(feats[n]) for n in weights.style_layers})
     style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
     return Targets(content_feats, style_grams,
@@ -91,11 +95,13 @@ def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> Los
 class Objective:
     """Untiled loss and gradient: one VGG pass over the whole image."""
 
-    def __init__(self, extractor: FeatureExtractor, targets: Targets, weights: Weights) -> None:
+    def __init__(self, extractor: FeatureExtractor, targets: Targets, weights: Weights,
+                 precision: Precision = FP32) -> None:
         self.extractor, self.targets, self.weights = extractor, targets, weights
+        self.precision, self.loss_scale = precision, precision.loss_scale()
 
     def _terms(self, image: Tensor) -> LossTerms:
-        feats = self.extractor(image)
+        feats = self.precision.features(self.extractor, image)
         t, w = self.targets, self.weights
         zero = image.new_zeros(())
         content = sum((lw * losses.relative_error(feats[n], t.content[n], t.content_norms[n])
@@ -112,9 +118,19 @@ class Objective:
 
     def __call__(self, image: Tensor) -> LossTerms:
         """Loss terms, with d(total)/d(image) written to ``image.grad``."""
-        with torch.enable_grad():
-            leaf = image.detach().requires_grad_(True)
-            terms = self._terms(leaf)
-            (grad,) = torch.autograd.grad(terms["total"], leaf)
-        image.grad = grad
-        return {k: v.detach() for k, v in terms.items()}
+        out: dict[str, LossTerms] = {}
+
+        def backward(scale: float) -> Tensor:
+            # fp16: an overflow re-runs the whole evaluation at half the scale (LossScale).
+            with torch.enable_grad():
+                leaf = image.detach().requires_grad_(True)
+                terms = self._terms(leaf)
+                total = terms["total"] * scale if scale != 1.0 else terms["total"]
+                (grad,) = torch.autograd.grad(total, leaf)
+            out["terms"] = terms
+            # Channels-last inputs give a channels-last gradient; L-BFGS flattens it with view().
+            grad = grad.contiguous()
+            return grad / scale if scale != 1.0 else grad
+
+        image.grad = self.loss_scale.run(backward)
+        return {k: v.detach() for k, v in out["terms"].items()}

@@ -1,14 +1,25 @@
-"""Devices and memory: which device runs the network, and what a stage will cost in memory."""
+"""Devices, precision and memory: where and how the network runs, and what a stage will cost.
+
+Every decision about devices and number formats is made here, once per render: ``resolve_devices``
+(``--device``/``--devices``), ``resolve_precision`` (``--precision``) and ``place`` (one feature
+extractor replica per device). The rest of the engine only calls ``Precision.features`` around the
+network and ``LossScale.run`` around the backward pass.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import resource
 import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
+from torch import Tensor, nn
 
-from hires_nst.errors import DeviceError
+from hires_nst.errors import ConfigError, DeviceError
 
 # Activations kept for the backward pass of VGG19 up to conv5_1, in values per input pixel:
 # conv1 block 2x64, pool 64/4, conv2 2x128/4, pool 128/16, conv3 4x256/16, pool 256/64,
@@ -17,22 +28,221 @@ ACTIVATIONS_PER_PIXEL = 128 + 16 + 64 + 8 + 64 + 4 + 32 + 2 + 2
 BACKWARD_FACTOR = 2.0  # gradients of the largest activations live alongside them during backward
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
     """``auto`` -> CUDA if present, else CPU; anything else is checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise DeviceError(f"{flag}: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise DeviceError(f"{flag} {name}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise DeviceError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"{flag}: unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def resolve_devices(devices: str = "", device: str = "auto") -> tuple[torch.device, ...]:
+    """``--devices``: empty -> the one ``--device``; ``all`` -> every CUDA device; else a comma list.
+
+    The first device is the main one: it holds the image, its gradient and the optimiser state.
+    ``cpu,cpu`` gives two CPU replicas: no faster, but it runs the multi-device logic without GPUs.
+    """
+    spec = devices.strip()
+    if not spec:
+        return (resolve_device(device),)
+    if spec == "all":
+        if not torch.cuda.is_available():
+            raise DeviceError("--devices all: CUDA is not available on this machine; use --device cpu")
+        return tuple(torch.device("cuda", i) for i in range(torch.cuda.device_count()))
+    names = [n.strip() for n in spec.split(",")]
+    if not all(names):
+        raise DeviceError(f"--devices {spec}: empty device name; use e.g. cuda:0,cuda:1 or all")
+    resolved = [resolve_device(n, "--devices") for n in names]
+    resolved = [torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+                for d in resolved]
+    if len({d.type for d in resolved}) > 1:
+        raise DeviceError(f"--devices {spec}: mixes CPU and CUDA devices; use one kind")
+    cuda = [d for d in resolved if d.type == "cuda"]
+    if len(set(cuda)) < len(cuda):
+        raise DeviceError(f"--devices {spec}: a CUDA device is listed twice")
+    return tuple(resolved)
+
+
+# --------------------------------------------------------------------------- precision
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _supports_bf16(device: torch.device) -> bool:
+    """Native bf16 arithmetic: Ampere or later on CUDA; AVX512-BF16 or AMX on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in ("_is_avx512_bf16_supported",
+                                                                          "_is_amx_tile_supported"))
+
+
+class LossScale:
+    """Dynamic loss scaling for fp16 (as ``torch.amp.GradScaler``, for an input gradient).
+
+    fp16 gradients below ~6e-8 flush to zero, and ours are small (losses are means over millions of
+    positions). The backpropagated quantity is multiplied by ``scale`` and the input gradient divided
+    by it; on inf/NaN the scale halves and the evaluation runs again, and after ``growth_interval``
+    good evaluations it doubles. Scales are powers of two, so scaling itself is exact.
+    """
+
+    def __init__(self, enabled: bool, initial: float = 2.0**16, growth_interval: int = 100) -> None:
+        self.enabled, self.scale, self.growth_interval = enabled, initial if enabled else 1.0, growth_interval
+        self.good_steps, self.overflows = 0, 0
+
+    def run(self, backward: Callable[[float], Tensor]) -> Tensor:
+        """``backward(scale)`` must return the *unscaled* input gradient; returns the first finite one.
+
+        Disabled (fp32, bf16): one call with scale 1 and no host-device synchronisation.
+        """
+        if not self.enabled:
+            return backward(1.0)
+        while True:
+            grad = backward(self.scale)
+            if bool(torch.isfinite(grad).all()):
+                self.good_steps += 1
+                if self.good_steps % self.growth_interval == 0:
+                    self.scale *= 2.0
+                return grad
+            self.overflows += 1
+            self.good_steps = 0
+            if self.scale <= 1.0:  # not an overflow of the scaling: the optimiser's check reports it
+                return grad
+            self.scale /= 2.0
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the network runs (DESIGN.md 7): fp32, or bf16/fp16 autocast, optionally channels-last.
+
+    Only the VGG forward (and so its backward) runs in the low precision. The image, Gram matrices,
+    losses and optimiser state stay fp32: ``features`` leaves autocast before returning, and the
+    loss code widens the features before any sum (``losses.gram_sum``).
+    """
+
+    name: str = "fp32"
+    channels_last: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES.get(self.name, torch.float32)
+
+    def bytes_per_value(self, device: torch.device) -> int:
+        """Bytes of one activation on ``device``, for sizing tiles (``estimate_stage_bytes``).
+
+        A CPU keeps the fp32 figure: there bf16 saved only 16% of the peak at 512 px (oneDNN keeps
+        reordered copies), so half the fp32 estimate would pick tiles that do not fit.
+        """
+        return self.dtype.itemsize if device.type == "cuda" else 4
+
+    def prepare(self, extractor: nn.Module) -> nn.Module:
+        """The extractor's weights in the memory format its inputs will have (in place)."""
+        return extractor.to(memory_format=torch.channels_last) if self.channels_last else extractor
+
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        if self.name == "fp32":
+            yield
+            return
+        with torch.autocast(device.type, dtype=self.dtype):
+            yield
+
+    def features(self, extractor: Callable[[Tensor], dict[str, Tensor]], image: Tensor) -> dict[str, Tensor]:
+        """``extractor(image)`` under this precision. (1, 3, H, W) fp32 -> {layer: (1, C, h, w)} in
+        the compute dtype (bf16/fp16 under autocast, which ends here: widen before summing)."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with self.autocast(image.device):
+            return extractor(image)
+
+    def loss_scale(self) -> LossScale:
+        """A fresh dynamic loss scale: active for fp16 only."""
+        return LossScale(enabled=self.name == "fp16")
+
+    def describe(self) -> str:
+        return self.name + (", channels-last" if self.channels_last else "")
+
+
+FP32 = Precision()
+# Channels-last for every precision: on the 2-core dev CPU (benchmarks/speed.py, 256 px) it made
+# fp32 1.24x and bf16 1.58x faster than NCHW, and it is the layout cuDNN's tensor-core kernels want.
+CHANNELS_LAST = True
+
+
+def resolve_precision(name: str, devices: Sequence[torch.device]) -> Precision:
+    """``--precision`` for these devices. ``auto``: bf16 where every device does bf16 natively, else fp32."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "auto":
+        name = "bf16" if all(_supports_bf16(d) for d in devices) else "fp32"
+    if name == "fp16" and any(d.type != "cuda" for d in devices):
+        raise DeviceError("--precision fp16 needs CUDA devices (a CPU has no fast fp16 convolutions); "
+                          "use --precision bf16 or fp32 on a CPU")
+    if name == "bf16":
+        old = [str(d) for d in devices if d.type == "cuda" and not _supports_bf16(d)]
+        if old:
+            raise DeviceError(f"--precision bf16: {', '.join(old)} has no bf16 support (needs compute capability "
+                              "8.0 or later); use --precision fp16 or fp32")
+    return Precision(name, channels_last=CHANNELS_LAST)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a render runs: one extractor replica per device, in one precision.
+
+    ``devices[0]`` is the main device: the image, its gradient, the targets' originals and the
+    optimiser state live there; other devices get copies of what their tiles need.
+    """
+
+    replicas: tuple[nn.Module, ...]
+    devices: tuple[torch.device, ...]
+    precision: Precision = FP32
+    sync_every: int = 1  # read losses back (progress, finite checks) every N iterations
+
+    @property
+    def main(self) -> torch.device:
+        return self.devices[0]
+
+    @property
+    def extractor(self) -> nn.Module:
+        return self.replicas[0]
+
+    def describe(self) -> str:
+        return f"{', '.join(str(d) for d in self.devices)} ({self.precision.describe()})"
+
+
+def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int:
+    """``--sync-every``, 0 meaning: every iteration on a CPU (a sync costs nothing there), every 10 on CUDA."""
+    if setting > 0:
+        return setting
+    return 10 if any(d.type == "cuda" for d in devices) else 1
+
+
+def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Precision = FP32,
+          sync_every: int = 1) -> Placement:
+    """One replica of ``extractor`` per device (the first is ``extractor`` itself, moved)."""
+    if not devices:
+        raise DeviceError("no device to run on")
+    replicas = [precision.prepare(extractor.to(devices[0]))]
+    replicas += [precision.prepare(copy.deepcopy(extractor).to(d)) for d in devices[1:]]
+    if any(d.type == "cuda" for d in devices):
+        # Fixed input shapes (a few tile sizes per stage): let cuDNN time its algorithms once.
+        torch.backends.cudnn.benchmark = True
+    return Placement(tuple(replicas), tuple(devices), precision, sync_every)
 
 
 def activation_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:
@@ -40,11 +250,12 @@ def activation_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:
     return int(width * height * ACTIVATIONS_PER_PIXEL * bytes_per_value * BACKWARD_FACTOR)
 
 
-def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0) -> int:
+def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0,
+                         bytes_per_value: int = 4) -> int:
     """Peak memory of one iteration: full-image buffers plus the network on one window."""
     window_w = width if tile is None else min(width, tile + 2 * halo)
     window_h = height if tile is None else min(height, tile + 2 * halo)
-    return width * height * FULL_IMAGE_BYTES_PER_PIXEL + activation_bytes(window_w, window_h)
+    return width * height * FULL_IMAGE_BYTES_PER_PIXEL + activation_bytes(window_w, window_h, bytes_per_value)
 
 
 # Full-image fp32 buffers besides the network: image, gradient, optimiser state (a few copies),
@@ -66,17 +277,18 @@ def available_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16) -> int | None:
+def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16,
+                   bytes_per_value: int = 4) -> int | None:
     """The largest tile side whose window fits ``budget`` bytes; None when the whole image fits.
 
     Full-image buffers (image, gradient, optimiser state, targets) are paid first; then the
     network's activations scale with one window, (tile + 2 halo)^2 at most.
     """
-    if estimate_stage_bytes(width, height) <= budget:
+    if estimate_stage_bytes(width, height, bytes_per_value=bytes_per_value) <= budget:
         return None
     tile = (max(width, height) // align) * align
     while tile > MIN_TILE:
-        if estimate_stage_bytes(width, height, tile, halo) <= budget:
+        if estimate_stage_bytes(width, height, tile, halo, bytes_per_value) <= budget:
             return tile
         tile = max(MIN_TILE, (tile * 3 // 4) // align * align)
     return MIN_TILE
@@ -84,12 +296,13 @@ def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int =
 
 def describe_devices() -> list[dict[str, object]]:
     """The devices on this machine with their memory, for ``hires-nst info``."""
-    devices: list[dict[str, object]] = [{"name": "cpu", "threads": torch.get_num_threads()}]
+    devices: list[dict[str, object]] = [{"name": "cpu", "threads": torch.get_num_threads(),
+                                         "bf16": _supports_bf16(torch.device("cpu"))}]
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(index)
         free, total = torch.cuda.mem_get_info(index)
         devices.append({"name": f"cuda:{index}", "model": props.name, "memory_gb": round(total / 2**30, 1),
-                        "free_gb": round(free / 2**30, 1)})
+                        "free_gb": round(free / 2**30, 1), "bf16": _supports_bf16(torch.device("cuda", index))})
     return devices
 
 

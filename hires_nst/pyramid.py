@@ -26,9 +26,10 @@ from hires_nst.errors import DeviceError
 from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
-from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, auto_tile_size, available_bytes, peak_memory_bytes,
-                                 reset_peak_memory)
+from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
+                                  available_bytes, peak_memory_bytes, reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
+from hires_nst.spread import make_spread_objective, plan_bands, spread_pays
 from hires_nst.tiling import align_for, make_objective, make_tiled_targets, plan_tiles, required_halo
 
 
@@ -58,32 +59,75 @@ def loss_weights(config: RenderConfig) -> Weights:
 class Tiling:
     """How one stage is split: ``tile`` None means untiled."""
 
-    tile: int | None
+    tile: int | None  # on the main device, for the whole image (also sizes the targets' tiles)
     halo: int
-    tiles: int  # how many windows each pass runs
+    tiles: int  # how many windows each pass runs, all devices together
+    # Several devices: each one's tile side in its band (None: the band is one window).
+    # Empty: everything runs on the main device.
+    device_tiles: tuple[int | None, ...] = ()
 
 
-def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config") -> Tiling:
+def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config",
+                 placement: Placement | None = None) -> Tiling:
     """The tiling of ``stage`` from ``--tile-size`` (auto: measured free memory), or a forced ``tile``.
 
-    Backbones that cannot be tiled exactly (ResNet) always run untiled.
+    With several devices the stage is spread over them when it is tiled anyway, or when one window
+    per device beats one untiled pass (``spread_pays``); ``--tile-size off`` keeps it on the main device.
     """
     backbone = get_backbone(config.model.backbone)
-    if not backbone.tileable:
+    if not backbone.tileable:  # ResNet: no exact tiling (see backbones.py)
         return Tiling(None, 0, 1)
     layers = [*config.loss.content_layers, *config.loss.style_layers]
-    halo = config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name])
+    halo, align = config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name]), align_for(layers)
+    value_bytes = placement.precision.bytes_per_value(device) if placement else 4
+    devices = placement.devices if placement else (device,)
+    sizes: list[int | None] | None = None  # per device, in its band
     if tile == "config":
         setting = config.tiling.tile_size
         if setting == "off":
             tile = None
         elif setting == "auto":
-            budget = int(available_bytes(device) * MEMORY_MARGIN[device.type])
-            tile = auto_tile_size(stage.width, stage.height, halo, budget, align_for(layers))
+            tile = auto_tile_size(stage.width, stage.height, halo, _budget(device, devices), align, value_bytes)
+            if len(devices) > 1:
+                sizes = _band_tiles(stage, devices, halo, align, value_bytes)
         else:
             tile = int(setting)
-    count = len(plan_tiles(stage.width, stage.height, tile, halo, align_for(layers))) if tile else 1
-    return Tiling(tile if count > 1 else None, halo, count)
+            sizes = [tile] * len(devices)
+    else:
+        sizes = [tile] * len(devices)
+    count = len(plan_tiles(stage.width, stage.height, tile, halo, align)) if tile else 1
+    single = Tiling(tile if count > 1 else None, halo, count)
+    if len(devices) < 2 or sizes is None:
+        return single
+    if single.tile is None and not spread_pays(stage.width, stage.height, len(devices), halo, align):
+        return single
+    bands = plan_bands(stage.width, stage.height, sizes, halo, align)
+    if len(bands) < 2:
+        return single
+    return Tiling(single.tile, halo, sum(len(b.tiles) for b in bands), tuple(sizes[: len(bands)]))
+
+
+def _budget(device: torch.device, devices: Sequence[torch.device]) -> int:
+    """Bytes this device may use: its free memory with a margin, shared by replicas on the host."""
+    share = sum(1 for d in devices if d.type == "cpu") if device.type == "cpu" else 1
+    return int(available_bytes(device) * MEMORY_MARGIN[device.type]) // max(1, share)
+
+
+def _band_tiles(stage: Stage, devices: Sequence[torch.device], halo: int, align: int,
+                value_bytes: int) -> list[int | None]:
+    """Each device's auto tile side for its band, from its own free memory (None: the band fits).
+
+    The main device also holds the whole image's buffers (image, gradient, optimiser state).
+    """
+    bands = plan_bands(stage.width, stage.height, [None] * len(devices), halo, align)
+    sizes: list[int | None] = []
+    for index, (band, device) in enumerate(zip(bands, devices)):
+        bounds = band.bounds
+        budget = _budget(device, devices)
+        if index == 0:
+            budget -= (stage.width * stage.height - bounds.width * bounds.height) * FULL_IMAGE_BYTES_PER_PIXEL
+        sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, value_bytes))
+    return sizes + [None] * (len(devices) - len(sizes))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -92,16 +136,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
 
 
-def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling) -> Tiling:
-    """Half the tile (or, untiled, half the long side); DeviceError below the smallest tile."""
-    current = tiling.tile or stage.long_side
+def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling,
+                   placement: Placement | None = None) -> Tiling:
+    """Half the (smallest) tile, or untiled, half the long side; DeviceError below the smallest tile."""
+    current = min([t for t in (tiling.tile, *tiling.device_tiles) if t] or [stage.long_side])
     if not get_backbone(config.model.backbone).tileable:
         raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}); "
                           f"{config.model.backbone} renders cannot be tiled: free device memory or lower --max-size")
     if current // 2 < MIN_TILE:
         raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}) even with "
                           f"{current} px tiles; free device memory or lower --max-size")
-    return stage_tiling(config, stage, device, tile=current // 2)
+    return stage_tiling(config, stage, device, tile=current // 2, placement=placement)
 
 
 def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False) -> tuple[int, int]:
@@ -167,30 +212,50 @@ class StageResult:
     optimizer_state: dict[str, Tensor]  # Adam's or AdamW's moments (empty for the others)
 
 
+def single_placement(extractor: FeatureExtractor, device: torch.device) -> Placement:
+    """The placement of a caller that passed none: this extractor on this device, fp32."""
+    return Placement((extractor,), (device,))
+
+
 def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
-              warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None) -> StageResult:
-    """Optimise one stage, tiled when ``tiling.tile`` is set."""
+              warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None,
+              placement: Placement | None = None) -> StageResult:
+    """Optimise one stage, tiled when ``tiling.tile`` is set, spread when ``tiling.device_tiles`` is."""
+    placement = placement or single_placement(extractor, start.device)
+    precision = placement.precision
     weights = loss_weights(config)
     tile, halo = (tiling.tile, tiling.halo) if tiling else (None, None)
-    targets = make_tiled_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights, tile, halo)
-    objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo)
+    # Targets once per stage, on the main device; a spread objective copies them to each device once.
+    targets = make_tiled_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights, tile,
+                                 halo, precision=precision)
+    if tiling is not None and tiling.device_tiles:
+        objective = make_spread_objective(placement, targets, weights, stage.width, stage.height,
+                                          tiling.device_tiles, halo)
+    else:
+        objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo,
+                                   precision=precision)
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
     began = time.perf_counter()
     save_every = checkpointing.save_every if checkpointing else 0
     snapshot_every = checkpointing.snapshot_every if checkpointing else 0
     reset_peak_memory(start.device)
+    saved = {"at": 0}
 
     def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
         sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device)))
-        if save_every and iteration % save_every == 0 and checkpointing is not None:
+        # Steps are reported every placement.sync_every iterations: save at the first report
+        # at or after each multiple of save_every (and snapshot likewise).
+        if save_every and iteration // save_every > saved["at"] // save_every and checkpointing is not None:
             checkpointing.workdir.save_current(image)
+            saved["at"] = iteration
         if snapshot_every and checkpointing is not None and (
                 iteration % snapshot_every == 0 or iteration == stage.iterations):
             sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
 
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
-                                        iterations=stage.iterations, on_step=on_step, warm_state=warm_state)
+                                        iterations=stage.iterations, on_step=on_step, warm_state=warm_state,
+                                        sync_every=placement.sync_every)
     final = {k: float(v) for k, v in objective.loss(result).items()}
     sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
     return StageResult(result, final, state)
@@ -198,29 +263,33 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
 
 def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
                              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
-                             warm_state: dict[str, Tensor] | None) -> StageResult:
+                             warm_state: dict[str, Tensor] | None, placement: Placement | None = None) -> StageResult:
     """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
-    tiling = stage_tiling(config, stage, start.device)
+    tiling = stage_tiling(config, stage, start.device, placement=placement)
     while True:
         try:
-            return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling)
+            return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling,
+                             placement)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-        smaller = smaller_tiling(config, stage, start.device, tiling)
+        smaller = smaller_tiling(config, stage, start.device, tiling, placement)
         was = f"{tiling.tile} px tiles" if tiling.tile else "untiled"
         sink(Message(f"out of memory at stage {stage.index + 1} ({was}); retrying it with {smaller.tile} px tiles"))
-        if start.device.type == "cuda":
-            torch.cuda.empty_cache()
+        for device in placement.devices if placement else (start.device,):
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.empty_cache()
         tiling = smaller
 
 
 def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequence[np.ndarray],
                 schedule: Sequence[Stage], config: RenderConfig, init: str | np.ndarray,
                 device: torch.device, sink: Sink, checkpointing: Checkpointing | None = None,
-                done: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
+                done: int = 0, placement: Placement | None = None) -> tuple[Tensor, list[dict[str, float]]]:
     """Run the stages of ``schedule`` after the first ``done`` (taken from the work dir).
 
+    ``placement`` (devices, replicas, precision) defaults to ``extractor`` on ``device`` in fp32.
     Returns the final image (1, 3, H, W) in [0, 1] and every stage's final losses.
     """
     height, width = content.shape[:2]
@@ -245,7 +314,7 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
             sink(snapshot(stage, 0, start, checkpointing.snapshot_size))  # the animation's first frame
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
-                                          checkpointing, warm)
+                                          checkpointing, warm, placement)
         image, state = result.image, result.optimizer_state
         stage_losses.append(result.losses)
         if checkpointing is not None:

@@ -23,7 +23,8 @@ from hires_nst.config import OUTPUT_FORMATS, RenderConfig
 from hires_nst.contact_sheet import contact_sheet
 from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
-from hires_nst.placement import estimate_stage_bytes, resolve_device
+from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
+                                  resolve_precision)
 from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
@@ -149,7 +150,8 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
     Sizes and iteration counts are matched stage by stage instead, so that a larger --max-size
     (or print size) can reuse the stages of a smaller render; of the print settings only the crop
-    they make counts; device, output and input-limit options do not change pixels.
+    they make counts; device, output and input-limit options do not change pixels
+    (precision only within rounding).
     """
     settings = job.config.to_dict()
     for section in ("device", "output", "print", "input"):
@@ -181,15 +183,16 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     _check_animation_path(config)
     check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
                                   config.output.save_stages))
-    device = resolve_device(config.device.device)
+    placement = make_placement(config)
+    device = placement.main
     torch.manual_seed(config.optim.seed)
-    extractor = build_extractor(config, device)
+    extractor = placement.extractor
     stamp = fingerprint(job, crop)
     done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
-    sink(Planned(tuple(_planned(config, s, device) for s in schedule), str(device), extractor.source))
+    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
         sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
     content, styles = working_images(inputs, config.loss.preserve_color)
@@ -198,7 +201,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                                   output_config.animate_size)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          checkpointing, done)
+                                          checkpointing, done, placement)
     except KeyboardInterrupt:
         raise _interrupted(workdir, stamp, schedule) from None
     except BaseException as exc:
@@ -210,7 +213,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
-    record = _settings_record(job, extractor, device, schedule, stage_losses, seconds, workdir.path, crop)
+    record = _settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
     with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
         settings = _write_outputs(output, result, record, config, workdir, schedule, animation)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
@@ -258,9 +261,18 @@ def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRe
                              config.output.animate_size, transform)
 
 
-def _planned(config: RenderConfig, stage: Stage, device: torch.device) -> PlannedStage:
-    tiling = stage_tiling(config, stage, device)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo)
+def make_placement(config: RenderConfig) -> Placement:
+    """Devices, precision and one extractor replica per device: decided once per render."""
+    devices = resolve_devices(config.device.devices, config.device.device)
+    precision = resolve_precision(config.device.precision, devices)
+    extractor = build_extractor(config, devices[0])
+    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
+
+
+def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
+    tiling = stage_tiling(config, stage, placement.main, placement=placement)
+    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
+                                  placement.precision.bytes_per_value(placement.main))
     return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 
@@ -278,14 +290,15 @@ def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage])
     return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
 
 
-def _settings_record(job: RenderJob, extractor: FeatureExtractor, device: torch.device, schedule: list[Stage],
+def _settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Placement, schedule: list[Stage],
                      stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
     return {
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
-        "preprocessing": extractor.preprocessing, "device": str(device), "stages": stages,
+        "preprocessing": extractor.preprocessing, "device": str(placement.main),
+        "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
         "trace": str(trace_path(job.output)), "animation": job.config.output.animate or None,

@@ -29,6 +29,7 @@ from hires_nst import losses
 from hires_nst.errors import ConfigError
 from hires_nst.features import BLOCK_SIZES, POOLS_BEFORE, VGGFeatures, canonical_layer
 from hires_nst.objective import LossTerms, Objective, Targets, Weights, combine, make_targets
+from hires_nst.placement import FP32, Precision
 
 
 # --------------------------------------------------------------------------- the plan (pure)
@@ -50,6 +51,9 @@ class Rect:
     @property
     def height(self) -> int:
         return self.bottom - self.top
+
+    def shifted(self, dx: int, dy: int) -> "Rect":
+        return Rect(self.left + dx, self.top + dy, self.right + dx, self.bottom + dy)
 
     def at_depth(self, depth: int) -> "Rect":
         """This rectangle on a feature map after ``depth`` 2x2 poolings.
@@ -188,10 +192,12 @@ class TiledObjective:
     buffers; the price is one extra forward pass per tile and the halo.
     """
 
-    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights, tiles: Sequence[Tile]) -> None:
+    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights, tiles: Sequence[Tile],
+                 precision: Precision = FP32) -> None:
         if not tiles:
             raise ConfigError("a tiled objective needs at least one tile")
         self.extractor, self.targets, self.weights = extractor, targets, weights
+        self.precision, self.loss_scale = precision, precision.loss_scale()
         self.tiles = list(tiles)
         self.content_layers = [n for n in weights.content_layers if n in targets.content]
         self.style_layers = list(weights.style_layers)
@@ -210,7 +216,7 @@ class TiledObjective:
         return totals
 
     def _accumulate_tile(self, image: Tensor, tile: Tile, totals: _Totals) -> None:
-        feats = self.extractor(tile.window.crop(image))
+        feats = self.precision.features(self.extractor, tile.window.crop(image))
         _add_grams(feats, tile, self.style_layers, totals.gram_sums, totals.areas)
         for name in self.content_layers:
             diff = _core_features(feats, tile, name).float() - self._content_target(tile, name).float()
@@ -239,9 +245,12 @@ class TiledObjective:
         return {n: (4.0 * w.style * lw / (t.style_norms[n] * totals.areas[n])) * (grams[n] - t.style[n].float())
                 for n, lw in w.style_layers.items()}
 
-    def _feature_grads(self, feats: dict[str, Tensor], tile: Tile,
-                       factors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """The tile's cores at every used layer and ``dL/d(core)`` for each: (1, C, h, w) pairs."""
+    def _feature_grads(self, feats: dict[str, Tensor], tile: Tile, factors: dict[str, Tensor],
+                       scale: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+        """The tile's cores at every used layer and ``scale * dL/d(core)`` for each: (1, C, h, w) pairs.
+
+        The scale (fp16 loss scaling) is applied in float32, before the cast to the features' dtype.
+        """
         grads: dict[str, Tensor] = {}
         for name, factor in factors.items():
             core = _core_features(feats, tile, name)
@@ -251,22 +260,24 @@ class TiledObjective:
         t, w = self.targets, self.weights
         for name in self.content_layers:
             core = _core_features(feats, tile, name)
-            scale = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
-            grad = scale * (core.detach().float() - self._content_target(tile, name).float())
+            factor = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
+            grad = factor * (core.detach().float() - self._content_target(tile, name).float())
             grads[name] = grads[name] + grad if name in grads else grad
         outputs, grad_outputs = [], []
         for name, grad in grads.items():
             core = _core_features(feats, tile, name)
             if core.numel():
                 outputs.append(core)
-                grad_outputs.append(grad.to(core.dtype))
+                grad_outputs.append((grad * scale if scale != 1.0 else grad).to(core.dtype))
         return outputs, grad_outputs
 
-    def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, Tensor], grad: Tensor) -> None:
-        """Pass 2 for one tile: add d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included."""
+    def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, Tensor], grad: Tensor,
+                       scale: float = 1.0) -> None:
+        """Pass 2 for one tile: add ``scale`` d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included."""
         with torch.enable_grad():
             window = tile.window.crop(image.detach()).requires_grad_(True)
-            outputs, grad_outputs = self._feature_grads(self.extractor(window), tile, factors)
+            feats = self.precision.features(self.extractor, window)
+            outputs, grad_outputs = self._feature_grads(feats, tile, factors, scale)
             if not outputs:
                 return
             (window_grad,) = torch.autograd.grad(outputs, window, grad_outputs)
@@ -279,18 +290,28 @@ class TiledObjective:
             (grad,) = torch.autograd.grad(self.weights.tv * losses.tv_loss(leaf), leaf)
         return grad
 
+    def _backward(self, image: Tensor, factors: dict[str, Tensor], scale: float) -> Tensor:
+        """Pass 2 over every tile: the network's part of d(loss)/d(image), (1, 3, H, W) float32."""
+        grad = torch.zeros_like(image, dtype=torch.float32)
+        for tile in self.tiles:
+            self._backward_tile(image, tile, factors, grad, scale)
+        return grad.div_(scale) if scale != 1.0 else grad
+
     def loss(self, image: Tensor) -> LossTerms:
         """Loss terms only (pass 1): for reports and scores."""
         return self._terms(image, self._accumulate(image))
 
     def __call__(self, image: Tensor) -> LossTerms:
-        """Loss terms, with d(total)/d(image) written to ``image.grad`` (both passes)."""
+        """Loss terms, with d(total)/d(image) written to ``image.grad`` (both passes).
+
+        With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
+        """
         totals = self._accumulate(image)
         terms = self._terms(image, totals)
         factors = self._style_factors(totals) if self.weights.style else {}
-        grad = self._tv_grad(image) if self.weights.tv > 0 else torch.zeros_like(image)
-        for tile in self.tiles:
-            self._backward_tile(image, tile, factors, grad)
+        grad = self.loss_scale.run(lambda scale: self._backward(image, factors, scale))
+        if self.weights.tv > 0:
+            grad += self._tv_grad(image)
         image.grad = grad
         return terms
 
@@ -300,7 +321,7 @@ class TiledObjective:
 
 @torch.no_grad()
 def tiled_statistics(extractor: VGGFeatures, image: Tensor, tiles: Sequence[Tile], gram_layers: Sequence[str],
-                     map_layers: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                     map_layers: Sequence[str], precision: Precision = FP32) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Position-averaged Grams (C, C) and whole feature maps (1, C, H >> k, W >> k), window by window.
 
     The same numbers as one untiled pass: a stage's content and style images are as large as the
@@ -311,7 +332,7 @@ def tiled_statistics(extractor: VGGFeatures, image: Tensor, tiles: Sequence[Tile
     areas: dict[str, int] = {}
     maps: dict[str, Tensor] = {}
     for tile in tiles:
-        feats = extractor(tile.window.crop(image))
+        feats = precision.features(extractor, tile.window.crop(image))
         _add_grams(feats, tile, gram_layers, sums, areas)
         for name in map_layers:
             core = _core_features(feats, tile, name).float()
@@ -324,10 +345,10 @@ def tiled_statistics(extractor: VGGFeatures, image: Tensor, tiles: Sequence[Tile
 
 def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: Sequence[Tensor],
                        blend: Sequence[float], weights: Weights, tile_size: int | None,
-                       halo: int | None = None) -> Targets:
+                       halo: int | None = None, precision: Precision = FP32) -> Targets:
     """``objective.make_targets``, with each image larger than one tile computed window by window."""
     if tile_size is None:
-        return make_targets(extractor, content, styles, blend, weights)
+        return make_targets(extractor, content, styles, blend, weights, precision)
     _check_tileable(extractor)
     layers = list(dict.fromkeys([*weights.content_layers, *weights.style_layers]))
     halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
@@ -337,8 +358,9 @@ def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: S
 
     content_feats: dict[str, Tensor] = {}
     if content is not None and weights.content > 0 and weights.content_layers:
-        _, content_feats = tiled_statistics(extractor, content, tiles_for(content), [], list(weights.content_layers))
-    per_style = [tiled_statistics(extractor, style, tiles_for(style), list(weights.style_layers), [])[0]
+        _, content_feats = tiled_statistics(extractor, content, tiles_for(content), [], list(weights.content_layers),
+                                            precision)
+    per_style = [tiled_statistics(extractor, style, tiles_for(style), list(weights.style_layers), [], precision)[0]
                  for style in styles]
     style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
     return Targets(content_feats, style_grams,
@@ -347,7 +369,8 @@ def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: S
 
 
 def make_objective(extractor: VGGFeatures, targets: Targets, weights: Weights, width: int, height: int,
-                   tile_size: int | None, halo: int | None = None) -> Objective | TiledObjective:
+                   tile_size: int | None, halo: int | None = None,
+                   precision: Precision = FP32) -> Objective | TiledObjective:
     """The cheapest exact objective for a ``width`` x ``height`` image.
 
     Untiled when ``tile_size`` is None or one tile would cover the image (no second forward pass
@@ -355,14 +378,14 @@ def make_objective(extractor: VGGFeatures, targets: Targets, weights: Weights, w
     is given (a smaller halo trades exactness for speed).
     """
     if tile_size is None:
-        return Objective(extractor, targets, weights)
+        return Objective(extractor, targets, weights, precision)
     _check_tileable(extractor)
     layers = used_layers(targets, weights)
     halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
     tiles = plan_tiles(width, height, tile_size, halo, align_for(layers))
     if len(tiles) == 1:
-        return Objective(extractor, targets, weights)
-    return TiledObjective(extractor, targets, weights, tiles)
+        return Objective(extractor, targets, weights, precision)
+    return TiledObjective(extractor, targets, weights, tiles, precision)
 
 
 def _check_tileable(extractor: VGGFeatures) -> None:

@@ -61,8 +61,8 @@ def _tiny_job(tmp_path: Path, **tiling) -> RenderJob:
 def test_out_of_memory_retries_the_stage_with_half_the_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = pyramid.make_objective
 
-    def fails_above_32_px(extractor, targets, weights, width, height, tile, halo):
-        objective = real(extractor, targets, weights, width, height, tile, halo)
+    def fails_above_32_px(extractor, targets, weights, width, height, tile, halo, **options):
+        objective = real(extractor, targets, weights, width, height, tile, halo, **options)
         if tile is None or tile > 32:
             def out_of_memory(image):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -80,7 +80,7 @@ def test_out_of_memory_retries_the_stage_with_half_the_tile(tmp_path: Path, monk
 
 
 def test_out_of_memory_below_the_smallest_tile_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def always_out_of_memory(*args):
+    def always_out_of_memory(*args, **options):
         def objective(image):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB")
         return objective
