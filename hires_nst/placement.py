@@ -175,8 +175,8 @@ class Precision:
 
 
 FP32 = Precision()
-# Channels-last for every precision: on the 2-core dev CPU (benchmarks/speed.py, 256 px) it made
-# fp32 1.24x and bf16 1.58x faster than NCHW, and it is the layout cuDNN's tensor-core kernels want.
+# Channels-last for every precision: on the 2-core dev CPU (benchmarks/speed.py) it made bf16
+# 1.2-1.6x and fp32 1.02-1.24x faster than NCHW, and it is the layout cuDNN's tensor cores want.
 CHANNELS_LAST = True
 
 

@@ -177,7 +177,8 @@ def test_a_render_on_two_cpu_devices_equals_the_single_device_render(tmp_path: P
         assert two.losses[key] == pytest.approx(one.losses[key], rel=1e-4), key
     a, b = (images.load_image(r.output) for r in (one, two))
     assert float(np.abs(a - b).mean()) < 0.5 / 255
-    assert json.loads(two.settings.read_text())["devices"] == ["cpu", "cpu"]
+    settings = json.loads(two.settings.read_text())
+    assert (settings["devices"], settings["precision"]) == (["cpu", "cpu"], "fp32, channels-last")
 
 
 @pytest.mark.slow
