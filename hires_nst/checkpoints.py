@@ -99,6 +99,12 @@ class WorkDir:
         for path in stage_files + [self._file("current.png"), self._file("status.json")]:
             path.unlink(missing_ok=True)
 
+    def drop_checkpoints(self) -> None:
+        """Delete the stage tensors of a finished render (what a poster's work dir mostly weighs);
+        the stage PNGs, records, trace and status stay."""
+        for path in self._stage_files():
+            path.unlink(missing_ok=True)
+
     def finished_stages(self, fingerprint: dict[str, Any], schedule: Sequence[Stage]) -> int:
         """Leading stages of ``schedule`` with a checkpoint made under the same settings."""
         previous = self._read_json("settings.json")

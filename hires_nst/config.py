@@ -73,6 +73,9 @@ class PyramidConfig:
     min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 256 (or max-size if smaller).", 0)
     scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
     iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
+    fit_iterations: bool = _opt("--fit-iterations", "Fit an --iterations list to any number of stages: stages past "
+                                "its end repeat its last value, a shorter pyramid takes its first values "
+                                "(the preview and screen presets set this).", False)
     style_scale: float = _opt("--style-scale", "Style image long side relative to the stage's output.", 1.0)
     style_upscale: bool = _opt("--style-upscale", "Allow enlarging the style image past its own size.", False)
 
@@ -111,6 +114,9 @@ class OutputConfig:
     work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
     save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
     save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
+    keep_checkpoints: bool = _opt("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in the "
+                                  "work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
+                                  "deletes them once the output is written (stage PNGs and trace stay).", True)
     animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif or .mp4.", "")
     animate_every: int = _opt("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
                               "end).", 10)

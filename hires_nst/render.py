@@ -90,7 +90,8 @@ def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[S
         plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
         width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
     schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
-                             factor=pyramid.scale_factor, iterations=pyramid.iterations)
+                             factor=pyramid.scale_factor, iterations=pyramid.iterations,
+                             fit_iterations=pyramid.fit_iterations)
     return schedule, crop
 
 
@@ -236,6 +237,8 @@ def _write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], con
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
     workdir.set_status("finished", output=str(output))
+    if not config.output.keep_checkpoints:
+        workdir.drop_checkpoints()
     return settings
 
 

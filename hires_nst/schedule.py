@@ -54,24 +54,30 @@ def stage_long_sides(min_size: int, max_size: int, factor: float) -> list[int]:
     return sides + [max_size]
 
 
-def stage_iterations(stages: int, iterations: Sequence[int]) -> list[int]:
-    """Iterations per stage: one number for all, one per stage, or the default table."""
+def stage_iterations(stages: int, iterations: Sequence[int], *, fit: bool = False) -> list[int]:
+    """Iterations per stage: one number for all, one per stage, or the default table.
+
+    A list of another length is an error, unless ``fit``: then it is read coarse to fine, the
+    stages past its end repeat its last value and a shorter pyramid takes its first values (so a
+    preset's list still works when the command line changes the output size).
+    """
     if not iterations:
         if stages == 1:
             return [SINGLE_STAGE_ITERATIONS]
         return [DEFAULT_ITERATIONS[min(i, len(DEFAULT_ITERATIONS) - 1)] for i in range(stages)]
     if len(iterations) == 1:
         return [iterations[0]] * stages
-    if len(iterations) != stages:
-        raise ConfigError(f"--iterations lists {len(iterations)} values but the pyramid has {stages} stages")
-    return list(iterations)
+    if len(iterations) != stages and not fit:
+        raise ConfigError(f"--iterations lists {len(iterations)} values but the pyramid has {stages} stages "
+                          "(give one number, one per stage, or add --fit-iterations)")
+    return [iterations[min(i, len(iterations) - 1)] for i in range(stages)]
 
 
 def make_schedule(width: int, height: int, *, max_size: int, min_size: int = 0, factor: float = 2.0,
-                  iterations: Sequence[int] = ()) -> list[Stage]:
+                  iterations: Sequence[int] = (), fit_iterations: bool = False) -> list[Stage]:
     """Stages for a content image of ``width`` x ``height``; ``min_size`` 0 means the default."""
     if min_size == 0:
         min_size = min(DEFAULT_MIN_SIZE, max_size)
     sides = stage_long_sides(min_size, max_size, factor)
-    counts = stage_iterations(len(sides), iterations)
+    counts = stage_iterations(len(sides), iterations, fit=fit_iterations)
     return [Stage(i, *fit_long_side(width, height, side), counts[i]) for i, side in enumerate(sides)]

@@ -87,6 +87,28 @@ def test_a_built_in_preset_by_name(tmp_path: Path, fake_render: list[RenderJob])
     assert fake_render[0].config.pyramid.iterations == (100, 40)
 
 
+@pytest.mark.parametrize("preset, max_size, expected", [
+    ("preview", "1024", [100, 40, 40]), ("preview", "256", [100]),
+    ("screen", "3840", [500, 200, 100, 50, 50]), ("screen", "1024", [500, 200, 100]),
+])
+def test_a_preset_iteration_list_fits_another_max_size(preset: str, max_size: str, expected: list[int],
+                                                       tmp_path: Path, fake_render: list[RenderJob]) -> None:
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", preset,
+                                 "--max-size", max_size, "-q"])
+    assert result.exit_code == 0, result.output
+    schedule, _ = hires_nst.render.plan_schedule(fake_render[0].config, 800, 600)
+    assert [stage.iterations for stage in schedule] == expected
+    assert schedule[-1].long_side == int(max_size)
+
+
+def test_no_fit_iterations_makes_a_list_exact_again(tmp_path: Path, fake_render: list[RenderJob]) -> None:
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", "preview",
+                                 "--max-size", "1024", "--iterations", "9,8", "--no-fit-iterations", "-q"])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(ConfigError, match="lists 2 values but the pyramid has 3 stages"):
+        hires_nst.render.plan_schedule(fake_render[0].config, 800, 600)
+
+
 @pytest.mark.parametrize("text, expected", [
     ("[loss]\nstyle_wieght = 1.0\n", "unknown setting loss.style_wieght"),
     ("[pyramid]\nmax_size = \"big\"\n", "pyramid.max_size (--max-size) must be an integer, got 'big'"),

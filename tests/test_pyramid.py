@@ -88,6 +88,18 @@ def test_a_larger_max_size_reuses_the_stages_of_a_smaller_render(tmp_path: Path)
     assert started_stages(events) == [2]
 
 
+def test_no_keep_checkpoints_drops_the_stage_tensors_once_the_output_is_written(tmp_path: Path) -> None:
+    render(job(tmp_path, output={"keep_checkpoints": False}))
+    work = tmp_path / "work"
+    assert (tmp_path / "out.png").is_file() and (work / "trace.csv").is_file()
+    assert not list(work.glob("stage-*.pt"))
+    assert sorted(p.name for p in work.glob("stage-*.png")) == ["stage-0.png", "stage-1.png", "stage-2.png"]
+    assert json.loads((work / "status.json").read_text())["state"] == "finished"
+    events = []  # nothing left to reuse: a resume renders every stage again, without complaint
+    render(RenderJob(**{**job(tmp_path).__dict__, "resume": True}), events.append)
+    assert started_stages(events) == [0, 1, 2]
+
+
 def test_save_stages_writes_a_contact_sheet_beside_the_output(tmp_path: Path) -> None:
     render(job(tmp_path, output={"save_stages": True}, pyramid={"iterations": [2, 1, 1]}))
     sheet = images.load_image(tmp_path / "out-stages.png")

@@ -57,8 +57,18 @@ def test_iterations_one_number_or_one_per_stage() -> None:
 
 
 def test_iteration_list_of_the_wrong_length_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="3 stages"):
+    with pytest.raises(ConfigError, match="3 stages.*--fit-iterations"):
         make_schedule(800, 600, max_size=1024, iterations=[500, 200])
+
+
+def test_a_fitted_list_repeats_its_last_value_or_keeps_its_first_ones() -> None:
+    def counts(max_size: int) -> list[int]:
+        return [s.iterations for s in make_schedule(800, 600, max_size=max_size, iterations=[100, 40],
+                                                     fit_iterations=True)]
+
+    assert counts(512) == [100, 40]
+    assert counts(2048) == [100, 40, 40, 40]
+    assert counts(256) == [100]
 
 
 def test_min_above_max_is_an_error() -> None:
