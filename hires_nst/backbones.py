@@ -23,9 +23,9 @@ from typing import Iterable, Protocol
 
 from torch import Tensor, nn
 
-from hires_nst.errors import ConfigError, WeightsError
-from hires_nst.features import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, VGG_BLOCKS, VGG_CHANNELS,
-                                Preprocess, VGGFeatures, vgg_body)
+from hires_nst.errors import ConfigError
+from hires_nst.features import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGG_BLOCKS, VGG_CHANNELS,
+                                FrozenExtractor, VGGFeatures, load_into, vgg_body)
 from hires_nst.weights import VGGWeights
 
 RESNET_BLOCKS = (3, 4, 6, 3)  # bottleneck blocks in layer1..layer4 of ResNet-50
@@ -127,24 +127,14 @@ def trunk(backbone: str) -> nn.Module:
     return vgg_body(backbone)
 
 
-class ResNetFeatures(nn.Module):
+class ResNetFeatures(FrozenExtractor):
     """ResNet-50 features, frozen, batch norm in eval mode, truncated after the deepest layer."""
 
-    tileable = False
-
     def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> None:
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {pooling!r}; use max or avg")
         spec = BACKBONES["resnet50"]
-        self.layers = tuple(dict.fromkeys(spec.canonical(n) for n in layers))
-        if not self.layers:
-            raise ConfigError("no feature layers requested")
+        super().__init__(weights, layers, pooling, spec.canonical)
         net = trunk("resnet50")
-        try:
-            net.load_state_dict(weights.state_dict)
-        except RuntimeError as exc:
-            raise WeightsError(f"{weights.source}: the weights do not fit ResNet-50 ({exc})") from None
+        load_into(net, weights, "ResNet-50")
         # "avg" swaps the stem's 3x3 max pooling for an average one (the only pooling ResNet has).
         pool = net.maxpool if pooling == "max" else nn.AvgPool2d(3, 2, 1, count_include_pad=False)
         names, modules = ["stem"], [nn.Sequential(net.conv1, net.bn1, net.relu)]
@@ -155,25 +145,12 @@ class ResNetFeatures(nn.Module):
                 modules.append(nn.Sequential(pool, block) if names[-1] == "layer1_1" else block)
         last = max(names.index(n) for n in self.layers)
         self.names, self.blocks = names[: last + 1], nn.ModuleList(modules[: last + 1])
+        self._taps = tuple(n if n in self.layers else None for n in self.names)
         self.pools_before = {n: spec.info(n).depth for n in self.layers}
-        self.preprocessing, self.source = weights.preprocessing, weights.source
-        self.preprocess = Preprocess(weights.preprocessing)
-        self.requires_grad_(False)
-        self.eval()
+        self._freeze()
 
-    @property
-    def min_size(self) -> int:
-        """Smallest input side that leaves every requested layer at least one pixel at its nominal stride."""
-        return 2 ** max(self.pools_before.values())
-
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
-        x = self.preprocess(image)
-        out = {}
-        for name, module in zip(self.names, self.blocks):
-            x = module(x)
-            if name in self.layers:
-                out[name] = x
-        return out
+    def _sequence(self) -> Iterable[nn.Module]:
+        return self.blocks
 
 
 def build_extractor(backbone: str, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> nn.Module:

@@ -7,7 +7,7 @@ same tensor. The network uses zero padding everywhere, which the exact tiling re
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -91,48 +91,76 @@ class Preprocess(nn.Module):
         return (image - self.shift) * self.scale
 
 
-class VGGFeatures(nn.Module):
-    """Maps an RGB image in [0, 1], (1, 3, H, W), to ``{layer: (1, C, H / 2**k, W / 2**k)}``."""
+class FrozenExtractor(nn.Module):
+    """What every backbone's extractor shares: the requested layers, the weights' preprocessing,
+    frozen eval mode, and a forward pass through ``_sequence()`` that keeps the tapped outputs."""
 
-    tileable = True  # zero padding and 2x2 poolings only: exact tiling holds (tiling.py)
+    tileable = False
+    pools_before: dict[str, int]
 
-    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max", arch: str = "vgg19") -> None:
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str,
+                 canonical: Callable[[str], str]) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; use max or avg")
-        if arch not in VGG_BLOCKS:
-            raise ConfigError(f"unknown VGG {arch!r}; use {' or '.join(VGG_BLOCKS)}")
-        self.arch, self.block_sizes = arch, VGG_BLOCKS[arch]
-        self.layers = tuple(dict.fromkeys(canonical_layer(n, arch) for n in layers))
+        self.layers = tuple(dict.fromkeys(canonical(n) for n in layers))
         if not self.layers:
             raise ConfigError("no feature layers requested")
-        body = vgg_body(arch)
-        try:
-            body.load_state_dict(weights.state_dict)
-        except RuntimeError as exc:  # a hand-made VGGWeights that skipped check_shapes
-            raise WeightsError(f"{weights.source}: the weights do not fit {VGG_DISPLAY[arch]} ({exc})") from None
-        relu_index = _relu_indices(arch)
-        last = max(relu_index[n] for n in self.layers)
-        modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else m for m in body[: last + 1]]
-        self.body = nn.Sequential(*modules)
-        self._taps = {relu_index[n]: n for n in self.layers}
-        self.pools_before = {n: POOLS_BEFORE[n] for n in self.layers}
-        self.preprocessing = weights.preprocessing
-        self.source = weights.source
+        self.preprocessing, self.source = weights.preprocessing, weights.source
         self.preprocess = Preprocess(weights.preprocessing)
+        self._taps: tuple[str | None, ...] = ()  # per module of _sequence(): the layer it yields, if requested
+
+    def _freeze(self) -> None:
         self.requires_grad_(False)
         self.eval()
 
+    def _sequence(self) -> Iterable[nn.Module]:
+        raise NotImplementedError
+
     @property
     def min_size(self) -> int:
-        """Smallest input side that leaves every requested layer at least one pixel."""
+        """Smallest input side that leaves every requested layer at least one pixel (nominal stride)."""
         return 2 ** max(self.pools_before.values())
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         x = self.preprocess(image)
         out = {}
-        for index, module in enumerate(self.body):
+        for tap, module in zip(self._taps, self._sequence()):
             x = module(x)
-            if index in self._taps:
-                out[self._taps[index]] = x
+            if tap is not None:
+                out[tap] = x
         return out
+
+
+def load_into(net: nn.Module, weights: VGGWeights, display: str) -> None:
+    """Fill ``net`` with ``weights``; a mismatch (a hand-made VGGWeights that skipped check_shapes)
+    names the file and the architecture."""
+    try:
+        net.load_state_dict(weights.state_dict)
+    except RuntimeError as exc:
+        raise WeightsError(f"{weights.source}: the weights do not fit {display} ({exc})") from None
+
+
+class VGGFeatures(FrozenExtractor):
+    """Maps an RGB image in [0, 1], (1, 3, H, W), to ``{layer: (1, C, H / 2**k, W / 2**k)}``."""
+
+    tileable = True  # zero padding and 2x2 poolings only: exact tiling holds (tiling.py)
+
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max", arch: str = "vgg19") -> None:
+        if arch not in VGG_BLOCKS:
+            raise ConfigError(f"unknown VGG {arch!r}; use {' or '.join(VGG_BLOCKS)}")
+        super().__init__(weights, layers, pooling, lambda name: canonical_layer(name, arch))
+        self.arch, self.block_sizes = arch, VGG_BLOCKS[arch]
+        body = vgg_body(arch)
+        load_into(body, weights, VGG_DISPLAY[arch])
+        relu_index = _relu_indices(arch)
+        last = max(relu_index[n] for n in self.layers)
+        modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else m for m in body[: last + 1]]
+        self.body = nn.Sequential(*modules)
+        tapped = {relu_index[n]: n for n in self.layers}
+        self._taps = tuple(tapped.get(i) for i in range(len(modules)))
+        self.pools_before = {n: POOLS_BEFORE[n] for n in self.layers}
+        self._freeze()
+
+    def _sequence(self) -> Iterable[nn.Module]:
+        return self.body
