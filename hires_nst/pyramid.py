@@ -30,7 +30,8 @@ from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_
                                   available_bytes, peak_memory_bytes, reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
 from hires_nst.spread import make_spread_objective, plan_bands, spread_pays
-from hires_nst.tiling import align_for, make_objective, make_tiled_targets, plan_tiles, required_halo
+from hires_nst.tileplan import align_for, plan_tiles, required_halo
+from hires_nst.tiling import make_objective, make_tiled_targets
 
 
 @dataclass

@@ -30,8 +30,8 @@ from torch import Tensor
 from hires_nst.features import POOLS_BEFORE
 from hires_nst.objective import LossTerms, Objective, Targets, Weights
 from hires_nst.placement import Placement, Precision
-from hires_nst.tiling import (Rect, Tile, TiledObjective, _round_up, _Totals, align_for, make_objective, plan_tiles,
-                              required_halo, used_layers)
+from hires_nst.tileplan import Rect, Tile, align_for, plan_tiles, required_halo, round_up
+from hires_nst.tiling import TiledObjective, _Totals, make_objective, used_layers
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def plan_bands(width: int, height: int, tile_sizes: Sequence[int | None], halo: 
     band); each window is its core plus ``halo`` (rounded up to ``align``) clipped to the *image*,
     not the band, so every core sees the same context as in the single-device plan.
     """
-    halo = _round_up(halo, align)
+    halo = round_up(halo, align)
     across_width = width >= height
     cuts = _cuts(width if across_width else height, len(tile_sizes), align)
     bands = []

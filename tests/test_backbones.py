@@ -22,7 +22,8 @@ from hires_nst.features import VGG_BLOCKS, VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.render import RenderJob, render
 from hires_nst.schedule import Stage
-from hires_nst.tiling import TiledObjective, make_objective, required_halo
+from hires_nst.tileplan import required_halo
+from hires_nst.tiling import TiledObjective, make_objective
 from hires_nst.weights import load_weights
 
 

@@ -22,7 +22,8 @@ from hires_nst.placement import Placement, place
 from hires_nst.render import RenderJob, render
 from hires_nst.schedule import Stage
 from hires_nst.spread import SpreadObjective, make_spread_objective, plan_bands, spread_pays
-from hires_nst.tiling import Rect, TiledObjective, required_halo
+from hires_nst.tileplan import Rect, required_halo
+from hires_nst.tiling import TiledObjective
 from hires_nst.weights import load_weights
 
 CPU = torch.device("cpu")

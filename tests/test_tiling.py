@@ -8,8 +8,8 @@ import torch
 from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import optimize
-from hires_nst.tiling import (Rect, Tile, TiledObjective, align_for, make_objective, make_tiled_targets,
-                              plan_tiles, required_halo)
+from hires_nst.tileplan import Rect, Tile, align_for, plan_tiles, required_halo
+from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
 from hires_nst.weights import load_weights
 
 SIZES = [(160, 224), (157, 203), (224, 160), (17, 5), (64, 64), (300, 33)]  # width, height
