@@ -26,7 +26,8 @@ from hires_nst.config import OUTPUT_FORMATS, SECTIONS, load_toml, resolve
 from hires_nst.errors import ConfigError
 from hires_nst.images import FORMATS
 from hires_nst.presets import load_preset
-from hires_nst.render import RenderJob, output_path
+from hires_nst.outputs import output_path
+from hires_nst.render import RenderJob
 
 TOP_KEYS = ("output_dir", "defaults", "job", "grid")
 JOB_KEYS = ("name", "content", "styles", "preset", "output", "overrides")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import hires_nst
 from hires_nst import color, images
 from hires_nst.animation import AnimationRecorder
 from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
-from hires_nst.config import OUTPUT_FORMATS, RenderConfig
-from hires_nst.contact_sheet import contact_sheet
+from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
@@ -29,7 +26,8 @@ from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
 from hires_nst.schedule import Stage, make_schedule
-from hires_nst.trace import TraceWriter, trace_path
+from hires_nst.outputs import output_path, settings_record, write_outputs
+from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
@@ -67,18 +65,6 @@ class Inputs:
     content: np.ndarray  # (H, W, 3) as loaded (centre-cropped for a print size with --fit crop)
     styles: list[np.ndarray]
     init: str | np.ndarray
-
-
-def settings_path(output: Path) -> Path:
-    """The resolved settings live beside the image: ``out.png`` -> ``out.png.json``."""
-    return output.with_name(output.name + ".json")
-
-
-def output_path(output: Path, fmt: str = "") -> Path:
-    """An output named without an extension takes ``--format``'s (PNG if none); its own one wins."""
-    if output.suffix:
-        return output
-    return output.with_name(output.name + OUTPUT_FORMATS.get(fmt.lower(), ".png"))
 
 
 def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[Stage], Crop | None]:
@@ -214,32 +200,11 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
     seconds = time.perf_counter() - began
-    record = _settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
+    record = settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
     with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-        settings = _write_outputs(output, result, record, config, workdir, schedule, animation)
+        settings = write_outputs(output, result, record, config, workdir, schedule, animation)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
-
-
-def _write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], config: RenderConfig,
-                   workdir: WorkDir, schedule: list[Stage], animation: AnimationRecorder | None) -> Path:
-    """The image (with DPI, sRGB profile and the settings inside), then its settings, trace,
-    animation and stage sheet beside it."""
-    images.save_image(output, result, {images.SETTINGS_KEY: json.dumps(record)}, dpi=config.print.dpi,
-                      bit_depth=config.output.bit_depth)
-    settings = settings_path(output)
-    images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
-    trace = (workdir.path / "trace.csv").read_bytes()
-    images.write_atomically(trace_path(output), lambda f: f.write(trace))
-    if animation is not None:
-        animation.write()
-    if config.output.save_stages:
-        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
-        images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
-    workdir.set_status("finished", output=str(output))
-    if not config.output.keep_checkpoints:
-        workdir.drop_checkpoints()
-    return settings
 
 
 def _check_animation_path(config: RenderConfig) -> None:
@@ -291,20 +256,3 @@ def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage])
         where = f" during stage {stage + 1}/{len(schedule)}"
     detail = f"interrupted{where}; {f'{kept} finished stage(s) kept' if kept else 'nothing finished yet'}"
     return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
-
-
-def _settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Placement, schedule: list[Stage],
-                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
-    stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
-               "losses": losses} for s, losses in zip(schedule, stage_losses)]
-    return {
-        "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
-        "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
-        "preprocessing": extractor.preprocessing, "device": str(placement.main),
-        "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
-        "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
-        "crop": list(crop) if crop else None,
-        "trace": str(trace_path(job.output)), "animation": job.config.output.animate or None,
-        "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-    }

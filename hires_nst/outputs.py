@@ -1,0 +1,76 @@
+"""What a finished render writes: the image with its settings inside, the settings and the trace
+beside it, the animation and the stage contact sheet; and the record those settings hold."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+import hires_nst
+from hires_nst import images
+from hires_nst.animation import AnimationRecorder
+from hires_nst.backbones import FeatureExtractor
+from hires_nst.checkpoints import WorkDir
+from hires_nst.config import OUTPUT_FORMATS, RenderConfig
+from hires_nst.contact_sheet import contact_sheet
+from hires_nst.placement import Placement
+from hires_nst.schedule import Stage
+from hires_nst.trace import trace_path
+
+if TYPE_CHECKING:
+    from hires_nst.render import Crop, RenderJob
+
+
+def settings_path(output: Path) -> Path:
+    """The resolved settings live beside the image: ``out.png`` -> ``out.png.json``."""
+    return output.with_name(output.name + ".json")
+
+
+def output_path(output: Path, fmt: str = "") -> Path:
+    """An output named without an extension takes ``--format``'s (PNG if none); its own one wins."""
+    if output.suffix:
+        return output
+    return output.with_name(output.name + OUTPUT_FORMATS.get(fmt.lower(), ".png"))
+
+
+def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], config: RenderConfig,
+                   workdir: WorkDir, schedule: list[Stage], animation: AnimationRecorder | None) -> Path:
+    """The image (with DPI, sRGB profile and the settings inside), then its settings, trace,
+    animation and stage sheet beside it."""
+    images.save_image(output, result, {images.SETTINGS_KEY: json.dumps(record)}, dpi=config.print.dpi,
+                      bit_depth=config.output.bit_depth)
+    settings = settings_path(output)
+    images.write_atomically(settings, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    trace = (workdir.path / "trace.csv").read_bytes()
+    images.write_atomically(trace_path(output), lambda f: f.write(trace))
+    if animation is not None:
+        animation.write()
+    if config.output.save_stages:
+        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
+        images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
+    workdir.set_status("finished", output=str(output))
+    if not config.output.keep_checkpoints:
+        workdir.drop_checkpoints()
+    return settings
+
+
+def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Placement, schedule: list[Stage],
+                    stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
+    stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
+               "losses": losses} for s, losses in zip(schedule, stage_losses)]
+    return {
+        "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
+        "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
+        "preprocessing": extractor.preprocessing, "device": str(placement.main),
+        "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
+        "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
+        "crop": list(crop) if crop else None,
+        "trace": str(trace_path(job.output)), "animation": job.config.output.animate or None,
+        "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
