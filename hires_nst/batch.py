@@ -2,7 +2,8 @@
 
 A job file holds ``output_dir``, a ``[defaults]`` table (``preset``, ``overrides``), ``[[job]]``
 entries (``name``, ``content``, ``styles``, ``preset``, ``output``, ``overrides``) and ``[[grid]]``
-entries (``name``, ``contents``, ``styles``, ``preset``, ``overrides``, ``vary``); ``overrides`` is
+entries (``name``, ``contents``, ``styles``, ``preset``, ``overrides``, ``vary``; a grid's contents
+and styles may be patterns such as ``photos/*.jpg``, one row or column per image); ``overrides`` is
 ``{section: {setting: value}}``, as in a preset. Paths in a job file are relative to the file's folder. Every output lands inside the batch's
 output folder (``output_dir``, default ``<job file name>-out`` beside the job file): an output that
 would escape it (``../x.png``, an absolute path elsewhere, a link out) is refused. Each job gets
@@ -14,6 +15,7 @@ missing or broken images fail only their own job, when it runs.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import json
@@ -36,6 +38,8 @@ DEFAULTS_KEYS = ("preset", "overrides")
 WORK = "work"  # OUTPUT_DIR/work/<job name>: checkpoints and log of each job
 MANIFEST = "manifest.json"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+# What a pattern in a grid's contents or styles picks up (inputs may be any of these; outputs are PNG/JPEG/TIFF).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,10 @@ class _Reader:
         where = f"{self.path} [[grid]] {entry.get('name', f'#{index + 1}')!r}"
         _check_keys(entry, GRID_KEYS, where)
         grid = self._name(entry.get("name"), f"grid{index + 1}", where)
-        contents = [self._file(c, where) for c in _strings(_required(entry, "contents", where), f"{where} contents")]
-        styles = [tuple(self._file(s, where) for s in _strings(item, f"{where} styles"))
-                  for item in _list(_required(entry, "styles", where), f"{where} styles")]
+        contents = [path for c in _strings(_required(entry, "contents", where), f"{where} contents")
+                    for path in self._matches(c, where)]
+        styles = [style for item in _list(_required(entry, "styles", where), f"{where} styles")
+                  for style in self._style_columns(item, where)]
         vary = _vary(_table(entry.get("vary", {}), f"{where} vary"), where)
         layers = [*self._base_layers(entry.get("preset"), where), (where, self._sections(entry, where))]
         combos = list(itertools.product(*(values for _, values in vary))) or [()]
@@ -194,6 +199,27 @@ class _Reader:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: image paths must be strings, got {value!r}")
         return self.base / Path(value).expanduser()
+
+    def _matches(self, value: Any, where: str) -> list[Path]:
+        """A path, or a pattern (``photos/*.jpg``) for every image it matches, sorted by name; a
+        pattern that matches no image stops the batch before anything runs."""
+        path = self._file(value, where)
+        if not glob.has_magic(value):
+            return [path]
+        hits = (self.base / hit for hit in glob.glob(str(Path(value).expanduser()), root_dir=self.base))
+        found = sorted(p for p in hits if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise ConfigError(f"{where}: {value!r} matches no image ({', '.join(IMAGE_SUFFIXES)}) in {path.parent}")
+        return found
+
+    def _style_columns(self, item: Any, where: str) -> list[tuple[Path, ...]]:
+        """A grid's ``styles`` entry: one style, a pattern (a column per match), or a blend list."""
+        if isinstance(item, list):
+            if any(isinstance(s, str) and glob.has_magic(s) for s in item):
+                raise ConfigError(f"{where}: a blend of styles lists its images by name; patterns "
+                                  f"(*, ?, [) only stand alone in styles, got {item!r}")
+            return [tuple(self._file(s, where) for s in _strings(item, f"{where} styles"))]
+        return [(path,) for path in self._matches(item, where)]
 
     def _inside(self, output: Any, where: str) -> Path:
         """``output`` under the output dir, refused if it would land anywhere else."""

@@ -235,6 +235,31 @@ def test_job_file_mistakes_name_the_job_and_the_file(folder: Path, entry: str, e
     assert not (folder / "out").exists()
 
 
+def test_grid_patterns_make_a_row_per_photo_and_a_column_per_painting(folder: Path) -> None:
+    (folder / "styles").mkdir()
+    (folder / "styles" / "notes.txt").write_text("not an image")
+    write_image(folder / "styles" / "x.jpg", 32, 32, 3)
+    write_image(folder / "styles" / "y.png", 32, 32, 4)
+    body = ('\n[[grid]]\nname = "all"\ncontents = ["in/[ab].png"]\n'
+            'styles = ["styles/*", ["in/s.png", "styles/x.jpg"]]\n')
+    batch = load_batch(job_file(folder, body))
+    assert [job.name for job in batch.jobs] == ["all-a-x", "all-a-y", "all-a-s+x", "all-b-x", "all-b-y", "all-b-s+x"]
+    assert batch.grids[0].rows == ("a", "b") and batch.grids[0].cols == ("x", "y", "s+x")
+    assert batch.jobs[1].render.styles == (folder / "styles" / "y.png",)
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ('contents = ["photos/*.jpg"]\nstyles = ["in/s.png"]', "'photos/*.jpg' matches no image"),
+    ('contents = ["in/*.png"]\nstyles = [["in/s.png", "in/*.png"]]', "patterns (*, ?, [) only stand alone"),
+])
+def test_a_grid_pattern_that_finds_nothing_stops_the_batch_before_it_starts(folder: Path, grid: str,
+                                                                            expected: str) -> None:
+    path = job_file(folder, f'\n[[grid]]\nname = "g"\n{grid}\n')
+    with pytest.raises(ConfigError) as error:
+        load_batch(path)
+    assert expected in str(error.value) and str(path) in str(error.value)
+
+
 def test_two_jobs_with_one_name_are_refused(folder: Path) -> None:
     job = '\n[[job]]\ncontent = "in/a.png"\nstyles = "in/s.png"\n'
     with pytest.raises(ConfigError, match="two jobs are named 'a-s'"):
@@ -294,12 +319,18 @@ def _readme_block(after: str) -> str:
 def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "night.toml"
     path.write_text(_readme_block("### Batches"))
+    for name in ("photos/harbour.jpg", "photos/tower.jpg", "paintings/scream.jpg", "paintings/shipwreck.jpg",
+                 "paintings/starry_night.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_image(tmp_path / name, 32, 32, 0)
     batch = load_batch(path)
     assert batch.output_dir == tmp_path / "night"
+    album = [f"album-{photo}-{style}" for photo in ("harbour", "tower")
+             for style in ("scream", "shipwreck", "starry_night", "scream+shipwreck")]
     assert [job.name for job in batch.jobs] == [
         "harbour", "tower-blend", "sweep-harbour-starry_night-style_weight=5.0",
         "sweep-harbour-starry_night-style_weight=50.0", "sweep-tower-starry_night-style_weight=5.0",
-        "sweep-tower-starry_night-style_weight=50.0"]
+        "sweep-tower-starry_night-style_weight=50.0", *album]
     harbour, blend = batch.jobs[0].render, batch.jobs[1].render
     assert harbour.content == tmp_path / "photos" / "harbour.jpg"
     assert harbour.output == tmp_path / "night" / "harbour.tif"
