@@ -25,6 +25,7 @@ from hires_nst.cli import app
 from hires_nst.contact_sheet import CAPTION, GAP
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
+from tests.synthetic import write_image
 
 runner = CliRunner()
 TINY_PRESET = """description = "Tiny renders for tests."
@@ -33,14 +34,6 @@ min_size = 32
 max_size = 48
 iterations = [2]
 """
-
-
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    y, x = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(seed).random((height, width, 3))
-    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=2) * 0.7 + noise * 0.3
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture

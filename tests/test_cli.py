@@ -19,17 +19,9 @@ from hires_nst.cli import app
 from hires_nst.config import SECTIONS, RenderConfig, flag_of
 from hires_nst.errors import InputError, Interrupted
 from hires_nst.render import RenderJob, RenderResult
+from tests.synthetic import write_image
 
 runner = CliRunner()
-
-
-def _write_image(path: Path, width: int = 48, height: int = 40, seed: int = 0) -> Path:
-    """A small smooth gradient with some noise: enough texture for VGG, tiny enough for a CPU."""
-    y, x = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(seed).random((height, width, 3))
-    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=2) * 0.7 + noise * 0.3
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "in"
     folder.mkdir()
-    return _write_image(folder / "c.png"), _write_image(folder / "s.png", 40, 48, seed=1)
+    return write_image(folder / "c.png"), write_image(folder / "s.png", 40, 48, seed=1)
 
 
 def _files(folder: Path) -> set[Path]:

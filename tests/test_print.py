@@ -23,17 +23,10 @@ from hires_nst.errors import ConfigError, InputError, Interrupted, OutputError
 from hires_nst.events import StageStarted
 from hires_nst.printsize import paper_pixels, print_plan
 from hires_nst.render import RenderJob, plan_schedule, render
+from tests.synthetic import write_image
 
 
 Usage = collections.namedtuple("Usage", "total used free")
-
-
-def write_image(path: Path, width: int = 48, height: int = 40, seed: int = 0) -> Path:
-    y, x = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(seed).random((height, width, 3))
-    pixels = np.stack([x / width, y / height, (x + y) / (width + height)], axis=2) * 0.7 + noise * 0.3
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
-    return path
 
 
 # --- print-size arithmetic ------------------------------------------------------------------------
