@@ -4,13 +4,14 @@ A job file holds ``output_dir``, a ``[defaults]`` table (``preset``, ``overrides
 entries (``name``, ``content``, ``styles``, ``preset``, ``output``, ``overrides``) and ``[[grid]]``
 entries (``name``, ``contents``, ``styles``, ``preset``, ``overrides``, ``vary``; a grid's contents
 and styles may be patterns such as ``photos/*.jpg``, one row or column per image); ``overrides`` is
-``{section: {setting: value}}``, as in a preset. Paths in a job file are relative to the file's folder. Every output lands inside the batch's
-output folder (``output_dir``, default ``<job file name>-out`` beside the job file): an output that
-would escape it (``../x.png``, an absolute path elsewhere, a link out) is refused. Each job gets
-its work dir ``OUTPUT_DIR/work/<name>``. Settings of a job, lowest first: defaults < preset (the
-job's, or ``[defaults] preset``) < ``[defaults]`` tables < the job's tables < a grid cell's values.
-All settings are checked when the file is read, so a typo fails the batch before anything runs;
-missing or broken images fail only their own job, when it runs.
+``{section: {setting: value}}``, as in a preset. Paths in a job file are relative to the file's
+folder. Every output lands inside the batch's output folder (``output_dir``, default ``<job file
+name>-out`` beside the job file): an output that would escape it (``../x.png``, an absolute path
+elsewhere, a link out) is refused. Each job gets its work dir ``OUTPUT_DIR/work/<name>``. Settings
+of a job, lowest first: defaults < preset (the job's, or ``[defaults] preset``) < ``[defaults]``
+tables < the job's tables < a grid cell's values. All settings are checked when the file is read, so
+a typo fails the batch before anything runs; missing or broken images fail only their own job, when
+it runs.
 """
 
 from __future__ import annotations

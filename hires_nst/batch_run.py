@@ -272,7 +272,8 @@ class Ledger:
 
     def stopped_message(self, name: str | None) -> str:
         done = sum(r["status"] == "finished" for r in self.records.values())
-        where = f" during job {name!r} (its finished stages are kept in its work dir)" if name else ""
+        kept = "its finished stages and saved progress are kept in its work dir"
+        where = f" during job {name!r} ({kept})" if name else ""
         return (f"batch interrupted{where}; {done} of {len(self.records)} jobs finished; run the same batch "
                 f"command again to resume: finished jobs are skipped, unfinished ones resume from their last stage")
 

@@ -6,7 +6,9 @@ Layout of a work dir::
     status.json       state (running / interrupted / failed / finished), the stage in progress
     stage-K.pt        stage K's image (float32) and optimiser state, loadable with weights_only
     stage-K.png       the same image, to look at
-    current.png       the stage in progress (``--save-every``)
+    stage-K.partial.pt  stage K in progress (``--save-minutes``, ``--save-every``), with
+                      stage-K.partial.json (its iteration): a resume goes on from it
+    current.png       the stage in progress, to look at
     trace.csv         one row of losses, time and memory per iteration (trace.py), flushed as it goes
 
 A stage checkpoint may be reused only if the settings fingerprint matches and every stage up to
@@ -133,8 +135,37 @@ class WorkDir:
             self._write_json(f"stage-{stage.index}.json", {
                 "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "losses": losses})
 
+    def save_progress(self, stage: Stage, schedule: Sequence[Stage], iteration: int, image: Tensor,
+                      optimizer_state: dict[str, Tensor]) -> None:
+        """Stage K in progress after ``iteration`` iterations: a resume goes on from here, not from
+        the stage's start. Written like a finished stage (tensor, then its record; Ctrl-C waits)."""
+        payload = {"image": image.detach().cpu().float(), **{k: v.detach().cpu() for k, v in optimizer_state.items()}}
+        with deferred_interrupts():
+            images.write_atomically(self._file(f"stage-{stage.index}.partial.pt"), lambda f: torch.save(payload, f))
+            self._write_json(f"stage-{stage.index}.partial.json", {
+                "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "iteration": iteration})
+
+    def progress(self, stage: Stage, schedule: Sequence[Stage]) -> int:
+        """Iterations of ``stage`` saved in progress under this schedule (0: none to go on from)."""
+        meta = self._read_json(f"stage-{stage.index}.partial.json")
+        if meta is None or meta.get("schedule") != [stage_key(s) for s in schedule[: stage.index + 1]]:
+            return 0
+        if not self._file(f"stage-{stage.index}.partial.pt").is_file():
+            return 0
+        return int(meta.get("iteration", 0))
+
+    def load_progress(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self._load(f"stage-{index}.partial.pt")
+
+    def drop_progress(self, index: int) -> None:
+        for name in (f"stage-{index}.partial.json", f"stage-{index}.partial.pt"):  # the record first
+            self._file(name).unlink(missing_ok=True)
+
     def load_stage(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        payload = torch.load(self._file(f"stage-{index}.pt"), map_location="cpu", weights_only=True)
+        return self._load(f"stage-{index}.pt")
+
+    def _load(self, name: str) -> tuple[Tensor, dict[str, Tensor]]:
+        payload = torch.load(self._file(name), map_location="cpu", weights_only=True)
         image = payload.pop("image")
         return image, payload
 

@@ -176,6 +176,7 @@ def render(
     halo: Annotated[Optional[int], _opt("halo")] = None,
     work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
     save_every: Annotated[Optional[int], _opt("save_every")] = None,
+    save_minutes: Annotated[Optional[float], _opt("save_minutes")] = None,
     save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,
     keep_checkpoints: Annotated[Optional[bool], _opt("keep_checkpoints")] = None,
     format: Annotated[Optional[str], _opt("format")] = None,

@@ -112,7 +112,10 @@ class TilingConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
-    save_every: int = _opt("--save-every", "Save the stage in progress to the work dir every N iterations (0: never).", 0)
+    save_every: int = _opt("--save-every", "Save the stage in progress every N iterations (0: never): --resume goes "
+                           "on from there, and current.png shows it.", 0)
+    save_minutes: float = _opt("--save-minutes", "Save the stage in progress every N minutes (0: never), so that a "
+                               "crash or Ctrl-C loses at most that much of a long stage.", 10.0)
     save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
     keep_checkpoints: bool = _opt("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in the "
                                   "work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
@@ -362,6 +365,8 @@ def _validate_model(config: RenderConfig) -> None:
 def _validate_output(output: OutputConfig) -> None:
     if output.save_every < 0:
         raise _fail("output", "save_every", "must be >= 0", output.save_every)
+    if not output.save_minutes >= 0:  # also refuses nan
+        raise _fail("output", "save_minutes", "must be >= 0", output.save_minutes)
     if output.animate and Path(output.animate).suffix.lower() not in VIDEO_SUFFIXES:
         raise _fail("output", "animate", "must end in .gif or .mp4", output.animate)
     if output.animate_every < 1:

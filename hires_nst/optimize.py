@@ -14,6 +14,7 @@ from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.objective import LossTerms
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
+StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]  # iteration, image, Adam's state (or {})
 
 
 LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
@@ -101,13 +102,15 @@ def _check_finite(values: dict[str, float], image: Tensor, where: str) -> None:
 
 def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
                         iterations: int, on_step: StepCallback | None = None,
-                        warm_state: dict[str, Tensor] | None = None,
-                        sync_every: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+                        warm_state: dict[str, Tensor] | None = None, sync_every: int = 1,
+                        done: int = 0, on_state: StateCallback | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``optimize`` that also returns Adam's (or AdamW's) final state and may start from a previous one.
 
     ``warm_state`` (Adam, AdamW) must already have the image's size (see ``resize_adam_state``).
     Other optimisers return an empty state: L-BFGS' history belongs to one image size, and the
-    others restart at each stage.
+    others restart at each stage. ``done`` iterations of ``iterations`` already ran (a stage
+    resumed from its saved progress): the loop runs the rest and numbers them on from ``done``.
+    ``on_state`` follows each ``on_step`` with the image and Adam's live state, for checkpoints.
 
     Losses are read back, checked for inf/NaN and reported every ``sync_every`` iterations and at
     the last: each read waits for the device, so on a GPU the loop otherwise runs ahead of it.
@@ -127,8 +130,8 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
         return last["terms"]["total"]
 
     sync_every = max(1, sync_every)
-    start, reported = time.perf_counter(), 0
-    for iteration in range(1, iterations + 1):
+    start, reported = time.perf_counter(), done
+    for iteration in range(done + 1, iterations + 1):
         opt.step(closure)
         if optimizer != "lbfgs":  # first-order steps keep the image in range; clamping would break L-BFGS' history
             with torch.no_grad():
@@ -140,6 +143,13 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
         _check_finite(values, image, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
         if on_step is not None:
             on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), image)
+        if on_state is not None:
+            on_state(iteration, image.detach(), _live_state(opt, image, optimizer))
         start, reported = time.perf_counter(), iteration
-    state = {k: v.detach() for k, v in opt.state[image].items()} if optimizer in ADAM_LIKE and iterations else {}
+    state = _live_state(opt, image, optimizer) if iterations > done else {}
     return image.detach().clamp(0, 1), state
+
+
+def _live_state(opt: torch.optim.Optimizer, image: Tensor, optimizer: str) -> dict[str, Tensor]:
+    """Adam's (AdamW's) moments and step count; nothing for the others (see optimize_with_state)."""
+    return {k: v.detach() for k, v in opt.state[image].items()} if optimizer in ADAM_LIKE else {}

@@ -188,13 +188,40 @@ def upsample(image: Tensor, stage: Stage) -> Tensor:
 @dataclass
 class Checkpointing:
     """What a render leaves behind while it runs: finished stages in the work dir, the stage in
-    progress every ``save_every`` iterations, and a ``Snapshot`` event every ``snapshot_every``
-    iterations (0: never) with the image shrunk to at most ``snapshot_size`` px (long side)."""
+    progress every ``save_every`` iterations and every ``save_minutes`` (resumable, with a PNG to
+    look at), and a ``Snapshot`` event every ``snapshot_every`` iterations (0: never) with the
+    image shrunk to at most ``snapshot_size`` px (long side). ``schedule`` is the whole pyramid."""
 
     workdir: WorkDir
     save_every: int = 0
     snapshot_every: int = 0
     snapshot_size: int = 512
+    save_minutes: float = 0.0
+    schedule: Sequence[Stage] = ()
+
+
+class ProgressSaves:
+    """Saves the stage in progress at the first report after each ``save_every`` iterations or
+    ``save_minutes`` minutes; never at the stage's last iteration (the finished stage is saved next)."""
+
+    def __init__(self, checkpointing: Checkpointing, stage: Stage, done: int = 0) -> None:
+        self.checkpointing, self.stage = checkpointing, stage
+        self.at, self.time = done, time.monotonic()
+
+    def due(self, iteration: int) -> bool:
+        every, minutes = self.checkpointing.save_every, self.checkpointing.save_minutes
+        if iteration >= self.stage.iterations:
+            return False
+        by_count = bool(every) and iteration // every > self.at // every
+        return by_count or (minutes > 0 and time.monotonic() - self.time >= minutes * 60)
+
+    def __call__(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor]) -> None:
+        if not self.due(iteration):
+            return
+        workdir = self.checkpointing.workdir
+        workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
+        workdir.save_current(image.clamp(0, 1))
+        self.at, self.time = iteration, time.monotonic()
 
 
 def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot:
@@ -221,8 +248,9 @@ def single_placement(extractor: FeatureExtractor, device: torch.device) -> Place
 def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
               warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None,
-              placement: Placement | None = None) -> StageResult:
-    """Optimise one stage, tiled when ``tiling.tile`` is set, spread when ``tiling.device_tiles`` is."""
+              placement: Placement | None = None, done: int = 0) -> StageResult:
+    """Optimise one stage, tiled when ``tiling.tile`` is set, spread when ``tiling.device_tiles`` is;
+    ``done`` of its iterations already ran (``start`` is the image they left)."""
     placement = placement or single_placement(extractor, start.device)
     precision = placement.precision
     weights = loss_weights(config)
@@ -238,25 +266,20 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
                                    precision=precision)
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
     began = time.perf_counter()
-    save_every = checkpointing.save_every if checkpointing else 0
     snapshot_every = checkpointing.snapshot_every if checkpointing else 0
     reset_peak_memory(start.device)
-    saved = {"at": 0}
 
     def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
         sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device)))
-        # Steps are reported every placement.sync_every iterations: save at the first report
-        # at or after each multiple of save_every (and snapshot likewise).
-        if save_every and iteration // save_every > saved["at"] // save_every and checkpointing is not None:
-            checkpointing.workdir.save_current(image)
-            saved["at"] = iteration
+        # Steps are reported every placement.sync_every iterations: snapshot at those reports.
         if snapshot_every and checkpointing is not None and (
                 iteration % snapshot_every == 0 or iteration == stage.iterations):
             sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
 
+    saves = ProgressSaves(checkpointing, stage, done) if checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                                         iterations=stage.iterations, on_step=on_step, warm_state=warm_state,
-                                        sync_every=placement.sync_every)
+                                        sync_every=placement.sync_every, done=done, on_state=saves)
     final = {k: float(v) for k, v in objective.loss(result).items()}
     sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
     return StageResult(result, final, state)
@@ -264,13 +287,14 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
 
 def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
                              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
-                             warm_state: dict[str, Tensor] | None, placement: Placement | None = None) -> StageResult:
+                             warm_state: dict[str, Tensor] | None, placement: Placement | None = None,
+                             done: int = 0) -> StageResult:
     """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
     tiling = stage_tiling(config, stage, start.device, placement=placement)
     while True:
         try:
             return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling,
-                             placement)
+                             placement, done)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -282,6 +306,18 @@ def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, s
                 with torch.cuda.device(device):
                     torch.cuda.empty_cache()
         tiling = smaller
+
+
+def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, schedule: Sequence[Stage], start: Tensor,
+                    warm: dict[str, Tensor] | None, sink: Sink) -> tuple[int, Tensor, dict[str, Tensor] | None]:
+    """Where a resumed stage goes on from: its saved progress (iterations done, image, Adam's state),
+    or nothing done from ``start``. L-BFGS keeps no history across the break (it rebuilds it)."""
+    went = checkpointing.workdir.progress(stage, schedule) if checkpointing is not None else 0
+    if not went:
+        return 0, start, warm
+    image, state = checkpointing.workdir.load_progress(stage.index)
+    sink(Message(f"resuming stage {stage.index + 1} at iteration {went} of {stage.iterations}"))
+    return went, image.to(start.device), state or warm
 
 
 def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -314,11 +350,14 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
         if stage.index == done and checkpointing is not None and checkpointing.snapshot_every:
             sink(snapshot(stage, 0, start, checkpointing.snapshot_size))  # the animation's first frame
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
+        went, start, warm = _saved_progress(checkpointing, stage, schedule, start, warm, sink) if (
+            stage.index == done) else (0, start, warm)
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
-                                          checkpointing, warm, placement)
+                                          checkpointing, warm, placement, went)
         image, state = result.image, result.optimizer_state
         stage_losses.append(result.losses)
         if checkpointing is not None:
             checkpointing.workdir.save_stage(stage, schedule, image, state, result.losses)
+            checkpointing.workdir.drop_progress(stage.index)
     assert image is not None
     return image, stage_losses

@@ -176,7 +176,8 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     extractor = placement.extractor
     stamp = fingerprint(job, crop)
     done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
-    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done)
+    went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
     sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
@@ -185,7 +186,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     content, styles = working_images(inputs, config.loss.preserve_color)
     output_config = config.output
     checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
-                                  output_config.animate_size)
+                                  output_config.animate_size, output_config.save_minutes, tuple(schedule))
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
                                           checkpointing, done, placement)
@@ -248,11 +249,15 @@ def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage])
     stage = (workdir.status() or {}).get("stage")
     kept = workdir.finished_stages(stamp, schedule)
     workdir.set_status("interrupted", stage=stage, stages=len(schedule))
+    went = workdir.progress(schedule[kept], schedule) if kept < len(schedule) else 0
     if stage is None:
         where = ""
     elif kept > stage:  # the signal arrived while the stage's checkpoint was written, and waited for it
         where = f" after stage {stage + 1}/{len(schedule)}"
     else:
         where = f" during stage {stage + 1}/{len(schedule)}"
-    detail = f"interrupted{where}; {f'{kept} finished stage(s) kept' if kept else 'nothing finished yet'}"
+    saved = [f"{kept} finished stage(s)"] if kept else []
+    if went:
+        saved.append(f"stage {kept + 1} at iteration {went}/{schedule[kept].iterations}")
+    detail = f"interrupted{where}; {' and '.join(saved) + ' kept' if saved else 'nothing finished yet'}"
     return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)

@@ -47,7 +47,7 @@ def deferred_interrupts() -> Iterator[None]:
 
 def stage_checkpoint_bytes(stage: Stage, optimizer: str) -> int:
     """A stage's files in the work dir: float32 image (+ two Adam moments) and an 8-bit PNG preview."""
-    tensors = 3 if optimizer == "adam" else 1
+    tensors = 3 if optimizer in ("adam", "adamw") else 1
     return stage.pixels * 3 * (4 * tensors + 1)
 
 
@@ -63,7 +63,10 @@ def render_needs(output: Path, work_dir: Path, schedule: Sequence[Stage], optimi
     image = output_bytes(last.width, last.height, bit_depth)
     if stage_sheet:
         image += output_bytes(256 * len(schedule) * 2, 300, 8)
-    checkpoints = sum(stage_checkpoint_bytes(s, optimizer) for s in schedule) + output_bytes(last.width, last.height, 8)
+    # Every stage, the largest one's progress twice (a new save is complete before the old one goes),
+    # and current.png.
+    stages = sum(stage_checkpoint_bytes(s, optimizer) for s in schedule)
+    checkpoints = stages + 2 * stage_checkpoint_bytes(last, optimizer) + output_bytes(last.width, last.height, 8)
     return {output.parent: image, work_dir: checkpoints}
 
 

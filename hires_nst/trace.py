@@ -43,8 +43,14 @@ class TraceWriter:
     dir's ``stage-K`` files), size, iteration (1-based), losses, seconds for the iteration, seconds
     since the trace began (summed over all stages) and peak memory in MiB."""
 
-    def __init__(self, path: Path, keep_stages: int = 0) -> None:
-        kept = [row for row in read_trace(path) if int(row["stage"]) < keep_stages] if keep_stages else []
+    def __init__(self, path: Path, keep_stages: int = 0, keep_iterations: int = 0) -> None:
+        """A resumed render keeps the rows of its ``keep_stages`` finished stages, and of the next
+        stage's first ``keep_iterations`` (its saved progress)."""
+        def kept_row(row: dict[str, str]) -> bool:
+            stage = int(row["stage"])
+            return stage < keep_stages or (stage == keep_stages and int(row["iteration"]) <= keep_iterations)
+
+        kept = [row for row in read_trace(path) if kept_row(row)] if keep_stages or keep_iterations else []
         self.elapsed = float(kept[-1]["elapsed"]) if kept else 0.0
         images.write_atomically(path, lambda f: f.write(_csv_text([list(COLUMNS)] + [
             [row.get(c, "") for c in COLUMNS] for row in kept]).encode()))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hires_nst import color, images
 from hires_nst.config import resolve
@@ -107,8 +108,59 @@ def test_save_stages_writes_a_contact_sheet_beside_the_output(tmp_path: Path) ->
 
 
 def test_save_every_writes_the_stage_in_progress(tmp_path: Path) -> None:
-    render(job(tmp_path, output={"save_every": 2}, pyramid={"iterations": [2, 1, 1]}))
+    render(job(tmp_path, output={"save_every": 2}, pyramid={"iterations": [4, 1, 1]}))
     assert images.load_image(tmp_path / "work" / "current.png").shape[:2] == (24, 32)
+    assert not list((tmp_path / "work").glob("*partial*"))  # a finished stage replaces its progress
+
+
+def interrupt_at(stage: int, iteration: int):
+    def sink(event) -> None:
+        if isinstance(event, Step) and event.stage == stage and event.iteration == iteration:
+            raise KeyboardInterrupt
+    return sink
+
+
+def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hires_nst.pyramid as pyramid
+    from hires_nst.checkpoints import WorkDir
+    from hires_nst.schedule import Stage
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(pyramid.time, "monotonic", lambda: clock["now"])
+    stage = Stage(0, 8, 6, 100)
+    workdir = WorkDir(tmp_path / "work")
+    saves = pyramid.ProgressSaves(pyramid.Checkpointing(workdir, save_minutes=10, schedule=(stage,)), stage)
+    image = torch.rand(1, 3, 6, 8)
+    saved_at = []
+    for iteration, minutes in ((1, 3), (2, 9.9), (3, 10.1), (4, 15), (5, 20.2), (100, 40)):
+        clock["now"] = 1000.0 + minutes * 60
+        saves(iteration, image, {})
+        saved_at.append(workdir.progress(stage, (stage,)))
+    assert saved_at == [0, 0, 3, 3, 5, 5]  # 10 minutes after the start, then after the last save; not at the end
+    restored, _ = workdir.load_progress(0)
+    assert torch.equal(restored, image)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_resume_goes_on_from_the_saved_progress_of_the_interrupted_stage(tmp_path: Path, optimizer: str) -> None:
+    settings = {"output": {"save_every": 2}, "pyramid": {"iterations": [3, 6, 1]}, "optim": {"optimizer": optimizer}}
+    with pytest.raises(Interrupted, match=r"during stage 2/3; 1 finished stage\(s\) and stage 2 at iteration 4/6 kept"):
+        render(job(tmp_path, **settings), interrupt_at(1, 5))
+    events = []
+    resumed = render(RenderJob(**{**job(tmp_path, **settings).__dict__, "resume": True}), events.append)
+    assert "resuming stage 2 at iteration 4 of 6" in [getattr(e, "text", "") for e in events]
+    assert [(e.stage, e.iteration) for e in events if isinstance(e, Step)] == [(1, 5), (1, 6), (2, 1)]
+    assert not list((tmp_path / "work").glob("*partial*"))
+    trace = (tmp_path / "work" / "trace.csv").read_text().splitlines()[1:]
+    assert [tuple(row.split(",")[i] for i in (0, 3)) for row in trace] == [
+        ("0", "1"), ("0", "2"), ("0", "3"), *(("1", str(i)) for i in range(1, 7)), ("2", "1")]
+
+    uninterrupted = render(job(tmp_path / "again", **settings))
+    difference = np.abs(images.load_image(resumed.output) - images.load_image(uninterrupted.output)).mean()
+    if optimizer == "adam":  # its moments were saved with the image: the same steps follow
+        assert difference < 1e-6
+    else:  # L-BFGS rebuilds its curvature history after the break: close, not equal
+        assert difference < 0.01
 
 
 def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
