@@ -38,16 +38,21 @@ class StageStarted:
     width: int
     height: int
     iterations: int
+    done: int = 0  # iterations already done before a resume (the stage goes on from its saved progress)
 
 
 @dataclass(frozen=True)
 class Step:
+    """Reported every ``--sync-every`` iterations (and at a stage's last): ``covered`` iterations
+    since the previous report, each taking ``seconds`` on average."""
+
     stage: int
     iteration: int  # 1-based, within the stage
     iterations: int
     losses: dict[str, float]  # total, content, style, tv
-    seconds: float  # wall time of this iteration
+    seconds: float  # wall time per iteration, averaged over the iterations this report covers
     peak_memory: int = 0  # bytes: CUDA peak allocated in this stage, or the process's peak RSS on the CPU
+    covered: int = 1
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class ProgressDisplay:
         self.overall: TaskID = self.progress.add_task("total", total=None, info="")
         self.stage_task: TaskID | None = None
         self.pixels = 0
+        self.work: list[float] = []  # megapixel-iterations of each planned stage
 
     def __enter__(self) -> "ProgressDisplay":
         self.progress.start()
@@ -36,27 +37,42 @@ class ProgressDisplay:
             self._show_plan(event)
         elif isinstance(event, StageStarted):
             self.pixels = event.width * event.height
+            self._rescope(event)
             label = f"stage {event.stage + 1}/{event.stages} {event.width}x{event.height}"
-            self.stage_task = self.progress.add_task(label, total=event.iterations, info="")
+            self.stage_task = self.progress.add_task(label, total=event.iterations, completed=event.done, info="")
         elif isinstance(event, Step) and self.stage_task is not None:
             info = (f"it {event.iteration}/{event.iterations} loss {event.losses['total']:.4g} "
                     f"{event.seconds:.2f}s/it")
             self.progress.update(self.stage_task, completed=event.iteration, info=info)
-            self.progress.advance(self.overall, self.pixels / 1e6)
+            self.progress.advance(self.overall, self.pixels * event.covered / 1e6)
         elif isinstance(event, StageFinished) and self.stage_task is not None:
             self.progress.update(self.stage_task, info=f"loss {event.losses.get('total', 0):.4g} "
                                                       f"done in {event.seconds:.1f}s")
         elif isinstance(event, Message):
             self.console.print(f"[yellow]{event.text}[/]")
 
+    def _rescope(self, started: StageStarted) -> None:
+        rescope(self.progress, self.overall, self.work, started)
+
     def _show_plan(self, plan: Planned) -> None:
-        total = sum(s.width * s.height * s.iterations for s in plan.stages) / 1e6
-        self.progress.update(self.overall, total=total)
+        self.work = [s.width * s.height * s.iterations / 1e6 for s in plan.stages]
+        self.progress.update(self.overall, total=sum(self.work))
         self.console.print(f"device {plan.device}; weights {plan.weights}")
         for i, s in enumerate(plan.stages):
             tiling = f"{s.tiles} tiles of {s.tile} px" if s.tile else "untiled"
             self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, {tiling}, "
                                f"~{s.memory_bytes / 2**30:.2f} GiB", markup=False)
+
+
+def rescope(progress: Progress, task: TaskID, work: list[float], started: StageStarted) -> None:
+    """Make ``task`` count only the work this run does: the stages and iterations that a resume
+    reuses are left out of its total, so that they neither hold the bar short of 100% nor fool its
+    ETA. ``work`` holds the planned megapixel-iterations per stage."""
+    if len(work) != started.stages:
+        return
+    completed = next(t.completed for t in progress.tasks if t.id == task)
+    left = sum(work[started.stage:]) - started.width * started.height * started.done / 1e6
+    progress.update(task, total=completed + left)
 
 
 class BatchDisplay:
@@ -69,6 +85,7 @@ class BatchDisplay:
         self.task: TaskID | None = None
         self.name = ""
         self.pixels = 0
+        self.work: list[float] = []
 
     def __enter__(self) -> "BatchDisplay":
         self.progress.start()
@@ -86,13 +103,15 @@ class BatchDisplay:
                 self.progress.remove_task(self.task)
             self.task = self.progress.add_task(event.name, total=None)
         elif isinstance(event, Planned) and self.task is not None:
-            self.progress.update(self.task, total=sum(s.width * s.height * s.iterations for s in event.stages) / 1e6)
+            self.work = [s.width * s.height * s.iterations / 1e6 for s in event.stages]
+            self.progress.update(self.task, total=sum(self.work))
         elif isinstance(event, StageStarted) and self.task is not None:
             self.pixels = event.width * event.height
+            rescope(self.progress, self.task, self.work, event)
             self.progress.update(self.task, description=f"{self.name} stage {event.stage + 1}/{event.stages} "
                                                         f"{event.width}x{event.height}")
         elif isinstance(event, Step) and self.task is not None:
-            self.progress.advance(self.task, self.pixels / 1e6)
+            self.progress.advance(self.task, self.pixels * event.covered / 1e6)
         elif isinstance(event, JobFinished):
             colour = {"finished": "green", "failed": "red"}.get(event.status, "yellow")
             note = f": {event.error}" if event.error else ""

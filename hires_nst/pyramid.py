@@ -264,13 +264,16 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
     else:
         objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo,
                                    precision=precision)
-    sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations))
+    sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations, done))
     began = time.perf_counter()
     snapshot_every = checkpointing.snapshot_every if checkpointing else 0
     reset_peak_memory(start.device)
+    reported = [done]
 
     def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
-        sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device)))
+        sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device),
+                  iteration - reported[0]))
+        reported[0] = iteration
         # Steps are reported every placement.sync_every iterations: snapshot at those reports.
         if snapshot_every and checkpointing is not None and (
                 iteration % snapshot_every == 0 or iteration == stage.iterations):

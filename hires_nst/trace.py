@@ -63,7 +63,7 @@ class TraceWriter:
         if isinstance(event, StageStarted):
             self.size = (event.width, event.height)
         elif isinstance(event, Step):
-            self.elapsed += event.seconds
+            self.elapsed += event.seconds * event.covered
             losses = [f"{event.losses.get(k, math.nan):.9g}" for k in ("total", "content", "style", "tv")]
             self.writer.writerow([event.stage, *self.size, event.iteration, *losses, f"{event.seconds:.4f}",
                                   f"{self.elapsed:.3f}", f"{event.peak_memory / 2**20:.1f}"])

@@ -98,6 +98,16 @@ def test_a_fresh_render_starts_a_fresh_trace(tmp_path: Path) -> None:
     assert read_trace(path) == []
 
 
+def test_elapsed_time_counts_every_iteration_a_sparse_report_covers(tmp_path: Path) -> None:
+    writer = TraceWriter(tmp_path / "trace.csv")
+    writer(StageStarted(0, 1, 8, 6, 20))
+    losses = {"total": 1.0, "content": 0.5, "style": 0.05, "tv": 0.0}
+    writer(Step(0, 10, 20, losses, 0.5, 0, covered=10))  # --sync-every 10: one row per 10 iterations
+    writer(Step(0, 20, 20, losses, 0.25, 0, covered=10))
+    writer.close()
+    assert [row["elapsed"] for row in read_trace(tmp_path / "trace.csv")] == ["5.000", "7.500"]
+
+
 def test_compare_summarises_runs_given_as_files_folders_or_work_dirs(tmp_path: Path) -> None:
     runs = {name: render(_job(tmp_path, name, optimizer=name)) for name in ("lbfgs", "adam")}
     by_file = compare_runs([runs["lbfgs"].settings])
