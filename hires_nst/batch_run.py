@@ -163,15 +163,24 @@ def _log_line(event: Event) -> str | None:
         return f"device {event.device}; weights {event.weights}; stages " + ", ".join(
             f"{s.width}x{s.height}x{s.iterations}" for s in event.stages)
     if isinstance(event, StageStarted):
-        return f"stage {event.stage + 1}/{event.stages} {event.width}x{event.height}, {event.iterations} iterations"
-    if isinstance(event, Step) and (event.iteration == event.iterations or event.iteration % max(1, event.iterations // 10) == 0):
-        return f"  it {event.iteration}/{event.iterations} loss {event.losses.get('total', 0):.5g} ({event.seconds:.2f}s/it)"
+        resumed = f" (going on from {event.done})" if event.done else ""
+        return (f"stage {event.stage + 1}/{event.stages} {event.width}x{event.height}, {event.iterations} "
+                f"iterations{resumed}")
+    if isinstance(event, Step) and _tenth_passed(event):
+        return (f"  it {event.iteration}/{event.iterations} loss {event.losses.get('total', 0):.5g} "
+                f"({event.seconds:.2f}s/it)")
     if isinstance(event, StageFinished):
         losses = ", ".join(f"{k} {v:.5g}" for k, v in event.losses.items())
         return f"stage {event.stage + 1} done in {event.seconds:.1f}s: {losses}"
     if isinstance(event, Message):
         return event.text
     return None
+
+
+def _tenth_passed(step: Step) -> bool:
+    """Log about ten lines a stage: at the first report past each tenth, and at the end."""
+    tenth = max(1, step.iterations // 10)
+    return step.iteration == step.iterations or (step.iteration - step.covered) // tenth < step.iteration // tenth
 
 
 def _log(log: TextIO, text: str) -> None:

@@ -332,3 +332,16 @@ def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
     assert blend.output == tmp_path / "night" / "tower-blend.png"  # the preview preset's format
     assert batch.jobs[3].render.config.loss.style_weight == 50.0
     assert batch.jobs[3].render.output == tmp_path / "night" / "sweep" / "harbour-starry_night-style_weight=50.0.tif"
+
+
+def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports() -> None:
+    from hires_nst.batch_run import _log_line
+
+    def logged(iterations: int, every: int) -> list[int]:
+        reports = [*range(every, iterations, every), iterations]
+        steps = [Step(0, i, iterations, {"total": 1.0}, 0.1, covered=i - previous)
+                 for previous, i in zip([0, *reports], reports)]
+        return [step.iteration for step in steps if _log_line(step)]
+
+    assert logged(33, 1) == [*range(3, 34, 3)]
+    assert logged(33, 10) == [10, 20, 30, 33]  # --sync-every 10 (CUDA): no tenth goes unlogged
