@@ -271,12 +271,13 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
     reported = [done]
 
     def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
+        previous, reported[0] = reported[0], iteration
         sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device),
-                  iteration - reported[0]))
-        reported[0] = iteration
-        # Steps are reported every placement.sync_every iterations: snapshot at those reports.
+                  iteration - previous))
+        # Steps are reported every placement.sync_every iterations: snapshot at the first report
+        # at or after each multiple of snapshot_every, and at the end.
         if snapshot_every and checkpointing is not None and (
-                iteration % snapshot_every == 0 or iteration == stage.iterations):
+                previous // snapshot_every < iteration // snapshot_every or iteration == stage.iterations):
             sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
 
     saves = ProgressSaves(checkpointing, stage, done) if checkpointing is not None else None

@@ -45,6 +45,16 @@ def test_snapshots_come_at_the_start_every_n_iterations_and_at_each_stages_end(t
     assert len(snaps) == expected_frames((5, 3), 2) == 6
 
 
+def test_sparse_reports_still_give_a_frame_per_n_iterations(tmp_path: Path) -> None:
+    job = _job(tmp_path, str(tmp_path / "a.gif"), iterations=(21, 3), every=7)
+    job = RenderJob(**{**job.__dict__, "config": resolve(("test", {**job.config.to_dict(),
+                                                                   "device": {"sync_every": 10}}))})
+    events: list = []
+    render(job, events.append)
+    snaps = [(e.stage, e.iteration) for e in events if isinstance(e, Snapshot)]
+    assert snaps == [(0, 0), (0, 10), (0, 20), (0, 21), (1, 3)]  # reports at 10, 20, 21: one past each 7th
+
+
 def test_no_snapshots_without_animate(tmp_path: Path) -> None:
     events: list = []
     render(_job(tmp_path, ""), events.append)
