@@ -351,11 +351,12 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
             checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
         inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
-        if stage.index == done and checkpointing is not None and checkpointing.snapshot_every:
-            sink(snapshot(stage, 0, start, checkpointing.snapshot_size))  # the animation's first frame
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
-        went, start, warm = _saved_progress(checkpointing, stage, schedule, start, warm, sink) if (
-            stage.index == done) else (0, start, warm)
+        went = 0
+        if stage.index == done:  # the first stage this run renders: maybe from its saved progress
+            went, start, warm = _saved_progress(checkpointing, stage, schedule, start, warm, sink)
+            if checkpointing is not None and checkpointing.snapshot_every:
+                sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
                                           checkpointing, warm, placement, went)
         image, state = result.image, result.optimizer_state
