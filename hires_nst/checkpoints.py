@@ -6,8 +6,8 @@ Layout of a work dir::
     status.json       state (running / interrupted / failed / finished), the stage in progress
     stage-K.pt        stage K's image (float32) and optimiser state, loadable with weights_only
     stage-K.png       the same image, to look at
-    stage-K.partial.pt  stage K in progress (``--save-minutes``, ``--save-every``), with
-                      stage-K.partial.json (its iteration): a resume goes on from it
+    stage-K.partial-N.pt  stage K in progress after N iterations (``--save-minutes``, ``--save-every``),
+                      named by stage-K.partial.json: a resume goes on from it
     current.png       the stage in progress, to look at
     trace.csv         one row of losses, time and memory per iteration (trace.py), flushed as it goes
 
@@ -138,28 +138,35 @@ class WorkDir:
     def save_progress(self, stage: Stage, schedule: Sequence[Stage], iteration: int, image: Tensor,
                       optimizer_state: dict[str, Tensor]) -> None:
         """Stage K in progress after ``iteration`` iterations: a resume goes on from here, not from
-        the stage's start. Written like a finished stage (tensor, then its record; Ctrl-C waits)."""
+        the stage's start. The tensor goes to a new file, then the record names it, then the older
+        file goes: a crash at any point leaves a record naming a complete file. Ctrl-C waits."""
+        name = f"stage-{stage.index}.partial-{iteration}.pt"
         payload = {"image": image.detach().cpu().float(), **{k: v.detach().cpu() for k, v in optimizer_state.items()}}
+        older = (self._read_json(f"stage-{stage.index}.partial.json") or {}).get("file")
         with deferred_interrupts():
-            images.write_atomically(self._file(f"stage-{stage.index}.partial.pt"), lambda f: torch.save(payload, f))
+            images.write_atomically(self._file(name), lambda f: torch.save(payload, f))
             self._write_json(f"stage-{stage.index}.partial.json", {
-                "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "iteration": iteration})
+                "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "iteration": iteration, "file": name})
+            if older and older != name:
+                self._file(older).unlink(missing_ok=True)
 
     def progress(self, stage: Stage, schedule: Sequence[Stage]) -> int:
         """Iterations of ``stage`` saved in progress under this schedule (0: none to go on from)."""
         meta = self._read_json(f"stage-{stage.index}.partial.json")
         if meta is None or meta.get("schedule") != [stage_key(s) for s in schedule[: stage.index + 1]]:
             return 0
-        if not self._file(f"stage-{stage.index}.partial.pt").is_file():
+        if not self._file(str(meta.get("file"))).is_file():
             return 0
         return int(meta.get("iteration", 0))
 
     def load_progress(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return self._load(f"stage-{index}.partial.pt")
+        meta = self._read_json(f"stage-{index}.partial.json") or {}
+        return self._load(str(meta.get("file")))
 
     def drop_progress(self, index: int) -> None:
-        for name in (f"stage-{index}.partial.json", f"stage-{index}.partial.pt"):  # the record first
-            self._file(name).unlink(missing_ok=True)
+        self._file(f"stage-{index}.partial.json").unlink(missing_ok=True)  # the record first
+        for path in self.path.glob(f"stage-{index}.partial-*.pt"):
+            path.unlink(missing_ok=True)
 
     def load_stage(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         return self._load(f"stage-{index}.pt")

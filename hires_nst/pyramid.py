@@ -21,8 +21,8 @@ from hires_nst import images, losses
 from hires_nst.backbones import FeatureExtractor, alias, get_backbone
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig, parse_layer_weights
-from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step
-from hires_nst.errors import DeviceError
+from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
+from hires_nst.errors import DeviceError, OutputError
 from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
@@ -202,10 +202,11 @@ class Checkpointing:
 
 class ProgressSaves:
     """Saves the stage in progress at the first report after each ``save_every`` iterations or
-    ``save_minutes`` minutes; never at the stage's last iteration (the finished stage is saved next)."""
+    ``save_minutes`` minutes; never at the stage's last iteration (the finished stage is saved next).
+    A save that fails (a full disk) is reported and tried again later: the render goes on."""
 
-    def __init__(self, checkpointing: Checkpointing, stage: Stage, done: int = 0) -> None:
-        self.checkpointing, self.stage = checkpointing, stage
+    def __init__(self, checkpointing: Checkpointing, stage: Stage, done: int = 0, sink: Sink = null_sink) -> None:
+        self.checkpointing, self.stage, self.sink = checkpointing, stage, sink
         self.at, self.time = done, time.monotonic()
 
     def due(self, iteration: int) -> bool:
@@ -219,9 +220,13 @@ class ProgressSaves:
         if not self.due(iteration):
             return
         workdir = self.checkpointing.workdir
-        workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
-        workdir.save_current(image.clamp(0, 1))
         self.at, self.time = iteration, time.monotonic()
+        try:
+            workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
+            workdir.save_current(image.clamp(0, 1))
+        except OutputError as exc:
+            self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
+                              f"({exc}); the render goes on and tries again later"))
 
 
 def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot:
@@ -280,7 +285,7 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
                 previous // snapshot_every < iteration // snapshot_every or iteration == stage.iterations):
             sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
 
-    saves = ProgressSaves(checkpointing, stage, done) if checkpointing is not None else None
+    saves = ProgressSaves(checkpointing, stage, done, sink) if checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                                         iterations=stage.iterations, on_step=on_step, warm_state=warm_state,
                                         sync_every=placement.sync_every, done=done, on_state=saves)

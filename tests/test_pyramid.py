@@ -141,6 +141,35 @@ def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monke
     assert torch.equal(restored, image)
 
 
+def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hires_nst.pyramid as pyramid
+    from hires_nst.checkpoints import WorkDir
+    from hires_nst.errors import OutputError
+    from hires_nst.events import Message
+    from hires_nst.schedule import Stage
+
+    stage = Stage(0, 8, 6, 100)
+    workdir = WorkDir(tmp_path / "work")
+    messages = []
+    saves = pyramid.ProgressSaves(pyramid.Checkpointing(workdir, save_every=10, schedule=(stage,)), stage,
+                                  sink=messages.append)
+    first, second = torch.rand(1, 3, 6, 8), torch.rand(1, 3, 6, 8)
+    saves(10, first, {})
+    saves(20, second, {})
+    assert sorted(p.name for p in workdir.path.glob("stage-0.partial*")) == ["stage-0.partial-20.pt",
+                                                                             "stage-0.partial.json"]
+    assert workdir.progress(stage, (stage,)) == 20 and torch.equal(workdir.load_progress(0)[0], second)
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("cannot write x: No space left on device")
+
+    monkeypatch.setattr(workdir, "save_progress", full_disk)
+    saves(30, torch.rand(1, 3, 6, 8), {})  # no exception: the render goes on
+    assert isinstance(messages[-1], Message) and "No space left" in messages[-1].text
+    assert workdir.progress(stage, (stage,)) == 20  # the last good save still stands
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_a_resume_goes_on_from_the_saved_progress_of_the_interrupted_stage(tmp_path: Path, optimizer: str) -> None:
     settings = {"output": {"save_every": 2}, "pyramid": {"iterations": [3, 6, 1]}, "optim": {"optimizer": optimizer}}
