@@ -114,8 +114,9 @@ def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZE
 
     Walks the VGG body (``block_sizes``: convolutions per block, VGG19's by default): each 3x3 conv
     (zero padded) spoils one more feature pixel next to a window edge at its own resolution; a 2x2
-    pooling on the aligned grid keeps ``ceil(b / 2)`` of ``b`` spoiled pixels. A layer at depth ``k`` with ``b`` spoiled pixels needs ``b * 2**k`` input
-    pixels of halo: 80 px for conv5_1 (the receptive-field radius is ~70 px; pooling rounds it up).
+    pooling on the aligned grid keeps ``ceil(b / 2)`` of ``b`` spoiled pixels. A layer at depth ``k``
+    with ``b`` spoiled pixels needs ``b * 2**k`` input pixels of halo: 80 px for conv5_1 (the
+    receptive-field radius is ~70 px; pooling rounds it up).
     """
     wanted = {canonical_layer(n) for n in layers}
     if not wanted:
