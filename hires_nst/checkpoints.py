@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +51,19 @@ def stage_key(stage: Stage) -> list[int]:
 class WorkDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.damaged: dict[str, str] = {}  # checkpoint files found unreadable, with why
+
+    def _intact(self, name: str) -> bool:
+        """Whether a checkpoint reads back whole: torch.save writes a zip whose members carry CRCs,
+        so a truncated file or a flipped bit shows here, before a resume relies on it."""
+        try:
+            with zipfile.ZipFile(self._file(name)) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            bad = str(exc)
+        if bad is not None:
+            self.damaged[name] = f"damaged ({bad})"
+        return bad is None
 
     def _file(self, name: str) -> Path:
         return self.path / name
@@ -117,7 +131,7 @@ class WorkDir:
             meta = self._read_json(f"stage-{stage.index}.json")
             if meta is None or meta.get("schedule") != [stage_key(s) for s in schedule[: stage.index + 1]]:
                 break
-            if not self._file(f"stage-{stage.index}.pt").is_file():
+            if not self._file(f"stage-{stage.index}.pt").is_file() or not self._intact(f"stage-{stage.index}.pt"):
                 break
             done += 1
         return done
@@ -155,7 +169,8 @@ class WorkDir:
         meta = self._read_json(f"stage-{stage.index}.partial.json")
         if meta is None or meta.get("schedule") != [stage_key(s) for s in schedule[: stage.index + 1]]:
             return 0
-        if not self._file(str(meta.get("file"))).is_file():
+        name = str(meta.get("file"))
+        if not self._file(name).is_file() or not self._intact(name):
             return 0
         return int(meta.get("iteration", 0))
 

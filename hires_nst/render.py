@@ -181,6 +181,8 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
     sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
+    for name, why in workdir.damaged.items():
+        sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
         sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
     content, styles = working_images(inputs, config.loss.preserve_color)

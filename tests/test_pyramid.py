@@ -74,6 +74,19 @@ def test_ctrl_c_keeps_finished_stages_and_says_how_to_resume(tmp_path: Path) -> 
     assert started_stages(events) == [1, 2]
 
 
+def test_a_damaged_checkpoint_is_not_reused_and_its_stage_runs_again(tmp_path: Path) -> None:
+    render(job(tmp_path, small=False))
+    work = tmp_path / "work"
+    data = (work / "stage-1.pt").read_bytes()
+    (work / "stage-1.pt").write_bytes(data[: len(data) // 2])  # a truncated file (a bad disk, a copy cut short)
+    for name in ("stage-2.pt", "stage-2.json"):
+        (work / name).unlink()
+    events = []
+    resumed = render(RenderJob(**{**job(tmp_path, small=False).__dict__, "resume": True}), events.append)
+    assert started_stages(events) == [1, 2] and resumed.stages_reused == 1
+    assert any("stage-1.pt" in getattr(e, "text", "") and "damaged" in e.text for e in events)
+
+
 def test_resume_with_other_settings_is_refused_with_the_difference(tmp_path: Path) -> None:
     render(job(tmp_path))
     changed = job(tmp_path, loss={"style_weight": 3.0})
@@ -168,6 +181,12 @@ def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render
     saves(30, torch.rand(1, 3, 6, 8), {})  # no exception: the render goes on
     assert isinstance(messages[-1], Message) and "No space left" in messages[-1].text
     assert workdir.progress(stage, (stage,)) == 20  # the last good save still stands
+
+    saved = workdir.path / "stage-0.partial-20.pt"
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # one flipped bit in the image data
+    saved.write_bytes(bytes(data))
+    assert workdir.progress(stage, (stage,)) == 0 and "stage-0.partial-20.pt" in workdir.damaged
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
