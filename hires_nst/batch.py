@@ -81,9 +81,6 @@ class Batch:
     def manifest(self) -> Path:
         return self.output_dir / MANIFEST
 
-    def work_dir(self, name: str) -> Path:
-        return self.output_dir / WORK / name
-
 
 def load_batch(path: str | Path, output_dir: str | Path | None = None) -> Batch:
     """Read a job file; ``output_dir`` (e.g. from the command line) overrides the file's."""
@@ -118,10 +115,13 @@ class _Reader:
         _check_keys(entry, JOB_KEYS, where)
         content = self._file(_required(entry, "content", where), where)
         styles = tuple(self._file(s, where) for s in _strings(_required(entry, "styles", where), f"{where} styles"))
-        default_name = Path(entry["output"]).stem if "output" in entry else f"{content.stem}-" + "+".join(s.stem for s in styles)
+        output = entry.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ConfigError(f"{where}: output must be a file name, got {output!r}")
+        default_name = Path(output).stem if output else f"{content.stem}-" + "+".join(s.stem for s in styles)
         name = self._name(entry.get("name"), default_name, where)
         layers = [*self._base_layers(entry.get("preset"), where), (where, self._sections(entry, where))]
-        self._add(name, content, styles, layers, entry.get("output"), name, where)
+        self._add(name, content, styles, layers, output, name, where)
 
     def add_grid(self, entry: dict[str, Any], index: int) -> None:
         where = f"{self.path} [[grid]] {entry.get('name', f'#{index + 1}')!r}"
@@ -142,8 +142,11 @@ class _Reader:
                 cell_layer = (f"{where} vary", _vary_layer(vary, combo))
                 self._add(name, content, style, [*layers, cell_layer], None, f"{grid}/{name[len(grid) + 1:]}", where,
                           Cell(grid, row, col, content.stem, label))
-        self.grids.append(Grid(grid, tuple(c.stem for c in contents), tuple(col_labels),
-                               self.output_dir / f"{grid}-sheet.png"))
+        sheet = self._inside(f"{grid}-sheet.png", where)
+        if sheet in self.outputs:
+            raise ConfigError(f"{where}: the contact sheet {sheet} is also the output of {self.outputs[sheet]}")
+        self.outputs[sheet] = where
+        self.grids.append(Grid(grid, tuple(c.stem for c in contents), tuple(col_labels), sheet))
 
     def _add(self, name: str, content: Path, styles: tuple[Path, ...], layers: list, output: str | None,
              default_stem: str, where: str, cell: Cell | None = None) -> None:

@@ -241,16 +241,20 @@ class Ledger:
 
     def _record(self, job: BatchJob, previous: dict[str, Any] | None) -> dict[str, Any]:
         kept = previous if previous and previous.get("spec") == job.spec else {}
+        status = kept.get("status", "pending")
+        if status == "running":  # the run that started it died without a word (power cut, kill -9)
+            status = "interrupted"
         root = self.batch.output_dir
         work = Path(job.render.config.output.work_dir)
-        record = {"name": job.name, "status": kept.get("status", "pending"),
+        record = {"name": job.name, "status": status,
                   "output": str(job.render.output.relative_to(root)), "content": str(job.render.content),
                   "styles": [str(s) for s in job.render.styles], "width": kept.get("width"),
                   "height": kept.get("height"), "seconds": kept.get("seconds"), "error": kept.get("error"),
                   "device": kept.get("device"), "spec": job.spec, "work_dir": str(work.relative_to(root)),
                   "log": str((work / LOG).relative_to(root))}
         if job.cell is not None:
-            record.update(grid=job.cell.grid, row=job.cell.row, col=job.cell.col)
+            record.update(grid=job.cell.grid, row=job.cell.row, col=job.cell.col, row_label=job.cell.row_label,
+                          col_label=job.cell.col_label)
         return record
 
     def restart(self, job: BatchJob) -> bool:

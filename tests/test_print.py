@@ -213,3 +213,36 @@ def test_print_render_crops_to_the_paper_and_writes_a_16bit_tiff_at_its_dpi(tmp_
         assert json.loads(img.tag_v2[270])["config"]["print"]["print_size"] == "10x8mm"
     settings = json.loads(result.settings.read_text())
     assert settings["crop"] == [0, 1, 48, 39] and settings["dpi"] == 127
+
+
+def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import hires_nst.render
+    from hires_nst.cli import app
+    from hires_nst.render import RenderResult
+
+    jobs: list[RenderJob] = []
+
+    def fake(job: RenderJob, sink: object = None) -> RenderResult:
+        jobs.append(job)
+        return RenderResult(job.output, Path("s.json"), 1, 1, 0.1, {"total": 1.0}, Path("work"))
+
+    monkeypatch.setattr(hires_nst.render, "render", fake)
+    result = CliRunner().invoke(app, [
+        "render", "c.png", "s.png", "-o", str(tmp_path / "print"), "--print-size", "30x40cm", "--dpi", "150",
+        "--fit", "crop", "--orientation", "landscape", "--bit-depth", "16", "--format", "tif",
+        "--max-input-pixels", "1000000", "-q"])
+    assert result.exit_code == 0, result.output
+    config = jobs[0].config
+    assert (config.print.print_size, config.print.dpi, config.print.fit, config.print.orientation) == (
+        "30x40cm", 150, "crop", "landscape")
+    assert (config.output.bit_depth, config.output.format, config.input.max_input_pixels) == (16, "tif", 1_000_000)
+
+
+def test_an_output_without_extension_takes_the_format() -> None:
+    from hires_nst.render import output_path
+
+    assert output_path(Path("out/a3"), "tif") == Path("out/a3.tif")
+    assert output_path(Path("out/a3"), "") == Path("out/a3.png")
+    assert output_path(Path("out/a3.jpg"), "tif") == Path("out/a3.jpg")  # the extension given wins
