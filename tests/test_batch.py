@@ -345,3 +345,19 @@ def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports(
 
     assert logged(33, 1) == [*range(3, 34, 3)]
     assert logged(33, 10) == [10, 20, 30, 33]  # --sync-every 10 (CUDA): no tenth goes unlogged
+
+
+def test_a_job_left_running_by_a_dead_run_is_recorded_as_interrupted(folder: Path) -> None:
+    from hires_nst.batch_run import Ledger
+
+    batch = load_batch(job_file(folder, '\n[[job]]\nname = "j"\ncontent = "in/a.png"\nstyles = "in/s.png"\n'))
+    [job] = batch.jobs
+    ledger = Ledger(batch, {"j": {"status": "running", "spec": job.spec}})  # a power cut mid-render
+    assert ledger.records["j"]["status"] == "interrupted"
+
+
+def test_a_grid_sheet_may_not_overwrite_a_job_output(folder: Path) -> None:
+    body = ('\n[[job]]\ncontent = "in/a.png"\nstyles = "in/s.png"\noutput = "g-sheet.png"\n'
+            '\n[[grid]]\nname = "g"\ncontents = ["in/b.png"]\nstyles = ["in/s.png"]\n')
+    with pytest.raises(ConfigError, match="contact sheet .*g-sheet.png is also the output of"):
+        load_batch(job_file(folder, body))

@@ -241,7 +241,7 @@ def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pyte
 
 
 def test_an_output_without_extension_takes_the_format() -> None:
-    from hires_nst.render import output_path
+    from hires_nst.outputs import output_path
 
     assert output_path(Path("out/a3"), "tif") == Path("out/a3.tif")
     assert output_path(Path("out/a3"), "") == Path("out/a3.png")
