@@ -52,18 +52,32 @@ class WorkDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.damaged: dict[str, str] = {}  # checkpoint files found unreadable, with why
+        self._sound: set[tuple[str, int, int]] = set()  # (name, size, mtime) read back whole or written here
+
+    def _identity(self, name: str) -> tuple[str, int, int]:
+        info = self._file(name).stat()
+        return name, info.st_size, info.st_mtime_ns
 
     def _intact(self, name: str) -> bool:
         """Whether a checkpoint reads back whole: torch.save writes a zip whose members carry CRCs,
-        so a truncated file or a flipped bit shows here, before a resume relies on it."""
+        so a truncated file or a flipped bit shows here, before a resume relies on it. Each file is
+        read once per process, and not at all if this process wrote it."""
         try:
+            if self._identity(name) in self._sound:
+                return True
             with zipfile.ZipFile(self._file(name)) as archive:
                 bad = archive.testzip()
         except (OSError, zipfile.BadZipFile) as exc:
             bad = str(exc)
         if bad is not None:
             self.damaged[name] = f"damaged ({bad})"
-        return bad is None
+            return False
+        self._sound.add(self._identity(name))
+        return True
+
+    def _write_tensors(self, name: str, payload: dict[str, Tensor]) -> None:
+        images.write_atomically(self._file(name), lambda f: torch.save(payload, f))
+        self._sound.add(self._identity(name))
 
     def _file(self, name: str) -> Path:
         return self.path / name
@@ -144,7 +158,7 @@ class WorkDir:
         """
         payload = {"image": image.detach().cpu().float(), **{k: v.detach().cpu() for k, v in optimizer_state.items()}}
         with deferred_interrupts():
-            images.write_atomically(self._file(f"stage-{stage.index}.pt"), lambda f: torch.save(payload, f))
+            self._write_tensors(f"stage-{stage.index}.pt", payload)
             images.save_image(self._file(f"stage-{stage.index}.png"), images.to_array(image))
             self._write_json(f"stage-{stage.index}.json", {
                 "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "losses": losses})
@@ -158,7 +172,7 @@ class WorkDir:
         payload = {"image": image.detach().cpu().float(), **{k: v.detach().cpu() for k, v in optimizer_state.items()}}
         older = (self._read_json(f"stage-{stage.index}.partial.json") or {}).get("file")
         with deferred_interrupts():
-            images.write_atomically(self._file(name), lambda f: torch.save(payload, f))
+            self._write_tensors(name, payload)
             self._write_json(f"stage-{stage.index}.partial.json", {
                 "schedule": [stage_key(s) for s in schedule[: stage.index + 1]], "iteration": iteration, "file": name})
             if older and older != name:

@@ -317,23 +317,24 @@ def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, s
         tiling = smaller
 
 
-def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, schedule: Sequence[Stage], start: Tensor,
-                    warm: dict[str, Tensor] | None, sink: Sink) -> tuple[int, Tensor, dict[str, Tensor] | None]:
-    """Where a resumed stage goes on from: its saved progress (iterations done, image, Adam's state),
-    or nothing done from ``start``. L-BFGS keeps no history across the break (it rebuilds it)."""
-    went = checkpointing.workdir.progress(stage, schedule) if checkpointing is not None else 0
-    if not went:
-        return 0, start, warm
+def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, went: int, start: Tensor,
+                    warm: dict[str, Tensor] | None, sink: Sink) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """The image (and Adam's state) a resumed stage goes on from after ``went`` saved iterations;
+    ``start`` when none. L-BFGS keeps no history across the break (it rebuilds it)."""
+    if not went or checkpointing is None:
+        return start, warm
     image, state = checkpointing.workdir.load_progress(stage.index)
     sink(Message(f"resuming stage {stage.index + 1} at iteration {went} of {stage.iterations}"))
-    return went, image.to(start.device), state or warm
+    return image.to(start.device), state or warm
 
 
 def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequence[np.ndarray],
                 schedule: Sequence[Stage], config: RenderConfig, init: str | np.ndarray,
                 device: torch.device, sink: Sink, checkpointing: Checkpointing | None = None,
-                done: int = 0, placement: Placement | None = None) -> tuple[Tensor, list[dict[str, float]]]:
-    """Run the stages of ``schedule`` after the first ``done`` (taken from the work dir).
+                done: int = 0, placement: Placement | None = None,
+                went: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
+    """Run the stages of ``schedule`` after the first ``done`` (taken from the work dir), the first
+    of them from its progress saved after ``went`` iterations (``WorkDir.progress``), if any.
 
     ``placement`` (devices, replicas, precision) defaults to ``extractor`` on ``device`` in fp32.
     Returns the final image (1, 3, H, W) in [0, 1] and every stage's final losses.
@@ -357,13 +358,13 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
         inputs = stage_inputs(content, styles, stage, config, device)
         start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
         warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
-        went = 0
-        if stage.index == done:  # the first stage this run renders: maybe from its saved progress
-            went, start, warm = _saved_progress(checkpointing, stage, schedule, start, warm, sink)
+        first = stage.index == done  # the first stage this run renders: maybe from its saved progress
+        if first:
+            start, warm = _saved_progress(checkpointing, stage, went, start, warm, sink)
             if checkpointing is not None and checkpointing.snapshot_every:
                 sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
-                                          checkpointing, warm, placement, went)
+                                          checkpointing, warm, placement, went if first else 0)
         image, state = result.image, result.optimizer_state
         stage_losses.append(result.losses)
         if checkpointing is not None:

@@ -191,7 +191,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                                   output_config.animate_size, output_config.save_minutes, tuple(schedule))
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          checkpointing, done, placement)
+                                          checkpointing, done, placement, went)
     except KeyboardInterrupt:
         raise _interrupted(workdir, stamp, schedule) from None
     except BaseException as exc:
