@@ -90,7 +90,9 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
     from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
     from hires_nst.objective import Weights
     from hires_nst.placement import Precision
-    from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
+    from hires_nst.objective import make_targets
+    from hires_nst.tileplan import TileGrid
+    from hires_nst.tiling import TiledObjective, make_objective
     from hires_nst.weights import load_weights
 
     device = torch.device(device_name_)
@@ -104,8 +106,9 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
         precision = Precision(name, channels_last)
         extractor = precision.prepare(VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
         network = torch.compile(extractor) if compile_ and label.endswith("compiled") else extractor
-        targets = make_tiled_targets(network, content, [style], [1.0], weights, tile, precision=precision)
-        objective = make_objective(network, targets, weights, size, size, tile, precision=precision)
+        grid = TileGrid.for_layers(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS, tile)
+        targets = make_targets(network, content, [style], [1.0], weights, precision, grid)
+        objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
     rows = {label: {"size": size, "label": label, "precision": name, "mode": "untiled" if tile is None else f"tile {tile}",
@@ -182,7 +185,8 @@ def quality(args: argparse.Namespace) -> list[dict]:
     from hires_nst.objective import Objective, make_targets
     from hires_nst.optimize import optimize
     from hires_nst.placement import FP32, resolve_precision
-    from hires_nst.pyramid import loss_weights, stage_inputs
+    from hires_nst.pyramid import stage_inputs
+    from hires_nst.stageplan import loss_weights
     from hires_nst.render import build_extractor
     from hires_nst.schedule import Stage, fit_long_side
 

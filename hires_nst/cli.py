@@ -199,7 +199,8 @@ def render(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render CONTENT in the style of STYLES, coarse to fine up to --max-size (or --print-size)."""
-    from hires_nst.render import RenderJob, render as run_render
+    from hires_nst.render import render as run_render
+    from hires_nst.renderjob import RenderJob
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))

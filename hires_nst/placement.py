@@ -224,6 +224,12 @@ class Placement:
     def describe(self) -> str:
         return f"{', '.join(str(d) for d in self.devices)} ({self.precision.describe()})"
 
+    @classmethod
+    def single(cls, extractor: nn.Module, device: torch.device | str = "cpu",
+               precision: Precision = FP32) -> "Placement":
+        """One extractor on one device (fp32 unless told): what tests and benchmarks run on."""
+        return place(extractor, (torch.device(device),), precision)
+
 
 def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int:
     """``--sync-every``, 0 meaning: every iteration on a CPU (a sync costs nothing there), every 10 on CUDA."""

@@ -19,6 +19,7 @@ from hires_nst.placement import (FP32, LossScale, Precision, default_sync_every,
                                  resolve_precision)
 from hires_nst.tiling import make_objective
 from hires_nst.weights import load_weights
+from tests.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)
 FP16 = Precision("fp16", channels_last=True)  # refused on a CPU by resolve_precision; built directly to test it
@@ -148,7 +149,7 @@ def test_tiled_bf16_equals_untiled_bf16(extractor: VGGFeatures, weights: Weights
     # Tiling stays exact under autocast: same windows' arithmetic, only the summation order differs.
     size = 96
     targets = make_targets(extractor, _content(size), [_stripes(size)], [], weights, BF16)
-    tiled = make_objective(extractor, targets, weights, size, size, tile_size=48, precision=BF16)
+    tiled = make_objective(extractor, targets, weights, tiles_for(extractor, size, size, 48), BF16)
     untiled, image = _start(size), _start(size)
     expected = Objective(extractor, targets, weights, BF16)(untiled)
     got = tiled(image)
@@ -199,7 +200,7 @@ def test_fp16_overflow_is_detected_and_the_evaluation_repeated(extractor: VGGFea
     # objective must halve it until the gradient is finite, and that gradient must be the fp32 one.
     size = 64
     targets = make_targets(extractor, _content(size), [_stripes(size)], [], weights, FP16)
-    objective = make_objective(extractor, targets, weights, size, size, 32 if tiled else None, precision=FP16)
+    objective = make_objective(extractor, targets, weights, tiles_for(extractor, size, size, 32 if tiled else None), FP16)
     objective.loss_scale.scale = 2.0**28
     reference, image = _start(size), _start(size)
     _objective(extractor, weights, FP32)(reference)

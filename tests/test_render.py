@@ -10,7 +10,8 @@ import pytest
 from hires_nst import images
 from hires_nst.config import resolve
 from hires_nst.objective import Objective
-from hires_nst.pyramid import loss_weights, stage_inputs
+from hires_nst.pyramid import stage_inputs
+from hires_nst.stageplan import loss_weights
 from hires_nst.render import RenderJob, build_extractor, render
 from hires_nst.schedule import Stage
 
