@@ -65,7 +65,9 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     """Build one configuration, run ``iterations`` objective calls and measure them."""
     import torch
 
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Weights
     from hires_nst.objective import make_targets
     from hires_nst.tileplan import TileGrid

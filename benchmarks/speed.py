@@ -87,7 +87,8 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
     import torch
 
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Weights
     from hires_nst.placement import Precision
     from hires_nst.objective import make_targets
@@ -317,7 +318,9 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     """Adam loops that read the losses back every iteration vs every 10 (the CUDA default)."""
     import torch
 
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Objective, Weights, make_targets
     from hires_nst.optimize import optimize_with_state
     from hires_nst.placement import resolve_precision

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from hires_nst import losses
-from hires_nst.backbones import FeatureExtractor, alias
+from hires_nst.backbones import FeatureExtractor
+from hires_nst.catalog import POOLS_BEFORE, alias
 from hires_nst.errors import ConfigError
-from hires_nst.features import POOLS_BEFORE
 from hires_nst.placement import FP32, Precision
 from hires_nst.tileplan import Tile, TileGrid
 

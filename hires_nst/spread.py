@@ -28,7 +28,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from hires_nst.features import POOLS_BEFORE
+from hires_nst.catalog import POOLS_BEFORE
 from hires_nst.objective import LossTerms, Objective, Statistics, Targets, Weights, loss_terms
 from hires_nst.placement import Placement, Precision
 from hires_nst.tileplan import Band, Rect, Tile

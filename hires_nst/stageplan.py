@@ -20,10 +20,9 @@ from typing import Sequence
 import torch
 
 from hires_nst import losses
-from hires_nst.backbones import alias, get_backbone
+from hires_nst.catalog import VGG_BLOCKS, alias, get_backbone
 from hires_nst.config import RenderConfig, TileSize, parse_layer_weights
 from hires_nst.errors import DeviceError
-from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
                                   available_bytes, estimate_stage_bytes)

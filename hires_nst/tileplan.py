@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from torch import Tensor
 
 from hires_nst.errors import ConfigError
-from hires_nst.features import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
+from hires_nst.catalog import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, VGG16_Weights
 
 from hires_nst import images, stageplan
-from hires_nst.backbones import BACKBONES, ResNetFeatures, alias, build_extractor, get_backbone
+from hires_nst.backbones import ResNetFeatures, build_extractor
+from hires_nst.catalog import BACKBONES, VGG_BLOCKS, alias, get_backbone
 from hires_nst.config import resolve
 from hires_nst.errors import ConfigError, DeviceError, WeightsError
 from hires_nst.events import Step
-from hires_nst.features import VGG_BLOCKS, VGGFeatures
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.placement import Placement
 from hires_nst.render import RenderJob, render

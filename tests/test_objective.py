@@ -9,7 +9,8 @@ import torch
 
 from hires_nst import losses
 from hires_nst.errors import ConfigError, NumericalError
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import make_optimizer, optimize
 from hires_nst.weights import load_weights

@@ -12,7 +12,8 @@ from hires_nst import losses, placement
 from hires_nst.cli import app
 from hires_nst.config import resolve
 from hires_nst.errors import ConfigError, DeviceError
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import optimize, optimize_with_state
 from hires_nst.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import optimize
 from hires_nst.tileplan import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
