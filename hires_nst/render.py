@@ -129,15 +129,12 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
     workdir = WorkDir(work_dir_of(job))
-    _check_animation_path(config)
-    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
-                                  config.output.save_stages))
+    _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config)
     plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
-    went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+    done, went = _resume_point(job, workdir, stamp, schedule)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
@@ -151,6 +148,19 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
         settings = write_outputs(output, result, record, config, workdir, schedule, animation)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
+
+
+def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, schedule: list[Stage]) -> None:
+    """Fail before the work, not after it: the animation's folder, and room for every file."""
+    _check_animation_path(config)
+    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
+                                  config.output.save_stages))
+
+
+def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
+    """How many stages the work dir already holds for this job, and how far the next one got."""
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
 
 
 def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,

@@ -16,8 +16,8 @@ DEFAULT_LAYERS = DEFAULT_STYLE_LAYERS + DEFAULT_CONTENT_LAYERS
 
 
 @pytest.fixture(scope="module")
-def original() -> VGGWeights:
-    return load_weights("original")
+def original(original_weights: VGGWeights) -> VGGWeights:
+    return original_weights
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from hires_nst.schedule import Stage
 from hires_nst.spread import SpreadObjective, make_spread_objective
 from hires_nst.tileplan import Rect, plan_bands, required_halo, spread_pays
 from hires_nst.tiling import TiledObjective
-from hires_nst.weights import load_weights
 
 CPU = torch.device("cpu")
 # Shallow layers keep the halo at 12 px, so that bands of a 96 px image really are apart.
@@ -87,8 +86,9 @@ def test_spreading_an_untiled_stage_pays_only_where_the_halo_is_small_against_th
 
 
 @pytest.fixture(scope="module")
-def extractor() -> VGGFeatures:
-    return VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
+def extractor(random_weights) -> VGGFeatures:
+    """Untrained weights: spreading is exact whatever the network computes."""
+    return VGGFeatures(random_weights, CONTENT_LAYERS + STYLE_LAYERS)
 
 
 def setup(extractor: VGGFeatures, width: int = 96, height: int = 64):

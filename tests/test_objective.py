@@ -13,7 +13,6 @@ from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import make_optimizer, optimize
-from hires_nst.weights import load_weights
 
 
 def _content(height: int = 32, width: int = 32) -> torch.Tensor:
@@ -35,11 +34,6 @@ def _checks(height: int = 32, width: int = 32, size: int = 4) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     phase = ((xx // size + yy // size) % 2).float()
     return torch.stack([0.9 * phase, 0.2 + 0.0 * phase, 0.8 - 0.6 * phase]).unsqueeze(0)
-
-
-@pytest.fixture(scope="module")
-def extractor() -> VGGFeatures:
-    return VGGFeatures(load_weights("original"), DEFAULT_STYLE_LAYERS + DEFAULT_CONTENT_LAYERS)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from hires_nst.optimize import optimize, optimize_with_state
 from hires_nst.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,
                                  resolve_precision)
 from hires_nst.tiling import make_objective
-from hires_nst.weights import load_weights
 from tests.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)
@@ -40,11 +39,6 @@ def _stripes(size: int = 64, period: int = 6) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     phase = ((xx + yy) % period < period // 2).float()
     return torch.stack([phase, 1 - phase, 0.5 * phase + 0.25]).unsqueeze(0)
-
-
-@pytest.fixture(scope="module")
-def extractor() -> VGGFeatures:
-    return VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
 
 
 @pytest.fixture(scope="module")
