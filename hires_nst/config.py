@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
 from hires_nst.color import MODES as COLOR_MODES
+from hires_nst.choices import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS,
+                               get_backbone)
 from hires_nst.errors import ConfigError
-from hires_nst.backbones import BACKBONES, get_backbone
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
-from hires_nst.placement import PRECISIONS
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /

@@ -13,14 +13,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from hires_nst.choices import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, VGG_BLOCKS,  # noqa: F401
+                               VGG_CHANNELS)
 from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.weights import VGGWeights
 
-# Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
-VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
+# torchvision's cfg letter for each architecture (VGG16 is "D", VGG19 is "E").
 VGG_CFG = {"vgg19": "E", "vgg16": "D"}
 VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}
-VGG_CHANNELS = (64, 128, 256, 512, 512)  # per block, in both
 BLOCK_SIZES = VGG_BLOCKS["vgg19"]
 
 
@@ -41,12 +41,9 @@ def _cfg_modules(arch: str) -> list[str]:
 
 LAYER_NAMES = vgg_layer_names("vgg19")
 _RELU_INDEX = _relu_indices("vgg19")
-POOLINGS = ("max", "avg")
 # Pooling steps in front of each block: a tile offset must be a multiple of 2**this (DESIGN.md 6).
 # The same for every VGG: the blocks differ only in how many convolutions they hold.
 POOLS_BEFORE = {name: int(name[4]) - 1 for name in LAYER_NAMES}
-DEFAULT_CONTENT_LAYERS = ("conv4_2",)
-DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from hires_nst.choices import PRECISIONS
 from hires_nst.errors import ConfigError, DeviceError
 
 # Activations kept for the backward pass of VGG19 up to conv5_1, in values per input pixel:
@@ -75,7 +76,6 @@ def resolve_devices(devices: str = "", device: str = "auto") -> tuple[torch.devi
 
 # --------------------------------------------------------------------------- precision
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

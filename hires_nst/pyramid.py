@@ -21,11 +21,12 @@ from hires_nst import images, losses
 from hires_nst.backbones import FeatureExtractor, alias, get_backbone
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig, parse_layer_weights
-from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
+from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
 from hires_nst.errors import DeviceError, OutputError
 from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
+from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
 from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
                                   available_bytes, peak_memory_bytes, reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
@@ -190,7 +191,8 @@ class Checkpointing:
     """What a render leaves behind while it runs: finished stages in the work dir, the stage in
     progress every ``save_every`` iterations and every ``save_minutes`` (resumable, with a PNG to
     look at), and a ``Snapshot`` event every ``snapshot_every`` iterations (0: never) with the
-    image shrunk to at most ``snapshot_size`` px (long side). ``schedule`` is the whole pyramid."""
+    image shrunk to at most ``snapshot_size`` px (long side); a ``Preview`` every
+    ``preview_seconds`` (0: never; preview.py). ``schedule`` is the whole pyramid."""
 
     workdir: WorkDir
     save_every: int = 0
@@ -198,6 +200,7 @@ class Checkpointing:
     snapshot_size: int = 512
     save_minutes: float = 0.0
     schedule: Sequence[Stage] = ()
+    preview_seconds: float = 0.0
 
 
 class ProgressSaves:
@@ -238,6 +241,10 @@ def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot
     return Snapshot(stage.index, iteration, images.to_array(image))
 
 
+def preview(stage: Stage, iteration: int, image: Tensor) -> Preview:
+    return Preview(stage.index, iteration, snapshot(stage, iteration, image, PREVIEW_SIZE).image)
+
+
 @dataclass
 class StageResult:
     image: Tensor  # (1, 3, H, W) in [0, 1]
@@ -272,6 +279,9 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
     sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations, done))
     began = time.perf_counter()
     snapshot_every = checkpointing.snapshot_every if checkpointing else 0
+    previews = PreviewTimer(checkpointing.preview_seconds if checkpointing else 0.0)
+    if previews.due(force=True):
+        sink(preview(stage, done, start))
     reset_peak_memory(start.device)
     reported = [done]
 
@@ -284,6 +294,8 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
         if snapshot_every and checkpointing is not None and (
                 previous // snapshot_every < iteration // snapshot_every or iteration == stage.iterations):
             sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
+        if previews.due(force=iteration == stage.iterations):
+            sink(preview(stage, iteration, image))
 
     saves = ProgressSaves(checkpointing, stage, done, sink) if checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,

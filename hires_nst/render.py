@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
                                   resolve_precision)
+from hires_nst.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
@@ -179,8 +181,10 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
-    sink = tee(sink, trace, *([animation] if animation else []))
-    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
+    preview = PreviewFile(workdir.path / PREVIEW_NAME, sink)
+    sink = tee(sink, trace, preview, *([animation] if animation else []))
+    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source,
+                 os.path.abspath(workdir.path), os.path.abspath(preview.path)))
     for name, why in workdir.damaged.items():
         sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
@@ -188,7 +192,8 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     content, styles = working_images(inputs, config.loss.preserve_color)
     output_config = config.output
     checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
-                                  output_config.animate_size, output_config.save_minutes, tuple(schedule))
+                                  output_config.animate_size, output_config.save_minutes, tuple(schedule),
+                                  PREVIEW_SECONDS)
     try:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
                                           checkpointing, done, placement, went)
