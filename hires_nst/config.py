@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
-from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.choices import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS,
                                get_backbone)
 from hires_nst.errors import ConfigError
@@ -290,6 +289,8 @@ def validate(config: RenderConfig) -> None:
     parse_layer_weights(loss.style_layer_weights, loss.style_layers)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
+    from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none
+
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
     tile = config.tiling.tile_size

@@ -7,9 +7,10 @@ and ``null_sink`` drops them (``--quiet``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
-import numpy as np
+if TYPE_CHECKING:  # only in annotations: the command line loads this module without numpy
+    import numpy as np
 
 
 @dataclass(frozen=True)
