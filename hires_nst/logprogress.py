@@ -85,10 +85,9 @@ class LogProgress:
             where = f" on {event.device}" if event.device and event.device != "auto" else ""
             self.write(f"{time.strftime('%H:%M:%S')} [{event.index + 1}/{event.total}] {event.name}{where}")
             self.prefix = f"{event.name}: "
-        elif isinstance(event, JobFinished):
+        elif isinstance(event, JobFinished):  # by name: parallel workers finish in any order
             note = f": {event.error}" if event.error else ""
-            self.say(f"{event.status} in {event.seconds:.1f}s{note}")
-            self.prefix = ""
+            self.write(f"{time.strftime('%H:%M:%S')} {event.name}: {event.status} in {event.seconds:.1f}s{note}")
 
     def _plan(self, plan: Planned) -> None:
         self.left = WorkLeft([(s.width, s.height, s.iterations) for s in plan.stages])

@@ -79,3 +79,17 @@ def test_a_render_with_stderr_to_a_file_writes_progress_lines_while_it_runs(tmp_
     assert "stage 1/2 32x24: started, 200 iterations" in seen_while_running
     assert "stage 1/2 it " in seen_while_running and " s/it eta " in seen_while_running
     assert (tmp_path / "work" / "preview.jpg").is_file()  # written when the stage started
+
+
+def test_batch_lines_name_their_job() -> None:
+    from hires_nst.events import JobFinished, JobStarted
+
+    lines: list[str] = []
+    log = LogProgress(lines.append, every=10, clock=Clock())
+    log(JobStarted("harbour", 0, 2, "cuda:0"))
+    log(StageStarted(0, 1, 64, 64, 5))
+    log(JobStarted("tower", 1, 2, "cuda:1"))  # in parallel
+    log(JobFinished("harbour", "finished", 12.0))
+    text = [line.split(" ", 1)[1] for line in lines]
+    assert text == ["[1/2] harbour on cuda:0", "harbour: stage 1/1 64x64: started, 5 iterations",
+                    "[2/2] tower on cuda:1", "harbour: finished in 12.0s"]

@@ -93,3 +93,32 @@ def test_a_page_open_to_the_network_is_said_loudly_and_paths_are_checked(tmp_pat
     output = tmp_path / "out.png"
     (tmp_path / "out.png.json").write_text(json.dumps({"work_dir": str(tmp_path / "w")}))
     assert watched_path(output) == tmp_path / "w"  # a finished output: its record names the work dir
+
+
+def test_render_web_and_watch_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import hires_nst.cli
+    import hires_nst.render
+    from hires_nst.cli import app
+    from hires_nst.render import RenderResult
+
+    said: list[str] = []
+    seen: list[str] = []
+
+    def fake(job, sink) -> RenderResult:  # the engine replaced: what reaches the page while it "runs"
+        work = _work_dir(tmp_path / "work")
+        sink(Planned((PlannedStage(100, 100, 20, 0),), "cpu", "original", str(work), str(work / "preview.jpg")))
+        url = next(line for line in said if line.startswith("live page: ")).split("live page: ")[1]
+        seen.append(json.loads(_get(url + "state.json")[1])["state"])
+        return RenderResult(job.output, tmp_path / "o.json", 8, 8, 0.1, {"total": 1.0}, work)
+
+    monkeypatch.setattr(hires_nst.cli, "say_line", said.append)
+    monkeypatch.setattr(hires_nst.render, "render", fake)
+    runner = CliRunner()
+    result = runner.invoke(app, ["render", str(tmp_path / "c.png"), str(tmp_path / "c.png"), "-o",
+                                 str(tmp_path / "o.png"), "--web", "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert seen == ["running"]
+    bad = runner.invoke(app, ["watch", str(tmp_path)])
+    assert bad.exit_code == 1 and "neither a render's work dir" in bad.output
