@@ -43,7 +43,8 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
     """
     from hires_nst import images
-    from hires_nst.render import RenderJob, render
+    from hires_nst.render import render
+    from hires_nst.renderjob import RenderJob
 
     style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
     layers = [*_preset_layers(preset), ("stylize()", _settings_layer(settings))]

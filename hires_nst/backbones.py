@@ -18,15 +18,15 @@ style ``stem``, ``layer1``, ``layer2``, ``layer3`` (1/2 .. 1/16, as conv1_1 .. c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from torch import Tensor, nn
 
-from hires_nst.choices import (BACKBONES, RESNET_BLOCKS, RESNET_CHANNELS, Backbone, LayerInfo,  # noqa: F401
-                               alias, get_backbone)
-from hires_nst.features import FrozenExtractor, VGGFeatures, load_into, vgg_body
-from hires_nst.weights import VGGWeights
-
+from hires_nst.errors import ConfigError
+from hires_nst.catalog import BACKBONES, get_backbone
+from hires_nst.features import FrozenExtractor, VGGFeatures, load_into
+from hires_nst.weights import VGGWeights, trunk
 
 class FeatureExtractor(Protocol):
     """What the objective, the pyramid and the tiling need from a feature network."""
@@ -41,17 +41,6 @@ class FeatureExtractor(Protocol):
     def min_size(self) -> int: ...
 
     def __call__(self, image: Tensor) -> dict[str, Tensor]: ...
-
-
-def trunk(backbone: str) -> nn.Module:
-    """The module whose state dict a backbone's weights fill: VGG ``features``, ResNet-50 minus ``fc``."""
-    if backbone == "resnet50":
-        from torchvision.models import resnet50
-
-        net = resnet50()
-        net.fc = nn.Identity()  # the classifier is never used
-        return net
-    return vgg_body(backbone)
 
 
 class ResNetFeatures(FrozenExtractor):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -15,23 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from hires_nst import __version__
-from hires_nst.cli_help import PANEL_OF, PlainCommand, PlainGroup, help_with_default, metavar
+from hires_nst.cli_common import app, err_console, reporting, say_line, sigterm_as_interrupt
+from hires_nst.cli_help import PANEL_OF, PlainCommand, help_with_default, metavar
 from hires_nst.config import SECTIONS, resolve
-from hires_nst.errors import HiresNSTError, Interrupted
 from hires_nst.events import Event, Sink, null_sink, tee
 from hires_nst.logprogress import LOG_SECONDS, LogProgress
 from hires_nst.web import DEFAULT_PORT, LOCAL_HOST, live_page
 
-app = typer.Typer(
-    name="hires-nst", no_args_is_help=True, cls=PlainGroup, pretty_exceptions_enable=False, add_completion=False,
-    help="Print-size neural style transfer (Gatys et al.) over a resolution pyramid.",
-)
-err_console = Console(stderr=True, highlight=False)
-
 # Every config field's section and help text, keyed by its parameter name (names are unique).
 _SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 _HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
-EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
 
 
 _BOOLS = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
@@ -67,51 +59,6 @@ def _main(version: Annotated[bool, typer.Option("--version", help="Print the ver
     """Print-size neural style transfer (Gatys et al.) over a resolution pyramid."""
 
 
-def say_error(prefix: str, message: object) -> None:
-    """One line on stderr, however long the message and whatever brackets (paths!) it holds."""
-    text = " ".join(str(message).split("\n"))
-    err_console.print(f"[red]{prefix}:[/] {escape(text)}", soft_wrap=True)
-
-
-def say_line(text: str) -> None:
-    """A plain line on stderr (no markup: paths hold brackets)."""
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def reporting(debug: bool) -> Iterator[None]:
-    """Turn engine errors into one red line and an exit code; tracebacks only with --debug."""
-    try:
-        yield
-    except Interrupted as exc:  # the engine kept what it finished and says how to resume
-        err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except HiresNSTError as exc:
-        if debug:
-            raise
-        say_error("error", exc)
-        raise typer.Exit(EXIT_ERROR) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except MemoryError:
-        say_error("error", "out of memory; try a smaller --max-size")
-        raise typer.Exit(EXIT_ERROR) from None
-    except Exception as exc:  # a bug: still one line unless --debug
-        if debug:
-            raise
-        if type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA) OOM; torch is not imported here
-            say_error("error", f"out of device memory ({_first_line(exc)}); try a smaller --max-size")
-            raise typer.Exit(EXIT_ERROR) from None
-        say_error("internal error", f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for details)")
-        raise typer.Exit(EXIT_BUG) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
-
-
 @contextlib.contextmanager
 def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]:
     """The engine's event sink: none with --quiet; plain lines when stderr is not a terminal (a log
@@ -138,20 +85,6 @@ def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]
             display(event)
 
         yield sink
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler, ``kill``) stops a render like Ctrl-C: finished stages are kept."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -246,7 +179,8 @@ def render(
     debug: Annotated[bool, _own("debug", "--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render PHOTO in the style of PAINTING(s), coarse to fine up to --max-size (or --print-size)."""
-    from hires_nst.render import RenderJob, render as run_render
+    from hires_nst.render import render as run_render
+    from hires_nst.renderjob import RenderJob
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
@@ -267,7 +201,7 @@ def layers(
     """List a backbone's layer names with channels and downsampling, and its default layers."""
     from rich.table import Table
 
-    from hires_nst.backbones import get_backbone
+    from hires_nst.catalog import get_backbone
 
     with reporting(debug=False):
         spec = get_backbone(backbone)
@@ -336,4 +270,4 @@ def main() -> None:
     app()
 
 
-from hires_nst import cli_jobs, cli_watch  # noqa: E402,F401  (register the presets, batch and watch commands)
+from hires_nst import cli_jobs, cli_watch  # noqa: E402,F401  (register the presets, batch and watch commands, after ours)

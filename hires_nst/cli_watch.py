@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hires_nst.cli import app, reporting, say_line
+from hires_nst.cli_common import app, reporting, say_line
 from hires_nst.cli_help import PlainCommand
 from hires_nst.web import DEFAULT_PORT, LOCAL_HOST, LiveServer, Watched, exposure_warning, watched_path
 

@@ -1,8 +1,8 @@
-"""The names settings choose from: backbones and their layers, poolings, precisions.
+"""Everything a configuration can name, as plain data: backbones and their layers, poolings,
+precisions. No torch here, so that ``config`` can validate names without importing the engine.
 
-Plain data with no torch import, so that ``config`` (and with it ``hires-nst --help``) loads in a
-fraction of a second; the modules that build networks (``features``, ``backbones``, ``placement``)
-take their names from here.
+VGG layers are ``convB_C`` (``reluB_C`` is the same tensor); ResNet-50's are described in
+``backbones``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,39 @@ from dataclasses import dataclass
 
 from hires_nst.errors import ConfigError
 
-# Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
+VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}
 VGG_CHANNELS = (64, 128, 256, 512, 512)  # per block, in both
+BLOCK_SIZES = VGG_BLOCKS["vgg19"]
+
+
+def vgg_layer_names(arch: str = "vgg19") -> tuple[str, ...]:
+    return tuple(f"conv{b}_{c}" for b, n in enumerate(VGG_BLOCKS[arch], 1) for c in range(1, n + 1))
+
+
+
+LAYER_NAMES = vgg_layer_names("vgg19")
+POOLINGS = ("max", "avg")
+# Pooling steps in front of each block: a tile offset must be a multiple of 2**this (DESIGN.md 6).
+# The same for every VGG: the blocks differ only in how many convolutions they hold.
+POOLS_BEFORE = {name: int(name[4]) - 1 for name in LAYER_NAMES}
 DEFAULT_CONTENT_LAYERS = ("conv4_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-POOLINGS = ("max", "avg")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def canonical_layer(name: str, arch: str = "vgg19") -> str:
+    """Map ``reluB_C`` to ``convB_C``; reject unknown names with the list of valid ones."""
+    conv = "conv" + name[4:] if name.startswith("relu") else name
+    names = vgg_layer_names(arch)
+    if conv not in names:
+        valid = ", ".join(names)
+        raise ConfigError(f"unknown layer {name!r} for {arch}; valid layers: {valid} (or relu* for the same)")
+    return conv
+
+
+
 RESNET_BLOCKS = (3, 4, 6, 3)  # bottleneck blocks in layer1..layer4 of ResNet-50
 RESNET_CHANNELS = (256, 512, 1024, 2048)
 
@@ -90,3 +116,5 @@ def alias(name: str) -> str:
             if name in info.aliases:
                 return info.name
     return name
+
+
