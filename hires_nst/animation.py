@@ -1,4 +1,6 @@
-"""``--animate``: the image as it evolves over every stage, as an animated GIF (Pillow) or an MP4 (OpenCV).
+"""``--animate``: the image as it evolves over every stage, as an animated GIF (Pillow), or a video
+through OpenCV: WebM (VP9, else VP8), which browsers play, or MP4 (mp4v: OpenCV's headless build has
+no H.264, and browsers do not play mp4v).
 
 Frames come from the engine's ``Snapshot`` events: the first stage's starting image, then every N
 iterations and each stage's last iteration, so a render of stages with ``I_s`` iterations has
@@ -9,9 +11,10 @@ the output), so the early, small stages are enlarged into the same frame.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from hires_nst.events import Event, Snapshot
 from hires_nst.schedule import fit_long_side
 
 FRAME_MS = 100  # 10 frames per second
+VIDEO_CODECS = {".webm": ("VP90", "VP80"), ".mp4": ("mp4v",)}  # fourccs, the first that opens wins
 HOLD_LAST_MS = 1500  # the GIF rests on the final image before it loops
 
 
@@ -44,7 +48,7 @@ class AnimationRecorder:
         """``width`` x ``height``: the output's size; frames get ``frame_size`` of it."""
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
-        self.size = frame_size(width, height, long_side, even=self.suffix == ".mp4")
+        self.size = frame_size(width, height, long_side, even=self.suffix in VIDEO_CODECS)  # 4:2:0 needs even
         self.transform = transform
         self.frames: list[np.ndarray] = []  # (h, w, 3) uint8 RGB
 
@@ -62,7 +66,7 @@ class AnimationRecorder:
         if self.suffix == ".gif":
             self._write_gif()
         else:
-            self._write_mp4()
+            self._write_video()
         return self.path
 
     def _write_gif(self) -> None:
@@ -74,13 +78,19 @@ class AnimationRecorder:
         images.write_atomically(self.path, lambda f: frames[0].save(
             f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0))
 
-    def _write_mp4(self) -> None:
+    def _write_video(self) -> None:
         import cv2
 
-        temporary = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
-        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), 1000 / FRAME_MS, self.size)
-        if not writer.isOpened():
-            raise OutputError(f"--animate {self.path}: OpenCV cannot write MP4 here (no mp4v encoder)")
+        temporary = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.suffix}")
+        codecs = VIDEO_CODECS[self.suffix]
+        for code in codecs:
+            with _quiet_stderr():  # FFmpeg notes that WebM keeps no fourcc tag, on stderr, each time
+                writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*code), 1000 / FRAME_MS, self.size)
+            if writer.isOpened():
+                break
+        else:
+            raise OutputError(f"--animate {self.path}: OpenCV cannot write {self.suffix} here "
+                              f"(no {' or '.join(codecs)} encoder); use .gif")
         try:
             for frame in self.frames:
                 writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
@@ -88,3 +98,21 @@ class AnimationRecorder:
             os.replace(temporary, self.path)
         finally:
             temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null meanwhile (native code prints there, not to sys.stderr)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hires_nst.cli_help import PlainGroup
 from hires_nst.errors import Interrupted, classify
 
 app = typer.Typer(
-    name="hires-nst", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="hires-nst", no_args_is_help=True, cls=PlainGroup, pretty_exceptions_enable=False, add_completion=False,
     help="Print-size neural style transfer (Gatys et al.) over a resolution pyramid.",
 )
 err_console = Console(stderr=True, highlight=False)
@@ -24,6 +25,11 @@ def say_error(prefix: str, message: object) -> None:
     """One line on stderr, however long the message and whatever brackets (paths!) it holds."""
     text = " ".join(str(message).split("\n"))
     err_console.print(f"[red]{prefix}:[/] {escape(text)}", soft_wrap=True)
+
+
+def say_line(text: str) -> None:
+    """A plain line on stderr (no markup: paths hold brackets)."""
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -11,14 +11,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hires_nst.cli_common import app, err_console, reporting, sigterm_as_interrupt
+from hires_nst.cli_common import app, err_console, reporting, say_line, sigterm_as_interrupt
+from hires_nst.cli_help import PlainCommand, PlainGroup
 from hires_nst.errors import EXIT_ERROR, EXIT_INTERRUPTED
 from hires_nst.events import Event, Sink, null_sink
+from hires_nst.logprogress import LogProgress
 
 if TYPE_CHECKING:
     from hires_nst.batch_run import BatchResult
 
-presets_app = typer.Typer(help="List the built-in presets, or show one's resolved settings.",
+presets_app = typer.Typer(cls=PlainGroup, help="List the built-in presets, or show one's resolved settings.",
                           invoke_without_command=True, no_args_is_help=False)
 app.add_typer(presets_app, name="presets")
 
@@ -38,7 +40,7 @@ def presets(ctx: typer.Context) -> None:
             console.print(f"{name:<{widths[0]}}  {size:<{widths[1]}}  {description}")
 
 
-@presets_app.command("show")
+@presets_app.command("show", cls=PlainCommand)
 def presets_show(
     name: Annotated[str, typer.Argument(help="A built-in preset name, or a path to a preset .toml file.",
                                         show_default=False)],
@@ -60,6 +62,9 @@ def batch_sink(quiet: bool) -> Iterator[Sink]:
     if quiet:
         yield null_sink
         return
+    if not err_console.is_terminal:  # a log file: plain lines (logprogress.py), bars would print nothing
+        yield LogProgress(say_line)
+        return
     from hires_nst.progress import BatchDisplay
 
     with BatchDisplay(err_console) as display:
@@ -69,7 +74,7 @@ def batch_sink(quiet: bool) -> Iterator[Sink]:
         yield sink
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def batch(
     jobs: Annotated[Path, typer.Argument(help="The job file (TOML): [[job]] and [[grid]] entries.",
                                          show_default=False)],

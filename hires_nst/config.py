@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
-from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
 from hires_nst.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, get_backbone
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
@@ -26,7 +25,7 @@ OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
 # SGD and Adadelta see the gradient times the pixel count (optimize.PIXEL_SCALED).
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
               "rmsprop": 0.005}
-VIDEO_SUFFIXES = (".gif", ".mp4")
+VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 # --format value -> file extension.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
 
@@ -148,7 +147,7 @@ class OutputConfig:
     keep_checkpoints: bool = _opt("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in the "
                                   "work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
                                   "deletes them once the output is written (stage PNGs and trace stay).", True)
-    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif or .mp4.", "")
+    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif, .webm (plays in browsers) or .mp4.", "")
     animate_every: int = _opt("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
                               "end).", 10)
     animate_size: int = _opt("--animate-size", "With --animate: long side of the frames in pixels (at most the "
@@ -319,6 +318,8 @@ def validate(config: RenderConfig) -> None:
     parse_layer_weights(loss.style_layer_weights, loss.style_layers)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
+    from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none
+
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
     parse_tile_size(config.tiling.tile_size)
@@ -391,7 +392,7 @@ def _validate_output(output: OutputConfig) -> None:
     if not output.save_minutes >= 0:  # also refuses nan
         raise _fail("output", "save_minutes", "must be >= 0", output.save_minutes)
     if output.animate and Path(output.animate).suffix.lower() not in VIDEO_SUFFIXES:
-        raise _fail("output", "animate", "must end in .gif or .mp4", output.animate)
+        raise _fail("output", "animate", "must end in .gif, .webm or .mp4", output.animate)
     if output.animate_every < 1:
         raise _fail("output", "animate_every", "must be >= 1", output.animate_every)
     if output.animate_size < 16:

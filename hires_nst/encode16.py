@@ -1,9 +1,11 @@
-"""16-bit RGB PNG and TIFF encoders, written with zlib and struct.
+"""Encoders Pillow lacks: 16-bit RGB PNG (written here with zlib and struct) and TIFF (tifffile).
 
-Pillow has no 48-bit colour mode, so it cannot write these; the renderer's result is float, and a
-print deserves more than 8 bits of it (smooth skies band at 8 bits after a printer's curves).
-Both writers stream row blocks into an open binary file and carry the same metadata as the 8-bit
-path: resolution in dots per inch, an ICC profile, and a text description (the settings).
+Pillow has no 48-bit colour mode, so it cannot write 16-bit RGB; the renderer's result is float,
+and a print deserves more than 8 bits of it (smooth skies band at 8 bits after a printer's curves).
+TIFF, 8 or 16 bits, goes through tifffile, which also writes BigTIFF past 4 GB. No well-kept library
+writes a 16-bit RGB PNG with DPI, an ICC profile and text (OpenCV writes the pixels only; pypng has
+no iCCP or iTXt), so that one writer stays. Both carry the same metadata as the 8-bit path:
+resolution in dots per inch, an ICC profile, and a text description (the settings).
 """
 
 from __future__ import annotations
@@ -69,62 +71,27 @@ def write_png16(handle: BinaryIO, pixels: np.ndarray, *, dpi: int | None = None,
 
 # --- TIFF -----------------------------------------------------------------------------------------
 
-SHORT, LONG, RATIONAL, ASCII, UNDEFINED = 3, 4, 5, 2, 7
-_FORMATS = {SHORT: "H", LONG: "I", RATIONAL: "I"}  # a rational is two LONGs: numerator, denominator
+CLASSIC_TIFF_LIMIT = 2**32 - 2**25  # bytes: a classic TIFF's offsets are 32-bit (tifffile's own margin)
 
 
-def _tiff_strips(pixels: np.ndarray, rows: int) -> list[bytes]:
-    """Deflate-compressed strips with horizontal differencing (TIFF predictor 2), little-endian."""
-    diff = pixels.copy()
-    diff[:, 1:] -= pixels[:, :-1]  # uint16 wraps modulo 65536, as the predictor expects
-    little = diff.astype("<u2")
-    return [zlib.compress(little[top:top + rows].tobytes(), 6) for top in range(0, pixels.shape[0], rows)]
+def needs_bigtiff(raw_bytes: int) -> bool:
+    """BigTIFF (64-bit offsets) when the pixels could pass the classic format's 4 GB: deflate
+    rarely grows data, but a noisy print-size render barely shrinks, so the raw size decides."""
+    return raw_bytes > CLASSIC_TIFF_LIMIT
 
 
-def _entry(tag: int, kind: int, values: tuple | bytes, heap: bytearray, heap_offset: int) -> bytes:
-    """One 12-byte IFD entry; values longer than 4 bytes go to ``heap`` (placed at ``heap_offset``)."""
-    if kind in (ASCII, UNDEFINED):
-        data, count = bytes(values), len(values)
-    else:
-        count = len(values) // 2 if kind == RATIONAL else len(values)
-        data = struct.pack("<" + _FORMATS[kind] * len(values), *values)
-    if len(data) <= 4:
-        inline = data.ljust(4, b"\x00")
-    else:
-        inline = struct.pack("<I", heap_offset + len(heap))
-        heap.extend(data + (b"\x00" if len(data) % 2 else b""))  # values start on word boundaries
-    return struct.pack("<HHI", tag, kind, count) + inline
+def write_tiff(handle: BinaryIO, pixels: np.ndarray, *, dpi: int | None = None, icc: bytes | None = None,
+               description: str | None = None, software: str = "hires-nst") -> None:
+    """Write (H, W, 3) uint8 or uint16 as an RGB TIFF through tifffile: deflate with horizontal
+    differencing (predictor 2) in strips of about ``BLOCK_BYTES``, BigTIFF past 4 GB."""
+    import tifffile  # pure Python over numpy; only TIFF outputs need it
 
-
-def write_tiff16(handle: BinaryIO, pixels: np.ndarray, *, dpi: int | None = None, icc: bytes | None = None,
-                 description: str | None = None, software: str = "hires-nst") -> None:
-    """Write (H, W, 3) uint16 as a baseline 16-bit RGB TIFF (deflate, predictor 2, little-endian)."""
     height, width = pixels.shape[:2]
-    rows = _rows_per_block(width)
-    strips = _tiff_strips(pixels, rows)
-    offsets, position = [], 8
-    for strip in strips:
-        offsets.append(position)
-        position += len(strip)
-    if position > 2**32 - 2**24:
-        raise ValueError("a classic TIFF holds at most 4 GB; write a PNG instead")
-    resolution = (dpi or 72, 1)
-    tags: list[tuple[int, int, tuple | bytes]] = [
-        (256, LONG, (width,)), (257, LONG, (height,)), (258, SHORT, (16, 16, 16)), (259, SHORT, (8,)),
-        (262, SHORT, (2,)), (270, ASCII, (description or "").encode("ascii", "replace") + b"\x00"),
-        (273, LONG, tuple(offsets)), (277, SHORT, (3,)), (278, LONG, (rows,)),
-        (279, LONG, tuple(len(s) for s in strips)), (282, RATIONAL, resolution), (283, RATIONAL, resolution),
-        (284, SHORT, (1,)), (296, SHORT, (2,)), (305, ASCII, software.encode("ascii", "replace") + b"\x00"),
-        (317, SHORT, (2,)),
-    ]
-    if icc:
-        tags.append((34675, UNDEFINED, icc))
-    ifd_offset = position + position % 2
-    heap_offset = ifd_offset + 2 + 12 * len(tags) + 4
-    heap = bytearray()
-    entries = b"".join(_entry(tag, kind, values, heap, heap_offset) for tag, kind, values in tags)
-    handle.write(b"II" + struct.pack("<HI", 42, ifd_offset))
-    for strip in strips:
-        handle.write(strip)
-    handle.write(b"\x00" * (ifd_offset - position))
-    handle.write(struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0) + bytes(heap))
+    rows = max(1, BLOCK_BYTES // (width * 3 * pixels.itemsize))
+    # Named: tifffile reads a stream's name, and that of an os.fdopen file is its descriptor (an int).
+    name = handle.name if isinstance(getattr(handle, "name", None), str) else "image.tif"
+    named = tifffile.FileHandle(handle, mode="wb", name=name)
+    tifffile.imwrite(named, pixels, photometric="rgb", compression="zlib", compressionargs={"level": 6},
+                     predictor=True, rowsperstrip=min(rows, height), resolution=(dpi or 72, dpi or 72),
+                     resolutionunit="INCH", description=description or None, software=software, iccprofile=icc,
+                     metadata=None, bigtiff=needs_bigtiff(pixels.nbytes))

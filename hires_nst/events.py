@@ -7,9 +7,10 @@ and ``null_sink`` drops them (``--quiet``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
-import numpy as np
+if TYPE_CHECKING:  # only in annotations: the command line loads this module without numpy
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Planned:
     stages: tuple[PlannedStage, ...]
     device: str
     weights: str
+    work_dir: str = ""  # absolute: checkpoints, trace, status (what ``hires-nst watch`` reads)
+    preview: str = ""  # absolute: the image in progress, refreshed at every ``Preview``
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ class Snapshot:
     image: np.ndarray  # (h, w, 3) float32 in [0, 1], downscaled to at most the requested frame size
 
 
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """The image in progress for a person to look at (``preview.jpg``, a notebook, the live page):
+    at each stage's start and end and every few seconds between, shrunk on its device first."""
+
+    stage: int
+    iteration: int
+    image: np.ndarray  # (h, w, 3) float32 in [0, 1], long side at most the preview size
+
+
 @dataclass(frozen=True)
 class Message:
     """Something a person should know that is not an error (a fallback taken, a file written)."""
@@ -98,7 +111,7 @@ class JobFinished:
     error: str = ""
 
 
-Event = Union[Planned, StageStarted, Step, StageFinished, Snapshot, Message, JobStarted, JobFinished]
+Event = Union[Planned, StageStarted, Step, StageFinished, Snapshot, Preview, Message, JobStarted, JobFinished]
 Sink = Callable[[Event], None]
 
 

@@ -237,21 +237,25 @@ def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, st
     path = check_output_path(path)
     fmt = FORMATS[path.suffix.lower()]
     text = dict(text or {})
-    if bit_depth == 16 and fmt != "JPEG":
-        pixels = encode16.to_uint16(array)
-        if fmt == "PNG":
-            write = lambda f: encode16.write_png16(f, pixels, dpi=dpi, icc=srgb_profile(), text=text)  # noqa: E731
-        else:
-            write = lambda f: encode16.write_tiff16(f, pixels, dpi=dpi, icc=srgb_profile(),  # noqa: E731
-                                                    description=_description(text))
-        write_atomically(path, write)
+    if fmt == "TIFF":  # 8 or 16 bits, through tifffile (BigTIFF past 4 GB)
+        pixels = encode16.to_uint16(array) if bit_depth == 16 else _to_uint8(array)
+        write_atomically(path, lambda f: encode16.write_tiff(f, pixels, dpi=dpi, icc=srgb_profile(),
+                                                             description=_description(text) if text else None))
         return path
-    image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))  # (H, W, 3) uint8 -> RGB
+    if bit_depth == 16 and fmt == "PNG":
+        pixels = encode16.to_uint16(array)
+        write_atomically(path, lambda f: encode16.write_png16(f, pixels, dpi=dpi, icc=srgb_profile(), text=text))
+        return path
+    image = Image.fromarray(_to_uint8(array))  # (H, W, 3) uint8 -> RGB
     options = {**_save_options(fmt, text), "icc_profile": srgb_profile()}
     if dpi:
         options["dpi"] = (dpi, dpi)
     write_atomically(path, lambda f: image.save(f, format=fmt, **options))
     return path
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
 
 
 @functools.cache
@@ -274,9 +278,6 @@ def _save_options(fmt: str, text: Mapping[str, str]) -> dict:
         for key, value in text.items():
             info.add_itxt(key, value)
         return {"pnginfo": info}
-    if fmt == "TIFF":
-        description = {"description": _description(text)} if text else {}
-        return {"compression": "tiff_adobe_deflate", "software": "hires-nst", **description}
     return {}
 
 

@@ -62,14 +62,15 @@ def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Plac
                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
                "losses": losses} for s, losses in zip(schedule, stage_losses)]
+    output = output_path(job.output, job.config.output.format)  # the file written: "small" -> small.tif
     return {
-        "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(job.output),
+        "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(placement.main),
         "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
-        "trace": str(trace_path(job.output)), "animation": job.config.output.animate or None,
+        "trace": str(trace_path(output)), "animation": job.config.output.animate or None,
         "versions": {"hires_nst": hires_nst.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

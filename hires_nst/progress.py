@@ -62,6 +62,10 @@ class ProgressDisplay:
             tiling = f"{s.tiles} tiles of {s.tile} px" if s.tile else "untiled"
             self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, {tiling}, "
                                f"~{s.memory_bytes / 2**30:.2f} GiB", markup=False)
+        if plan.work_dir:
+            self.console.print(f"work dir: {plan.work_dir}", markup=False, soft_wrap=True)
+        if plan.preview:
+            self.console.print(f"image in progress: {plan.preview}", markup=False, soft_wrap=True)
 
 
 def rescope(progress: Progress, task: TaskID, work: list[float], started: StageStarted) -> None:

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from hires_nst import images
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
-from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
+from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
 from hires_nst.errors import OutputError, classify
 from hires_nst.objective import Targets, make_targets
 from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
+from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
 from hires_nst.schedule import Stage, fit_long_side
 from hires_nst.spread import make_spread_objective
 from hires_nst.stageplan import RenderPlan, StagePlan
@@ -79,7 +80,8 @@ class Checkpointing:
     """What a render leaves behind while it runs: finished stages in the work dir, the stage in
     progress every ``save_every`` iterations and every ``save_minutes`` (resumable, with a PNG to
     look at), and a ``Snapshot`` event every ``snapshot_every`` iterations (0: never) with the
-    image shrunk to at most ``snapshot_size`` px (long side). ``schedule`` is the whole pyramid."""
+    image shrunk to at most ``snapshot_size`` px (long side); a ``Preview`` every
+    ``preview_seconds`` (0: never; preview.py). ``schedule`` is the whole pyramid."""
 
     workdir: WorkDir
     save_every: int = 0
@@ -87,6 +89,7 @@ class Checkpointing:
     snapshot_size: int = 512
     save_minutes: float = 0.0
     schedule: Sequence[Stage] = ()
+    preview_seconds: float = 0.0
 
 
 class ProgressSaves:
@@ -127,6 +130,10 @@ def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot
     return Snapshot(stage.index, iteration, images.to_array(image))
 
 
+def preview(stage: Stage, iteration: int, image: Tensor) -> Preview:
+    return Preview(stage.index, iteration, snapshot(stage, iteration, image, PREVIEW_SIZE).image)
+
+
 @dataclass
 class StageResult:
     image: Tensor  # (1, 3, H, W) in [0, 1]
@@ -146,7 +153,8 @@ class Run:
 
 
 class StepReporter:
-    """``optimize``'s step callback: a ``Step`` event per report, and the animation's snapshots.
+    """``optimize``'s step callback: a ``Step`` event per report, the animation's snapshots and the
+    previews (preview.py: at the stage's start and end, and every few seconds).
 
     Steps are reported every ``placement.sync_every`` iterations: a snapshot is taken at the first
     report at or after each multiple of ``snapshot_every``, and at the stage's end.
@@ -156,6 +164,11 @@ class StepReporter:
         self.sink, self.stage, self.reported = run.sink, stage, done
         self.checkpointing = run.checkpointing
         self.every = run.checkpointing.snapshot_every if run.checkpointing else 0
+        self.previews = PreviewTimer(run.checkpointing.preview_seconds if run.checkpointing else 0.0)
+
+    def started(self, image: Tensor) -> None:
+        if self.previews.due(force=True):
+            self.sink(preview(self.stage, self.reported, image))
 
     def __call__(self, iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
         stage, previous, self.reported = self.stage, self.reported, iteration
@@ -165,6 +178,8 @@ class StepReporter:
         if every and self.checkpointing is not None and (
                 previous // every < iteration // every or iteration == stage.iterations):
             self.sink(snapshot(stage, iteration, image, self.checkpointing.snapshot_size))
+        if self.previews.due(force=iteration == stage.iterations):
+            self.sink(preview(stage, iteration, image))
 
 
 def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[[Tensor], dict[str, Tensor]]:
@@ -189,9 +204,11 @@ def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
     run.sink(StageStarted(stage.index, len(run.plan.stages), stage.width, stage.height, stage.iterations, done))
     began = time.perf_counter()
     reset_peak_memory(start.device)
+    reporter = StepReporter(run, stage, done)
+    reporter.started(start)
     saves = ProgressSaves(run.checkpointing, stage, done, run.sink) if run.checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
-                                        iterations=stage.iterations, on_step=StepReporter(run, stage, done),
+                                        iterations=stage.iterations, on_step=reporter,
                                         warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
                                         on_state=saves)
     final = {k: float(v) for k, v in objective.loss(result).items()}

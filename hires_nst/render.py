@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
+from hires_nst.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.pyramid import Checkpointing, Run, run_pyramid
 from hires_nst.renderjob import RenderJob, RenderResult
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
@@ -137,7 +139,7 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     done, went = _resume_point(job, workdir, stamp, schedule)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
-    sink = tee(sink, trace, *([animation] if animation else []))
+    sink = tee(sink, trace, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
     _announce(plan, placement, workdir, output, config, sink)
     run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None))
     image, stage_losses = _run(run, inputs, workdir, stamp, trace, done, went)
@@ -166,7 +168,8 @@ def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], sched
 def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,
               sink: Sink) -> None:
     """The plan as the user sees it, and what they should know before the work starts."""
-    sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source))
+    sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source,
+                 os.path.abspath(workdir.path), os.path.abspath(workdir.path / PREVIEW_NAME)))
     for name, why in workdir.damaged.items():
         sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
@@ -176,7 +179,7 @@ def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: 
 def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
     output = config.output
     return Checkpointing(workdir, output.save_every, output.animate_every if animated else 0, output.animate_size,
-                         output.save_minutes, tuple(schedule))
+                         output.save_minutes, tuple(schedule), PREVIEW_SECONDS)
 
 
 def _run(run: Run, inputs: Inputs, workdir: WorkDir, stamp: dict[str, Any], trace: TraceWriter, done: int,

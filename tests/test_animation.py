@@ -1,4 +1,4 @@
-"""--animate: snapshots from the engine, one fixed frame size, GIF and MP4 frame counts."""
+"""--animate: snapshots from the engine, one fixed frame size, GIF, WebM and MP4 frame counts."""
 
 from __future__ import annotations
 
@@ -70,10 +70,14 @@ def test_gif_has_the_expected_frame_count_at_one_size(tmp_path: Path) -> None:
         assert img.info.get("loop") == 0
 
 
-def test_mp4_has_the_expected_frame_count_and_even_sides(tmp_path: Path) -> None:
-    mp4 = tmp_path / "a.mp4"
+@pytest.mark.parametrize("suffix, codecs", [(".mp4", ("FMP4", "MP4V")), (".webm", ("VP90", "VP80"))])
+def test_videos_have_the_expected_frame_count_and_even_sides(tmp_path: Path, suffix: str, codecs: tuple[str, str],
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    mp4 = tmp_path / f"a{suffix}"
     render(_job(tmp_path, str(mp4), iterations=(5, 3), every=2, size=33))
+    assert "FFMPEG" not in capfd.readouterr().err  # no notes from the codec library on stderr
     video = cv2.VideoCapture(str(mp4))
+    assert int(video.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace").upper() in codecs
     frames = []
     while True:
         ok, frame = video.read()
@@ -82,7 +86,7 @@ def test_mp4_has_the_expected_frame_count_and_even_sides(tmp_path: Path) -> None
         frames.append(frame)
     assert len(frames) == expected_frames((5, 3), 2) == 6
     assert frames[0].shape == (24, 32, 3)  # 33 x 25 rounded down to even sides for the codec
-    assert not list(tmp_path.glob(".a*.tmp.mp4"))
+    assert not list(tmp_path.glob(f".a*.tmp{suffix}"))
 
 
 def test_frame_size_keeps_the_aspect_and_never_enlarges() -> None:
@@ -111,7 +115,7 @@ def test_luminance_renders_animate_in_the_photos_colours(tmp_path: Path) -> None
     assert chroma > 0.02  # a grey frame would have none
 
 
-@pytest.mark.parametrize("animate, message", [("a.png", "--animate .* must end in .gif or .mp4"),
+@pytest.mark.parametrize("animate, message", [("a.png", "--animate .* must end in .gif, .webm or .mp4"),
                                               ("a.gif", None)])
 def test_animate_path_is_checked_with_the_other_settings(tmp_path: Path, animate: str, message: str | None) -> None:
     settings = ("test", {"output": {"animate": str(tmp_path / animate)}})

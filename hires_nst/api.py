@@ -1,0 +1,141 @@
+"""``stylize``: the renderer from Python (a notebook, a script), images in, an image out.
+
+The engine renders files to files (that is what makes a night's work resumable); this module
+wraps it for a caller holding images: PIL images and arrays are written to a temporary folder,
+the render runs there, and the result comes back as a PIL image (or a float array). Nothing is
+left on disk unless ``work_dir`` asks for it. Settings are the presets' keys, as keywords
+(``max_size=1024``, ``style_weight=5``, ``optimizer="adam"``); ``hires-nst presets show NAME`` lists them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from hires_nst.config import SECTIONS, resolve
+from hires_nst.errors import ConfigError, InputError
+from hires_nst.events import Event, null_sink, tee
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+OUTPUT_NAME = "stylized.png"
+_SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, preset: str | None = None,
+            progress: bool = False, callback: Callable[[Event], None] | None = None,
+            work_dir: str | os.PathLike | None = None, resume: bool = False, as_array: bool = False,
+            **settings: Any) -> Image.Image | np.ndarray:
+    """Render ``content`` in the style of ``styles`` and return the result.
+
+    ``content``, ``styles``: file paths, PIL images or arrays ((H, W, 3) uint8, or float in [0, 1]).
+    ``preset``: a built-in preset name or a .toml file; ``settings`` override it (``max_size=1024``).
+    ``progress``: show progress bars (in a notebook too); ``callback``: receives every engine event
+    (``hires_nst.events``: Planned, StageStarted, Step, Preview with the image in progress, ...).
+    ``work_dir``: keep the checkpoints, trace and the output (``stylized.png``) there, so that a
+    later call with ``resume=True`` goes on from them; without it nothing stays on disk.
+    Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
+    """
+    from hires_nst import images
+    from hires_nst.render import render
+    from hires_nst.renderjob import RenderJob
+
+    style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+    layers = [*_preset_layers(preset), ("stylize()", _settings_layer(settings))]
+    with _folder(work_dir) as folder:
+        inputs = folder / "inputs"
+        content_path = _as_file(content, inputs, "content")
+        style_paths = tuple(_as_file(s, inputs, f"style-{i + 1}") for i, s in enumerate(style_list))
+        config = resolve(*layers, ("stylize()", {"output": {"work_dir": str(folder / "work"), "bit_depth": 16}}))
+        job = RenderJob(content_path, style_paths, folder / OUTPUT_NAME, config, resume=resume)
+        with _progress(progress) as shown:
+            result = render(job, tee(shown, callback or null_sink))
+        array = images.load_image(result.output, "the result")
+    if as_array:
+        return array
+    return Image.fromarray(np.round(array * 255).astype(np.uint8))
+
+
+def _preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
+    if preset is None:
+        return []
+    from hires_nst.presets import load_preset
+
+    loaded = load_preset(preset)
+    return [(loaded.source, loaded.layer)]
+
+
+def _settings_layer(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword settings as a config layer; ``work_dir`` is a parameter of its own."""
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in settings.items():
+        if name not in _SECTION_OF or name == "work_dir":
+            known = ", ".join(sorted(n for n in _SECTION_OF if n != "work_dir"))
+            raise ConfigError(f"stylize(): unknown setting {name!r}; known: {known}")
+        layer.setdefault(_SECTION_OF[name], {})[name] = list(value) if isinstance(value, tuple) else value
+    return layer
+
+
+@contextlib.contextmanager
+def _folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
+    """``work_dir`` (kept), or a temporary folder removed afterwards."""
+    if work_dir is not None:
+        path = Path(work_dir).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="hires-nst-") as temporary:
+        yield Path(temporary)
+
+
+def _as_file(image: ImageLike, folder: Path, name: str) -> Path:
+    """A path for the engine: paths as given; images written losslessly (float arrays at 16 bits)."""
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, Image.Image):
+        if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+            path = folder / f"{name}.png"
+            image.save(path, icc_profile=image.info.get("icc_profile"), exif=image.getexif())
+        else:  # CMYK, YCbCr, LAB, F: TIFF holds them, with their profile
+            path = folder / f"{name}.tif"
+            image.save(path, icc_profile=image.info.get("icc_profile"))
+        return path
+    if isinstance(image, np.ndarray):
+        return _array_file(image, folder / f"{name}.png")
+    raise InputError(f"stylize(): {name} must be a path, a PIL image or an array, got {type(image).__name__}")
+
+
+def _array_file(array: np.ndarray, path: Path) -> Path:
+    from hires_nst import images
+
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise InputError(f"stylize(): an image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.dtype == np.uint8:
+        Image.fromarray(array).save(path)
+        return path
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"stylize(): an image array must be uint8 or float in [0, 1], got {array.dtype}")
+    rgb = array[..., :3] if array.shape[2] == 3 else array[..., :3] * array[..., 3:] + (1 - array[..., 3:])
+    return images.save_image(path, np.clip(rgb, 0, 1).astype(np.float32), bit_depth=16)
+
+
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[Callable[[Event], None]]:
+    if not show:
+        yield null_sink
+        return
+    from rich.console import Console
+
+    from hires_nst.progress import ProgressDisplay
+
+    with ProgressDisplay(Console(stderr=True)) as display:
+        yield display
