@@ -141,6 +141,7 @@ def preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
 
 @app.command()
 def render(
+    ctx: typer.Context,
     content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False)],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images (paintings).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, .tif).")],
@@ -199,11 +200,13 @@ def render(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render CONTENT in the style of STYLES, coarse to fine up to --max-size (or --print-size)."""
+    from hires_nst.cli_resume import resume_command
     from hires_nst.render import RenderJob, render as run_render
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
-        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart)
+        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
+                        resume_command=resume_command(ctx))
         with sigterm_as_interrupt(), progress_sink(quiet) as sink:
             result = run_render(job, sink)
         if not quiet:

@@ -35,3 +35,7 @@ class Interrupted(HiresNSTError):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail or message  # what was kept, without the advice (a batch gives its own)
+
+
+class DiskFullError(OutputError):
+    """A write found no room (ENOSPC, EDQUOT): worth retrying once space is freed, unlike other write errors."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,24 +14,25 @@ import torch
 
 from hires_nst import color, images
 from hires_nst.animation import AnimationRecorder
-from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
+from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor, get_backbone
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
-from hires_nst.errors import ConfigError, Interrupted, OutputError
+from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
                                   resolve_precision)
 from hires_nst.printsize import print_plan
 from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
-from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
-from hires_nst.schedule import Stage, make_schedule
-from hires_nst.outputs import output_path, settings_record, write_outputs
+from hires_nst.safety import (check_free_space, check_not_overwriting, deferred_interrupts, render_needs,
+                              retrying_when_full)
+from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
+from hires_nst.outputs import output_path, settings_record, sweep_temp_files, write_outputs, written_files
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
-DEFAULT_WORK_ROOT = Path("outputs") / "work"
+LEGACY_WORK_ROOT = Path("outputs") / "work"  # relative to the current folder: the default before OUT.work
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal"}
@@ -46,6 +46,7 @@ class RenderJob:
     config: RenderConfig = field(default_factory=RenderConfig)
     resume: bool = False  # reuse the finished stages in the work dir
     restart: bool = False  # discard whatever the work dir holds
+    resume_command: str = ""  # the command line that continues this render (messages say it); "" for a batch
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,22 @@ def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[S
     if printing.print_size:
         plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
         width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
+    least = get_backbone(config.model.backbone).min_side([*config.loss.content_layers, *config.loss.style_layers])
     schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
                              factor=pyramid.scale_factor, iterations=pyramid.iterations,
-                             fit_iterations=pyramid.fit_iterations)
+                             fit_iterations=pyramid.fit_iterations, min_short=least)
     return schedule, crop
+
+
+def _raised_first_stage(config: RenderConfig, schedule: list[Stage]) -> str:
+    """What to say when a thin image's first stage had to be longer than --min-size ("" if not)."""
+    asked = config.pyramid.min_size or min(DEFAULT_MIN_SIZE, schedule[-1].long_side)
+    first = schedule[0]
+    if first.long_side <= asked:
+        return ""
+    least = get_backbone(config.model.backbone).min_side([*config.loss.content_layers, *config.loss.style_layers])
+    return (f"the first stage is {first.width}x{first.height} px (long side {first.long_side}, not {asked}): "
+            f"the network needs a short side of at least {least} px")
 
 
 def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
@@ -90,12 +103,38 @@ def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
 
 
 def work_dir_of(job: RenderJob) -> Path:
-    """``--work-dir``, or ``outputs/work/<name>-<hash of the output's absolute path>``: two outputs
-    of the same name in different folders never share checkpoints."""
+    """``--work-dir`` (made absolute), or ``OUT.work`` beside the output: absolute, so that the
+    same render resumed from another folder finds its checkpoints."""
     if job.config.output.work_dir:
-        return Path(job.config.output.work_dir).expanduser()
+        return Path(job.config.output.work_dir).expanduser().absolute()
+    output = output_path(job.output, job.config.output.format).expanduser().absolute()
+    return output.with_name(output.name + ".work")
+
+
+def legacy_work_dir(job: RenderJob) -> Path:
+    """Where the default work dir was before ``OUT.work``: ``outputs/work/<name>-<hash>`` under the
+    folder the render was started from. ``--resume`` still goes on from one found there."""
     tag = hashlib.sha1(str(job.output.expanduser().resolve()).encode()).hexdigest()[:8]
-    return DEFAULT_WORK_ROOT / f"{job.output.stem}-{tag}"
+    return (LEGACY_WORK_ROOT / f"{job.output.stem}-{tag}").absolute()
+
+
+def _work_dir(job: RenderJob, sink: Sink) -> WorkDir:
+    """The job's work dir, or for a --resume without --work-dir an older default one that holds the work."""
+    path = work_dir_of(job)
+    if job.resume and not job.config.output.work_dir and not WorkDir(path).has_work():
+        legacy = legacy_work_dir(job)
+        if WorkDir(legacy).has_work():
+            sink(Message(f"resuming from the older work dir {legacy} (new renders keep theirs in {path})"))
+            path = legacy
+    return WorkDir(path, lambda text: sink(Message(text)))
+
+
+def input_files(job: RenderJob) -> dict[str, Path]:
+    """The files a render reads, by what they are (in the fingerprint's order)."""
+    files = {"content image": job.content, **{f"style image {i + 1}": p for i, p in enumerate(job.styles)}}
+    if job.config.optim.init not in ("content", "noise"):
+        files["--init image"] = Path(job.config.optim.init)
+    return files
 
 
 def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
@@ -111,7 +150,8 @@ def load_inputs(job: RenderJob) -> Inputs:
         raise ConfigError("at least one style image is needed")
     blend = job.config.loss.style_blend
     if blend and len(blend) != len(job.styles):
-        raise ConfigError(f"--style-blend has {len(blend)} weights for {len(job.styles)} style images")
+        count = f"{len(job.styles)} style image{'s' if len(job.styles) != 1 else ''}"
+        raise ConfigError(f"--style-blend has {len(blend)} weights for {count}")
     limit = job.config.input.max_input_pixels
     content = images.load_image(job.content, "content image", limit)
     styles = [images.load_image(p, f"style image {i + 1}", limit) for i, p in enumerate(job.styles)]
@@ -158,15 +198,44 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace."""
-    began = time.perf_counter()
+    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace.
+
+    The work dir is locked for the render (worklock.py). However the render ends, status.json does
+    not stay "running"; a disk that stays full stops it with what was kept and how to resume."""
+    if job.resume and job.restart:  # before any loading; WorkDir.open refuses the pair too
+        raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
+                          "would continue); give one of them")
+    workdir = _work_dir(job, sink)
+    try:
+        return _render(job, workdir, sink)
+    except DiskFullError as exc:
+        if not workdir.lock.held:
+            raise
+        workdir.set_status("failed", error=str(exc), resume=job.resume_command)
+        raise DiskFullError(f"{exc}; {workdir.kept_text()} in {workdir.path}; free some disk space, then "
+                            f"{_resume_advice(job)}") from None
+    except BaseException as exc:
+        if workdir.lock.held and (workdir.status() or {}).get("state") == "running":
+            workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
+        raise
+    finally:
+        workdir.close()
+
+
+def _resume_advice(job: RenderJob) -> str:
+    if job.resume_command:
+        return f"to continue, run: {job.resume_command}"
+    return "run the same command with --resume to continue"
+
+
+def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     config = job.config
     output = images.check_output_path(output_path(job.output, config.output.format))
+    check_not_overwriting(written_files(output, config), input_files(job))
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
-    workdir = WorkDir(work_dir_of(job))
     _check_animation_path(config)
     check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
                                   config.output.save_stages))
@@ -175,12 +244,18 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     torch.manual_seed(config.optim.seed)
     extractor = placement.extractor
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart,
+                        inputs=[f"{what} ({path})" for what, path in input_files(job).items()])
+    sweep_temp_files(written_files(output, config))
     went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
-    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
+    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
     sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
+    if _raised_first_stage(config, schedule):
+        sink(Message(_raised_first_stage(config, schedule)))
+    if job.resume and not done and not went:
+        sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
     for name, why in workdir.damaged.items():
         sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
@@ -193,19 +268,23 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
         image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
                                           checkpointing, done, placement, went)
     except KeyboardInterrupt:
-        raise _interrupted(workdir, stamp, schedule) from None
+        raise _interrupted(workdir, job) from None
     except BaseException as exc:
-        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
         raise
     finally:
         trace.close()
     result = images.to_array(image)
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
-    seconds = time.perf_counter() - began
+    seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
     record = settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
-    with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-        settings = write_outputs(output, result, record, config, workdir, schedule, animation)
+
+    def write() -> Path:
+        with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
+            return write_outputs(output, result, record, config, workdir, schedule, animation)
+
+    settings = retrying_when_full(write, f"the output {output}", workdir.say)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
 
@@ -247,19 +326,16 @@ def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> Planne
     return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
 
 
-def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:
+def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
+    schedule = workdir.schedule
     stage = (workdir.status() or {}).get("stage")
-    kept = workdir.finished_stages(stamp, schedule)
-    workdir.set_status("interrupted", stage=stage, stages=len(schedule))
-    went = workdir.progress(schedule[kept], schedule) if kept < len(schedule) else 0
+    kept, _ = workdir.kept()
+    workdir.set_status("interrupted", stage=stage, stages=len(schedule), resume=job.resume_command)
     if stage is None:
         where = ""
     elif kept > stage:  # the signal arrived while the stage's checkpoint was written, and waited for it
         where = f" after stage {stage + 1}/{len(schedule)}"
     else:
         where = f" during stage {stage + 1}/{len(schedule)}"
-    saved = [f"{kept} finished stage(s)"] if kept else []
-    if went:
-        saved.append(f"stage {kept + 1} at iteration {went}/{schedule[kept].iterations}")
-    detail = f"interrupted{where}; {' and '.join(saved) + ' kept' if saved else 'nothing finished yet'}"
-    return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
+    detail = f"interrupted{where}; {workdir.kept_text()}"
+    return Interrupted(f"{detail} in {workdir.path}; {_resume_advice(job)}", detail)
