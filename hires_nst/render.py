@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,8 @@ def work_dir_of(job: RenderJob) -> Path:
     """``--work-dir`` (made absolute), or ``OUT.work`` beside the output: absolute, so that the
     same render resumed from another folder finds its checkpoints."""
     if job.config.output.work_dir:
-        return Path(job.config.output.work_dir).expanduser().absolute()
-    output = output_path(job.output, job.config.output.format).expanduser().absolute()
+        return Path(os.path.abspath(Path(job.config.output.work_dir).expanduser()))
+    output = Path(os.path.abspath(output_path(job.output, job.config.output.format).expanduser()))
     return output.with_name(output.name + ".work")
 
 
@@ -115,7 +116,7 @@ def legacy_work_dir(job: RenderJob) -> Path:
     """Where the default work dir was before ``OUT.work``: ``outputs/work/<name>-<hash>`` under the
     folder the render was started from. ``--resume`` still goes on from one found there."""
     tag = hashlib.sha1(str(job.output.expanduser().resolve()).encode()).hexdigest()[:8]
-    return (LEGACY_WORK_ROOT / f"{job.output.stem}-{tag}").absolute()
+    return Path(os.path.abspath(LEGACY_WORK_ROOT / f"{job.output.stem}-{tag}"))
 
 
 def _work_dir(job: RenderJob, sink: Sink) -> WorkDir:

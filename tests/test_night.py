@@ -214,6 +214,22 @@ def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path,
     assert _started(events) == [1]
 
 
+def test_resume_goes_on_from_an_older_default_work_dir_under_outputs_work(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from hires_nst.render import legacy_work_dir
+
+    monkeypatch.chdir(tmp_path)
+    job = _job(tmp_path, tmp_path / "out.png", work=False)
+    legacy = legacy_work_dir(job)
+    assert legacy == tmp_path / "outputs" / "work" / f"out-{legacy.name.split('-')[-1]}"
+    old = _with(job, config=resolve(("test", {**job.config.to_dict(), "output": {"work_dir": str(legacy)}})))
+    with pytest.raises(Interrupted):
+        render(old, _stop_in_stage_two)  # as a render of an earlier version left it
+    events: list = []
+    assert render(_with(job, resume=True), events.append).stages_reused == 1
+    assert any(str(legacy) in e.text for e in events if isinstance(e, Message))
+
+
 def test_resume_with_nothing_to_resume_is_an_error_naming_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"--resume: no render to resume in {tmp_path / 'work'}"):
         render(_with(_job(tmp_path), resume=True))
