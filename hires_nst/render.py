@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,51 +13,26 @@ import torch
 
 from hires_nst import color, images
 from hires_nst.animation import AnimationRecorder
-from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor, get_backbone
+from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
-from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
-                                  resolve_precision)
-from hires_nst.printsize import print_plan
-from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
+from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
+from hires_nst.pyramid import Checkpointing, Run, run_pyramid
+from hires_nst.renderjob import RenderJob, RenderResult
 from hires_nst.safety import (check_free_space, check_not_overwriting, deferred_interrupts, render_needs,
                               retrying_when_full)
-from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
+from hires_nst.schedule import Stage
+from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
 from hires_nst.outputs import output_path, settings_record, sweep_temp_files, write_outputs, written_files
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
+from hires_nst.workdirs import find_work_dir, input_files, legacy_work_dir, work_dir_of  # noqa: F401 (re-exported)
 
-Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
-
-LEGACY_WORK_ROOT = Path("outputs") / "work"  # relative to the current folder: the default before OUT.work
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal"}
-
-
-@dataclass(frozen=True)
-class RenderJob:
-    content: Path
-    styles: tuple[Path, ...]
-    output: Path
-    config: RenderConfig = field(default_factory=RenderConfig)
-    resume: bool = False  # reuse the finished stages in the work dir
-    restart: bool = False  # discard whatever the work dir holds
-    resume_command: str = ""  # the command line that continues this render (messages say it); "" for a batch
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    output: Path
-    settings: Path
-    width: int
-    height: int
-    seconds: float
-    losses: dict[str, float]  # final losses at the output size
-    work_dir: Path
-    stages_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,73 +42,12 @@ class Inputs:
     init: str | np.ndarray
 
 
-def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[Stage], Crop | None]:
-    """The pyramid for a ``width`` x ``height`` content image: up to --max-size, or to the pixel size
-    of --print-size at --dpi (which then overrides --max-size), with the crop that fills the paper."""
-    pyramid, printing = config.pyramid, config.print
-    crop, max_size = None, pyramid.max_size
-    if printing.print_size:
-        plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
-        width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
-    least = get_backbone(config.model.backbone).min_side([*config.loss.content_layers, *config.loss.style_layers])
-    schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
-                             factor=pyramid.scale_factor, iterations=pyramid.iterations,
-                             fit_iterations=pyramid.fit_iterations, min_short=least)
-    return schedule, crop
-
-
-def _raised_first_stage(config: RenderConfig, schedule: list[Stage]) -> str:
-    """What to say when a thin image's first stage had to be longer than --min-size ("" if not)."""
-    asked = config.pyramid.min_size or min(DEFAULT_MIN_SIZE, schedule[-1].long_side)
-    first = schedule[0]
-    if first.long_side <= asked:
-        return ""
-    least = get_backbone(config.model.backbone).min_side([*config.loss.content_layers, *config.loss.style_layers])
-    return (f"the first stage is {first.width}x{first.height} px (long side {first.long_side}, not {asked}): "
-            f"the network needs a short side of at least {least} px")
-
-
 def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
     """Bytes the job will write by folder (output, work dir), for a content of this size."""
     config = job.config
     schedule, _ = plan_schedule(config, width, height)
     return render_needs(output_path(job.output, config.output.format), work_dir_of(job), schedule,
                         config.optim.optimizer, config.output.bit_depth, config.output.save_stages)
-
-
-def work_dir_of(job: RenderJob) -> Path:
-    """``--work-dir`` (made absolute), or ``OUT.work`` beside the output: absolute, so that the
-    same render resumed from another folder finds its checkpoints."""
-    if job.config.output.work_dir:
-        return Path(os.path.abspath(Path(job.config.output.work_dir).expanduser()))
-    output = Path(os.path.abspath(output_path(job.output, job.config.output.format).expanduser()))
-    return output.with_name(output.name + ".work")
-
-
-def legacy_work_dir(job: RenderJob) -> Path:
-    """Where the default work dir was before ``OUT.work``: ``outputs/work/<name>-<hash>`` under the
-    folder the render was started from. ``--resume`` still goes on from one found there."""
-    tag = hashlib.sha1(str(job.output.expanduser().resolve()).encode()).hexdigest()[:8]
-    return Path(os.path.abspath(LEGACY_WORK_ROOT / f"{job.output.stem}-{tag}"))
-
-
-def _work_dir(job: RenderJob, sink: Sink) -> WorkDir:
-    """The job's work dir, or for a --resume without --work-dir an older default one that holds the work."""
-    path = work_dir_of(job)
-    if job.resume and not job.config.output.work_dir and not WorkDir(path).has_work():
-        legacy = legacy_work_dir(job)
-        if WorkDir(legacy).has_work():
-            sink(Message(f"resuming from the older work dir {legacy} (new renders keep theirs in {path})"))
-            path = legacy
-    return WorkDir(path, lambda text: sink(Message(text)))
-
-
-def input_files(job: RenderJob) -> dict[str, Path]:
-    """The files a render reads, by what they are (in the fingerprint's order)."""
-    files = {"content image": job.content, **{f"style image {i + 1}": p for i, p in enumerate(job.styles)}}
-    if job.config.optim.init not in ("content", "noise"):
-        files["--init image"] = Path(job.config.optim.init)
-    return files
 
 
 def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
@@ -199,14 +111,14 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace.
+    """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace.
 
     The work dir is locked for the render (worklock.py). However the render ends, status.json does
     not stay "running"; a disk that stays full stops it with what was kept and how to resume."""
     if job.resume and job.restart:  # before any loading; WorkDir.open refuses the pair too
         raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
                           "would continue); give one of them")
-    workdir = _work_dir(job, sink)
+    workdir = find_work_dir(job, sink)
     try:
         return _render(job, workdir, sink)
     except DiskFullError as exc:
@@ -237,49 +149,24 @@ def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
-    _check_animation_path(config)
-    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
-                                  config.output.save_stages))
+    _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config)
-    device = placement.main
+    plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
-    extractor = placement.extractor
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart,
-                        inputs=[f"{what} ({path})" for what, path in input_files(job).items()])
+    done, went = _resume_point(job, workdir, stamp, schedule)
     sweep_temp_files(written_files(output, config))
-    went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
-    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
-    if _raised_first_stage(config, schedule):
-        sink(Message(_raised_first_stage(config, schedule)))
+    _announce(plan, placement, workdir, output, config, sink)
     if job.resume and not done and not went:
         sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
-    for name, why in workdir.damaged.items():
-        sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
-    if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
-        sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
-    content, styles = working_images(inputs, config.loss.preserve_color)
-    output_config = config.output
-    checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
-                                  output_config.animate_size, output_config.save_minutes, tuple(schedule))
-    try:
-        image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          checkpointing, done, placement, went)
-    except KeyboardInterrupt:
-        raise _interrupted(workdir, job) from None
-    except BaseException as exc:
-        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
-        raise
-    finally:
-        trace.close()
-    result = images.to_array(image)
-    if config.loss.preserve_color == "luminance":
-        result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
+    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None))
+    image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
+    result = _final_image(image, inputs, config)
     seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
-    record = settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
+    record = settings_record(job, placement.extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
 
     def write() -> Path:
         with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
@@ -288,6 +175,60 @@ def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     settings = retrying_when_full(write, f"the output {output}", workdir.say)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
+
+
+def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, schedule: list[Stage]) -> None:
+    """Fail before the work, not after it: the animation's folder, and room for every file."""
+    _check_animation_path(config)
+    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
+                                  config.output.save_stages))
+
+
+def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
+    """How many stages the work dir already holds for this job, and how far the next one got."""
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart,
+                        inputs=[f"{what} ({path})" for what, path in input_files(job).items()])
+    return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+
+
+def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,
+              sink: Sink) -> None:
+    """The plan as the user sees it, and what they should know before the work starts."""
+    sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source))
+    if raised_first_stage(config, plan.schedule):
+        sink(Message(raised_first_stage(config, plan.schedule)))
+    for name, why in workdir.damaged.items():
+        sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
+    if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
+        sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
+
+
+def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
+    output = config.output
+    return Checkpointing(workdir, output.save_every, output.animate_every if animated else 0, output.animate_size,
+                         output.save_minutes, tuple(schedule))
+
+
+def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: TraceWriter, done: int,
+         went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
+    content, styles = working_images(inputs, run.config.loss.preserve_color)
+    try:
+        return run_pyramid(run, content, styles, inputs.init, done, went)
+    except KeyboardInterrupt:
+        raise _interrupted(workdir, job) from None
+    except BaseException as exc:
+        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
+        raise
+    finally:
+        trace.close()
+
+
+def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> np.ndarray:
+    result = images.to_array(image)
+    if config.loss.preserve_color == "luminance":
+        result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
+    return result
 
 
 def _check_animation_path(config: RenderConfig) -> None:
@@ -320,11 +261,9 @@ def make_placement(config: RenderConfig) -> Placement:
     return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
 
 
-def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
-    tiling = stage_tiling(config, stage, placement.main, placement=placement)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
-                                  placement.precision.bytes_per_value(placement.main))
-    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
+def _planned(plan: StagePlan) -> PlannedStage:
+    stage, tiling = plan.stage, plan.tiling
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles)
 
 
 def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
