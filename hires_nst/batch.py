@@ -16,6 +16,7 @@ it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hires_nst.config import OUTPUT_FORMATS, SECTIONS, load_toml, resolve
+from hires_nst.config import OUTPUT_FORMATS, SECTIONS, VIDEO_SUFFIXES, RenderConfig, load_toml, resolve
 from hires_nst.errors import ConfigError
 from hires_nst.images import FORMATS
 from hires_nst.presets import load_preset
@@ -164,6 +165,7 @@ class _Reader:
         if target in self.outputs:
             raise ConfigError(f"{where}: output {target} is also the output of {self.outputs[target]}")
         self.outputs[target] = where
+        config = self._animation(config, name, where)
         render = RenderJob(content, styles, target, config, resume=True)
         self.jobs.append(BatchJob(name, render, _spec(render), cell))
 
@@ -225,18 +227,32 @@ class _Reader:
             return [tuple(self._file(s, where) for s in _strings(item, f"{where} styles"))]
         return [(path,) for path in self._matches(item, where)]
 
-    def _inside(self, output: Any, where: str) -> Path:
+    def _animation(self, config: RenderConfig, name: str, where: str) -> RenderConfig:
+        """A job's ``animate`` file, confined like its output: relative to the output dir, inside it,
+        and its own (``{name}`` in the value becomes the job's name, so one value serves every job)."""
+        if not config.output.animate:
+            return config
+        target = self._inside(config.output.animate.replace("{name}", name), where, "animate", VIDEO_SUFFIXES)
+        if target in self.outputs:
+            raise ConfigError(f"{where}: animate {target} is also written by {self.outputs[target]}; give each job "
+                              'its own, e.g. animate = "anim/{name}.gif"')
+        self.outputs[target] = f"{where} (its animation)"
+        return dataclasses.replace(config, output=dataclasses.replace(config.output, animate=str(target)))
+
+    def _inside(self, output: Any, where: str, what: str = "output",
+                suffixes: Sequence[str] = tuple(FORMATS)) -> Path:
         """``output`` under the output dir, refused if it would land anywhere else."""
         if not isinstance(output, str) or not output:
-            raise ConfigError(f"{where}: output must be a file name, got {output!r}")
+            raise ConfigError(f"{where}: {what} must be a file name, got {output!r}")
         target = (self.output_dir / Path(output).expanduser()).resolve()
         if not target.is_relative_to(self.output_dir) or target == self.output_dir:
-            raise ConfigError(f"{where}: output {output!r} is outside the batch's output folder "
-                              f"{self.output_dir}; outputs must stay inside it")
+            raise ConfigError(f"{where}: {what} {output!r} is outside the batch's output folder "
+                              f"{self.output_dir}; everything a job writes must stay inside it")
         if target.is_relative_to(self.output_dir / WORK) or target == self.output_dir / MANIFEST:
-            raise ConfigError(f"{where}: output {output!r} is reserved for the batch's work dirs and manifest")
-        if target.suffix and target.suffix.lower() not in FORMATS:
-            raise ConfigError(f"{where}: output {output!r} has an unsupported extension; use .png, .jpg or .tif")
+            raise ConfigError(f"{where}: {what} {output!r} is reserved for the batch's work dirs and manifest")
+        if target.suffix and target.suffix.lower() not in suffixes:
+            raise ConfigError(f"{where}: {what} {output!r} has an unsupported extension; use "
+                              f"{', '.join(sorted(set(suffixes)))}")
         return target
 
     def _name(self, given: Any, default: str, where: str) -> str:

@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 from hires_nst import images
 from hires_nst.batch import Batch, BatchJob
-from hires_nst.errors import Interrupted, classify
+from hires_nst.checkpoints import WorkDir
+from hires_nst.errors import DiskFullError, Interrupted, classify
 from hires_nst.events import Event, Message, Planned, Sink, StageFinished, StageStarted, Step, null_sink
 from hires_nst.render import render
 from hires_nst.safety import deferred_interrupts
@@ -39,16 +40,17 @@ class Outcome:
 
 def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = "") -> Outcome:
     """Render one job, its events also written to its log; every failure becomes an Outcome."""
-    render_job = replace(job.render, resume=not restart, restart=restart)
+    work = WorkDir(Path(job.render.config.output.work_dir))
+    render_job = replace(job.render, resume=not restart and work.has_work(), restart=restart)
     if device:
         config = render_job.config
         render_job = replace(render_job, config=replace(config, device=replace(config.device, device=device)))
     device = render_job.config.device.device
     began = time.perf_counter()
-    log_path = Path(render_job.config.output.work_dir) / LOG
+    log_path = work.path / LOG
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = log_path.open("a", encoding="utf-8", buffering=1)
+        log = JobLog(log_path.open("a", encoding="utf-8", buffering=1))
     except OSError as exc:
         return Outcome(job.name, "failed", 0.0, error=f"cannot write the job log {log_path}: {exc.strerror or exc}",
                        device=device)
@@ -57,12 +59,39 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
                   f"{', '.join(map(str, render_job.styles))} -> {render_job.output}"
                   f"{' (restart: the job changed)' if restart else ''}")
         outcome = _attempt(job.name, render_job, _tee(sink, log), log, device)
-        outcome = replace(outcome, seconds=round(time.perf_counter() - began, 3))
+        if not outcome.seconds:  # a finished render knows its total, earlier runs included
+            outcome = replace(outcome, seconds=round(time.perf_counter() - began, 3))
         _log(log, f"{outcome.status} in {outcome.seconds:.1f}s{': ' + outcome.error if outcome.error else ''}")
     return outcome
 
 
-def _attempt(name: str, job: Any, sink: Sink, log: TextIO, device: str) -> Outcome:
+class JobLog:
+    """A job's log file that a full disk cannot break: a line that does not fit is dropped (and
+    the gap said once there is room again); the render goes on either way."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle, self.dropped = handle, 0
+
+    def write(self, text: str) -> None:
+        try:
+            if self.dropped:
+                self.handle.write(f"({self.dropped} log line(s) lost: the disk was full)\n")
+                self.dropped = 0
+            self.handle.write(text)
+        except OSError:
+            self.dropped += 1
+
+    def __enter__(self) -> JobLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+
+
+def _attempt(name: str, job: Any, sink: Sink, log: "JobLog", device: str) -> Outcome:
     try:
         result = render(job, sink)
     except (KeyboardInterrupt, Exception) as exc:  # one job fails, the night goes on
@@ -74,11 +103,11 @@ def _attempt(name: str, job: Any, sink: Sink, log: TextIO, device: str) -> Outco
         # An interrupted job says what it kept; the batch gives its own advice on resuming.
         error = exc.detail if isinstance(exc, Interrupted) else failure.message
         return Outcome(name, failure.status, error=error, device=device)
-    return Outcome(name, "finished", width=result.width, height=result.height, stages_reused=result.stages_reused,
-                   device=device)
+    return Outcome(name, "finished", round(result.seconds, 3), result.width, result.height,
+                   stages_reused=result.stages_reused, device=device)
 
 
-def _tee(sink: Sink, log: TextIO) -> Sink:
+def _tee(sink: Sink, log: "JobLog") -> Sink:
     def both(event: Event) -> None:
         line = _log_line(event)
         if line:
@@ -112,7 +141,7 @@ def _tenth_passed(step: Step) -> bool:
     return step.iteration == step.iterations or (step.iteration - step.covered) // tenth < step.iteration // tenth
 
 
-def _log(log: TextIO, text: str) -> None:
+def _log(log: "JobLog", text: str) -> None:
     log.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {text}\n")
 
 
@@ -168,8 +197,11 @@ class Ledger:
                 "updated": datetime.datetime.now().isoformat(timespec="seconds"), "counts": counts,
                 "jobs": list(self.records.values())}
         payload = json.dumps(data, indent=2).encode()
-        with deferred_interrupts():
-            images.write_atomically(self.batch.manifest, lambda f: f.write(payload))
+        try:
+            with deferred_interrupts():
+                images.write_atomically(self.batch.manifest, lambda f: f.write(payload))
+        except DiskFullError:
+            pass  # the records stay in memory; the next change writes them all (the previous file stays whole)
 
     def stopped_message(self, name: str | None) -> str:
         done = sum(r["status"] == "finished" for r in self.records.values())

@@ -80,6 +80,11 @@ class Backbone:
         canonical = self.canonical(name)
         return next(i for i in self.layers if i.name == canonical)
 
+    def min_side(self, layers: Iterable[str]) -> int:
+        """Smallest input side that leaves every one of ``layers`` at least one pixel: VGG's 2x2
+        poolings floor a 1-pixel map to nothing ("Output size is too small")."""
+        return 2 ** max((self.info(n).depth for n in layers), default=0)
+
 
 def _vgg(arch: str) -> Backbone:
     layers = tuple(LayerInfo(f"conv{b}_{c}", VGG_CHANNELS[b - 1], b - 1, (f"relu{b}_{c}",))

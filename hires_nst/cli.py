@@ -108,6 +108,7 @@ def preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
 
 @app.command(cls=PlainCommand)
 def render(
+    ctx: typer.Context,
     content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False, metavar="PHOTO")],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images (paintings).", show_default=False,
                                                  metavar="PAINTING")],
@@ -179,12 +180,14 @@ def render(
     debug: Annotated[bool, _own("debug", "--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render PHOTO in the style of PAINTING(s), coarse to fine up to --max-size (or --print-size)."""
+    from hires_nst.cli_resume import resume_command
     from hires_nst.render import render as run_render
     from hires_nst.renderjob import RenderJob
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
-        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart)
+        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
+                        resume_command=resume_command(ctx))
         with sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink, live_page(port if web else None, host, say_line) as page:
             result = run_render(job, tee(sink, page))
         if not quiet:

@@ -76,7 +76,7 @@ def batch_sink(quiet: bool) -> Iterator[Sink]:
 
 @app.command(cls=PlainCommand)
 def batch(
-    jobs: Annotated[Path, typer.Argument(help="The job file (TOML): [[job]] and [[grid]] entries.",
+    jobs: Annotated[Path, typer.Argument(help="The job file (TOML): \\[\\[job]] and \\[\\[grid]] entries.",
                                          show_default=False)],
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Where outputs, work dirs and "
                           "manifest.json go; default: the job file's output_dir, or <job file>-out beside it.",

@@ -138,7 +138,7 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means outputs/work/<output name>.", "")
+    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means OUT.work beside the output (out.png.work).", "")
     save_every: int = _opt("--save-every", "Save the stage in progress every N iterations (0: never): --resume goes "
                            "on from there, and current.png shows it.", 0)
     save_minutes: float = _opt("--save-minutes", "Save the stage in progress every N minutes (0: never), so that a "
@@ -299,7 +299,8 @@ def _convert(kind: Any, value: Any) -> Any:
 def _describe(kind: Any) -> str:
     if kind in (int, float, str, bool):
         return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
-    return f"a list of {_describe(kind.__args__[0])}s (e.g. 1,2,3)"
+    plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}[kind.__args__[0]]
+    return f"a list of {plural} (e.g. 1,2,3)"
 
 
 def _fail(section: str, key: str, message: str, value: Any) -> ConfigError:

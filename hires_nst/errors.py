@@ -43,6 +43,10 @@ class Interrupted(HiresNSTError):
         self.detail = detail or message  # what was kept, without the advice (a batch gives its own)
 
 
+class DiskFullError(OutputError):
+    """A write found no room (ENOSPC, EDQUOT): worth retrying once space is freed, unlike other write errors."""
+
+
 # --------------------------------------------------------------------------- classifying failures
 
 EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130

@@ -8,9 +8,12 @@ aliasing), Lanczos to enlarge.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import glob
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Mapping
@@ -22,7 +25,7 @@ from PIL import Image, ImageCms, UnidentifiedImageError
 from torch import Tensor
 
 from hires_nst import encode16
-from hires_nst.errors import InputError, OutputError
+from hires_nst.errors import DiskFullError, InputError, OutputError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 DEFAULT_MAX_INPUT_PIXELS = 250_000_000  # a 20000x12500 scan; Pillow's own default stops at ~89 MP
@@ -38,11 +41,15 @@ def load_image(path: str | os.PathLike, what: str = "image",
     file can claim a gigapixel canvas (a decompression bomb) and exhaust memory.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{what} not found: {path}") from None
+    except OSError as exc:  # a folder on the way that cannot be entered
+        raise InputError(f"{what} cannot be read: {path} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{what} is not a file: {path}")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise InputError(f"{what} is an empty file: {path}")
     try:
         handle = path.open("rb")
@@ -205,9 +212,15 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise OutputError(f"output {path}: unsupported extension {path.suffix!r}; use .png, .jpg or .tif")
-    if path.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = False
+    except OSError as exc:  # a folder on the way that cannot be entered
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if is_dir:
         raise OutputError(f"output {path} is a directory")
-    folder = _nearest_existing(path.parent)
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise OutputError(f"cannot write {path}: {folder} is a file, not a folder")
     try:
@@ -218,11 +231,19 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def _nearest_existing(folder: Path) -> Path:
-    """``folder`` or the closest of its ancestors that exists (the output folder is made when writing)."""
+def nearest_existing(folder: str | os.PathLike) -> Path:
+    """``folder`` or the closest of its ancestors that exists (the output folder is made when writing).
+
+    OutputError if a folder on the way cannot be entered: that is a message, not a crash."""
     folder = Path(os.path.abspath(folder))
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
+    while folder.parent != folder:
+        try:
+            os.stat(folder)
+            return folder
+        except (FileNotFoundError, NotADirectoryError):
+            folder = folder.parent
+        except OSError as exc:
+            raise OutputError(f"cannot use {folder}: {exc.strerror or exc}") from None
     return folder
 
 
@@ -289,9 +310,9 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
@@ -302,9 +323,27 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise write_error(path, exc) from None
         raise
     _fsync_folder(path.parent)
+
+
+TEMP_SUFFIX = ".part"  # write_atomically's temp files: ``.NAME.XXXXXXXX.part`` beside NAME
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path: Path, exc: OSError) -> OutputError:
+    """The error for a failed write of ``path``: a full disk is a DiskFullError (worth retrying later)."""
+    kind = DiskFullError if exc.errno in DISK_FULL else OutputError
+    return kind(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def temp_files(folder: Path, name: str = "*") -> list[Path]:
+    """write_atomically's temp files for ``name`` in ``folder`` (left behind only by a killed process)."""
+    try:
+        return sorted(Path(folder).glob(f".{name if name == '*' else glob.escape(name)}.*{TEMP_SUFFIX}"))
+    except OSError:
+        return []
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -37,6 +37,24 @@ def output_path(output: Path, fmt: str = "") -> Path:
     return output.with_name(output.name + OUTPUT_FORMATS.get(fmt.lower(), ".png"))
 
 
+def written_files(output: Path, config: RenderConfig) -> list[Path]:
+    """Every file a render writes outside its work dir: the image, its settings and trace, and if
+    asked the stage sheet and the animation."""
+    files = [output, settings_path(output), trace_path(output)]
+    if config.output.save_stages:
+        files.append(output.with_name(f"{output.stem}-stages.png"))
+    if config.output.animate:
+        files.append(Path(config.output.animate).expanduser())
+    return files
+
+
+def sweep_temp_files(files: list[Path]) -> None:
+    """Remove what a killed render left of these files' atomic writes (``.NAME.XXXX.part``)."""
+    for path in files:
+        for temp in images.temp_files(path.parent, path.name):
+            temp.unlink(missing_ok=True)
+
+
 def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], config: RenderConfig,
                    workdir: WorkDir, schedule: list[Stage], animation: AnimationRecorder | None) -> Path:
     """The image (with DPI, sRGB profile and the settings inside), then its settings, trace,
@@ -53,6 +71,8 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
     workdir.set_status("finished", output=str(output))
+    workdir.finish()
+    sweep_temp_files(written_files(output, config))
     if not config.output.keep_checkpoints:
         workdir.drop_checkpoints()
     return settings

@@ -26,9 +26,9 @@ from hires_nst.objective import Targets, make_targets
 from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
 from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
-from hires_nst.schedule import Stage, fit_long_side
+from hires_nst.schedule import Stage, fit_long_side, shortest_long_side
 from hires_nst.spread import make_spread_objective
-from hires_nst.stageplan import RenderPlan, StagePlan
+from hires_nst.stageplan import RenderPlan, StagePlan, min_side
 from hires_nst.tiling import make_objective
 
 
@@ -40,21 +40,24 @@ class StageInputs:
     styles: list[Tensor]  # each (1, 3, h, w) at its own stage size
 
 
-def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False) -> tuple[int, int]:
+def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False,
+               min_short: int = 16) -> tuple[int, int]:
     """Style long side = ``style_scale`` x the stage's long side, not above the style's own size
-    unless ``upscale`` (an enlarged painting has no brushwork finer than its scan)."""
+    unless ``upscale`` (an enlarged painting has no brushwork finer than its scan), and never so
+    small that its short side is under ``min_short`` (the network's minimum: a thin strip is enlarged)."""
     height, width = style.shape[:2]
     long_side = round(stage.long_side * style_scale)
     if not upscale:
         long_side = min(long_side, max(width, height))
-    return fit_long_side(width, height, max(16, long_side))
+    return fit_long_side(width, height, max(16, long_side, shortest_long_side(width, height, min_short)))
 
 
 def stage_inputs(content: np.ndarray, styles: Sequence[np.ndarray], stage: Stage, config: RenderConfig,
                  device: torch.device) -> StageInputs:
-    scale, upscale = config.pyramid.style_scale, config.pyramid.style_upscale
+    scale, upscale, least = config.pyramid.style_scale, config.pyramid.style_upscale, min_side(config)
     content_t = images.to_tensor(images.resize(content, stage.width, stage.height)).to(device)
-    style_ts = [images.to_tensor(images.resize(s, *style_size(s, stage, scale, upscale))).to(device) for s in styles]
+    style_ts = [images.to_tensor(images.resize(s, *style_size(s, stage, scale, upscale, least))).to(device)
+                for s in styles]
     return StageInputs(content_t, style_ts)
 
 

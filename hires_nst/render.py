@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,20 +17,21 @@ from hires_nst.animation import AnimationRecorder
 from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
-from hires_nst.errors import ConfigError, Interrupted, OutputError
+from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
 from hires_nst.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.pyramid import Checkpointing, Run, run_pyramid
 from hires_nst.renderjob import RenderJob, RenderResult
-from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
+from hires_nst.safety import (check_free_space, check_not_overwriting, deferred_interrupts, render_needs,
+                              retrying_when_full)
 from hires_nst.schedule import Stage
-from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule
-from hires_nst.outputs import output_path, settings_record, write_outputs
+from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
+from hires_nst.outputs import output_path, settings_record, sweep_temp_files, write_outputs, written_files
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
+from hires_nst.workdirs import find_work_dir, input_files, legacy_work_dir, work_dir_of  # noqa: F401 (re-exported)
 
-DEFAULT_WORK_ROOT = Path("outputs") / "work"
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal"}
@@ -53,15 +52,6 @@ def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
                         config.optim.optimizer, config.output.bit_depth, config.output.save_stages)
 
 
-def work_dir_of(job: RenderJob) -> Path:
-    """``--work-dir``, or ``outputs/work/<name>-<hash of the output's absolute path>``: two outputs
-    of the same name in different folders never share checkpoints."""
-    if job.config.output.work_dir:
-        return Path(job.config.output.work_dir).expanduser()
-    tag = hashlib.sha1(str(job.output.expanduser().resolve()).encode()).hexdigest()[:8]
-    return DEFAULT_WORK_ROOT / f"{job.output.stem}-{tag}"
-
-
 def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
     model, loss = config.model, config.loss
     weights = load_weights(model.weights, model.preprocessing, model.backbone)
@@ -75,7 +65,8 @@ def load_inputs(job: RenderJob) -> Inputs:
         raise ConfigError("at least one style image is needed")
     blend = job.config.loss.style_blend
     if blend and len(blend) != len(job.styles):
-        raise ConfigError(f"--style-blend has {len(blend)} weights for {len(job.styles)} style images")
+        count = f"{len(job.styles)} style image{'s' if len(job.styles) != 1 else ''}"
+        raise ConfigError(f"--style-blend has {len(blend)} weights for {count}")
     limit = job.config.input.max_input_pixels
     content = images.load_image(job.content, "content image", limit)
     styles = [images.load_image(p, f"style image {i + 1}", limit) for i, p in enumerate(job.styles)]
@@ -122,32 +113,68 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace."""
-    began = time.perf_counter()
+    """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace.
+
+    The work dir is locked for the render (worklock.py). However the render ends, status.json does
+    not stay "running"; a disk that stays full stops it with what was kept and how to resume."""
+    if job.resume and job.restart:  # before any loading; WorkDir.open refuses the pair too
+        raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
+                          "would continue); give one of them")
+    workdir = find_work_dir(job, sink)
+    try:
+        return _render(job, workdir, sink)
+    except DiskFullError as exc:
+        if not workdir.lock.held:
+            raise
+        workdir.set_status("failed", error=str(exc), resume=job.resume_command)
+        raise DiskFullError(f"{exc}; {workdir.kept_text()} in {workdir.path}; free some disk space, then "
+                            f"{_resume_advice(job)}") from None
+    except BaseException as exc:
+        if workdir.lock.held and (workdir.status() or {}).get("state") == "running":
+            workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
+        raise
+    finally:
+        workdir.close()
+
+
+def _resume_advice(job: RenderJob) -> str:
+    if job.resume_command:
+        return f"to continue, run: {job.resume_command}"
+    return "run the same command with --resume to continue"
+
+
+def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     config = job.config
     output = images.check_output_path(output_path(job.output, config.output.format))
+    check_not_overwriting(written_files(output, config), input_files(job))
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
-    workdir = WorkDir(work_dir_of(job))
     _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config)
     plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
     done, went = _resume_point(job, workdir, stamp, schedule)
-    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
+    sweep_temp_files(written_files(output, config))
+    trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
     _announce(plan, placement, workdir, output, config, sink)
+    if job.resume and not done and not went:
+        sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
     run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None))
-    image, stage_losses = _run(run, inputs, workdir, stamp, trace, done, went)
+    image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
     result = _final_image(image, inputs, config)
-    seconds = time.perf_counter() - began
+    seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
     record = settings_record(job, placement.extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
-    with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-        settings = write_outputs(output, result, record, config, workdir, schedule, animation)
+
+    def write() -> Path:
+        with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
+            return write_outputs(output, result, record, config, workdir, schedule, animation)
+
+    settings = retrying_when_full(write, f"the output {output}", workdir.say)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
 
@@ -161,7 +188,8 @@ def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, sch
 
 def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
     """How many stages the work dir already holds for this job, and how far the next one got."""
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart,
+                        inputs=[f"{what} ({path})" for what, path in input_files(job).items()])
     return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
 
 
@@ -170,6 +198,8 @@ def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: 
     """The plan as the user sees it, and what they should know before the work starts."""
     sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source,
                  os.path.abspath(workdir.path), os.path.abspath(workdir.path / PREVIEW_NAME)))
+    if raised_first_stage(config, plan.schedule):
+        sink(Message(raised_first_stage(config, plan.schedule)))
     for name, why in workdir.damaged.items():
         sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
@@ -182,16 +212,16 @@ def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage]
                          output.save_minutes, tuple(schedule), PREVIEW_SECONDS)
 
 
-def _run(run: Run, inputs: Inputs, workdir: WorkDir, stamp: dict[str, Any], trace: TraceWriter, done: int,
+def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: TraceWriter, done: int,
          went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
     content, styles = working_images(inputs, run.config.loss.preserve_color)
     try:
         return run_pyramid(run, content, styles, inputs.init, done, went)
     except KeyboardInterrupt:
-        raise _interrupted(workdir, stamp, run.plan.schedule) from None
+        raise _interrupted(workdir, job) from None
     except BaseException as exc:
-        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
         raise
     finally:
         trace.close()
@@ -239,19 +269,16 @@ def _planned(plan: StagePlan) -> PlannedStage:
     return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles)
 
 
-def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:
+def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
+    schedule = workdir.schedule
     stage = (workdir.status() or {}).get("stage")
-    kept = workdir.finished_stages(stamp, schedule)
-    workdir.set_status("interrupted", stage=stage, stages=len(schedule))
-    went = workdir.progress(schedule[kept], schedule) if kept < len(schedule) else 0
+    kept, _ = workdir.kept()
+    workdir.set_status("interrupted", stage=stage, stages=len(schedule), resume=job.resume_command)
     if stage is None:
         where = ""
     elif kept > stage:  # the signal arrived while the stage's checkpoint was written, and waited for it
         where = f" after stage {stage + 1}/{len(schedule)}"
     else:
         where = f" during stage {stage + 1}/{len(schedule)}"
-    saved = [f"{kept} finished stage(s)"] if kept else []
-    if went:
-        saved.append(f"stage {kept + 1} at iteration {went}/{schedule[kept].iterations}")
-    detail = f"interrupted{where}; {' and '.join(saved) + ' kept' if saved else 'nothing finished yet'}"
-    return Interrupted(f"{detail} in {workdir.path}; run the same command with --resume to continue", detail)
+    detail = f"interrupted{where}; {workdir.kept_text()}"
+    return Interrupted(f"{detail} in {workdir.path}; {_resume_advice(job)}", detail)

@@ -16,6 +16,7 @@ class RenderJob:
     config: RenderConfig = field(default_factory=RenderConfig)
     resume: bool = False  # reuse the finished stages in the work dir
     restart: bool = False  # discard whatever the work dir holds
+    resume_command: str = ""  # the command line that continues this render (messages say it); "" for a batch
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,49 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from hires_nst.errors import OutputError
+from hires_nst.errors import DiskFullError, OutputError
+from hires_nst.images import nearest_existing
 from hires_nst.schedule import Stage
 
 MARGIN_BYTES = 64 * 2**20  # besides the estimate: logs, settings, temp files, other writers
 MARGIN_FACTOR = 1.2  # estimates of compressed files are upper bounds, but filesystems round up
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds to wait before each new try of a write that found the disk full (a stage checkpoint, the
+# output): another job may finish and free its space; after the last, the render stops (resumable).
+DISK_FULL_WAITS = (10.0, 60.0, 300.0)
+T = TypeVar("T")
+
+
+def retrying_when_full(write: Callable[[], T], what: str, report: Callable[[str], None]) -> T:
+    """``write()``, tried again after each of ``DISK_FULL_WAITS`` while it raises DiskFullError
+    (each failure reported); the last failure is raised. Ctrl-C during a wait stops at once."""
+    for wait in DISK_FULL_WAITS:
+        try:
+            return write()
+        except DiskFullError as exc:
+            report(f"could not write {what} ({exc}); trying again in {wait:g} s: free some disk space")
+        time.sleep(wait)
+    return write()
+
+
+def check_not_overwriting(outputs: Iterable[Path], inputs: Mapping[str, Path]) -> None:
+    """Raise OutputError if a file the render writes is (a link to, or the same file as) an input:
+    ``-o photo.jpg`` would replace the photo with the render."""
+    for output in outputs:
+        for what, path in inputs.items():
+            if _same_file(output, path):
+                raise OutputError(f"output {output} would overwrite the {what} {path}; choose another output name")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 @contextlib.contextmanager
@@ -77,7 +111,7 @@ def check_free_space(needs: Mapping[Path, int]) -> None:
     """
     by_device: dict[int, tuple[Path, int]] = {}
     for folder, size in needs.items():
-        existing = _nearest_existing(folder)
+        existing = nearest_existing(folder)
         device = os.stat(existing).st_dev
         first, total = by_device.get(device, (existing, 0))
         by_device[device] = (first, total + size)
@@ -93,9 +127,3 @@ def check_free_space(needs: Mapping[Path, int]) -> None:
 def _mb(size: int) -> str:
     return f"{size / 2**20:,.0f} MB" if size < 2**30 * 10 else f"{size / 2**30:,.1f} GB"
 
-
-def _nearest_existing(folder: Path) -> Path:
-    folder = Path(os.path.abspath(folder))
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    return folder

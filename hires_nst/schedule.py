@@ -12,6 +12,7 @@ DEFAULT_MIN_SIZE = 256
 # Most iterations where pixels are cheap: as the multires recipes of neural-style (500, 200, 100, 50).
 DEFAULT_ITERATIONS = (500, 200, 100, 50)
 SINGLE_STAGE_ITERATIONS = 500
+MAX_STAGES = 32  # far beyond any useful pyramid (256 -> 7016 px is 6 stages at the default factor 2)
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,27 @@ def stage_long_sides(min_size: int, max_size: int, factor: float) -> list[int]:
     barely grows the image costs a full pass and adds nothing.
     """
     check_pyramid(min_size, max_size, factor)
-    sides = []
+    sides: list[int] = []
     side = float(min_size)
     while side * math.sqrt(factor) < max_size - 1e-9:
-        sides.append(round(side))
+        if (not sides or round(side) > sides[-1]) and round(side) < max_size:  # every stage grows
+            sides.append(round(side))
         side *= factor
+    if len(sides) + 1 > MAX_STAGES:
+        needed = (max_size / min_size) ** (1 / (MAX_STAGES - 1))
+        raise ConfigError(f"--scale-factor {factor:g} makes {len(sides) + 1} stages from {min_size} to {max_size} px; "
+                          f"at most {MAX_STAGES} are allowed: use a --scale-factor of {math.ceil(needed * 100) / 100:g} "
+                          "or more")
     return sides + [max_size]
+
+
+def shortest_long_side(width: int, height: int, min_short: int) -> int:
+    """The smallest long side at which a ``width`` x ``height`` image keeps a short side of at least
+    ``min_short`` px (a panorama's first stage must be longer than --min-size)."""
+    long_side = max(1, math.ceil(min_short * max(width, height) / min(width, height)) - 1)
+    while min(fit_long_side(width, height, long_side)) < min_short:
+        long_side += 1
+    return long_side
 
 
 def stage_iterations(stages: int, iterations: Sequence[int], *, fit: bool = False) -> list[int]:
@@ -80,10 +96,18 @@ def stage_iterations(stages: int, iterations: Sequence[int], *, fit: bool = Fals
 
 
 def make_schedule(width: int, height: int, *, max_size: int, min_size: int = 0, factor: float = 2.0,
-                  iterations: Sequence[int] = (), fit_iterations: bool = False) -> list[Stage]:
-    """Stages for a content image of ``width`` x ``height``; ``min_size`` 0 means the default."""
+                  iterations: Sequence[int] = (), fit_iterations: bool = False, min_short: int = 1) -> list[Stage]:
+    """Stages for a content image of ``width`` x ``height``; ``min_size`` 0 means the default.
+
+    No stage's short side is under ``min_short`` (the network's minimum): a panorama's first stage
+    is raised past ``min_size`` until it is tall enough; an output too thin itself is an error."""
     if min_size == 0:
         min_size = min(DEFAULT_MIN_SIZE, max_size)
-    sides = stage_long_sides(min_size, max_size, factor)
+    needed = shortest_long_side(width, height, min_short)
+    if needed > max_size:
+        out_w, out_h = fit_long_side(width, height, max_size)
+        raise ConfigError(f"the output would be {out_w}x{out_h} px, too thin for the network: its short side must be "
+                          f"at least {min_short} px; use --max-size {needed} or more, or crop the image")
+    sides = stage_long_sides(max(min_size, needed), max_size, factor)
     counts = stage_iterations(len(sides), iterations, fit=fit_iterations)
     return [Stage(i, *fit_long_side(width, height, side), counts[i]) for i, side in enumerate(sides)]

@@ -27,7 +27,7 @@ from hires_nst.objective import Weights
 from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
                                   available_bytes, estimate_stage_bytes)
 from hires_nst.printsize import print_plan
-from hires_nst.schedule import Stage, make_schedule
+from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
 from hires_nst.tileplan import Band, Tile, TileGrid, plan_bands, spread_pays
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
@@ -43,8 +43,23 @@ def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[S
         width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
     schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
                              factor=pyramid.scale_factor, iterations=pyramid.iterations,
-                             fit_iterations=pyramid.fit_iterations)
+                             fit_iterations=pyramid.fit_iterations, min_short=min_side(config))
     return schedule, crop
+
+
+def min_side(config: RenderConfig) -> int:
+    """The shortest image side the network takes with these layers (content and styles alike)."""
+    return get_backbone(config.model.backbone).min_side([*config.loss.content_layers, *config.loss.style_layers])
+
+
+def raised_first_stage(config: RenderConfig, schedule: Sequence[Stage]) -> str:
+    """What to say when a thin image's first stage had to be longer than --min-size ("" if not)."""
+    asked = config.pyramid.min_size or min(DEFAULT_MIN_SIZE, schedule[-1].long_side)
+    first = schedule[0]
+    if first.long_side <= asked:
+        return ""
+    return (f"the first stage is {first.width}x{first.height} px (long side {first.long_side}, not {asked}): "
+            f"the network needs a short side of at least {min_side(config)} px")
 
 
 def loss_weights(config: RenderConfig) -> Weights:

@@ -9,16 +9,18 @@ to the settings ``OUT.json``.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from hires_nst import images
 from hires_nst.errors import InputError
-from hires_nst.events import Event, StageStarted, Step
+from hires_nst.events import Event, Message, StageStarted, Step
 
 COLUMNS = ("stage", "width", "height", "iteration", "total", "content", "style", "tv", "seconds", "elapsed",
            "peak_memory_mb")
@@ -30,20 +32,40 @@ def trace_path(output: Path) -> Path:
 
 
 def read_trace(path: Path) -> list[dict[str, str]]:
-    """The rows of a trace file; none if it does not exist."""
+    """The rows of a trace file; none if it does not exist. A row cut short (a full disk, a crash
+    in the middle of a write) is dropped: every whole row ends with a newline and parses."""
     try:
         with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
+            text = handle.read()
     except FileNotFoundError:
         return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last row is torn
+    return [row for row in csv.DictReader(io.StringIO(text)) if _whole(row)]
+
+
+def _whole(row: dict[str, Any]) -> bool:
+    """A row with every column, its counters integers and its numbers numbers."""
+    if None in row or any(row.get(c) is None for c in COLUMNS):
+        return False
+    try:
+        [int(row[c]) for c in ("stage", "width", "height", "iteration")]
+        [float(row[c]) for c in COLUMNS[4:]]
+    except ValueError:
+        return False
+    return True
 
 
 class TraceWriter:
     """An event sink writing one row per ``Step``: stage (0-based, as in the settings and the work
     dir's ``stage-K`` files), size, iteration (1-based), losses, seconds for the iteration, seconds
-    since the trace began (summed over all stages) and peak memory in MiB."""
+    since the trace began (summed over all stages) and peak memory in MiB.
 
-    def __init__(self, path: Path, keep_stages: int = 0, keep_iterations: int = 0) -> None:
+    A row that does not fit on the disk is cut off again (the file ends at a whole row), kept in
+    memory and written before the next one: a full disk is reported once (``report``), never fatal."""
+
+    def __init__(self, path: Path, keep_stages: int = 0, keep_iterations: int = 0,
+                 report: Callable[[Event], None] | None = None) -> None:
         """A resumed render keeps the rows of its ``keep_stages`` finished stages, and of the next
         stage's first ``keep_iterations`` (its saved progress)."""
         def kept_row(row: dict[str, str]) -> bool:
@@ -54,9 +76,11 @@ class TraceWriter:
         self.elapsed = float(kept[-1]["elapsed"]) if kept else 0.0
         images.write_atomically(path, lambda f: f.write(_csv_text([list(COLUMNS)] + [
             [row.get(c, "") for c in COLUMNS] for row in kept]).encode()))
-        self.path = path
-        self.handle = open(path, "a", newline="")
-        self.writer = csv.writer(self.handle)
+        self.path, self.report = path, report
+        self.handle = open(path, "ab", buffering=0)  # one write per row, nothing left in a buffer
+        self.length = self.handle.seek(0, os.SEEK_END)  # where the last whole row ends
+        self.pending = b""  # rows the disk had no room for yet
+        self.reported = False  # the full disk was reported (once, until the rows fit again)
         self.size = (0, 0)
 
     def __call__(self, event: Event) -> None:
@@ -65,11 +89,36 @@ class TraceWriter:
         elif isinstance(event, Step):
             self.elapsed += event.seconds * event.covered
             losses = [f"{event.losses.get(k, math.nan):.9g}" for k in ("total", "content", "style", "tv")]
-            self.writer.writerow([event.stage, *self.size, event.iteration, *losses, f"{event.seconds:.4f}",
-                                  f"{self.elapsed:.3f}", f"{event.peak_memory / 2**20:.1f}"])
-            self.handle.flush()
+            self.pending += _csv_text([[event.stage, *self.size, event.iteration, *losses, f"{event.seconds:.4f}",
+                                        f"{self.elapsed:.3f}", f"{event.peak_memory / 2**20:.1f}"]]).encode()
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            written = self.handle.write(self.pending)
+            if written != len(self.pending):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            self._cut_back()
+            if self.report is not None and not self.reported:
+                self.reported = True
+                self.report(Message(f"cannot write the trace {self.path} ({exc.strerror or exc}); its rows are "
+                                    "kept in memory and written when there is room again"))
+            return
+        self.length += len(self.pending)
+        self.pending = b""
+        self.reported = False
+
+    def _cut_back(self) -> None:
+        """Drop a row written in part: the file ends at its last whole row again."""
+        try:
+            self.handle.truncate(self.length)
+        except OSError:
+            pass  # read_trace drops the torn row
 
     def close(self) -> None:
+        if self.pending:
+            self._flush()
         self.handle.close()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,16 +179,27 @@ def _from_file(path: Path, backbone: str = "vgg19") -> VGGWeights:
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch's warnings about the file belong in our one message
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise WeightsError(f"cannot read weights file {path}: {_short(exc)}") from None
+        if "weights only load failed" not in str(exc).lower():
+            raise WeightsError(f"cannot read weights file {path}: {_short(exc)}") from None
+        # torch's own text goes on to explain how to load the file unsafely: not advice to pass on.
+        raise WeightsError(f"{path} is not plain tensors: it holds pickled Python objects (a whole model, "
+                           "numpy arrays, ...), and unpickling a file can run code, so it is not loaded; save "
+                           "the model's state_dict() with torch.save, or use a .safetensors file") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{path}: {key} holds values that are not finite (NaN or infinity); "
+                               "the file is damaged or was saved from a diverged training run")
     return state
 
 

@@ -278,4 +278,6 @@ def test_tiny_render_writes_the_image_and_its_settings(tmp_path: Path, inputs: t
     settings = json.loads(out.with_name("out.png.json").read_text())
     assert settings["config"]["pyramid"]["max_size"] == 48
     assert settings["config"]["pyramid"]["iterations"] == [3]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out.png", "out.png.json", "out.png.trace.csv"]
+    # The work dir lies beside the output (absolute, so that --resume finds it from any folder).
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.png", "out.png.json", "out.png.trace.csv",
+                                                            "out.png.work"]
