@@ -80,7 +80,8 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     per_style = []
     for style in styles:
         feats = precision.features(extractor, style)
-        per_style.append({n: losses.gram(feats[n]) for n in weights.style_layers})
+        low = precision.low_precision_products(style.device)
+        per_style.append({n: losses.gram(feats[n], low) for n in weights.style_layers})
     style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
     return Targets(content_feats, style_grams,
                    {n: t.square().sum() for n, t in content_feats.items()},
@@ -101,13 +102,23 @@ class Objective:
         self.precision, self.loss_scale = precision, precision.loss_scale()
 
     def _terms(self, image: Tensor) -> LossTerms:
-        feats = self.precision.features(self.extractor, image)
         t, w = self.targets, self.weights
+        low = self.precision.low_precision_products(image.device)
+
+        def layer_terms(name: str, feats: Tensor) -> tuple[Tensor | None, Tensor | None]:
+            # Taken as the network reaches the layer (FrozenExtractor.forward): see there why.
+            content = style = None
+            if name in w.content_layers and name in t.content:
+                content = w.content_layers[name] * losses.relative_error(feats, t.content[name], t.content_norms[name])
+            if name in w.style_layers:
+                style = w.style_layers[name] * losses.relative_error(losses.gram(feats, low), t.style[name],
+                                                                     t.style_norms[name])
+            return content, style
+
+        parts = self.precision.features(self.extractor, image, reduce=layer_terms)
         zero = image.new_zeros(())
-        content = sum((lw * losses.relative_error(feats[n], t.content[n], t.content_norms[n])
-                       for n, lw in w.content_layers.items() if n in t.content), zero)
-        style = sum((lw * losses.relative_error(losses.gram(feats[n]), t.style[n], t.style_norms[n])
-                     for n, lw in w.style_layers.items()), zero)
+        content = sum((parts[n][0] for n in w.content_layers if n in t.content), zero)
+        style = sum((parts[n][1] for n in w.style_layers), zero)
         tv = losses.tv_loss(image) if w.tv > 0 else zero
         return combine(w, content, style, tv)
 

@@ -12,24 +12,11 @@ from torch import Tensor
 
 from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.lbfgs import DeviceLBFGS
+from hires_nst.memmodel import lbfgs_history
 from hires_nst.objective import LossTerms
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
 StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]  # iteration, image, Adam's state (or {})
-
-
-LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
-
-
-def lbfgs_history(pixels: int) -> int:
-    """Curvature pairs kept: 100 (as neural-style) while they fit in 2 GiB, fewer at print sizes.
-
-    Each pair is two image-sized fp32 vectors: at 4096x4096, 100 pairs would be 40 GB. The top
-    stages run few iterations from a good start, where a short history loses little (SPST keeps
-    10 pairs above its first scale; neural-style's multires recipe uses 5 at the top). The floor
-    is one pair: a floor of 3 took 4.5 GiB at 8192x8192, over the cap it is there to keep.
-    """
-    return max(1, min(100, LBFGS_HISTORY_BYTES // (2 * 3 * 4 * pixels)))
 
 
 # Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
@@ -143,6 +130,7 @@ class Stepper:
             # and the final clamp then costs a fifth of the style it reached (benchmarks/lbfgs_range.py).
             with torch.no_grad():
                 image.clamp_(0, 1)
+        image.grad = None  # the last gradient is in the optimiser's state by now: don't hold two
         self.terms = self.objective(image)
         if self.grad_scale != 1.0 and image.grad is not None:
             image.grad.mul_(self.grad_scale)

@@ -26,8 +26,9 @@ from hires_nst.errors import DeviceError, OutputError
 from hires_nst.features import VGG_BLOCKS
 from hires_nst.objective import Weights
 from hires_nst.optimize import optimize_with_state, resize_adam_state
-from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
-                                  available_bytes, peak_memory_bytes, reset_peak_memory)
+from hires_nst.memmodel import whole_image_bytes_per_pixel
+from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size, available_bytes,
+                                  peak_memory_bytes, reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
 from hires_nst.spread import make_spread_objective, plan_bands, spread_pays
 from hires_nst.tileplan import align_for, plan_tiles, required_halo
@@ -80,7 +81,7 @@ def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile:
         return Tiling(None, 0, 1)
     layers = [*config.loss.content_layers, *config.loss.style_layers]
     halo, align = config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name]), align_for(layers)
-    value_bytes = placement.precision.bytes_per_value(device) if placement else 4
+    memory = memory_settings(config, device, placement)
     devices = placement.devices if placement else (device,)
     sizes: list[int | None] | None = None  # per device, in its band
     if tile == "config":
@@ -88,9 +89,9 @@ def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile:
         if setting == "off":
             tile = None
         elif setting == "auto":
-            tile = auto_tile_size(stage.width, stage.height, halo, _budget(device, devices), align, value_bytes)
+            tile = auto_tile_size(stage.width, stage.height, halo, stage_budget(device, devices), align, **memory)
             if len(devices) > 1:
-                sizes = _band_tiles(stage, devices, halo, align, value_bytes)
+                sizes = _band_tiles(stage, devices, halo, align, memory)
         else:
             tile = int(setting)
             sizes = [tile] * len(devices)
@@ -108,14 +109,21 @@ def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile:
     return Tiling(single.tile, halo, sum(len(b.tiles) for b in bands), tuple(sizes[: len(bands)]))
 
 
-def _budget(device: torch.device, devices: Sequence[torch.device]) -> int:
+def memory_settings(config: RenderConfig, device: torch.device, placement: Placement | None = None) -> dict:
+    """What the memory model needs besides sizes: precision (as sized on ``device``), optimiser, layers."""
+    precision = placement.precision.memory_precision(device) if placement else "fp32"
+    return {"precision": precision, "optimizer": config.optim.optimizer,
+            "layers": (*config.loss.content_layers, *config.loss.style_layers)}
+
+
+def stage_budget(device: torch.device, devices: Sequence[torch.device]) -> int:
     """Bytes this device may use: its free memory with a margin, shared by replicas on the host."""
     share = sum(1 for d in devices if d.type == "cpu") if device.type == "cpu" else 1
     return int(available_bytes(device) * MEMORY_MARGIN[device.type]) // max(1, share)
 
 
 def _band_tiles(stage: Stage, devices: Sequence[torch.device], halo: int, align: int,
-                value_bytes: int) -> list[int | None]:
+                memory: dict) -> list[int | None]:
     """Each device's auto tile side for its band, from its own free memory (None: the band fits).
 
     The main device also holds the whole image's buffers (image, gradient, optimiser state).
@@ -124,10 +132,11 @@ def _band_tiles(stage: Stage, devices: Sequence[torch.device], halo: int, align:
     sizes: list[int | None] = []
     for index, (band, device) in enumerate(zip(bands, devices)):
         bounds = band.bounds
-        budget = _budget(device, devices)
+        budget = stage_budget(device, devices)
         if index == 0:
-            budget -= (stage.width * stage.height - bounds.width * bounds.height) * FULL_IMAGE_BYTES_PER_PIXEL
-        sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, value_bytes))
+            outside = stage.width * stage.height - bounds.width * bounds.height
+            budget -= int(outside * whole_image_bytes_per_pixel(stage.width * stage.height, **memory))
+        sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, **memory))
     return sizes + [None] * (len(devices) - len(sizes))
 
 

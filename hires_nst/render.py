@@ -23,11 +23,12 @@ from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, te
 from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
                                   resolve_precision)
 from hires_nst.printsize import print_plan
-from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
+from hires_nst.pyramid import Checkpointing, memory_settings, run_pyramid, stage_budget, stage_tiling
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
 from hires_nst.schedule import Stage, make_schedule
 from hires_nst.outputs import output_path, settings_record, write_outputs
 from hires_nst.trace import TraceWriter
+from hires_nst.tileplan import align_for
 from hires_nst.weights import load_weights
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
@@ -241,10 +242,13 @@ def make_placement(config: RenderConfig) -> Placement:
 
 
 def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
+    """The stage as it will run on the main device: its tiling, estimated peak and the budget."""
     tiling = stage_tiling(config, stage, placement.main, placement=placement)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
-                                  placement.precision.bytes_per_value(placement.main))
-    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
+    layers = (*config.loss.content_layers, *config.loss.style_layers)
+    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo, align_for(layers),
+                                  **memory_settings(config, placement.main, placement))
+    budget = stage_budget(placement.main, placement.devices)
+    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles, budget)
 
 
 def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:
