@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 from hires_nst.memmeasure import Scenario, measure  # noqa: E402
 from hires_nst.memmodel import estimate, lbfgs_history, plan_tile  # noqa: E402
 from hires_nst.placement import MEMORY_MARGIN  # noqa: E402
@@ -49,10 +49,10 @@ def budget_for(card_gib: float) -> int:
 def cuda_run(width: int, height: int, tile: int | None, iterations: int) -> tuple[int, float]:
     """Real peak (max_memory_allocated) and seconds per iteration of the stage on cuda:0."""
     from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Weights
+    from hires_nst.objective import Weights, make_targets
     from hires_nst.optimize import Stepper
     from hires_nst.placement import CHANNELS_LAST, Precision
-    from hires_nst.tiling import make_objective, make_tiled_targets
+    from hires_nst.tiling import make_objective
     from hires_nst.weights import load_weights
 
     device = torch.device("cuda")
@@ -64,8 +64,9 @@ def cuda_run(width: int, height: int, tile: int | None, iterations: int) -> tupl
     extractor = precision.prepare(VGGFeatures(load_weights("random"), LAYERS).to(device))
     shape = (1, 3, height, width)
     content, style, start = (torch.rand(shape, device=device) for _ in range(3))
-    targets = make_tiled_targets(extractor, content, [style], [], weights, tile, precision=precision)
-    objective = make_objective(extractor, targets, weights, width, height, tile, precision=precision)
+    grid = TileGrid.for_layers(LAYERS, tile)
+    targets = make_targets(extractor, content, [style], [], weights, precision, grid)
+    objective = make_objective(extractor, targets, weights, grid.tiles(width, height), precision)
     stepper = Stepper(start, objective, "lbfgs", 1.0)
     stepper.step()  # cuDNN picks its algorithms
     torch.cuda.synchronize()

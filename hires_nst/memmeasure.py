@@ -28,13 +28,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
 from hires_nst.hostsync import HostCounter
-from hires_nst.objective import Weights
+from hires_nst.objective import Weights, make_targets
 from hires_nst.optimize import Stepper
 from hires_nst.placement import CHANNELS_LAST, Precision
-from hires_nst.tileplan import align_for, plan_tiles, required_halo
-from hires_nst.tiling import make_objective, make_tiled_targets
+from hires_nst.tileplan import TileGrid, align_for, plan_tiles, required_halo
+from hires_nst.tiling import make_objective
 
 BLOCK = 512  # CUDA caching allocator: every allocation is rounded up to a multiple of 512 bytes
 DEFAULT_LAYERS = (tuple(DEFAULT_CONTENT_LAYERS), tuple(DEFAULT_STYLE_LAYERS))
@@ -182,9 +183,9 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
         shape = (1, 3, scenario.height, scenario.width)
         content, style = torch.rand(shape, device=target), torch.rand(shape, device=target)
         start = torch.rand(shape, device=target)
-        targets = make_tiled_targets(extractor, content, [style], [], weights, scenario.tile, precision=precision)
-        objective = make_objective(extractor, targets, weights, scenario.width, scenario.height, scenario.tile,
-                                   precision=precision)
+        grid = TileGrid.for_layers([*content_layers, *style_layers], scenario.tile)
+        targets = make_targets(extractor, content, [style], [], weights, precision, grid)
+        objective = make_objective(extractor, targets, weights, grid.tiles(scenario.width, scenario.height), precision)
         stepper = Stepper(start, objective, scenario.optimizer, 1.0)
         for _ in range(scenario.iterations - 1):
             stepper.step()

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, canonical_layer
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, canonical_layer
 from hires_nst.tileplan import plan_tiles, round_up
 
 LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage

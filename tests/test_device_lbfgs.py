@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hires_nst.config import resolve
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
 from hires_nst.hostsync import HostCounter
 from hires_nst.lbfgs import DeviceLBFGS
 from hires_nst.objective import Objective, Weights, make_targets
