@@ -38,14 +38,20 @@ class Outcome:
     skipped: bool = False
 
 
-def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = "") -> Outcome:
-    """Render one job, its events also written to its log; every failure becomes an Outcome."""
+def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = "", label: str = "") -> Outcome:
+    """Render one job, its events also written to its log; every failure becomes an Outcome.
+
+    ``device`` (a batch worker's): the job runs there alone, its own ``devices`` list set aside, so
+    that one worker's job cannot take every worker's GPU. ``label`` names it in the outcome when the
+    worker sees its GPU under another index (``batch_parallel.pin_device``).
+    """
     work = WorkDir(Path(job.render.config.output.work_dir))
     render_job = replace(job.render, resume=not restart and work.has_work(), restart=restart)
     if device:
         config = render_job.config
-        render_job = replace(render_job, config=replace(config, device=replace(config.device, device=device)))
-    device = render_job.config.device.device
+        render_job = replace(render_job, config=replace(config, device=replace(config.device, device=device,
+                                                                                devices="")))
+    device = label or render_job.config.device.device
     began = time.perf_counter()
     log_path = work.path / LOG
     try:

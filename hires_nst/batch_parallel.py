@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import queue
 import signal
-from typing import Any, Sequence
+from typing import Any, MutableMapping, Sequence
 
 from hires_nst.batch import BatchJob
 from hires_nst.batch_job import Ledger, Outcome, run_job
@@ -131,11 +131,30 @@ class _State:
         return [o.name for o in self.outcomes.values() if o.status == "interrupted"]
 
 
+def pin_device(device: str, environ: MutableMapping[str, str]) -> str:
+    """Make ``device`` the only GPU this process can see; returns its name inside the process.
+
+    Set before torch starts CUDA: ``CUDA_VISIBLE_DEVICES`` then holds one index (relative to the
+    parent's own list, if it had one), so even a job that asks for ``devices = "all"`` reaches only
+    its worker's GPU, as ``cuda:0``. A CPU worker sees no GPU at all.
+    """
+    if device == "cpu":
+        environ["CUDA_VISIBLE_DEVICES"] = ""
+        return device
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    visible = [v.strip() for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in environ and index >= len(visible):
+        raise DeviceError(f"{device}: CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} has no such device")
+    environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+    return "cuda:0"
+
+
 def _worker(device: str, threads: int, jobs: Any, results: Any) -> None:
     """A worker process: take jobs until the queue says stop or the parent says SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        pinned = pin_device(device, os.environ)  # before torch's first CUDA call in this process
         import torch
 
         import hires_nst.render  # noqa: F401  (the slow imports, before saying ready)
@@ -149,7 +168,7 @@ def _worker(device: str, threads: int, jobs: Any, results: Any) -> None:
                 return
             job, restart = item
             results.put(("started", job.name, device))
-            outcome = run_job(job, restart, device=device)
+            outcome = run_job(job, restart, device=pinned, label=device)
             results.put(("done", outcome))
             if outcome.status == "interrupted":
                 return

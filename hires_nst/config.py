@@ -18,12 +18,12 @@ from hires_nst.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_L
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
 from hires_nst.schedule import check_pyramid
 
-OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
+OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs-torch")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /
 # Starry Night (default weights and layers, from the content image): each is the lowest final loss
 # after 60 iterations at 128 px of a grid in ~3x steps (also checked at 64 px, 30 iterations).
 # SGD and Adadelta see the gradient times the pixel count (optimize.PIXEL_SCALED).
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
+DEFAULT_LR = {"lbfgs": 1.0, "lbfgs-torch": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
               "rmsprop": 0.005}
 VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 # --format value -> file extension.
@@ -54,8 +54,9 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.), adam, adamw, sgd (momentum 0.9), adagrad, "
-                          "adadelta or rmsprop.", "lbfgs")
+    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.; runs on the device), adam, adamw, sgd "
+                          "(momentum 0.9), adagrad, adadelta, rmsprop, or lbfgs-torch (torch's L-BFGS, which reads "
+                          "values back at every step).", "lbfgs")
     lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (lbfgs 1, adam/adamw 0.02, sgd 3e-4, "
                      "adagrad 0.05, adadelta 3, rmsprop 0.005).", 0.0)
     init: str = _opt("--init", "Start from the content image, noise, or an image file.", "content")

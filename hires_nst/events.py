@@ -18,9 +18,10 @@ class PlannedStage:
     width: int
     height: int
     iterations: int
-    memory_bytes: int  # estimated peak of one iteration
+    memory_bytes: int  # estimated peak of the stage (memmodel)
     tile: int | None = None  # tile side when tiled
     tiles: int = 1
+    budget_bytes: int = 0  # what the tiling was planned to fit (0: not known)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ same tensor. The network uses zero padding everywhere, which the exact tiling re
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs
 
 from hires_nst.errors import ConfigError, WeightsError
+from hires_nst.pooling import recomputing
 from hires_nst.catalog import POOLINGS, POOLS_BEFORE, VGG_BLOCKS, VGG_DISPLAY, canonical_layer, vgg_layer_names
 from hires_nst.weights import VGG_CFG, VGGWeights, vgg_body
 
@@ -86,13 +87,21 @@ class FrozenExtractor(nn.Module):
         """Smallest input side that leaves every requested layer at least one pixel (nominal stride)."""
         return 2 ** max(self.pools_before.values())
 
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
+    def forward(self, image: Tensor, reduce: Callable[[str, Tensor], Any] | None = None) -> dict[str, Any]:
+        """``{layer: features}``; with ``reduce``, ``{layer: reduce(layer, features)}`` instead,
+        called as the network reaches each layer.
+
+        Why reduce on the way: a loss term taken at its layer sits next to that layer in the
+        autograd graph, so the backward pass handles it when it gets there and frees its buffers
+        on the way, instead of starting with every layer's term (and their full-size gradients) at
+        once; and a no-grad pass then holds no feature map past its own layer.
+        """
         x = self.preprocess(image)
-        out = {}
+        out: dict[str, Any] = {}
         for tap, module in zip(self._taps, self._sequence()):
             x = module(x)
             if tap is not None:
-                out[tap] = x
+                out[tap] = x if reduce is None else reduce(tap, x)
         return out
 
 
@@ -119,7 +128,9 @@ class VGGFeatures(FrozenExtractor):
         load_into(body, weights, VGG_DISPLAY[arch])
         relu_index = _relu_indices(arch)
         last = max(relu_index[n] for n in self.layers)
-        modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else m for m in body[: last + 1]]
+        # Max pooling keeps no int64 indices for the backward pass (pooling.py): same gradients.
+        modules = [nn.AvgPool2d(2, 2) if isinstance(m, nn.MaxPool2d) and pooling == "avg" else recomputing(m)
+                   for m in body[: last + 1]]
         self.body = nn.Sequential(*modules)
         tapped = {relu_index[n]: n for n in self.layers}
         self._taps = tuple(tapped.get(i) for i in range(len(modules)))

@@ -28,38 +28,65 @@ def _wide(tensor: Tensor) -> Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class _GramSum(torch.autograd.Function):
-    """``F F^T`` of ``F`` (C, N) in float32 or wider, keeping only ``F`` itself for the backward pass.
+# Positions per slice when a CPU widens bf16/fp16 features for a Gram product: the fp32 copy and
+# product then take 2 x C x 2**20 x 4 bytes at most, not 2 x C x H x W x 4 (~8 GB at 4096 x 4096).
+WIDEN_CHUNK = 2**20
 
-    Plain autograd would keep the widened float32 copy of every bf16 style layer until the
-    backward pass: 8 GB at 4096 x 4096 on top of the network's own bf16 activations, which hold the
-    same numbers. The gradient ``(G' + G'^T) F`` is recomputed from those instead.
+
+class _GramSum(torch.autograd.Function):
+    """``F F^T`` of ``F`` (C, N) summed in float32 or wider, keeping only ``F`` for the backward pass.
+
+    ``low`` (CUDA, bf16/fp16 features): the products take the features as they are and sum in
+    fp32 (``torch.mm(..., out_dtype=float32)``, tensor cores). A bf16 x bf16 product is exact in
+    fp32, so the forward is the widened product up to summation order. The backward multiplies the
+    factor rounded to the features' dtype into them (fp32 accumulation, rounded once to their dtype,
+    which is what the gradient is cast to anyway). Otherwise (a CPU, fp32): the features are widened
+    in slices of ``WIDEN_CHUNK`` positions, never all at once: plain autograd would keep a widened
+    fp32 copy of every bf16 style layer (8 GB at 4096 x 4096), and one whole-layer copy and product
+    in the backward pass took 512 B per pixel at conv1_1, the peak of the whole evaluation.
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, flat: Tensor, low: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(flat)
-        wide = _wide(flat)
-        return wide @ wide.T
+        ctx.low = low
+        if low:
+            return torch.mm(flat, flat.T, out_dtype=torch.float32)
+        total = None
+        for part in flat.split(WIDEN_CHUNK, dim=1):
+            wide = _wide(part)
+            total = wide @ wide.T if total is None else total.addmm_(wide, wide.T)
+        return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (flat,) = ctx.saved_tensors
-        return ((grad + grad.T) @ _wide(flat)).to(flat.dtype)
+        factor = grad + grad.T  # (C, C), float32 or wider
+        if ctx.low:  # (F^T factor)^T: the factor is symmetric, and the result keeps F's layout
+            return torch.mm(flat.T, factor.to(flat.dtype)).T, None
+        out = torch.empty_like(flat)
+        for part, into in zip(flat.split(WIDEN_CHUNK, dim=1), out.split(WIDEN_CHUNK, dim=1)):
+            into.copy_(factor.to(torch.promote_types(factor.dtype, part.dtype)) @ _wide(part))
+        return out, None
 
 
-def gram_sum(features: Tensor) -> Tensor:
-    """Sum over positions of f f^T. (1, C, H, W) -> (C, C), accumulated in float32 or wider."""
+def gram_sum(features: Tensor, low_precision_products: bool = False) -> Tensor:
+    """Sum over positions of f f^T. (1, C, H, W) -> (C, C), accumulated in float32 or wider.
+
+    ``low_precision_products``: bf16/fp16 features are multiplied as they are (CUDA, see
+    ``placement.Precision.low_precision_products``); otherwise they are widened first.
+    """
     if features.dim() != 4 or features.shape[0] != 1:
         raise ValueError(f"gram needs one feature map (1, C, H, W), got shape {tuple(features.shape)}")
     _, channels, height, width = features.shape
-    return _GramSum.apply(features.reshape(channels, height * width))
+    low = low_precision_products and features.dtype in (torch.bfloat16, torch.float16)
+    return _GramSum.apply(features.reshape(channels, height * width), low)
 
 
-def gram(features: Tensor) -> Tensor:
+def gram(features: Tensor, low_precision_products: bool = False) -> Tensor:
     """Position-averaged Gram matrix. (1, C, H, W) -> (C, C)."""
     _, _, height, width = features.shape
-    return gram_sum(features) / (height * width)
+    return gram_sum(features, low_precision_products) / (height * width)
 
 
 def squared_error_sum(value: Tensor, target: Tensor) -> Tensor:

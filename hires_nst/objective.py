@@ -117,11 +117,14 @@ def content_target(targets: Targets, tile: Tile | None, name: str) -> Tensor:
 
 
 def add_window(stats: Statistics, feats: dict[str, Tensor], tile: Tile | None, style_layers: Sequence[str],
-               content_layers: Sequence[str] = (), targets: Targets | None = None) -> None:
-    """Add one window's core (``tile`` None: the whole image) into ``stats``, per used layer."""
+               content_layers: Sequence[str] = (), targets: Targets | None = None, low: bool = False) -> None:
+    """Add one window's core (``tile`` None: the whole image) into ``stats``, per used layer.
+
+    ``low``: Gram products of bf16/fp16 features as they are, summed in fp32 (CUDA; ``losses.gram_sum``).
+    """
     for name in style_layers:
         core = core_features(feats, tile, name)  # (1, C, h, w)
-        part = losses.gram_sum(core)
+        part = losses.gram_sum(core, low)
         stats.gram_sums[name] = stats.gram_sums[name] + part if name in stats.gram_sums else part
         stats.areas[name] = stats.areas.get(name, 0) + core.shape[2] * core.shape[3]
     for name in content_layers:
@@ -163,9 +166,10 @@ def window_statistics(extractor: FeatureExtractor, image: Tensor, tiles: Sequenc
     """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``."""
     require_tileable(extractor, len(tiles))
     stats = Statistics()
+    low = precision.low_precision_products(image.device)
     for tile in tiles:
         crop = image if tile is None else tile.window.crop(image)
-        add_window(stats, precision.features(extractor, crop), tile, style_layers)
+        add_window(stats, precision.features(extractor, crop), tile, style_layers, low=low)
     return stats
 
 
@@ -225,8 +229,15 @@ class Objective:
 
     def _terms(self, image: Tensor) -> LossTerms:
         stats = Statistics()
-        add_window(stats, self.precision.features(self.extractor, image), None, list(self.weights.style_layers),
-                   self.content_layers, self.targets)
+        low = self.precision.low_precision_products(image.device)
+        style, content = set(self.weights.style_layers), set(self.content_layers)
+
+        def take(name: str, feats: Tensor) -> None:
+            # At the layer, as the network runs (FrozenExtractor.forward says why).
+            add_window(stats, {name: feats}, None, [name] if name in style else [],
+                       [name] if name in content else [], self.targets, low)
+
+        self.precision.features(self.extractor, image, reduce=take)
         return loss_terms(stats, self.targets, self.weights, image)
 
     @torch.no_grad()

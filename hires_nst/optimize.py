@@ -11,23 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hires_nst.errors import ConfigError, NumericalError
+from hires_nst.lbfgs import DeviceLBFGS
+from hires_nst.memmodel import lbfgs_history
 from hires_nst.objective import LossTerms
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
 StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]  # iteration, image, Adam's state (or {})
-
-
-LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
-
-
-def lbfgs_history(pixels: int) -> int:
-    """Curvature pairs kept: 100 (as neural-style) while they fit in 2 GiB, fewer at print sizes.
-
-    Each pair is two image-sized fp32 vectors: at 4096x4096, 100 pairs would be 40 GB. The top
-    stages run few iterations from a good start, where a short history loses little (SPST keeps
-    10 pairs above its first scale; neural-style's multires recipe uses 5 at the top).
-    """
-    return max(3, min(100, LBFGS_HISTORY_BYTES // (2 * 3 * 4 * pixels)))
 
 
 # Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
@@ -35,15 +24,21 @@ def lbfgs_history(pixels: int) -> int:
 # SGD and Adadelta are not scale-invariant, and our losses are means over positions, so a pixel's
 # gradient shrinks with the pixel count (4x per 2x stage): they see the gradient of the *summed*
 # loss instead (gradient x pixels), so that one --lr works at every stage and image size.
-SCALE_FREE = ("lbfgs", "adam", "adamw", "adagrad", "rmsprop")
+SCALE_FREE = ("lbfgs", "lbfgs-torch", "adam", "adamw", "adagrad", "rmsprop")
 PIXEL_SCALED = ("sgd", "adadelta")
 ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry across stages
+# torch's L-BFGS steps inside step(): its step is projected onto [0, 1] before the next evaluation.
+# Every other optimiser (ours included) is clamped after its step, which is the same projection.
+CLAMP_IN_CLOSURE = ("lbfgs-torch",)
+OPTIMIZER_NAMES = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")
 
 
 def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer:
     """The optimiser ``name`` over the one tensor ``image``, with this project's fixed settings."""
     params = [image]
-    if name == "lbfgs":
+    if name == "lbfgs":  # the same steps as torch's below, without a host read (lbfgs.py)
+        return DeviceLBFGS(params, lr=lr, history_size=lbfgs_history(image[0, 0].numel()))
+    if name == "lbfgs-torch":
         # One evaluation per step() so progress, checkpoints and Ctrl-C happen every iteration; the
         # curvature history lives in the optimiser state, so this equals one long L-BFGS run.
         # Tolerances -1: never stop early (as neural-style), the user chose the iteration count.
@@ -61,7 +56,7 @@ def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer
         return torch.optim.Adadelta(params, lr=lr)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr)
-    known = ", ".join(("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop"))
+    known = ", ".join(OPTIMIZER_NAMES)
     raise ConfigError(f"unknown optimizer {name!r}; use one of {known}")
 
 
@@ -89,15 +84,66 @@ def optimize(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimiz
                                on_step=on_step, sync_every=sync_every)[0]
 
 
-def _check_finite(values: dict[str, float], image: Tensor, where: str) -> None:
+def _read_back(terms: LossTerms, image: Tensor) -> tuple[dict[str, float], bool]:
+    """The loss terms and whether the image is finite, in ONE device-to-host read (one sync)."""
+    flags = [v.detach().float() for v in terms.values()] + [torch.isfinite(image).all().float()]
+    *values, finite = torch.stack(flags).tolist()
+    return dict(zip(terms, values)), bool(finite)
+
+
+def _check_finite(values: dict[str, float], finite: bool, where: str) -> None:
     if not math.isfinite(values["total"]):
         raise NumericalError(f"the loss became {values['total']} {where}; "
                              "try a lower --lr or --style-weight")
     # A finite loss with a non-finite gradient poisons the image one step before the loss
     # shows it; on the last iteration that returned a NaN image without any error.
-    if not bool(torch.isfinite(image).all()):
+    if not finite:
         raise NumericalError(f"the image became non-finite {where}; "
                              "try a lower --lr or --style-weight")
+
+
+class Stepper:
+    """One optimiser over one image, stepped one loss-and-gradient evaluation at a time.
+
+    The loop of ``optimize_with_state`` and the memory measurement (``memmeasure``) both step
+    through this, so what is measured is what renders run.
+    """
+
+    def __init__(self, image: Tensor, objective: Callable[[Tensor], LossTerms], optimizer: str, lr: float,
+                 warm_state: dict[str, Tensor] | None = None) -> None:
+        self.image = image.detach().clone().requires_grad_(True)
+        self.objective, self.optimizer = objective, optimizer
+        self.opt = make_optimizer(optimizer, self.image, lr)
+        if warm_state and optimizer in ADAM_LIKE:
+            # The step count stays where Adam keeps it (the CPU): on the device, each step would
+            # read it back twice (bias corrections).
+            self.opt.state[self.image] = {k: v.clone() if k == "step" else v.to(self.image.device).clone()
+                                          for k, v in warm_state.items()}
+        self.grad_scale = float(self.image[0, 0].numel()) if optimizer in PIXEL_SCALED else 1.0
+        self.terms: LossTerms = {}
+
+    def _closure(self) -> Tensor:
+        image = self.image
+        if self.optimizer in CLAMP_IN_CLOSURE:
+            # Evaluate the image as it will be written: project L-BFGS' step onto [0, 1] first (as
+            # the PyTorch tutorial does). Unbounded, it parks a few % of the pixels out of range,
+            # and the final clamp then costs a fifth of the style it reached (benchmarks/lbfgs_range.py).
+            with torch.no_grad():
+                image.clamp_(0, 1)
+        image.grad = None  # the last gradient is in the optimiser's state by now: don't hold two
+        self.terms = self.objective(image)
+        if self.grad_scale != 1.0 and image.grad is not None:
+            image.grad.mul_(self.grad_scale)
+        return self.terms["total"]
+
+    def step(self) -> None:
+        self.opt.step(self._closure)
+        if self.optimizer not in CLAMP_IN_CLOSURE:  # project the step onto [0, 1]
+            with torch.no_grad():
+                self.image.clamp_(0, 1)
+
+    def state(self) -> dict[str, Tensor]:
+        return _live_state(self.opt, self.image, self.optimizer)
 
 
 def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
@@ -114,58 +160,25 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
 
     Losses are read back, checked for inf/NaN and reported every ``sync_every`` iterations and at
     the last: each read waits for the device, so on a GPU the loop otherwise runs ahead of it.
-    (Adam gains from this; torch's L-BFGS reads the loss itself at every step.)
+    (Adam and our L-BFGS gain from this; torch's L-BFGS, ``lbfgs-torch``, reads values itself at
+    every step.)
     """
-    image = image.detach().clone().requires_grad_(True)
-    opt = make_optimizer(optimizer, image, lr)
-    if warm_state and optimizer in ADAM_LIKE:
-        opt.state[image] = {k: v.to(image.device).clone() for k, v in warm_state.items()}
-    last: dict[str, LossTerms] = {}
-    closure = _closure(image, objective, optimizer, last)
+    stepper = Stepper(image, objective, optimizer, lr, warm_state)
     sync_every = max(1, sync_every)
     start, reported = time.perf_counter(), done
     for iteration in range(done + 1, iterations + 1):
-        opt.step(closure)
-        if optimizer != "lbfgs":  # first-order steps stay in range; L-BFGS' next closure projects its step
-            with torch.no_grad():
-                image.clamp_(0, 1)
+        stepper.step()
         if iteration % sync_every and iteration != iterations:
             continue
-        values = _read_back(last["terms"], image, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
+        values, finite = _read_back(stepper.terms, stepper.image)  # one wait for the device, not five
+        _check_finite(values, finite, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
         if on_step is not None:
-            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), image)
+            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), stepper.image)
         if on_state is not None:
-            on_state(iteration, image.detach(), _live_state(opt, image, optimizer))
+            on_state(iteration, stepper.image.detach(), stepper.state())
         start, reported = time.perf_counter(), iteration
-    state = _live_state(opt, image, optimizer) if iterations > done else {}
-    return image.detach().clamp(0, 1), state
-
-
-def _closure(image: Tensor, objective: Callable[[Tensor], LossTerms], optimizer: str,
-             last: dict[str, LossTerms]) -> Callable[[], Tensor]:
-    """The evaluation the optimiser calls: loss terms into ``last``, the gradient into ``image.grad``."""
-    grad_scale = float(image[0, 0].numel()) if optimizer in PIXEL_SCALED else 1.0
-
-    def closure() -> Tensor:
-        if optimizer == "lbfgs":
-            # Evaluate the image as it will be written: project L-BFGS' step onto [0, 1] first (as
-            # the PyTorch tutorial does). Unbounded, it parks a few % of the pixels out of range,
-            # and the final clamp then costs a fifth of the style it reached (benchmarks/lbfgs_range.py).
-            with torch.no_grad():
-                image.clamp_(0, 1)
-        last["terms"] = objective(image)
-        if grad_scale != 1.0 and image.grad is not None:
-            image.grad.mul_(grad_scale)
-        return last["terms"]["total"]
-
-    return closure
-
-
-def _read_back(terms: LossTerms, image: Tensor, where: str) -> dict[str, float]:
-    """All the terms in one read (one wait for the device, not four), checked for inf/NaN."""
-    values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
-    _check_finite(values, image, where)
-    return values
+    state = stepper.state() if iterations > done else {}
+    return stepper.image.detach().clamp(0, 1), state
 
 
 def _live_state(opt: torch.optim.Optimizer, image: Tensor, optimizer: str) -> dict[str, Tensor]:

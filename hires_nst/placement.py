@@ -14,19 +14,14 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from hires_nst import memmodel
 from hires_nst.catalog import PRECISIONS
 from hires_nst.errors import ConfigError, DeviceError
-
-# Activations kept for the backward pass of VGG19 up to conv5_1, in values per input pixel:
-# conv1 block 2x64, pool 64/4, conv2 2x128/4, pool 128/16, conv3 4x256/16, pool 256/64,
-# conv4 4x512/64, pool 512/256, conv5_1 512/256 (DESIGN.md section 5).
-ACTIVATIONS_PER_PIXEL = 128 + 16 + 64 + 8 + 64 + 4 + 32 + 2 + 2
-BACKWARD_FACTOR = 2.0  # gradients of the largest activations live alongside them during backward
 
 
 def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
@@ -138,13 +133,18 @@ class Precision:
     def dtype(self) -> torch.dtype:
         return _DTYPES.get(self.name, torch.float32)
 
-    def bytes_per_value(self, device: torch.device) -> int:
-        """Bytes of one activation on ``device``, for sizing tiles (``estimate_stage_bytes``).
+    def memory_precision(self, device: torch.device) -> str:
+        """The precision whose measured memory figures (``memmodel``) size tiles on ``device``.
 
-        A CPU keeps the fp32 figure: there bf16 measured 0.75x the fp32 peak at 1024 px, not 0.5x
-        (oneDNN keeps reordered copies), so half the fp32 estimate would pick tiles that do not fit.
+        A CPU keeps the fp32 figures: there bf16 measured 0.75x the fp32 peak at 1024 px, not 0.5x
+        (oneDNN keeps reordered copies), so bf16 figures would pick tiles that do not fit.
         """
-        return self.dtype.itemsize if device.type == "cuda" else 4
+        return self.name if device.type == "cuda" else "fp32"
+
+    def low_precision_products(self, device: torch.device) -> bool:
+        """Multiply bf16/fp16 features as they are, summing in fp32 (``losses.gram_sum``): on CUDA,
+        where cuBLAS does that on tensor cores. A CPU widens them to fp32 first, as before."""
+        return self.name != "fp32" and device.type == "cuda"
 
     def prepare(self, extractor: nn.Module) -> nn.Module:
         """The extractor's weights in the memory format its inputs will have (in place)."""
@@ -158,13 +158,26 @@ class Precision:
         with torch.autocast(device.type, dtype=self.dtype):
             yield
 
-    def features(self, extractor: Callable[[Tensor], dict[str, Tensor]], image: Tensor) -> dict[str, Tensor]:
+    def features(self, extractor: Callable[..., dict[str, Any]], image: Tensor,
+                 reduce: Callable[[str, Tensor], Any] | None = None) -> dict[str, Any]:
         """``extractor(image)`` under this precision. (1, 3, H, W) fp32 -> {layer: (1, C, h, w)} in
-        the compute dtype (bf16/fp16 under autocast, which ends here: widen before summing)."""
+        the compute dtype (bf16/fp16 under autocast, which ends here: widen before summing).
+
+        ``reduce(layer, features)``: taken at each layer as the network runs (``FrozenExtractor``),
+        outside autocast (a Gram under autocast would be a bf16 matmul); its results are returned.
+        """
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with self.autocast(image.device):
-            return extractor(image)
+            if reduce is None:
+                return extractor(image)
+            if self.name == "fp32":
+                return extractor(image, reduce=reduce)
+
+            def outside(name: str, feats: Tensor) -> Any:
+                with torch.autocast(image.device.type, enabled=False):
+                    return reduce(name, feats)
+            return extractor(image, reduce=outside)
 
     def loss_scale(self) -> LossScale:
         """A fresh dynamic loss scale: active for fp16 only."""
@@ -251,22 +264,14 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
     return Placement(tuple(replicas), tuple(devices), precision, sync_every)
 
 
-def activation_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:
-    """Rough peak memory of one VGG19 forward+backward over a ``width`` x ``height`` window."""
-    return int(width * height * ACTIVATIONS_PER_PIXEL * bytes_per_value * BACKWARD_FACTOR)
+def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,
+                         precision: str = "fp32", optimizer: str = "lbfgs",
+                         layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET) -> int:
+    """Peak memory of one stage: whole-image buffers, optimiser state and one window (``memmodel``)."""
+    return memmodel.estimate(width, height, tile, halo, align, precision=precision, optimizer=optimizer,
+                             layers=layers)
 
 
-def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0,
-                         bytes_per_value: int = 4) -> int:
-    """Peak memory of one iteration: full-image buffers plus the network on one window."""
-    window_w = width if tile is None else min(width, tile + 2 * halo)
-    window_h = height if tile is None else min(height, tile + 2 * halo)
-    return width * height * FULL_IMAGE_BYTES_PER_PIXEL + activation_bytes(window_w, window_h, bytes_per_value)
-
-
-# Full-image fp32 buffers besides the network: image, gradient, optimiser state (a few copies),
-# the conv4_2 content target (512 channels / 64 positions = 8 values per pixel).
-FULL_IMAGE_BYTES_PER_PIXEL = 3 * 4 * 6 + 8 * 4
 MEMORY_MARGIN = {"cuda": 0.8, "cpu": 0.6}  # of the free memory measured at stage start
 MIN_TILE = 64
 
@@ -283,21 +288,13 @@ def available_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16,
-                   bytes_per_value: int = 4) -> int | None:
-    """The largest tile side whose window fits ``budget`` bytes; None when the whole image fits.
-
-    Full-image buffers (image, gradient, optimiser state, targets) are paid first; then the
-    network's activations scale with one window, (tile + 2 halo)^2 at most.
-    """
-    if estimate_stage_bytes(width, height, bytes_per_value=bytes_per_value) <= budget:
-        return None
-    tile = (max(width, height) // align) * align
-    while tile > MIN_TILE:
-        if estimate_stage_bytes(width, height, tile, halo, bytes_per_value) <= budget:
-            return tile
-        tile = max(MIN_TILE, (tile * 3 // 4) // align * align)
-    return MIN_TILE
+def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16, *,
+                   precision: str = "fp32", optimizer: str = "lbfgs",
+                   layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET) -> int | None:
+    """The tile side whose stage fits ``budget`` bytes by the measured model; None when the whole
+    image fits (``memmodel.plan_tile``: the fewest tiles, balanced)."""
+    return memmodel.plan_tile(width, height, halo, budget, align, MIN_TILE, precision=precision,
+                              optimizer=optimizer, layers=layers)
 
 
 def describe_devices() -> list[dict[str, object]]:

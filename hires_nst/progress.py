@@ -60,8 +60,9 @@ class ProgressDisplay:
         self.console.print(f"device {plan.device}; weights {plan.weights}")
         for i, s in enumerate(plan.stages):
             tiling = f"{s.tiles} tiles of {s.tile} px" if s.tile else "untiled"
+            budget = f" of a {s.budget_bytes / 2**30:.2f} GiB budget" if s.budget_bytes else ""
             self.console.print(f"  stage {i + 1}: {s.width}x{s.height}, {s.iterations} iterations, {tiling}, "
-                               f"~{s.memory_bytes / 2**30:.2f} GiB", markup=False)
+                               f"~{s.memory_bytes / 2**30:.2f} GiB peak (estimated){budget}", markup=False)
         if plan.work_dir:
             self.console.print(f"work dir: {plan.work_dir}", markup=False, soft_wrap=True)
         if plan.preview:

@@ -266,7 +266,7 @@ def make_placement(config: RenderConfig) -> Placement:
 
 def _planned(plan: StagePlan) -> PlannedStage:
     stage, tiling = plan.stage, plan.tiling
-    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles)
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles, plan.budget)
 
 
 def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:

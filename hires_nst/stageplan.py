@@ -24,8 +24,9 @@ from hires_nst.catalog import VGG_BLOCKS, alias, get_backbone
 from hires_nst.config import RenderConfig, TileSize, parse_layer_weights
 from hires_nst.errors import DeviceError
 from hires_nst.objective import Weights
-from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
-                                  available_bytes, estimate_stage_bytes)
+from hires_nst.memmodel import whole_image_bytes_per_pixel
+from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size, available_bytes,
+                                  estimate_stage_bytes)
 from hires_nst.printsize import print_plan
 from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
 from hires_nst.tileplan import Band, Tile, TileGrid, plan_bands, spread_pays
@@ -97,7 +98,8 @@ class StagePlan:
     grid: TileGrid  # cuts the stage's image, and its content and style images for the targets
     tiles: tuple[Tile, ...]  # the stage image's windows on the main device (one: untiled)
     bands: tuple[Band, ...]  # several devices: one share each (empty: the main device alone)
-    memory: int  # estimated peak bytes of one iteration on the main device
+    memory: int  # estimated peak bytes of the stage on the main device (memmodel)
+    budget: int = 0  # the bytes its tiling was planned to fit (--tile-size auto; 0: not planned by memory)
 
     @property
     def halo(self) -> int:
@@ -112,8 +114,16 @@ class Rules:
     size: TileSize
     grid: TileGrid | None
     devices: tuple[torch.device, ...]
-    value_bytes: int  # bytes per activation on the main device
     backbone: str
+    # What the memory model (memmodel) needs besides sizes: the precision as sized on the main
+    # device, the optimiser, the layers.
+    precision: str = "fp32"
+    optimizer: str = "lbfgs"
+    layers: tuple[str, ...] = ()
+
+    def _model(self) -> dict:
+        return {"precision": self.precision, "optimizer": self.optimizer,
+                **({"layers": self.layers} if self.layers else {})}
 
     def plan(self, stage: Stage, forced: int | None = None) -> StagePlan:
         """``stage``'s plan from --tile-size (auto: the free memory now), or with a ``forced`` tile."""
@@ -145,7 +155,7 @@ class Rules:
             return None, None
         assert self.grid is not None
         tile = auto_tile_size(stage.width, stage.height, self.grid.halo, _budget(devices[0], devices),
-                              self.grid.align, self.value_bytes)
+                              self.grid.align, **self._model())
         return tile, (self._band_tiles(stage) if len(devices) > 1 else None)
 
     def _band_tiles(self, stage: Stage) -> list[int | None]:
@@ -161,15 +171,17 @@ class Rules:
             bounds = band.bounds
             budget = _budget(device, devices)
             if index == 0:
-                budget -= (stage.width * stage.height - bounds.width * bounds.height) * FULL_IMAGE_BYTES_PER_PIXEL
-            sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, self.value_bytes))
+                outside = stage.width * stage.height - bounds.width * bounds.height
+                budget -= int(outside * whole_image_bytes_per_pixel(stage.width * stage.height, **self._model()))
+            sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, **self._model()))
         return sizes + [None] * (len(devices) - len(sizes))
 
     def _realise(self, stage: Stage, tiling: Tiling, bands: tuple[Band, ...]) -> StagePlan:
         align = self.grid.align if self.grid is not None else 1
         grid = TileGrid(tiling.tile, tiling.halo, align)
-        memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo, self.value_bytes)
-        return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), bands, memory)
+        memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo, align, **self._model())
+        budget = _budget(self.devices[0], self.devices) if self.size.auto and self.grid is not None else 0
+        return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), bands, memory, budget)
 
 
 def _budget(device: torch.device, devices: Sequence[torch.device]) -> int:
@@ -186,8 +198,8 @@ def tiling_rules(config: RenderConfig, placement: Placement) -> Rules:
         layers = [*config.loss.content_layers, *config.loss.style_layers]
         grid = TileGrid.for_layers(layers, None, config.tiling.halo, VGG_BLOCKS[backbone.name])
     main = placement.main
-    return Rules(config.tiling.size, grid, placement.devices, placement.precision.bytes_per_value(main),
-                 backbone.name)
+    return Rules(config.tiling.size, grid, placement.devices, backbone.name, placement.precision.memory_precision(main),
+                 config.optim.optimizer, (*config.loss.content_layers, *config.loss.style_layers))
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,26 @@ def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weight
     return terms
 
 
+class _Pull(torch.autograd.Function):
+    """A 0-d zero whose backward gives ``features`` the gradient ``grad_of(features)``.
+
+    Pass 2 backpropagates known gradients (the analytic dL/dF of each core); computing them
+    inside the backward, from the features autograd keeps anyway, means none of them is held
+    while the rest of the network runs. Only for the plain sum of such zeros (d total/d zero = 1).
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, grad_of) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(features)
+        ctx.grad_of = grad_of
+        return features.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, _one: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (features,) = ctx.saved_tensors
+        return ctx.grad_of(features.detach()), None
+
+
 class TiledObjective:
     """The untiled ``Objective``'s loss and gradient, computed tile by tile (same interface).
 
@@ -94,46 +114,57 @@ class TiledObjective:
     def statistics(self, image: Tensor) -> Statistics:
         """Pass 1: global Gram sums and content errors, one window at a time."""
         stats = Statistics()
+        low = self.precision.low_precision_products(image.device)
         for tile in self.tiles:
             feats = self.precision.features(self.extractor, tile.window.crop(image))
-            add_window(stats, feats, tile, self.style_layers, self.content_layers, self.targets)
+            add_window(stats, feats, tile, self.style_layers, self.content_layers, self.targets, low)
         return stats
 
-    def _feature_grads(self, feats: dict[str, Tensor], tile: Tile, factors: dict[str, Tensor],
-                       scale: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
-        """The tile's cores at every used layer and ``scale * dL/d(core)`` for each: (1, C, h, w) pairs.
+    def _core_grad(self, name: str, core: Tensor, tile: Tile, factors: dict[str, Tensor],
+                   scale: float = 1.0) -> Tensor:
+        """``scale * dL/d(core)`` at one layer, in the core's dtype: (1, C, h, w).
 
-        The scale (fp16 loss scaling) is applied in float32, before the cast to the features' dtype.
+        Style: ``factor @ F``; content: ``2 w (F - P) / |P|^2``. The scale (fp16 loss scaling) is
+        applied in float32, before the cast to the features' dtype.
         """
-        grads: dict[str, Tensor] = {}
-        for name, factor in factors.items():
-            core = core_features(feats, tile, name)
-            flat = core.detach().float().reshape(core.shape[1], -1)  # (C, h*w)
-            grads[name] = (factor @ flat).reshape(core.shape)
         t, w = self.targets, self.weights
-        for name in self.content_layers:
-            core = core_features(feats, tile, name)
+        channels = core.shape[1]
+        grad: Tensor | None = None
+        if name in factors:
+            factor = factors[name]
+            if self.precision.low_precision_products(core.device) and scale == 1.0:
+                # bf16 features times the rounded factor, summed in fp32: no fp32 copy of the layer
+                grad = torch.mm(factor.to(core.dtype), core.reshape(channels, -1)).reshape(core.shape)
+            else:
+                grad = (factor @ core.float().reshape(channels, -1)).reshape(core.shape)
+        if name in self.content_layers:
             factor = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
-            grad = factor * (core.detach().float() - content_target(t, tile, name).float())
-            grads[name] = grads[name] + grad if name in grads else grad
-        outputs, grad_outputs = [], []
-        for name, grad in grads.items():
-            core = core_features(feats, tile, name)
-            if core.numel():
-                outputs.append(core)
-                grad_outputs.append((grad * scale if scale != 1.0 else grad).to(core.dtype))
-        return outputs, grad_outputs
+            content = factor * (core.float() - content_target(t, tile, name).float())
+            grad = content if grad is None else grad + content
+        assert grad is not None
+        return (grad * scale if scale != 1.0 else grad).to(core.dtype)
 
     def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, Tensor], grad: Tensor,
                        scale: float = 1.0) -> None:
-        """Pass 2 for one tile: add ``scale`` d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included."""
+        """Pass 2 for one tile: add ``scale`` d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included.
+
+        Each used layer's core gets a surrogate whose backward hands it ``_core_grad``, computed only
+        then from the core itself (``_Pull``): no layer's gradient waits, full-size, for the backward.
+        """
+        wanted = set(factors) | set(self.content_layers)
+
+        def pull(name: str, feats: Tensor) -> Tensor | None:
+            core = core_features({name: feats}, tile, name)
+            if name not in wanted or not core.numel():
+                return None
+            return _Pull.apply(core, lambda c: self._core_grad(name, c, tile, factors, scale))
+
         with torch.enable_grad():
             window = tile.window.crop(image.detach()).requires_grad_(True)
-            feats = self.precision.features(self.extractor, window)
-            outputs, grad_outputs = self._feature_grads(feats, tile, factors, scale)
-            if not outputs:
+            pulls = [p for p in self.precision.features(self.extractor, window, reduce=pull).values() if p is not None]
+            if not pulls:
                 return
-            (window_grad,) = torch.autograd.grad(outputs, window, grad_outputs)
+            (window_grad,) = torch.autograd.grad(torch.stack(pulls).sum(), window)
         tile.window.crop(grad).add_(window_grad.to(grad.dtype))
 
     def gradient(self, image: Tensor, factors: dict[str, Tensor], scale: float = 1.0) -> Tensor:

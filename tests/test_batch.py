@@ -361,3 +361,27 @@ def test_a_grid_sheet_may_not_overwrite_a_job_output(folder: Path) -> None:
             '\n[[grid]]\nname = "g"\ncontents = ["in/b.png"]\nstyles = ["in/s.png"]\n')
     with pytest.raises(ConfigError, match="contact sheet .*g-sheet.png is also the output of"):
         load_batch(job_file(folder, body))
+
+
+def test_a_worker_pins_its_gpu_so_a_job_cannot_reach_the_others() -> None:
+    from hires_nst.batch_parallel import pin_device
+
+    env: dict[str, str] = {}
+    assert pin_device("cuda:1", env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    env = {"CUDA_VISIBLE_DEVICES": "4,6"}  # the parent's own view: cuda:1 is physical GPU 6
+    assert pin_device("cuda:1", env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "6"
+    env = {}
+    assert pin_device("cpu", env) == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(Exception, match="has no such device"):
+        pin_device("cuda:2", {"CUDA_VISIBLE_DEVICES": "0,1"})
+
+
+def test_a_workers_job_runs_on_its_device_only_whatever_its_devices_say(folder: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    monkeypatch.setattr(hires_nst.batch_job, "render", lambda job, sink: seen.append(job.config.device) or
+                        (_ for _ in ()).throw(ConfigError("stop here")))
+    job = load_batch(job_file(folder, '[[job]]\nname = "x"\ncontent = "in/a.png"\nstyles = ["in/s.png"]\n'
+                                      'overrides = { device = { devices = "cpu,cpu" } }\n')).jobs[0]
+    outcome = hires_nst.batch_job.run_job(job, False, device="cpu", label="cuda:1")
+    assert seen[0].device == "cpu" and seen[0].devices == "" and outcome.device == "cuda:1"

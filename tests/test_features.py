@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, canonical_layer
 from hires_nst.features import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, VGGFeatures
+from hires_nst.pooling import RecomputingMaxPool2d
 from hires_nst.weights import VGGWeights, load_weights
 
 DEFAULT_LAYERS = DEFAULT_STYLE_LAYERS + DEFAULT_CONTENT_LAYERS
@@ -92,8 +93,8 @@ def test_hand_made_weights_that_do_not_fit_are_a_weights_error(original: VGGWeig
 def test_avg_pooling_replaces_every_max_pool(original: VGGWeights) -> None:
     max_body = VGGFeatures(original, ["conv5_1"]).body
     avg_body = VGGFeatures(original, ["conv5_1"], pooling="avg").body
-    assert sum(isinstance(m, nn.MaxPool2d) for m in max_body) == 4
-    assert not any(isinstance(m, nn.MaxPool2d) for m in avg_body)
+    assert sum(isinstance(m, RecomputingMaxPool2d) for m in max_body) == 4
+    assert not any(isinstance(m, (nn.MaxPool2d, RecomputingMaxPool2d)) for m in avg_body)
     pools = [m for m in avg_body if isinstance(m, nn.AvgPool2d)]
     assert len(pools) == 4 and all(m.kernel_size == 2 and m.stride == 2 for m in pools)
     x = _ramp()

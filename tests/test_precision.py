@@ -115,9 +115,12 @@ def test_the_gram_of_bf16_features_keeps_no_float32_copy_for_the_backward_pass()
     assert grad.dtype == torch.bfloat16 and float((grad.double() - expected).norm() / expected.norm()) < 1e-2
 
 
-def test_activation_bytes_for_tile_sizes_halve_on_cuda_only() -> None:
-    assert BF16.bytes_per_value(torch.device("cuda:0")) == 2 and FP16.bytes_per_value(torch.device("cuda:0")) == 2
-    assert BF16.bytes_per_value(CPU) == 4 and FP32.bytes_per_value(torch.device("cuda:0")) == 4
+def test_tiles_are_sized_by_the_low_precision_figures_on_cuda_only() -> None:
+    cuda = torch.device("cuda:0")
+    assert BF16.memory_precision(cuda) == "bf16" and FP16.memory_precision(cuda) == "fp16"
+    assert BF16.memory_precision(CPU) == "fp32" and FP32.memory_precision(cuda) == "fp32"
+    assert BF16.low_precision_products(cuda) and not BF16.low_precision_products(CPU)
+    assert not FP32.low_precision_products(cuda)
 
 
 def test_channels_last_prepares_the_weights_in_that_format() -> None:

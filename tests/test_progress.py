@@ -45,3 +45,13 @@ def test_the_batch_bar_of_a_resumed_job_reaches_its_end() -> None:
     display(Step(1, 50, 50, LOSSES, 0.1, covered=10))
     bar = task(display.progress, display.task)
     assert bar.completed == bar.total == 20.0
+
+
+def test_the_printed_plan_shows_each_stages_tiles_estimated_peak_and_budget() -> None:
+    out = io.StringIO()
+    plan = Planned((PlannedStage(4096, 4096, 100, int(15.42 * 2**30), None, 1, int(18.4 * 2**30)),
+                    PlannedStage(8192, 8192, 50, int(14.27 * 2**30), 2736, 9, int(18.4 * 2**30))), "cuda:0", "original")
+    ProgressDisplay(Console(file=out, width=200))(plan)
+    text = out.getvalue()
+    assert "stage 1: 4096x4096, 100 iterations, untiled, ~15.42 GiB peak (estimated) of a 18.40 GiB budget" in text
+    assert "stage 2: 8192x8192, 50 iterations, 9 tiles of 2736 px, ~14.27 GiB peak (estimated) of a 18.40 GiB" in text
