@@ -12,7 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -45,6 +45,11 @@ class Outcome:
     skipped: bool = False
 
 
+# Runs the jobs a batch still has to do, recording them in the ledger; returns their outcomes by name
+# and, if it was stopped, what was kept and how to resume (else "").
+Runner = Callable[[Sequence[BatchJob], "Ledger", Sink], tuple[dict[str, Outcome], str]]
+
+
 @dataclass(frozen=True)
 class BatchResult:
     outcomes: tuple[Outcome, ...]  # in job-file order
@@ -57,15 +62,19 @@ class BatchResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run_batch(batch: Batch, sink: Sink = null_sink, devices: Sequence[str] = (), restart: bool = False) -> BatchResult:
+def run_batch(batch: Batch, sink: Sink = null_sink, devices: Sequence[str] = (), restart: bool = False,
+              runner: Runner | None = None) -> BatchResult:
     """Run every job of ``batch`` that is not finished yet; ``devices`` runs them in parallel,
-    one worker process per device. Errors in a job are recorded, not raised."""
+    one worker process per device, and ``runner`` elsewhere (``cluster.RayRunner``: on a Ray
+    cluster). Errors in a job are recorded, not raised."""
     previous = read_manifest(batch.manifest)
     done = [job for job in batch.jobs if _finished_before(job, previous.get(job.name))]
     todo = [job for job in batch.jobs if job not in done]
     prepare(batch, todo)
     ledger = Ledger(batch, previous, restart)
-    if devices:
+    if runner is not None:
+        ran, stopped = runner(todo, ledger, sink)
+    elif devices:
         from hires_nst.batch_parallel import run_parallel
 
         ran, stopped = run_parallel(todo, ledger, sink, devices)
