@@ -187,7 +187,8 @@ class RayRunner:
         try:
             stopped = driver.run(refs)
         finally:
-            ray.kill(reporter)
+            with contextlib.suppress(ConnectionError, ray.exceptions.RayError):  # the cluster may be gone
+                ray.kill(reporter)
             marker.unlink(missing_ok=True)
         interrupted = [o.name for o in driver.outcomes.values() if o.status == "interrupted"]
         if stopped or interrupted:
@@ -232,13 +233,18 @@ class Driver:
         try:
             self.wait(refs, deadline=None)
             return False
+        except (ConnectionError, self.ray.exceptions.RaySystemError) as exc:  # the head, or the link to it, died
+            for name, where in list(self.running.items()):
+                self.end(Outcome(name, "interrupted", error="the driver lost the Ray cluster", device=where))
+            raise DeviceError(f"lost the Ray cluster ({type(exc).__name__}: {exc}); the jobs it ran are recorded "
+                              "as interrupted: run the same command again to resume them") from None
         except KeyboardInterrupt:
             waiting = [ref for ref, name in refs.items() if name not in self.running]
             for ref in waiting + [ref for ref in refs if ref not in waiting]:  # the queued first: none may start
                 self.ray.cancel(ref)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C stops the waiting
                 self.wait(refs, deadline=time.monotonic() + STOP_SECONDS)
-            for name, where in self.running.items():
+            for name, where in list(self.running.items()):  # end() takes them out
                 self.end(Outcome(name, "interrupted", error="interrupted", device=where))
             return True
 

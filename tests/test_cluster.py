@@ -245,3 +245,26 @@ def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log(tmp_
 
     assert [p.name for p in work.iterdir()] == ["job.log"]
     assert "discarded" in messages[0].text
+
+
+def test_a_lost_cluster_records_the_running_jobs_as_interrupted(folder: Path) -> None:
+    from hires_nst.batch_run import Ledger
+
+    batch = load_batch(job_file(folder, job("j1", "a") + job("j2", "b")))
+    (folder / "out").mkdir()
+    ledger = Ledger(batch, {})
+
+    class HeadGone:  # what ray.wait does once the Ray Client connection is gone
+        exceptions = ray.exceptions
+
+        def wait(self, *args, **kwargs):
+            raise ConnectionError("Failed during this or a previous request")
+
+    driver = cluster.Driver(HeadGone(), ledger, lambda event: None, reporter=None, total=2, max_retries=3)
+    driver.start("j1", {"device": "cuda (GPU 0)", "node": "farm-1", "node_id": "abc", "pid": 7})
+
+    with pytest.raises(DeviceError, match="lost the Ray cluster .*run the same command again"):
+        driver.run({"ref-1": "j1", "ref-2": "j2"})
+
+    assert [(r["status"], r["device"]) for r in manifest(folder).values()] == [
+        ("interrupted", "cuda (GPU 0) on farm-1"), ("pending", None)]
