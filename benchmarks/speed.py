@@ -87,10 +87,13 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
     import torch
 
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Weights
     from hires_nst.placement import Precision
-    from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
+    from hires_nst.objective import make_targets
+    from hires_nst.tileplan import TileGrid
+    from hires_nst.tiling import TiledObjective, make_objective
     from hires_nst.weights import load_weights
 
     device = torch.device(device_name_)
@@ -104,8 +107,9 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
         precision = Precision(name, channels_last)
         extractor = precision.prepare(VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
         network = torch.compile(extractor) if compile_ and label.endswith("compiled") else extractor
-        targets = make_tiled_targets(network, content, [style], [1.0], weights, tile, precision=precision)
-        objective = make_objective(network, targets, weights, size, size, tile, precision=precision)
+        grid = TileGrid.for_layers(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS, tile)
+        targets = make_targets(network, content, [style], [1.0], weights, precision, grid)
+        objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
     rows = {label: {"size": size, "label": label, "precision": name, "mode": "untiled" if tile is None else f"tile {tile}",
@@ -182,7 +186,8 @@ def quality(args: argparse.Namespace) -> list[dict]:
     from hires_nst.objective import Objective, make_targets
     from hires_nst.optimize import optimize
     from hires_nst.placement import FP32, resolve_precision
-    from hires_nst.pyramid import loss_weights, stage_inputs
+    from hires_nst.pyramid import stage_inputs
+    from hires_nst.stageplan import loss_weights
     from hires_nst.render import build_extractor
     from hires_nst.schedule import Stage, fit_long_side
 
@@ -313,7 +318,9 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     """Adam loops that read the losses back every iteration vs every 10 (the CUDA default)."""
     import torch
 
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Objective, Weights, make_targets
     from hires_nst.optimize import optimize_with_state
     from hires_nst.placement import resolve_precision

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hires_nst.batch import BatchJob
-from hires_nst.batch_run import LOG, Ledger, Outcome
+from hires_nst.batch_job import LOG, Ledger, Outcome
 from hires_nst.cluster_task import MARKER, Reporter, TaskResources, run_task
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink

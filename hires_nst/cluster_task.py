@@ -18,7 +18,7 @@ from hires_nst.events import Event, Message, StageStarted, Step
 
 if TYPE_CHECKING:
     from hires_nst.batch import BatchJob
-    from hires_nst.batch_run import Outcome
+    from hires_nst.batch_job import Outcome
 
 MARKER = ".hires-nst-cluster"  # written by the driver into the output folder; each task checks it sees it
 
@@ -60,7 +60,7 @@ def run_task(job: BatchJob, reporter: Any, resources: TaskResources, marker: tup
     import ray
     import torch
 
-    from hires_nst.batch_run import Outcome, run_job
+    from hires_nst.batch_job import Outcome, run_job
 
     where = {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()[:12],
              "pid": os.getpid(), "device": _device_name(ray, resources)}

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,15 @@ from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
-from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
-                                  resolve_precision)
-from hires_nst.printsize import print_plan
-from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
+from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
+from hires_nst.pyramid import Checkpointing, Run, run_pyramid
+from hires_nst.renderjob import RenderJob, RenderResult
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
-from hires_nst.schedule import Stage, make_schedule
+from hires_nst.schedule import Stage
+from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule
 from hires_nst.outputs import output_path, settings_record, write_outputs
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
-
-Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
 DEFAULT_WORK_ROOT = Path("outputs") / "work"
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
@@ -39,46 +37,10 @@ ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): 
 
 
 @dataclass(frozen=True)
-class RenderJob:
-    content: Path
-    styles: tuple[Path, ...]
-    output: Path
-    config: RenderConfig = field(default_factory=RenderConfig)
-    resume: bool = False  # reuse the finished stages in the work dir
-    restart: bool = False  # discard whatever the work dir holds
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    output: Path
-    settings: Path
-    width: int
-    height: int
-    seconds: float
-    losses: dict[str, float]  # final losses at the output size
-    work_dir: Path
-    stages_reused: int = 0
-
-
-@dataclass(frozen=True)
 class Inputs:
     content: np.ndarray  # (H, W, 3) as loaded (centre-cropped for a print size with --fit crop)
     styles: list[np.ndarray]
     init: str | np.ndarray
-
-
-def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[Stage], Crop | None]:
-    """The pyramid for a ``width`` x ``height`` content image: up to --max-size, or to the pixel size
-    of --print-size at --dpi (which then overrides --max-size), with the crop that fills the paper."""
-    pyramid, printing = config.pyramid, config.print
-    crop, max_size = None, pyramid.max_size
-    if printing.print_size:
-        plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
-        width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
-    schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
-                             factor=pyramid.scale_factor, iterations=pyramid.iterations,
-                             fit_iterations=pyramid.fit_iterations)
-    return schedule, crop
 
 
 def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
@@ -158,7 +120,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace."""
+    """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace."""
     began = time.perf_counter()
     config = job.config
     output = images.check_output_path(output_path(job.output, config.output.format))
@@ -167,47 +129,76 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
     workdir = WorkDir(work_dir_of(job))
-    _check_animation_path(config)
-    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
-                                  config.output.save_stages))
+    _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config)
-    device = placement.main
+    plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
-    extractor = placement.extractor
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
-    went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+    done, went = _resume_point(job, workdir, stamp, schedule)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
-    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
+    _announce(plan, placement, workdir, output, config, sink)
+    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None))
+    image, stage_losses = _run(run, inputs, workdir, stamp, trace, done, went)
+    result = _final_image(image, inputs, config)
+    seconds = time.perf_counter() - began
+    record = settings_record(job, placement.extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
+    with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
+        settings = write_outputs(output, result, record, config, workdir, schedule, animation)
+    return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
+                        workdir.path, done)
+
+
+def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, schedule: list[Stage]) -> None:
+    """Fail before the work, not after it: the animation's folder, and room for every file."""
+    _check_animation_path(config)
+    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
+                                  config.output.save_stages))
+
+
+def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
+    """How many stages the work dir already holds for this job, and how far the next one got."""
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+
+
+def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,
+              sink: Sink) -> None:
+    """The plan as the user sees it, and what they should know before the work starts."""
+    sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source))
     for name, why in workdir.damaged.items():
         sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
     if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
         sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
-    content, styles = working_images(inputs, config.loss.preserve_color)
-    output_config = config.output
-    checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
-                                  output_config.animate_size, output_config.save_minutes, tuple(schedule))
+
+
+def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
+    output = config.output
+    return Checkpointing(workdir, output.save_every, output.animate_every if animated else 0, output.animate_size,
+                         output.save_minutes, tuple(schedule))
+
+
+def _run(run: Run, inputs: Inputs, workdir: WorkDir, stamp: dict[str, Any], trace: TraceWriter, done: int,
+         went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
+    content, styles = working_images(inputs, run.config.loss.preserve_color)
     try:
-        image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          checkpointing, done, placement, went)
+        return run_pyramid(run, content, styles, inputs.init, done, went)
     except KeyboardInterrupt:
-        raise _interrupted(workdir, stamp, schedule) from None
+        raise _interrupted(workdir, stamp, run.plan.schedule) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         trace.close()
+
+
+def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> np.ndarray:
     result = images.to_array(image)
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
-    seconds = time.perf_counter() - began
-    record = settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
-    with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-        settings = write_outputs(output, result, record, config, workdir, schedule, animation)
-    return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
-                        workdir.path, done)
+    return result
 
 
 def _check_animation_path(config: RenderConfig) -> None:
@@ -240,11 +231,9 @@ def make_placement(config: RenderConfig) -> Placement:
     return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
 
 
-def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
-    tiling = stage_tiling(config, stage, placement.main, placement=placement)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
-                                  placement.precision.bytes_per_value(placement.main))
-    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
+def _planned(plan: StagePlan) -> PlannedStage:
+    stage, tiling = plan.stage, plan.tiling
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles)
 
 
 def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:

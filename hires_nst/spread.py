@@ -1,8 +1,9 @@
 """One stage over several devices: the two-pass tiled objective, split into one band per device.
 
-The image is cut across its long side into equal bands, one per device (``plan_bands``). Each
+The image is cut across its long side into equal bands, one per device (``tileplan.plan_bands``,
+chosen by the stage plan). Each
 device covers its band with tiles of its own size (so devices of different memory get different
-tiles) and runs both passes of ``TiledObjective`` over them on its own VGG replica, on a copy of
+tiles) and runs both public passes of ``TiledObjective`` (``statistics``, ``gradient``) over them on its own VGG replica, on a copy of
 the part of the image its windows read. Between the passes the statistics are reduced on the main
 device (DESIGN.md 6, last paragraph):
 
@@ -27,89 +28,13 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from hires_nst.features import POOLS_BEFORE
-from hires_nst.objective import LossTerms, Objective, Targets, Weights
+from hires_nst.catalog import POOLS_BEFORE
+from hires_nst.objective import LossTerms, Objective, Statistics, Targets, Weights, loss_terms
 from hires_nst.placement import Placement, Precision
-from hires_nst.tileplan import Rect, Tile, align_for, plan_tiles, required_halo, round_up
-from hires_nst.tiling import TiledObjective, _Totals, make_objective, used_layers
+from hires_nst.tileplan import Band, Rect, Tile
+from hires_nst.tiling import TiledObjective, evaluate, make_objective
 
 T = TypeVar("T")
-
-# Cost of the backward pass to the input relative to the forward pass (frozen weights, so no
-# weight gradients). Measured on the dev CPU: 1.5-2.1x (benchmarks/speed.py); GPUs are similar.
-BACKWARD_COST = 2.0
-# Spread an otherwise untiled stage only when the cost model promises at least this speed-up:
-# the copies and reductions between devices are not in the model.
-SPREAD_GAIN = 1.1
-
-
-# --------------------------------------------------------------------------- the plan (pure)
-
-
-@dataclass(frozen=True)
-class Band:
-    """One device's share of the image: the cores it owns, and its tiles in image coordinates."""
-
-    rect: Rect
-    tiles: tuple[Tile, ...]
-
-    @property
-    def bounds(self) -> Rect:
-        """The pixels this device reads and writes: the union of its windows."""
-        windows = [t.window for t in self.tiles]
-        return Rect(min(w.left for w in windows), min(w.top for w in windows),
-                    max(w.right for w in windows), max(w.bottom for w in windows))
-
-    @property
-    def window_pixels(self) -> int:
-        return sum(t.window.width * t.window.height for t in self.tiles)
-
-
-def _cuts(length: int, parts: int, align: int) -> list[int]:
-    """``parts + 1`` band edges on the ``align`` grid (the last at ``length``), each band >= ``align``."""
-    parts = max(1, min(parts, length // align))
-    return [(k * length // parts) // align * align for k in range(parts)] + [length]
-
-
-def plan_bands(width: int, height: int, tile_sizes: Sequence[int | None], halo: int, align: int = 16) -> list[Band]:
-    """One band per entry of ``tile_sizes`` (fewer if the image is too small), cut across the long side.
-
-    Band ``k`` is covered by ``plan_tiles`` with ``tile_sizes[k]`` (None: one window for the whole
-    band); each window is its core plus ``halo`` (rounded up to ``align``) clipped to the *image*,
-    not the band, so every core sees the same context as in the single-device plan.
-    """
-    halo = round_up(halo, align)
-    across_width = width >= height
-    cuts = _cuts(width if across_width else height, len(tile_sizes), align)
-    bands = []
-    for k, (start, stop) in enumerate(zip(cuts, cuts[1:])):
-        rect = Rect(start, 0, stop, height) if across_width else Rect(0, start, width, stop)
-        size = tile_sizes[k] or max(rect.width, rect.height)
-        tiles = []
-        for inner in plan_tiles(rect.width, rect.height, size, halo, align):
-            core = inner.core.shifted(rect.left, rect.top)
-            window = Rect(max(0, core.left - halo), max(0, core.top - halo),
-                          min(width, core.right + halo), min(height, core.bottom + halo))
-            tiles.append(Tile(core, window))
-        bands.append(Band(rect, tuple(tiles)))
-    return bands
-
-
-def spread_pays(width: int, height: int, devices: int, halo: int, align: int = 16) -> bool:
-    """Whether an image that fits one device untiled is faster as one window per device.
-
-    Untiled: one forward and one backward over the image. Spread: every device runs two forwards
-    (the tiled passes) and one backward over its band plus halos, all devices at once. Small
-    images lose: at 256 px on two devices the halo makes each band 80% of the image.
-    """
-    bands = plan_bands(width, height, [None] * devices, halo, align)
-    if len(bands) < 2:
-        return False
-    spread = max(b.window_pixels for b in bands) * (2 + BACKWARD_COST)
-    return spread * SPREAD_GAIN < width * height * (1 + BACKWARD_COST)
-
-
-# --------------------------------------------------------------------------- the objective
 
 
 @dataclass
@@ -133,30 +58,19 @@ def shard_targets(targets: Targets, bounds: Rect, device: torch.device) -> Targe
                    {n: v.to(device) for n, v in targets.style_norms.items()})
 
 
-def _sum_totals(parts: Sequence[_Totals], device: torch.device) -> _Totals:
-    """Per-device pass-1 totals summed on ``device``, in device order (deterministic)."""
-    first = parts[0]
-    gram_sums = {n: sum((p.gram_sums[n].to(device) for p in parts[1:]), first.gram_sums[n].to(device))
-                 for n in first.gram_sums}
-    areas = {n: sum(p.areas[n] for p in parts) for n in first.areas}
-    errors = {n: sum((p.content_errors[n].to(device) for p in parts[1:]), first.content_errors[n].to(device))
-              for n in first.content_errors}
-    return _Totals(gram_sums, areas, errors)
+class SpreadObjective:
+    """``TiledObjective``'s loss and gradient with the tiles run on several devices at once.
 
-
-class SpreadObjective(TiledObjective):
-    """``TiledObjective`` whose tiles run on several devices at once; same loss, same gradient.
-
-    The loss terms, style factors, TV and loss scale are computed on the main device by the
-    inherited code; the two passes over the tiles run on the devices, on crops of the image
-    copied once per evaluation.
+    The loss terms, style factors, TV and loss scale are computed on the main device by the shared
+    ``loss_terms`` / ``tiling.evaluate``; the two passes over the tiles run on the devices, on crops
+    of the image copied once per evaluation.
     """
 
     def __init__(self, shards: Sequence[Shard], targets: Targets, weights: Weights, precision: Precision) -> None:
-        tiles = [Tile(t.core.shifted(s.bounds.left, s.bounds.top), t.window.shifted(s.bounds.left, s.bounds.top))
-                 for s in shards for t in s.objective.tiles]
-        super().__init__(shards[0].objective.extractor, targets, weights, tiles, precision)
-        self.shards = list(shards)
+        self.shards, self.targets, self.weights = list(shards), targets, weights
+        self.precision, self.loss_scale = precision, precision.loss_scale()
+        self.tiles = [Tile(t.core.shifted(s.bounds.left, s.bounds.top), t.window.shifted(s.bounds.left, s.bounds.top))
+                      for s in shards for t in s.objective.tiles]
 
     def _each(self, work: Callable[..., T], *columns: Sequence) -> list[T]:
         """``work(shard, *row)`` for every shard at once, one thread each; results in shard order.
@@ -178,17 +92,16 @@ class SpreadObjective(TiledObjective):
         """Each device's crop of the image, copied once per evaluation and used by both passes."""
         return self._each(lambda shard: shard.take(image))
 
-    def _accumulate_crops(self, crops: list[Tensor], device: torch.device) -> _Totals:
+    def statistics(self, crops: list[Tensor], device: torch.device) -> Statistics:
         """Pass 1 on every device; Gram sums and content errors summed on the main device."""
-        parts = self._each(lambda shard, crop: shard.objective._accumulate(crop), crops)
-        return _sum_totals(parts, device)
+        return Statistics.total(self._each(lambda shard, crop: shard.objective.statistics(crop), crops), device)
 
-    def _backward_crops(self, crops: list[Tensor], factors: dict[str, Tensor], scale: float, image: Tensor) -> Tensor:
+    def gradient(self, crops: list[Tensor], factors: dict[str, Tensor], scale: float, image: Tensor) -> Tensor:
         """Pass 2 on every device; each band's gradient added into one image-sized buffer."""
 
         def band_grad(shard: Shard, crop: Tensor) -> Tensor:
             local = {n: f.to(shard.device) for n, f in factors.items()}
-            return shard.objective._backward(crop, local, scale)
+            return shard.objective.gradient(crop, local, scale)
 
         grad = torch.zeros_like(image, dtype=torch.float32)
         for shard, part in zip(self.shards, self._each(band_grad, crops)):
@@ -196,36 +109,25 @@ class SpreadObjective(TiledObjective):
         return grad
 
     def loss(self, image: Tensor) -> LossTerms:
-        return self._terms(image, self._accumulate_crops(self._take(image), image.device))
+        stats = self.statistics(self._take(image), image.device)
+        return loss_terms(stats, self.targets, self.weights, image.detach())
 
     def __call__(self, image: Tensor) -> LossTerms:
         """As ``TiledObjective.__call__``, with both passes spread over the devices."""
         crops = self._take(image)
-        totals = self._accumulate_crops(crops, image.device)
-        terms = self._terms(image, totals)
-        factors = self._style_factors(totals) if self.weights.style else {}
-        grad = self.loss_scale.run(lambda scale: self._backward_crops(crops, factors, scale, image))
-        if self.weights.tv > 0:
-            grad += self._tv_grad(image)
-        image.grad = grad
-        return terms
+        return evaluate(image, self.statistics(crops, image.device), self.targets, self.weights, self.loss_scale,
+                        lambda factors, scale: self.gradient(crops, factors, scale, image))
 
 
-def make_spread_objective(placement: Placement, targets: Targets, weights: Weights, width: int, height: int,
-                          tile_sizes: Sequence[int | None], halo: int | None = None
+def make_spread_objective(placement: Placement, targets: Targets, weights: Weights, bands: Sequence[Band]
                           ) -> Objective | TiledObjective | SpreadObjective:
-    """The objective of a ``width`` x ``height`` stage over ``placement``'s devices.
+    """The objective of a stage over ``placement``'s devices, one of the plan's ``bands`` each.
 
-    ``tile_sizes[k]`` is device k's tile side in its band (None: one window per band). An image
-    too small for two bands falls back to ``make_objective`` on the main device.
+    Fewer than two bands (an image too small to share) runs on the main device alone.
     """
-    layers = used_layers(targets, weights)
-    halo = required_halo(layers) if halo is None else halo
-    bands = plan_bands(width, height, list(tile_sizes)[: len(placement.devices)], halo, align_for(layers))
     precision = placement.precision
     if len(bands) < 2:
-        return make_objective(placement.extractor, targets, weights, width, height, tile_sizes[0], halo,
-                              precision=precision)
+        return make_objective(placement.extractor, targets, weights, bands[0].tiles, precision)
     shards = []
     for band, device, replica in zip(bands, placement.devices, placement.replicas):
         bounds = band.bounds

@@ -3,7 +3,9 @@
 A plan cuts an image into cores that cover it exactly once, each inside a window that reaches
 ``halo`` pixels further (clipped at the image border); core offsets are multiples of ``align`` so
 that every window's pooling grid lines up with the untiled network's. ``required_halo`` derives
-the halo that makes a set of VGG layers exact.
+the halo that makes a set of VGG layers exact; ``TileGrid.for_layers`` is the one place a render's
+halo and alignment are decided, and ``TileGrid.tiles`` the one tile planning of a stage's images.
+With several devices, ``plan_bands`` gives each its band of the image, tiled with its own tile size.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Iterable, Sequence
 from torch import Tensor
 
 from hires_nst.errors import ConfigError
-from hires_nst.features import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
+from hires_nst.catalog import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,99 @@ def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZE
             if f"conv{block}_{conv}" in wanted:
                 need = max(need, spoiled * 2 ** (block - 1))
     return round_up(need, align_for(wanted))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How the images of one stage are cut: core side (None: not at all), halo and alignment."""
+
+    tile: int | None
+    halo: int
+    align: int
+
+    @classmethod
+    def for_layers(cls, layers: Iterable[str], tile: int | None, halo: int = 0,
+                   block_sizes: Sequence[int] = BLOCK_SIZES) -> "TileGrid":
+        """The grid that keeps ``layers`` exact: ``halo`` if given (> 0), else ``required_halo``."""
+        layers = list(layers)
+        return cls(tile, halo or required_halo(layers, block_sizes), align_for(layers))
+
+    def tiles(self, width: int, height: int) -> list[Tile]:
+        """The windows of a ``width`` x ``height`` image: ``plan_tiles``, or one window when untiled."""
+        if self.tile is None:
+            whole = Rect(0, 0, width, height)
+            return [Tile(whole, whole)]
+        return plan_tiles(width, height, self.tile, self.halo, self.align)
+
+
+# --------------------------------------------------------------------------- several devices
+
+# Cost of the backward pass to the input relative to the forward pass (frozen weights, so no
+# weight gradients). Measured on the dev CPU: 1.5-2.1x (benchmarks/speed.py); GPUs are similar.
+BACKWARD_COST = 2.0
+# Spread an otherwise untiled stage only when the cost model promises at least this speed-up:
+# the copies and reductions between devices are not in the model.
+SPREAD_GAIN = 1.1
+
+
+@dataclass(frozen=True)
+class Band:
+    """One device's share of the image: the cores it owns, and its tiles in image coordinates."""
+
+    rect: Rect
+    tiles: tuple[Tile, ...]
+
+    @property
+    def bounds(self) -> Rect:
+        """The pixels this device reads and writes: the union of its windows."""
+        windows = [t.window for t in self.tiles]
+        return Rect(min(w.left for w in windows), min(w.top for w in windows),
+                    max(w.right for w in windows), max(w.bottom for w in windows))
+
+    @property
+    def window_pixels(self) -> int:
+        return sum(t.window.width * t.window.height for t in self.tiles)
+
+
+def _cuts(length: int, parts: int, align: int) -> list[int]:
+    """``parts + 1`` band edges on the ``align`` grid (the last at ``length``), each band >= ``align``."""
+    parts = max(1, min(parts, length // align))
+    return [(k * length // parts) // align * align for k in range(parts)] + [length]
+
+
+def plan_bands(width: int, height: int, tile_sizes: Sequence[int | None], halo: int, align: int = 16) -> list[Band]:
+    """One band per entry of ``tile_sizes`` (fewer if the image is too small), cut across the long side.
+
+    Band ``k`` is covered by ``plan_tiles`` with ``tile_sizes[k]`` (None: one window for the whole
+    band); each window is its core plus ``halo`` (rounded up to ``align``) clipped to the *image*,
+    not the band, so every core sees the same context as in the single-device plan.
+    """
+    halo = round_up(halo, align)
+    across_width = width >= height
+    cuts = _cuts(width if across_width else height, len(tile_sizes), align)
+    bands = []
+    for k, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+        rect = Rect(start, 0, stop, height) if across_width else Rect(0, start, width, stop)
+        size = tile_sizes[k] or max(rect.width, rect.height)
+        tiles = []
+        for inner in plan_tiles(rect.width, rect.height, size, halo, align):
+            core = inner.core.shifted(rect.left, rect.top)
+            window = Rect(max(0, core.left - halo), max(0, core.top - halo),
+                          min(width, core.right + halo), min(height, core.bottom + halo))
+            tiles.append(Tile(core, window))
+        bands.append(Band(rect, tuple(tiles)))
+    return bands
+
+
+def spread_pays(width: int, height: int, devices: int, halo: int, align: int = 16) -> bool:
+    """Whether an image that fits one device untiled is faster as one window per device.
+
+    Untiled: one forward and one backward over the image. Spread: every device runs two forwards
+    (the tiled passes) and one backward over its band plus halos, all devices at once. Small
+    images lose: at 256 px on two devices the halo makes each band 80% of the image.
+    """
+    bands = plan_bands(width, height, [None] * devices, halo, align)
+    if len(bands) < 2:
+        return False
+    spread = max(b.window_pixels for b in bands) * (2 + BACKWARD_COST)
+    return spread * SPREAD_GAIN < width * height * (1 + BACKWARD_COST)

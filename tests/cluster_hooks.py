@@ -13,10 +13,10 @@ ENV = "HIRES_NST_TEST_CRASH"
 
 
 def install() -> None:
-    import hires_nst.batch_run as batch_run
+    import hires_nst.batch_job as batch_job
     from hires_nst.events import Step
 
-    real = batch_run.render
+    real = batch_job.render
 
     def render(job, sink):
         plan = _plan()
@@ -33,7 +33,7 @@ def install() -> None:
 
         return real(job, dying)
 
-    batch_run.render = render
+    batch_job.render = render
 
 
 def _plan() -> dict | None:

@@ -248,7 +248,7 @@ def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log(tmp_
 
 
 def test_a_lost_cluster_records_the_running_jobs_as_interrupted(folder: Path) -> None:
-    from hires_nst.batch_run import Ledger
+    from hires_nst.batch_job import Ledger
 
     batch = load_batch(job_file(folder, job("j1", "a") + job("j2", "b")))
     (folder / "out").mkdir()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst import images, pyramid
+from hires_nst import images, stageplan
 from hires_nst.config import resolve
 from hires_nst.events import Message, Planned
 from hires_nst.features import VGGFeatures
@@ -21,10 +21,9 @@ from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.placement import Placement, place
 from hires_nst.render import RenderJob, render
 from hires_nst.schedule import Stage
-from hires_nst.spread import SpreadObjective, make_spread_objective, plan_bands, spread_pays
-from hires_nst.tileplan import Rect, required_halo
+from hires_nst.spread import SpreadObjective, make_spread_objective
+from hires_nst.tileplan import Rect, plan_bands, required_halo, spread_pays
 from hires_nst.tiling import TiledObjective
-from hires_nst.weights import load_weights
 
 CPU = torch.device("cpu")
 # Shallow layers keep the halo at 12 px, so that bands of a 96 px image really are apart.
@@ -87,8 +86,9 @@ def test_spreading_an_untiled_stage_pays_only_where_the_halo_is_small_against_th
 
 
 @pytest.fixture(scope="module")
-def extractor() -> VGGFeatures:
-    return VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
+def extractor(random_weights) -> VGGFeatures:
+    """Untrained weights: spreading is exact whatever the network computes."""
+    return VGGFeatures(random_weights, CONTENT_LAYERS + STYLE_LAYERS)
 
 
 def setup(extractor: VGGFeatures, width: int = 96, height: int = 64):
@@ -110,7 +110,7 @@ def test_spread_over_cpu_devices_equals_the_single_device_objective(extractor: V
     assert required_halo(CONTENT_LAYERS + STYLE_LAYERS) == 12
     targets, weights, image = setup(extractor)
     placement = place(extractor, [CPU] * len(sizes))
-    spread = make_spread_objective(placement, targets, weights, 96, 64, sizes)
+    spread = make_spread_objective(placement, targets, weights, plan_bands(96, 64, sizes, 12))
     assert isinstance(spread, SpreadObjective) and len(spread.shards) == len(sizes)
     assert all(s.bounds.width < 96 for s in spread.shards)  # each device reads only its band + halo
     assert spread.shards[1].objective.extractor is not spread.shards[0].objective.extractor  # replicas
@@ -128,27 +128,30 @@ def test_spread_over_cpu_devices_equals_the_single_device_objective(extractor: V
 
 def test_one_device_is_exactly_the_single_device_path(extractor: VGGFeatures) -> None:
     targets, weights, _ = setup(extractor)
-    one = Placement((extractor,), (CPU,))
-    assert type(make_spread_objective(one, targets, weights, 96, 64, [None])) is Objective
-    assert type(make_spread_objective(one, targets, weights, 96, 64, [32])) is TiledObjective
+    one = Placement.single(extractor)
+    assert type(make_spread_objective(one, targets, weights, plan_bands(96, 64, [None], 12))) is Objective
+    assert type(make_spread_objective(one, targets, weights, plan_bands(96, 64, [32], 12))) is TiledObjective
     config = resolve(("test", {"tiling": {"tile_size": "32"}}))
-    stage = Stage(0, 96, 64, 1)
-    assert pyramid.stage_tiling(config, stage, CPU, placement=one) == pyramid.stage_tiling(config, stage, CPU)
+    plan = stageplan.tiling_rules(config, one).plan(Stage(0, 96, 64, 1))
+    assert plan.bands == () and plan.tiling == stageplan.Tiling(32, 80, 6)
 
 
 def test_stage_tiling_spreads_tiled_stages_and_large_untiled_ones(monkeypatch: pytest.MonkeyPatch,
                                                                    extractor: VGGFeatures) -> None:
     two = Placement((extractor, extractor), (CPU, CPU))
-    monkeypatch.setattr(pyramid, "available_bytes", lambda device: 10**12)
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 10**12)
+
+    def tiling(config, stage: Stage) -> stageplan.Tiling:
+        return stageplan.tiling_rules(config, two).plan(stage).tiling
+
     auto = resolve(("test", {}))
-    assert pyramid.stage_tiling(auto, Stage(0, 256, 192, 1), CPU, placement=two).device_tiles == ()
-    big = pyramid.stage_tiling(auto, Stage(0, 1024, 768, 1), CPU, placement=two)
+    assert tiling(auto, Stage(0, 256, 192, 1)).device_tiles == ()
+    big = tiling(auto, Stage(0, 1024, 768, 1))
     assert (big.tile, big.tiles, big.device_tiles) == (None, 2, (None, None))
-    forced = pyramid.stage_tiling(resolve(("test", {"tiling": {"tile_size": "128"}})), Stage(0, 256, 192, 1), CPU,
-                                  placement=two)
+    forced = tiling(resolve(("test", {"tiling": {"tile_size": "128"}})), Stage(0, 256, 192, 1))
     assert (forced.tile, forced.tiles, forced.device_tiles) == (128, 4, (128, 128))
     off = resolve(("test", {"tiling": {"tile_size": "off"}}))
-    assert pyramid.stage_tiling(off, Stage(0, 1024, 768, 1), CPU, placement=two) == pyramid.Tiling(None, 80, 1)
+    assert tiling(off, Stage(0, 1024, 768, 1)) == stageplan.Tiling(None, 80, 1)
 
 
 # --------------------------------------------------------------------------- renders
@@ -195,7 +198,7 @@ def test_out_of_memory_on_a_second_device_retries_the_stage_with_half_the_tile(t
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(TiledObjective, "_backward_tile", out_of_memory_once_off_the_main_thread)
-    monkeypatch.setattr(pyramid, "MIN_TILE", 16)
+    monkeypatch.setattr(stageplan, "MIN_TILE", 16)
     events: list = []
     render(_job(tmp_path, "oom", devices="cpu,cpu"), events.append)
 
