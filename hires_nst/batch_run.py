@@ -9,7 +9,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,11 @@ SHEET_CELL = 256  # contact-sheet row height in pixels
 NO_LIMIT = 2**62  # our own outputs are loaded for the contact sheet without the input pixel limit
 
 
+# Runs the jobs a batch still has to do, recording them in the ledger; returns their outcomes by name
+# and, if it was stopped, what was kept and how to resume (else "").
+Runner = Callable[[Sequence[BatchJob], Ledger, Sink], tuple[dict[str, Outcome], str]]
+
+
 @dataclass(frozen=True)
 class BatchResult:
     outcomes: tuple[Outcome, ...]  # in job-file order
@@ -39,15 +44,19 @@ class BatchResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run_batch(batch: Batch, sink: Sink = null_sink, devices: Sequence[str] = (), restart: bool = False) -> BatchResult:
+def run_batch(batch: Batch, sink: Sink = null_sink, devices: Sequence[str] = (), restart: bool = False,
+              runner: Runner | None = None) -> BatchResult:
     """Run every job of ``batch`` that is not finished yet; ``devices`` runs them in parallel,
-    one worker process per device. Errors in a job are recorded, not raised."""
+    one worker process per device, and ``runner`` elsewhere (``cluster.RayRunner``: on a Ray
+    cluster). Errors in a job are recorded, not raised."""
     previous = read_manifest(batch.manifest)
     done = [job for job in batch.jobs if _finished_before(job, previous.get(job.name))]
     todo = [job for job in batch.jobs if job not in done]
     prepare(batch, todo)
     ledger = Ledger(batch, previous, restart)
-    if devices:
+    if runner is not None:
+        ran, stopped = runner(todo, ledger, sink)
+    elif devices:
         ran, stopped = run_parallel(todo, ledger, sink, devices)
     else:
         ran, stopped = run_sequential(todo, ledger, sink)

@@ -13,12 +13,12 @@ from rich.table import Table
 
 from hires_nst.cli_common import app, err_console, reporting, say_line, sigterm_as_interrupt
 from hires_nst.cli_help import PlainCommand, PlainGroup
-from hires_nst.errors import EXIT_ERROR, EXIT_INTERRUPTED
+from hires_nst.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError
 from hires_nst.events import Event, Sink, null_sink
 from hires_nst.logprogress import LogProgress
 
 if TYPE_CHECKING:
-    from hires_nst.batch_run import BatchResult
+    from hires_nst.batch_run import BatchResult, Runner
 
 presets_app = typer.Typer(cls=PlainGroup, help="List the built-in presets, or show one's resolved settings.",
                           invoke_without_command=True, no_args_is_help=False)
@@ -86,6 +86,17 @@ def batch(
                        show_default=False)] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the checkpoints of unfinished jobs "
                                           "instead of resuming them.")] = False,
+    cluster: Annotated[Optional[str], typer.Option("--cluster", help="Run every job as a task on a Ray cluster: "
+                       "ray://HEAD:10001 (Ray Client), HEAD:6379 or auto (this machine is a node), local (a Ray "
+                       "instance here). The output folder and inputs must be on a filesystem every node shares.",
+                       show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[float], typer.Option("--gpus-per-job", help="With --cluster: GPUs per job "
+                            "(default 1 where the cluster has GPUs, else 0: CPUs only).", show_default=False)] = None,
+    cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="With --cluster: CPUs per job "
+                            "(default 1; on a cluster without GPUs also the job's torch threads).",
+                            show_default=False)] = None,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="With --cluster: how often Ray runs a job again "
+                           "when its worker or node dies; each retry resumes from the job's last checkpoint.")] = 3,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
@@ -96,8 +107,9 @@ def batch(
     with reporting(debug):
         loaded = load_batch(jobs, output_dir)
         device_list = [d.strip() for d in (devices or "").split(",") if d.strip()]
-        with sigterm_as_interrupt(), batch_sink(quiet) as sink:
-            result = run_batch(loaded, sink, device_list, restart=restart)
+        with _cluster(cluster, device_list, gpus_per_job, cpus_per_job, max_retries) as runner, \
+                sigterm_as_interrupt(), batch_sink(quiet) as sink:
+            result = run_batch(loaded, sink, device_list, restart=restart, runner=runner)
         _summary(result)
     if result.stopped:
         err_console.print(f"[yellow]interrupted:[/] {escape(result.stopped)}", soft_wrap=True)
@@ -106,6 +118,23 @@ def batch(
         err_console.print(f"[red]{len(result.failed)} job(s) failed[/]; see the table, the manifest and "
                           "each job's log", soft_wrap=True)
         raise typer.Exit(EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, devices: list[str], gpus_per_job: float | None, cpus_per_job: int | None,
+             max_retries: int) -> Iterator[Runner | None]:
+    """The Ray runner for --cluster (connected before anything is written), or None for a local batch."""
+    if address is None:
+        if gpus_per_job is not None or cpus_per_job is not None:
+            raise ConfigError("--gpus-per-job and --cpus-per-job need --cluster")
+        yield None
+        return
+    if devices:
+        raise ConfigError("--devices and --cluster exclude each other: on a cluster Ray picks each job's device")
+    from hires_nst.cluster import connect
+
+    with connect(address, gpus_per_job, cpus_per_job, max_retries) as runner:
+        yield runner
 
 
 def _summary(result: BatchResult) -> None:
