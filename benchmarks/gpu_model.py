@@ -52,6 +52,7 @@ def cuda_run(width: int, height: int, tile: int | None, iterations: int) -> tupl
     from hires_nst.objective import Weights, make_targets
     from hires_nst.optimize import Stepper
     from hires_nst.placement import CHANNELS_LAST, Precision
+    from hires_nst.tileplan import TileGrid
     from hires_nst.tiling import make_objective
     from hires_nst.weights import load_weights
 

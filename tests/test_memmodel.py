@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.memmeasure import Scenario, measure
 from hires_nst.memmodel import estimate, lbfgs_history, plan_tile
 from hires_nst.tileplan import align_for, required_halo, round_up
@@ -65,7 +65,7 @@ def test_lbfgs_history_keeps_to_its_2_gib_cap_at_print_sizes() -> None:
 def test_plan_tile_takes_the_fewest_balanced_tiles_that_fit() -> None:
     kwargs = {"precision": "bf16", "layers": LAYERS}
     untiled = estimate(8192, 8192, None, HALO, ALIGN, **kwargs)
-    for budget in (untiled // 2, untiled // 4, untiled // 8):
+    for budget in (untiled // 2, untiled // 3, untiled // 4):  # the whole-image buffers alone are ~1/6
         tile = plan_tile(8192, 8192, HALO, budget, ALIGN, **kwargs)
         assert tile is not None and estimate(8192, 8192, tile, HALO, ALIGN, **kwargs) <= budget
         per_side = -(-8192 // tile)
