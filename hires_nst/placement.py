@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hires_nst.errors import ConfigError, DeviceError
+from hires_nst.ranks import World, single
 
 # Activations kept for the backward pass of VGG19 up to conv5_1, in values per input pixel:
 # conv1 block 2x64, pool 64/4, conv2 2x128/4, pool 128/16, conv3 4x256/16, pool 256/64,
@@ -202,16 +203,21 @@ def resolve_precision(name: str, devices: Sequence[torch.device]) -> Precision:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a render runs: one extractor replica per device, in one precision.
+    """Where this process renders: its device's extractor, in one precision, and its place among the
+    ranks of the render (``world``; one rank unless several devices or torchrun share the render).
 
-    ``devices[0]`` is the main device: the image, its gradient, the targets' originals and the
-    optimiser state live there; other devices get copies of what their tiles need.
+    ``devices[0]`` is this process's device: the image, its gradient and the optimiser state live there.
     """
 
     replicas: tuple[nn.Module, ...]
     devices: tuple[torch.device, ...]
     precision: Precision = FP32
     sync_every: int = 1  # read losses back (progress, finite checks) every N iterations
+    world: World = None  # type: ignore[assignment]  # None: this device alone
+
+    def __post_init__(self) -> None:
+        if self.world is None:
+            object.__setattr__(self, "world", single(self.devices[0]))
 
     @property
     def main(self) -> torch.device:
@@ -222,7 +228,8 @@ class Placement:
         return self.replicas[0]
 
     def describe(self) -> str:
-        return f"{', '.join(str(d) for d in self.devices)} ({self.precision.describe()})"
+        devices = self.world.describe() if self.world.distributed else ", ".join(str(d) for d in self.devices)
+        return f"{devices} ({self.precision.describe()})"
 
 
 def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int:
@@ -233,7 +240,7 @@ def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int
 
 
 def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Precision = FP32,
-          sync_every: int = 1) -> Placement:
+          sync_every: int = 1, world: World | None = None) -> Placement:
     """One replica of ``extractor`` per device (the first is ``extractor`` itself, moved)."""
     if not devices:
         raise DeviceError("no device to run on")
@@ -242,7 +249,7 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
     if any(d.type == "cuda" for d in devices):
         # Fixed input shapes (a few tile sizes per stage): let cuDNN time its algorithms once.
         torch.backends.cudnn.benchmark = True
-    return Placement(tuple(replicas), tuple(devices), precision, sync_every)
+    return Placement(tuple(replicas), tuple(devices), precision, sync_every, world)
 
 
 def activation_bytes(width: int, height: int, bytes_per_value: int = 4) -> int:

@@ -7,6 +7,7 @@ inputs, area-downsampled to the stage's size.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -29,7 +30,9 @@ from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
                                   available_bytes, peak_memory_bytes, reset_peak_memory)
 from hires_nst.schedule import Stage, fit_long_side
-from hires_nst.spread import make_spread_objective, plan_bands, spread_pays
+from hires_nst.bandplan import Spreader
+from hires_nst.bands import Band
+from hires_nst.distributed import BandObjective, BandPlan, same_start
 from hires_nst.tileplan import align_for, plan_tiles, required_halo
 from hires_nst.tiling import make_objective, make_tiled_targets
 
@@ -60,75 +63,75 @@ def loss_weights(config: RenderConfig) -> Weights:
 class Tiling:
     """How one stage is split: ``tile`` None means untiled."""
 
-    tile: int | None  # on the main device, for the whole image (also sizes the targets' tiles)
+    tile: int | None  # on this rank's device, for the whole image (also sizes the targets' tiles)
     halo: int
-    tiles: int  # how many windows each pass runs, all devices together
-    # Several devices: each one's tile side in its band (None: the band is one window).
-    # Empty: everything runs on the main device.
-    device_tiles: tuple[int | None, ...] = ()
+    tiles: int  # how many windows each pass runs on one device
+    bands: BandPlan | None = None  # several ranks: each rank's band (then the objective is theirs together)
 
 
 def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config",
                  placement: Placement | None = None) -> Tiling:
-    """The tiling of ``stage`` from ``--tile-size`` (auto: measured free memory), or a forced ``tile``.
-
-    With several devices the stage is spread over them when it is tiled anyway, or when one window
-    per device beats one untiled pass (``spread_pays``); ``--tile-size off`` keeps it on the main device.
-    """
+    """The tiling of ``stage`` on one device from ``--tile-size`` (auto: measured free memory), or a forced ``tile``."""
     backbone = get_backbone(config.model.backbone)
     if not backbone.tileable:  # ResNet: no exact tiling (see backbones.py)
         return Tiling(None, 0, 1)
-    layers = [*config.loss.content_layers, *config.loss.style_layers]
-    halo, align = config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name]), align_for(layers)
+    halo, align = _halo_align(config)
     value_bytes = placement.precision.bytes_per_value(device) if placement else 4
-    devices = placement.devices if placement else (device,)
-    sizes: list[int | None] | None = None  # per device, in its band
     if tile == "config":
         setting = config.tiling.tile_size
         if setting == "off":
             tile = None
         elif setting == "auto":
-            tile = auto_tile_size(stage.width, stage.height, halo, _budget(device, devices), align, value_bytes)
-            if len(devices) > 1:
-                sizes = _band_tiles(stage, devices, halo, align, value_bytes)
+            tile = auto_tile_size(stage.width, stage.height, halo, _budget(device), align, value_bytes)
         else:
             tile = int(setting)
-            sizes = [tile] * len(devices)
-    else:
-        sizes = [tile] * len(devices)
     count = len(plan_tiles(stage.width, stage.height, tile, halo, align)) if tile else 1
-    single = Tiling(tile if count > 1 else None, halo, count)
-    if len(devices) < 2 or sizes is None:
-        return single
-    if single.tile is None and not spread_pays(stage.width, stage.height, len(devices), halo, align):
-        return single
-    bands = plan_bands(stage.width, stage.height, sizes, halo, align)
-    if len(bands) < 2:
-        return single
-    return Tiling(single.tile, halo, sum(len(b.tiles) for b in bands), tuple(sizes[: len(bands)]))
+    return Tiling(tile if count > 1 else None, halo, count)
 
 
-def _budget(device: torch.device, devices: Sequence[torch.device]) -> int:
-    """Bytes this device may use: its free memory with a margin, shared by replicas on the host."""
-    share = sum(1 for d in devices if d.type == "cpu") if device.type == "cpu" else 1
-    return int(available_bytes(device) * MEMORY_MARGIN[device.type]) // max(1, share)
+def _halo_align(config: RenderConfig) -> tuple[int, int]:
+    layers = [*config.loss.content_layers, *config.loss.style_layers]
+    backbone = get_backbone(config.model.backbone)
+    return config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name]), align_for(layers)
 
 
-def _band_tiles(stage: Stage, devices: Sequence[torch.device], halo: int, align: int,
-                value_bytes: int) -> list[int | None]:
-    """Each device's auto tile side for its band, from its own free memory (None: the band fits).
+def _budget(device: torch.device) -> int:
+    """Bytes this rank may use: its device's free memory with a margin (CPU ranks share the host's)."""
+    return int(available_bytes(device) * MEMORY_MARGIN[device.type])
 
-    The main device also holds the whole image's buffers (image, gradient, optimiser state).
-    """
-    bands = plan_bands(stage.width, stage.height, [None] * len(devices), halo, align)
-    sizes: list[int | None] = []
-    for index, (band, device) in enumerate(zip(bands, devices)):
+
+def spreader(config: RenderConfig, placement: Placement) -> Spreader | None:
+    """The spreading decisions of a render over several ranks (None on one)."""
+    world = placement.world
+    if not world.distributed or not get_backbone(config.model.backbone).tileable:
+        return None
+    halo, align = _halo_align(config)
+    value_bytes = placement.precision.bytes_per_value(placement.main)
+    cpu_ranks = world.size if placement.main.type == "cpu" else 1  # same host: its memory is shared (local launch)
+    setting = config.tiling.tile_size
+
+    def band_tile(band: Band, width: int, height: int) -> int | None:
+        if setting not in ("auto", "off"):
+            return int(setting)
         bounds = band.bounds
-        budget = _budget(device, devices)
-        if index == 0:
-            budget -= (stage.width * stage.height - bounds.width * bounds.height) * FULL_IMAGE_BYTES_PER_PIXEL
-        sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, value_bytes))
-    return sizes + [None] * (len(devices) - len(sizes))
+        # Every rank holds the whole image's buffers (image, gradient, optimiser state) besides its band.
+        budget = _budget(placement.main) // cpu_ranks - (width * height - bounds.width * bounds.height) * \
+            FULL_IMAGE_BYTES_PER_PIXEL
+        return auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, value_bytes)
+
+    return Spreader(world, placement, [alias(n) for n in config.loss.style_layers], setting, halo, align, band_tile)
+
+
+def spread_stage(spread: Spreader | None, stage: Stage, tiling: Tiling, sink: Sink) -> Tiling:
+    """``tiling`` with this stage's bands when spreading it over the ranks pays (a collective)."""
+    if spread is None:
+        return tiling
+    plan, gain = spread.plan(stage.width, stage.height, tiling.tile)
+    if plan is None:
+        return tiling
+    sink(Message(f"stage {stage.index + 1}: {len(plan.bands)} bands over {spread.world.size} ranks "
+                 f"(modelled {gain:.2f}x faster than one)"))
+    return dataclasses.replace(tiling, bands=plan)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -140,7 +143,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling,
                    placement: Placement | None = None) -> Tiling:
     """Half the (smallest) tile, or untiled, half the long side; DeviceError below the smallest tile."""
-    current = min([t for t in (tiling.tile, *tiling.device_tiles) if t] or [stage.long_side])
+    current = tiling.tile or stage.long_side
     if not get_backbone(config.model.backbone).tileable:
         raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}); "
                           f"{config.model.backbone} renders cannot be tiled: free device memory or lower --max-size")
@@ -254,18 +257,18 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
               config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
               warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None,
               placement: Placement | None = None, done: int = 0) -> StageResult:
-    """Optimise one stage, tiled when ``tiling.tile`` is set, spread when ``tiling.device_tiles`` is;
-    ``done`` of its iterations already ran (``start`` is the image they left)."""
+    """Optimise one stage, tiled when ``tiling.tile`` is set, by all ranks together when ``tiling.bands``
+    is; ``done`` of its iterations already ran (``start`` is the image they left)."""
     placement = placement or single_placement(extractor, start.device)
     precision = placement.precision
     weights = loss_weights(config)
     tile, halo = (tiling.tile, tiling.halo) if tiling else (None, None)
-    # Targets once per stage, on the main device; a spread objective copies them to each device once.
+    # Targets once per stage (every rank: the whole image's; a band objective crops what it reads).
     targets = make_tiled_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights, tile,
                                  halo, precision=precision)
-    if tiling is not None and tiling.device_tiles:
-        objective = make_spread_objective(placement, targets, weights, stage.width, stage.height,
-                                          tiling.device_tiles, halo)
+    if tiling is not None and tiling.bands is not None:
+        objective = BandObjective(placement.world, extractor, targets, weights, tiling.bands, stage.width,
+                                  stage.height, precision)
     else:
         objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo,
                                    precision=precision)
@@ -297,9 +300,12 @@ def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, s
 def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
                              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
                              warm_state: dict[str, Tensor] | None, placement: Placement | None = None,
-                             done: int = 0) -> StageResult:
-    """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
-    tiling = stage_tiling(config, stage, start.device, placement=placement)
+                             done: int = 0, spread: Spreader | None = None) -> StageResult:
+    """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size.
+
+    A stage spread over ranks is not retried: the other ranks are waiting in a collective, and
+    they cannot learn to start over. It stops with advice instead (``--resume`` continues)."""
+    tiling = spread_stage(spread, stage, stage_tiling(config, stage, start.device, placement=placement), sink)
     while True:
         try:
             return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling,
@@ -307,6 +313,10 @@ def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, s
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
+            if tiling.bands is not None:
+                raise DeviceError(f"out of memory on {start.device} at stage {stage.index + 1} "
+                                  f"({stage.width}x{stage.height}, {tiling.bands.tile or 'untiled'} px tiles in "
+                                  "its band); run again with --resume and a smaller --tile-size") from exc
         smaller = smaller_tiling(config, stage, start.device, tiling, placement)
         was = f"{tiling.tile} px tiles" if tiling.tile else "untiled"
         sink(Message(f"out of memory at stage {stage.index + 1} ({was}); retrying it with {smaller.tile} px tiles"))
@@ -346,8 +356,8 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
     image: Tensor | None = None
     state: dict[str, Tensor] = {}
     stage_losses: list[dict[str, float]] = []
-    if done:
-        assert checkpointing is not None
+    spread = spreader(config, placement) if placement is not None else None
+    if done and checkpointing is not None:  # ranks other than 0 have no work dir: they get rank 0's start
         image, state = checkpointing.workdir.load_stage(done - 1)
         image = image.to(device)
         stage_losses = [checkpointing.workdir.stage_losses(i) for i in range(done)]
@@ -363,8 +373,10 @@ def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequen
             start, warm = _saved_progress(checkpointing, stage, went, start, warm, sink)
             if checkpointing is not None and checkpointing.snapshot_every:
                 sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
+        if placement is not None and placement.world.distributed:
+            start, warm = same_start(placement.world, start, warm)
         result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
-                                          checkpointing, warm, placement, went if first else 0)
+                                          checkpointing, warm, placement, went if first else 0, spread)
         image, state = result.image, result.optimizer_state
         stage_losses.append(result.losses)
         if checkpointing is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hires_nst import color, images
+from hires_nst import color, images, ranks
 from hires_nst.animation import AnimationRecorder
 from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
 from hires_nst.checkpoints import WorkDir, file_digest
@@ -158,25 +158,50 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace."""
+    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace.
+
+    On several devices (``--devices``) one rank per device renders it together with the others
+    (``ranks.launch``: rank 0 here, the others spawned); under torchrun this process is one rank.
+    """
+    setting = job.config.device
+    if ranks.torchrun_env() is not None:
+        world = ranks.join_from_env(setting.device, setting.devices)
+        try:
+            return render_rank(world, job, sink if world.main else null_sink)
+        finally:
+            ranks.leave()
+    devices = resolve_devices(setting.devices, setting.device)
+    if len(devices) > 1:
+        return ranks.launch(render_rank, devices, (job, sink), (job, null_sink))
+    return render_rank(ranks.single(devices[0]), job, sink)
+
+
+def render_rank(world: ranks.World, job: RenderJob, sink: Sink = null_sink) -> RenderResult:
+    """``render`` as one rank of ``world``: rank 0 reads and writes the work dir, the output and the
+    trace, and reports; the others only compute (and tell nobody)."""
     began = time.perf_counter()
     config = job.config
-    output = images.check_output_path(output_path(job.output, config.output.format))
+    output = output_path(job.output, config.output.format)
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
     workdir = WorkDir(work_dir_of(job))
-    _check_animation_path(config)
-    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
-                                  config.output.save_stages))
-    placement = make_placement(config)
+    if world.main:
+        images.check_output_path(output)
+        _check_animation_path(config)
+        check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer,
+                                      config.output.bit_depth, config.output.save_stages))
+    placement = make_placement(config, world)
     device = placement.main
     torch.manual_seed(config.optim.seed)
     extractor = placement.extractor
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
-    went = workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart) if world.main else 0
+    went = workdir.progress(schedule[done], schedule) if world.main and done < len(schedule) else 0
+    done, went = ranks.broadcast_object(world, (done, went), "sharing the resume point")
+    if not world.main:
+        return _render_silently(world, job, inputs, schedule, placement, done, went, began)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
@@ -210,6 +235,19 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
                         workdir.path, done)
 
 
+def _render_silently(world: ranks.World, job: RenderJob, inputs: Inputs, schedule: list[Stage],
+                     placement: Placement, done: int, went: int, began: float) -> RenderResult:
+    """A rank other than 0: the same pyramid without a work dir, events or files. It starts each
+    stage from rank 0's image (``distributed.same_start``), so it needs none of rank 0's files."""
+    config = job.config
+    content, styles = working_images(inputs, config.loss.preserve_color)
+    _, stage_losses = run_pyramid(placement.extractor, content, styles, schedule, config, inputs.init,
+                                  placement.main, null_sink, None, done, placement, went)
+    last = schedule[-1]
+    return RenderResult(output_path(job.output, config.output.format), Path(), last.width, last.height,
+                        time.perf_counter() - began, stage_losses[-1], work_dir_of(job), done)
+
+
 def _check_animation_path(config: RenderConfig) -> None:
     """Fail before the work, not after it, when the animation's folder cannot exist."""
     if config.output.animate:
@@ -232,12 +270,12 @@ def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRe
                              config.output.animate_size, transform)
 
 
-def make_placement(config: RenderConfig) -> Placement:
-    """Devices, precision and one extractor replica per device: decided once per render."""
-    devices = resolve_devices(config.device.devices, config.device.device)
+def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement:
+    """This process's device, precision and extractor, and its rank: decided once per render."""
+    devices = (world.device,) if world is not None else resolve_devices(config.device.devices, config.device.device)
     precision = resolve_precision(config.device.precision, devices)
     extractor = build_extractor(config, devices[0])
-    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
+    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every), world)
 
 
 def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
