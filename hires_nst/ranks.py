@@ -291,15 +291,16 @@ def _named(exc: RankError, children: Sequence[Any], reports: Any, names: Sequenc
             said.setdefault(rank, message)
         if said or any(c.exitcode not in (None, 0) for c in children):
             break
+    advice = "finished stages are kept: run the same command with --resume to continue"
     for rank, child in enumerate(children, 1):
         if rank in said:
-            return RankError(f"rank {rank} ({names[rank]}) failed: {said[rank]}")
+            return RankError(f"rank {rank} ({names[rank]}) failed: {said[rank]}; {advice}")
         code = child.exitcode
         if code not in (None, 0):
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            return RankError(f"rank {rank} ({names[rank]}) {how}; the render stopped")
+            return RankError(f"rank {rank} ({names[rank]}) {how}; {advice}")
     return RankError(f"{exc}; no rank exited within {GRACE_SECONDS:.0f} s, so one stopped answering "
-                     f"(timeout {timeout_seconds():.0f} s, {TIMEOUT_ENV})")
+                     f"(timeout {timeout_seconds():.0f} s, {TIMEOUT_ENV}); {advice}")
 
 
 def _stop(children: Sequence[Any]) -> None:

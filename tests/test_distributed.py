@@ -224,3 +224,78 @@ def test_a_three_stage_render_on_two_cpu_ranks_equals_the_single_device_render(t
     assert float(np.abs(a - b).mean()) < 0.5 / 255
     for key in ("total", "content", "style"):
         assert two.losses[key] == pytest.approx(one.losses[key], rel=1e-2), key
+
+
+def rank_processes(launcher: int) -> list[int]:
+    """The spawned ranks of a launcher process (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, seconds: float = 300.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the render ended (code {process.returncode}) before {what}: "
+                                 f"{process.stderr.read() if process.stderr else ''}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def trace_stages(work: Path) -> set[int]:
+    try:
+        rows = (work / "trace.csv").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    return {int(row.split(",")[0]) for row in rows if row}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
+def test_stopping_the_launcher_or_killing_a_rank_stops_every_rank_and_resume_finishes(tmp_path: Path) -> None:
+    work, output = tmp_path / "work", tmp_path / "out.png"
+    command = [sys.executable, "-m", "hires_nst", "render", str(CONTENT), str(STYLE), "-o", str(output),
+               "--devices", "cpu,cpu", "--min-size", "64", "--max-size", "128", "--scale-factor", "1.5",
+               "--iterations", "40", "--optimizer", "adam", "--tile-size", "64", "--precision", "fp32",
+               "--content-layers", ",".join(CONTENT_LAYERS), "--style-layers", ",".join(STYLE_LAYERS),
+               "--save-every", "5", "--work-dir", str(work), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(command + list(extra), stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+    # SIGTERM on the launcher, during stage 1: every rank stops, the saved progress stays.
+    first = start()
+    wait_for(lambda: 0 in trace_stages(work) and len(rank_processes(first.pid)) == 1, "stage 1", first)
+    (rank,) = rank_processes(first.pid)
+    first.send_signal(signal.SIGTERM)
+    _, stopped = first.communicate(timeout=120)
+    assert first.returncode == 130 and "interrupted" in stopped and "--resume" in stopped
+    assert not Path(f"/proc/{rank}").exists() or b"zombie" in Path(f"/proc/{rank}/status").read_bytes().lower()
+
+    # Rank 1 killed during stage 2: the launcher says which rank, in one line, and stops.
+    second = start("--resume")
+    wait_for(lambda: 1 in trace_stages(work), "stage 2", second)
+    (rank,) = rank_processes(second.pid)
+    os.kill(rank, signal.SIGKILL)
+    _, failed = second.communicate(timeout=120)
+    assert second.returncode == 1, failed
+    lines = failed.strip().splitlines()
+    assert len(lines) == 1 and "rank 1 (cpu) was killed by SIGKILL" in lines[0] and "--resume" in lines[0]
+    assert (work / "stage-0.pt").is_file()
+
+    # --resume finishes the render.
+    third = start("--resume")
+    _, finished = third.communicate(timeout=600)
+    assert third.returncode == 0, finished
+    assert images.load_image(output).shape == (96, 128, 3)
