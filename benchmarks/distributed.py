@@ -45,13 +45,13 @@ import torch  # noqa: E402
 
 from hires_nst import ranks  # noqa: E402
 from hires_nst.bandplan import Costs, Line, calibrate, spread_seconds  # noqa: E402
-from hires_nst.bands import plan_bands  # noqa: E402
+from hires_nst.bands import BandPlan, plan_bands  # noqa: E402
 from hires_nst.config import RenderConfig  # noqa: E402
-from hires_nst.distributed import BandObjective, BandPlan  # noqa: E402
+from hires_nst.distributed import BandObjective  # noqa: E402
 from hires_nst.objective import Objective, make_targets  # noqa: E402
 from hires_nst.placement import place, resolve_precision  # noqa: E402
-from hires_nst.pyramid import loss_weights  # noqa: E402
 from hires_nst.render import build_extractor  # noqa: E402
+from hires_nst.stageplan import loss_weights  # noqa: E402
 from hires_nst.tileplan import align_for, required_halo  # noqa: E402
 
 MB = 2**20

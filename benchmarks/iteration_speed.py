@@ -16,7 +16,7 @@ import torch
 from hires_nst.config import RenderConfig
 from hires_nst.objective import Objective, make_targets
 from hires_nst.placement import resolve_device
-from hires_nst.pyramid import loss_weights
+from hires_nst.stageplan import loss_weights
 from hires_nst.render import build_extractor
 
 

@@ -23,7 +23,8 @@ from hires_nst.config import resolve
 from hires_nst.objective import Objective, make_targets
 from hires_nst.optimize import make_optimizer, optimize
 from hires_nst.placement import resolve_precision
-from hires_nst.pyramid import loss_weights, stage_inputs
+from hires_nst.pyramid import stage_inputs
+from hires_nst.stageplan import loss_weights
 from hires_nst.render import build_extractor
 from hires_nst.schedule import Stage
 

@@ -65,9 +65,13 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     """Build one configuration, run ``iterations`` objective calls and measure them."""
     import torch
 
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Weights
-    from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
+    from hires_nst.objective import make_targets
+    from hires_nst.tileplan import TileGrid
+    from hires_nst.tiling import TiledObjective, make_objective
     from hires_nst.weights import load_weights
 
     device = torch.device(device_name)
@@ -78,8 +82,9 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, height, width, generator=g).to(device)
     style = torch.rand(1, 3, height, width, generator=g).to(device)
-    targets = make_tiled_targets(extractor, content, [style], [1.0], weights, tile)
-    objective = make_objective(extractor, targets, weights, width, height, tile)
+    grid = TileGrid.for_layers(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS, tile)
+    targets = make_targets(extractor, content, [style], [1.0], weights, grid=grid)
+    objective = make_objective(extractor, targets, weights, grid.tiles(width, height))
     image = content.clone().requires_grad_(True)
     del style
     _release_free_memory()

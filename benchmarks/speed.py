@@ -17,8 +17,7 @@ Sections (each a list of rows in the JSON, and a table on stdout):
 * ``quality`` (``--quality``): a short fp32 and bf16 render of the same pair, both scored by the
   fp32 objective: the final losses must agree within 5%.
 * ``render`` (``--render N``): a full default pyramid render to N px with wall time per stage.
-* ``scaling``: expected multi-GPU scaling from the measured per-tile time and the bytes each
-  iteration moves between devices (``placement`` spreads bands; see ``hires_nst/spread.py``).
+* Scaling over several GPUs and machines: ``benchmarks/distributed.py`` (measured and modelled).
 
 A benchmark, not a test: compare ratios measured within one run; its JSON is not committed.
 """
@@ -87,10 +86,13 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
     import torch
 
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Weights
     from hires_nst.placement import Precision
-    from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
+    from hires_nst.objective import make_targets
+    from hires_nst.tileplan import TileGrid
+    from hires_nst.tiling import TiledObjective, make_objective
     from hires_nst.weights import load_weights
 
     device = torch.device(device_name_)
@@ -104,8 +106,9 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
         precision = Precision(name, channels_last)
         extractor = precision.prepare(VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
         network = torch.compile(extractor) if compile_ and label.endswith("compiled") else extractor
-        targets = make_tiled_targets(network, content, [style], [1.0], weights, tile, precision=precision)
-        objective = make_objective(network, targets, weights, size, size, tile, precision=precision)
+        grid = TileGrid.for_layers(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS, tile)
+        targets = make_targets(network, content, [style], [1.0], weights, precision, grid)
+        objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
     rows = {label: {"size": size, "label": label, "precision": name, "mode": "untiled" if tile is None else f"tile {tile}",
@@ -182,7 +185,8 @@ def quality(args: argparse.Namespace) -> list[dict]:
     from hires_nst.objective import Objective, make_targets
     from hires_nst.optimize import optimize
     from hires_nst.placement import FP32, resolve_precision
-    from hires_nst.pyramid import loss_weights, stage_inputs
+    from hires_nst.pyramid import stage_inputs
+    from hires_nst.stageplan import loss_weights
     from hires_nst.render import build_extractor
     from hires_nst.schedule import Stage, fit_long_side
 
@@ -239,31 +243,6 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def scaling(rows: list[dict]) -> list[dict]:
-    """Expected time per iteration on N devices from the largest tiled measurement.
-
-    Tiles are independent: N devices run ~tiles/N each. Per iteration the main device sends each
-    other device its band plus halo (3 fp32 values per pixel) and gets back as much gradient, and
-    the devices exchange the Gram sums (2.4 MB). Shown for NVLink (~300 GB/s) and PCIe 4 (~25 GB/s).
-    """
-    tiled = [r for r in rows if r.get("tiles", 1) > 1 and "error" not in r]
-    if not tiled:
-        return []
-    row = max(tiled, key=lambda r: (r["size"], r["precision"] == "bf16"))
-    per_tile = row["s_per_it"] / row["tiles"]
-    out = []
-    for n in (1, 2, 4, 8):
-        band_bytes = 2 * 3 * 4 * (row["size"] ** 2 / n + 2 * 80 * row["size"]) if n > 1 else 0
-        moved = (n - 1) * (band_bytes + 2.4e6)
-        compute = per_tile * -(-row["tiles"] // n)
-        for link, speed in (("NVLink", 300e9), ("PCIe4", 25e9)):
-            seconds = compute + moved / speed
-            out.append({"devices": n, "link": link, "size": row["size"], "precision": row["precision"],
-                        "bytes_moved_mb": round(moved / MB, 1), "s_per_it": round(seconds, 4),
-                        "speedup": round(row["s_per_it"] / seconds, 2)})
-    return out
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -313,7 +292,9 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     """Adam loops that read the losses back every iteration vs every 10 (the CUDA default)."""
     import torch
 
-    from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+
+    from hires_nst.features import VGGFeatures
     from hires_nst.objective import Objective, Weights, make_targets
     from hires_nst.optimize import optimize_with_state
     from hires_nst.placement import resolve_precision
@@ -400,9 +381,6 @@ def main(argv: list[str] | None = None) -> None:
         result["render"] = render_timing(args)
         print(table(f"default pyramid render to {args.render} px", result["render"],
                     ["stage", "size", "seconds", "total", "peak_gpu_gb"]))
-    result["scaling"] = scaling(result["iterations"])
-    print(table("expected scaling over devices (from the largest tiled row)", result["scaling"],
-                ["devices", "link", "size", "precision", "bytes_moved_mb", "s_per_it", "speedup"]))
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 

@@ -24,13 +24,9 @@ from typing import Iterable, Protocol
 from torch import Tensor, nn
 
 from hires_nst.errors import ConfigError
-from hires_nst.features import (DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGG_BLOCKS, VGG_CHANNELS,
-                                FrozenExtractor, VGGFeatures, load_into, vgg_body)
-from hires_nst.weights import VGGWeights
-
-RESNET_BLOCKS = (3, 4, 6, 3)  # bottleneck blocks in layer1..layer4 of ResNet-50
-RESNET_CHANNELS = (256, 512, 1024, 2048)
-
+from hires_nst.catalog import BACKBONES, get_backbone
+from hires_nst.features import FrozenExtractor, VGGFeatures, load_into
+from hires_nst.weights import VGGWeights, trunk
 
 class FeatureExtractor(Protocol):
     """What the objective, the pyramid and the tiling need from a feature network."""
@@ -45,86 +41,6 @@ class FeatureExtractor(Protocol):
     def min_size(self) -> int: ...
 
     def __call__(self, image: Tensor) -> dict[str, Tensor]: ...
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str
-    channels: int
-    depth: int  # maps are 1 / 2**depth of the input
-    aliases: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A backbone's layer names, their shapes and its default layers."""
-
-    name: str
-    layers: tuple[LayerInfo, ...]
-    content_layers: tuple[str, ...]
-    style_layers: tuple[str, ...]
-    tileable: bool
-
-    def canonical(self, name: str) -> str:
-        """The layer's canonical name (aliases resolved); unknown names list the valid ones."""
-        for info in self.layers:
-            if name == info.name or name in info.aliases:
-                return info.name
-        valid = ", ".join(i.name for i in self.layers)
-        alias = " (or relu* for the same)" if self.name.startswith("vgg") else " (or layerB_K for the last block)"
-        raise ConfigError(f"unknown layer {name!r} for {self.name}; valid layers: {valid}{alias}")
-
-    def info(self, name: str) -> LayerInfo:
-        canonical = self.canonical(name)
-        return next(i for i in self.layers if i.name == canonical)
-
-
-def _vgg(arch: str) -> Backbone:
-    layers = tuple(LayerInfo(f"conv{b}_{c}", VGG_CHANNELS[b - 1], b - 1, (f"relu{b}_{c}",))
-                   for b, n in enumerate(VGG_BLOCKS[arch], 1) for c in range(1, n + 1))
-    return Backbone(arch, layers, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, tileable=True)
-
-
-def _resnet50() -> Backbone:
-    layers = [LayerInfo("stem", 64, 1)]
-    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS), 1):
-        for block in range(1, blocks):
-            layers.append(LayerInfo(f"layer{stage}_{block}", channels, stage + 1))
-        layers.append(LayerInfo(f"layer{stage}", channels, stage + 1, (f"layer{stage}_{blocks}",)))
-    return Backbone("resnet50", tuple(layers), ("layer2",), ("stem", "layer1", "layer2", "layer3"), tileable=False)
-
-
-BACKBONES = {"vgg19": _vgg("vgg19"), "vgg16": _vgg("vgg16"), "resnet50": _resnet50()}
-
-
-def get_backbone(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; use {', '.join(BACKBONES)}")
-    return BACKBONES[name]
-
-
-def alias(name: str) -> str:
-    """The canonical name of a layer of any backbone, without checking that it exists.
-
-    Backbones' names never collide, so this is safe where the backbone is not at hand (the loss
-    weights); names are validated against the backbone by the config and by the extractor.
-    """
-    for backbone in BACKBONES.values():
-        for info in backbone.layers:
-            if name in info.aliases:
-                return info.name
-    return name
-
-
-def trunk(backbone: str) -> nn.Module:
-    """The module whose state dict a backbone's weights fill: VGG ``features``, ResNet-50 minus ``fc``."""
-    if backbone == "resnet50":
-        from torchvision.models import resnet50
-
-        net = resnet50()
-        net.fc = nn.Identity()  # the classifier is never used
-        return net
-    return vgg_body(backbone)
 
 
 class ResNetFeatures(FrozenExtractor):

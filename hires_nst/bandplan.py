@@ -14,16 +14,17 @@ all ranks and gathered (costs, tile sides) or the same everywhere (sizes, halo).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from hires_nst.bands import Band, band_tiles, plan_bands
-from hires_nst.distributed import BandPlan
+from hires_nst.bands import Band, BandPlan, band_tiles, plan_bands
 from hires_nst.placement import Placement
 from hires_nst.ranks import World, all_gather, gather_floats
+from hires_nst.stageplan import Rules, StagePlan
 from hires_nst.tileplan import plan_tiles
 
 # Spread only when the model promises at least this speed-up: it leaves out the ranks' jitter.
@@ -175,22 +176,26 @@ def plan_spread(world: World, costs: Costs, width: int, height: int, halo: int, 
 
 
 class Spreader:
-    """A render's spreading decisions: calibrated once (at the first stage big enough for two bands),
-    then one collective ``plan`` per stage. Every rank makes the same calls in the same order."""
+    """A render's sharing decisions: calibrated once (at the first stage big enough for two bands),
+    then one collective ``share`` per stage. Every rank makes the same calls in the same order."""
 
-    def __init__(self, world: World, placement: Placement, style_layers: Sequence[str], tile_setting: str,
-                 halo: int, align: int, band_tile: Callable[[Band, int, int], int | None]) -> None:
-        self.world, self.placement, self.style_layers = world, placement, list(style_layers)
-        self.tile_setting, self.halo, self.align, self.band_tile = tile_setting, halo, align, band_tile
+    def __init__(self, world: World, placement: Placement, rules: Rules, style_layers: Sequence[str]) -> None:
+        self.world, self.placement, self.rules = world, placement, rules
+        self.style_layers = list(style_layers)
         self.costs: Costs | None = None
 
-    def plan(self, width: int, height: int, single_tile: int | None) -> tuple[BandPlan | None, float]:
-        """This stage's bands, or None to run it whole on every rank (``--tile-size off``, too small,
-        or not faster), with the modelled speed-up of spreading."""
-        halo, align = self.halo, self.align
-        if self.tile_setting == "off" or len(plan_bands(width, height, self.world.size, halo, align)) < 2:
-            return None, 1.0
+    def share(self, plan: StagePlan) -> tuple[StagePlan, float]:
+        """``plan`` with every rank's band if sharing the stage pays, else as it is (every rank then
+        renders it whole: ``--tile-size off``, a backbone that cannot be tiled, too small, or slower);
+        and the modelled speed-up of sharing."""
+        rules, stage = self.rules, plan.stage
+        if rules.grid is None or not (rules.size.auto or rules.size.pixels):
+            return plan, 1.0
+        halo, align = rules.grid.halo, rules.grid.align
+        if len(plan_bands(stage.width, stage.height, self.world.size, halo, align)) < 2:
+            return plan, 1.0
         if self.costs is None:
             self.costs = calibrate(self.world, self.placement, self.style_layers)
-        return plan_spread(self.world, self.costs, width, height, halo, align, single_tile,
-                           lambda band: self.band_tile(band, width, height))
+        bands, gain = plan_spread(self.world, self.costs, stage.width, stage.height, halo, align, plan.tiling.tile,
+                                  lambda band: rules.band_tile(band, stage))
+        return (dataclasses.replace(plan, bands=bands) if bands else plan), gain

@@ -31,6 +31,19 @@ class Band:
         return self.bounds.width * self.bounds.height
 
 
+@dataclass(frozen=True)
+class BandPlan:
+    """A shared stage: every rank's band (a rank past the end has none) and this rank's tile side."""
+
+    bands: tuple[Band, ...]
+    tile: int | None  # this rank's tile side in its band; None: the band is one window
+    halo: int
+    align: int
+
+    def band(self, rank: int) -> Band | None:
+        return self.bands[rank] if rank < len(self.bands) else None
+
+
 def balanced_cuts(length: int, parts: int, halo: int, align: int) -> list[int]:
     """``parts + 1`` edges on the ``align`` grid from 0 to ``length`` whose windows are about equal.
 

@@ -30,7 +30,7 @@ from hires_nst.errors import ConfigError
 from hires_nst.images import FORMATS
 from hires_nst.presets import load_preset
 from hires_nst.outputs import output_path
-from hires_nst.render import RenderJob
+from hires_nst.renderjob import RenderJob
 
 TOP_KEYS = ("output_dir", "defaults", "job", "grid")
 JOB_KEYS = ("name", "content", "styles", "preset", "output", "overrides")

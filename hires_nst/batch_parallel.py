@@ -16,7 +16,7 @@ import signal
 from typing import Any, Sequence
 
 from hires_nst.batch import BatchJob
-from hires_nst.batch_run import Ledger, Outcome, run_job
+from hires_nst.batch_job import Ledger, Outcome, run_job
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Sink
 from hires_nst.placement import resolve_device

@@ -5,30 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from hires_nst import __version__
 from hires_nst.config import SECTIONS, resolve
-from hires_nst.errors import HiresNSTError, Interrupted
+from hires_nst.cli_common import app, err_console, reporting, sigterm_as_interrupt
 from hires_nst.events import Event, Sink, null_sink
-
-app = typer.Typer(
-    name="hires-nst", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-    help="Print-size neural style transfer (Gatys et al.) over a resolution pyramid.",
-)
-err_console = Console(stderr=True, highlight=False)
 
 # Every config field's section and help text, keyed by its parameter name (names are unique).
 _SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 _HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
-EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
 
 
 _BOOLS = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
@@ -40,46 +31,6 @@ def _opt(name: str, *decls: str) -> Any:
     if name in _BOOLS:  # both spellings, so a command line can switch off what a preset switched on
         flag = f"{flag}/--no-{flag[2:]}"
     return typer.Option(flag, *decls, help=_HELP[name], show_default=False)
-
-
-def say_error(prefix: str, message: object) -> None:
-    """One line on stderr, however long the message and whatever brackets (paths!) it holds."""
-    text = " ".join(str(message).split("\n"))
-    err_console.print(f"[red]{prefix}:[/] {escape(text)}", soft_wrap=True)
-
-
-@contextlib.contextmanager
-def reporting(debug: bool) -> Iterator[None]:
-    """Turn engine errors into one red line and an exit code; tracebacks only with --debug."""
-    try:
-        yield
-    except Interrupted as exc:  # the engine kept what it finished and says how to resume
-        err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except HiresNSTError as exc:
-        if debug:
-            raise
-        say_error("error", exc)
-        raise typer.Exit(EXIT_ERROR) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except MemoryError:
-        say_error("error", "out of memory; try a smaller --max-size")
-        raise typer.Exit(EXIT_ERROR) from None
-    except Exception as exc:  # a bug: still one line unless --debug
-        if debug:
-            raise
-        if type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA) OOM; torch is not imported here
-            say_error("error", f"out of device memory ({_first_line(exc)}); try a smaller --max-size")
-            raise typer.Exit(EXIT_ERROR) from None
-        say_error("internal error", f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for details)")
-        raise typer.Exit(EXIT_BUG) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 @contextlib.contextmanager
@@ -104,20 +55,6 @@ def progress_sink(quiet: bool) -> Iterator[Sink]:
             display(event)
 
         yield sink
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler, ``kill``) stops a render like Ctrl-C: finished stages are kept."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -199,7 +136,8 @@ def render(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Render CONTENT in the style of STYLES, coarse to fine up to --max-size (or --print-size)."""
-    from hires_nst.render import RenderJob, render as run_render
+    from hires_nst.render import render as run_render
+    from hires_nst.renderjob import RenderJob
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
@@ -220,7 +158,7 @@ def layers(
     """List a backbone's layer names with channels and downsampling, and its default layers."""
     from rich.table import Table
 
-    from hires_nst.backbones import get_backbone
+    from hires_nst.catalog import get_backbone
 
     with reporting(debug=False):
         spec = get_backbone(backbone)
@@ -289,4 +227,4 @@ def main() -> None:
     app()
 
 
-from hires_nst import cli_jobs  # noqa: E402,F401  (registers the presets and batch commands on app)
+from hires_nst import cli_jobs  # noqa: E402,F401  (registers the presets and batch commands on app, after ours)

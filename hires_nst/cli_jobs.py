@@ -1,4 +1,4 @@
-"""The ``presets`` and ``batch`` commands (registered on the app of ``cli.py``)."""
+"""The ``presets`` and ``batch`` commands (registered on ``cli_common.app``; ``cli`` imports this module)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hires_nst.cli import EXIT_ERROR, EXIT_INTERRUPTED, app, err_console, reporting, sigterm_as_interrupt
+from hires_nst.cli_common import app, err_console, reporting, sigterm_as_interrupt
+from hires_nst.errors import EXIT_ERROR, EXIT_INTERRUPTED
 from hires_nst.events import Event, Sink, null_sink
 
 if TYPE_CHECKING:

@@ -15,10 +15,9 @@ from typing import Any, Mapping, Sequence, get_type_hints
 
 from hires_nst.color import MODES as COLOR_MODES
 from hires_nst.errors import ConfigError
-from hires_nst.backbones import BACKBONES, get_backbone
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS
+from hires_nst.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, get_backbone
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
-from hires_nst.placement import PRECISIONS
+from hires_nst.schedule import check_pyramid
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /
@@ -104,10 +103,39 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class TileSize:
+    """``--tile-size`` parsed: ``auto`` (sized from free memory when each stage starts), a fixed
+    core side in ``pixels``, or off (neither)."""
+
+    pixels: int | None = None
+    auto: bool = False
+
+
+MIN_TILE_SETTING = 16
+
+
+def parse_tile_size(text: str) -> TileSize:
+    """The one reading of ``--tile-size``: auto, off, or a whole number of pixels >= 16."""
+    if text == "auto":
+        return TileSize(auto=True)
+    if text == "off":
+        return TileSize()
+    if text.isdigit() and int(text) >= MIN_TILE_SETTING:
+        return TileSize(int(text))
+    raise _fail("tiling", "tile_size", f"must be auto, off or a whole number of pixels >= {MIN_TILE_SETTING}", text)
+
+
+@dataclass(frozen=True)
 class TilingConfig:
+    # Kept as typed (a string) so that settings files and work-dir fingerprints stay as they were;
+    # the engine reads ``size``.
     tile_size: str = _opt("--tile-size", "Exact tiled optimisation: auto (largest tile that fits the device's free "
                           "memory, untiled if the image fits), off, or a tile side in pixels.", "auto")
     halo: int = _opt("--halo", "Context around each tile in pixels; 0 means the exact minimum for the layers.", 0)
+
+    @property
+    def size(self) -> TileSize:
+        return parse_tile_size(self.tile_size)
 
 
 @dataclass(frozen=True)
@@ -294,9 +322,7 @@ def validate(config: RenderConfig) -> None:
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
-    tile = config.tiling.tile_size
-    if tile not in ("auto", "off") and not (tile.isdigit() and int(tile) >= 16):
-        raise _fail("tiling", "tile_size", "must be auto, off or a whole number of pixels >= 16", tile)
+    parse_tile_size(config.tiling.tile_size)
     if config.tiling.halo < 0:
         raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
     _validate_output(config.output)
@@ -312,10 +338,7 @@ def validate(config: RenderConfig) -> None:
         raise _fail("pyramid", "max_size", "must be at least 16 pixels", pyramid.max_size)
     if pyramid.min_size < 0 or 0 < pyramid.min_size < 16:
         raise _fail("pyramid", "min_size", "must be at least 16 pixels", pyramid.min_size)
-    if pyramid.min_size > pyramid.max_size:
-        raise _fail("pyramid", "min_size", f"must not exceed --max-size {pyramid.max_size}", pyramid.min_size)
-    if pyramid.scale_factor <= 1:
-        raise _fail("pyramid", "scale_factor", "must be > 1", pyramid.scale_factor)
+    check_pyramid(pyramid.min_size, pyramid.max_size, pyramid.scale_factor)  # again with a print size's max
     if any(n < 1 for n in pyramid.iterations):
         raise _fail("pyramid", "iterations", "must be >= 1", pyramid.iterations)
     if pyramid.style_scale <= 0:
@@ -358,7 +381,7 @@ def _validate_model(config: RenderConfig) -> None:
     if model.weights == "original" and model.backbone != "vgg19":
         raise _fail("model", "weights", "original (the Caffe VGG19) exists only for --backbone vgg19; use "
                     "torchvision, random or a file", model.weights)
-    if not backbone.tileable and config.tiling.tile_size not in ("auto", "off"):
+    if not backbone.tileable and config.tiling.size.pixels is not None:
         raise _fail("tiling", "tile_size", f"is not available with --backbone {model.backbone}: tiling is exact "
                     "only for VGG backbones (use auto or off: ResNet renders run untiled)", config.tiling.tile_size)
 

@@ -1,4 +1,10 @@
-"""The one error hierarchy of the engine. Only the CLI catches these."""
+"""The one error hierarchy of the engine, and ``classify``: what any failure means to the user.
+
+Only the CLI (and a batch, for each of its jobs) catches these."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
 
 
 class HiresNSTError(Exception):
@@ -35,3 +41,57 @@ class Interrupted(HiresNSTError):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail or message  # what was kept, without the advice (a batch gives its own)
+
+
+# --------------------------------------------------------------------------- classifying failures
+
+EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
+# What torch's allocators say when memory runs out, besides torch.OutOfMemoryError: the CPU
+# allocator, and cuBLAS / cuDNN failing to allocate their workspaces (a RuntimeError each).
+OUT_OF_MEMORY_MARKS = ("out of memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                       "CUDNN_STATUS_ALLOC_FAILED")
+
+
+class Failure(NamedTuple):
+    """What a failed render means for whoever ran it."""
+
+    status: str  # "interrupted" or "failed" (a batch's job status)
+    message: str  # one line; for a bug, "Type: first line" (the caller says where the traceback is)
+    exit_code: int  # EXIT_ERROR, EXIT_BUG or EXIT_INTERRUPTED
+    out_of_memory: bool = False
+
+    @property
+    def bug(self) -> bool:
+        return self.exit_code == EXIT_BUG
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (without importing torch), MemoryError, or an allocator's RuntimeError."""
+    if isinstance(exc, MemoryError) or (type(exc).__name__ == "OutOfMemoryError"
+                                        and type(exc).__module__.split(".")[0] == "torch"):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in OUT_OF_MEMORY_MARKS)
+
+
+def classify(exc: BaseException) -> Failure:
+    """The one mapping from an exception to a status, a one-line message and an exit code.
+
+    Used by the CLI (``render``, ``batch``), by each batch job and by the out-of-memory retry of a
+    stage, so that all of them agree on what counts as running out of memory and what to advise.
+    """
+    if isinstance(exc, Interrupted):
+        return Failure("interrupted", " ".join(str(exc).split("\n")), EXIT_INTERRUPTED)
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("interrupted", "interrupted", EXIT_INTERRUPTED)
+    if isinstance(exc, HiresNSTError):
+        return Failure("failed", " ".join(str(exc).split("\n")), EXIT_ERROR)
+    if is_out_of_memory(exc):
+        detail = first_line(exc)
+        where = "memory" if isinstance(exc, MemoryError) or "can't allocate" in detail else "device memory"
+        return Failure("failed", f"out of {where}{f' ({detail})' if detail else ''}; try a smaller --max-size",
+                       EXIT_ERROR, out_of_memory=True)
+    return Failure("failed", f"{type(exc).__name__}: {first_line(exc)}", EXIT_BUG)

@@ -11,23 +11,13 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs, make_layers
+from torchvision.models.vgg import cfgs
 
 from hires_nst.errors import ConfigError, WeightsError
-from hires_nst.weights import VGGWeights
+from hires_nst.catalog import POOLINGS, POOLS_BEFORE, VGG_BLOCKS, VGG_DISPLAY, canonical_layer, vgg_layer_names
+from hires_nst.weights import VGG_CFG, VGGWeights, vgg_body
 
 # Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
-VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
-VGG_CFG = {"vgg19": "E", "vgg16": "D"}
-VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}
-VGG_CHANNELS = (64, 128, 256, 512, 512)  # per block, in both
-BLOCK_SIZES = VGG_BLOCKS["vgg19"]
-
-
-def vgg_layer_names(arch: str = "vgg19") -> tuple[str, ...]:
-    return tuple(f"conv{b}_{c}" for b, n in enumerate(VGG_BLOCKS[arch], 1) for c in range(1, n + 1))
-
-
 def _relu_indices(arch: str) -> dict[str, int]:
     """conv name -> index of its ReLU in torchvision's ``features`` of ``arch``."""
     convs = [i for i, v in enumerate(_cfg_modules(arch)) if v == "conv"]
@@ -39,37 +29,11 @@ def _cfg_modules(arch: str) -> list[str]:
     return [kind for v in cfgs[VGG_CFG[arch]] for kind in (("pool",) if v == "M" else ("conv", "relu"))]
 
 
-LAYER_NAMES = vgg_layer_names("vgg19")
 _RELU_INDEX = _relu_indices("vgg19")
-POOLINGS = ("max", "avg")
-# Pooling steps in front of each block: a tile offset must be a multiple of 2**this (DESIGN.md 6).
-# The same for every VGG: the blocks differ only in how many convolutions they hold.
-POOLS_BEFORE = {name: int(name[4]) - 1 for name in LAYER_NAMES}
-DEFAULT_CONTENT_LAYERS = ("conv4_2",)
-DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def canonical_layer(name: str, arch: str = "vgg19") -> str:
-    """Map ``reluB_C`` to ``convB_C``; reject unknown names with the list of valid ones."""
-    conv = "conv" + name[4:] if name.startswith("relu") else name
-    names = vgg_layer_names(arch)
-    if conv not in names:
-        valid = ", ".join(names)
-        raise ConfigError(f"unknown layer {name!r} for {arch}; valid layers: {valid} (or relu* for the same)")
-    return conv
-
-
-def vgg_body(arch: str = "vgg19") -> nn.Sequential:
-    """torchvision's VGG ``features`` architecture, without building the big classifier."""
-    return make_layers(cfgs[VGG_CFG[arch]], batch_norm=False)
-
-
-def vgg19_body() -> nn.Sequential:
-    return vgg_body("vgg19")
 
 
 class Preprocess(nn.Module):

@@ -62,29 +62,16 @@ def gram(features: Tensor) -> Tensor:
     return gram_sum(features) / (height * width)
 
 
+def squared_error_sum(value: Tensor, target: Tensor) -> Tensor:
+    """``|value - target|^2`` (a scalar, float32 or wider): tiles add theirs into one total."""
+    return (_wide(value) - _wide(target)).square().sum()
+
+
 def relative_error(value: Tensor, target: Tensor, target_norm: Tensor | float | None = None) -> Tensor:
     """``|value - target|^2 / |target|^2`` (a scalar); ``target_norm`` may be passed precomputed."""
     if target_norm is None:
         target_norm = _wide(target).square().sum()
-    return (_wide(value) - _wide(target)).square().sum() / target_norm
-
-
-def content_loss(features: Tensor, target: Tensor) -> Tensor:
-    """Relative squared error of one layer's features against the content target."""
-    return relative_error(features, target)
-
-
-def style_layer_loss(gram_matrix: Tensor, target_gram: Tensor) -> Tensor:
-    """Relative squared error of one layer's Gram matrix against the (blended) style target."""
-    return relative_error(gram_matrix, target_gram)
-
-
-def style_loss(
-    grams: Mapping[str, Tensor], targets: Mapping[str, Tensor], layer_weights: Mapping[str, float]
-) -> Tensor:
-    """Weighted sum of the per-layer style losses over the layers in ``layer_weights``."""
-    terms = [w * style_layer_loss(grams[name], targets[name]) for name, w in layer_weights.items()]
-    return torch.stack(terms).sum()
+    return squared_error_sum(value, target) / target_norm
 
 
 def blend_grams(per_style: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:

@@ -1,4 +1,9 @@
-"""The Gatys objective for one stage: targets, and loss with gradient with respect to the image.
+"""The Gatys objective for one stage: targets, statistics, loss terms; the untiled objective.
+
+Every objective (untiled here, tiled in ``tiling``, over several devices in ``spread``) computes
+the same ``Statistics`` of the image (Gram sums, content errors, areas), whole or window by
+window, and turns them into loss terms with the one function ``loss_terms``. The targets come
+from the one builder ``make_targets``, whole or window by window.
 
 An objective is called on the image being optimised and writes ``image.grad`` itself, so that the
 optimiser never needs to know whether the gradient came from one autograd pass (``Objective``
@@ -7,15 +12,18 @@ here) or was assembled tile by tile.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from hires_nst import losses
-from hires_nst.backbones import FeatureExtractor, alias
+from hires_nst.backbones import FeatureExtractor
+from hires_nst.catalog import POOLS_BEFORE, alias
+from hires_nst.errors import ConfigError
 from hires_nst.placement import FP32, Precision
+from hires_nst.tileplan import Tile, TileGrid
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
@@ -66,30 +74,144 @@ class Targets:
     style_norms: dict[str, Tensor]  # layer -> |A|^2
 
 
-@torch.no_grad()
-def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Sequence[Tensor],
-                 blend: Sequence[float], weights: Weights, precision: Precision = FP32) -> Targets:
-    """Content features and blended style Grams; each style image is used at its own size.
+@dataclass
+class Statistics:
+    """Pass 1 of an evaluation: the sums over the image that the loss needs, and nothing else.
 
-    Under the same ``precision`` as the optimisation, so that a perfect match scores zero.
+    Sums, so that windows (``add_window``) and devices (``Statistics.total``) add theirs; the
+    untiled objective makes one from a single window with autograd attached.
     """
-    content_feats = {}
-    if content is not None and weights.content > 0 and weights.content_layers:
-        feats = precision.features(extractor, content)
-        content_feats = {n: feats[n].float().contiguous() for n in weights.content_layers}
-    per_style = []
-    for style in styles:
-        feats = precision.features(extractor, style)
-        per_style.append({n: losses.gram(feats[n]) for n in weights.style_layers})
-    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
-    return Targets(content_feats, style_grams,
-                   {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum() for n, t in style_grams.items()})
+
+    gram_sums: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (C, C) f32, sum of f f^T
+    areas: dict[str, int] = field(default_factory=dict)  # style layer -> positions summed (untiled H * W)
+    content_errors: dict[str, Tensor] = field(default_factory=dict)  # content layer -> 0-d f32, sum (F - P)^2
+
+    def grams(self) -> dict[str, Tensor]:
+        """Position-averaged Grams, (C, C) per style layer."""
+        return {n: s / self.areas[n] for n, s in self.gram_sums.items()}
+
+    @staticmethod
+    def total(parts: Sequence["Statistics"], device: torch.device) -> "Statistics":
+        """Per-device statistics summed on ``device``, in device order (deterministic)."""
+        first = parts[0]
+        gram_sums = {n: sum((p.gram_sums[n].to(device) for p in parts[1:]), first.gram_sums[n].to(device))
+                     for n in first.gram_sums}
+        areas = {n: sum(p.areas[n] for p in parts) for n in first.areas}
+        errors = {n: sum((p.content_errors[n].to(device) for p in parts[1:]), first.content_errors[n].to(device))
+                  for n in first.content_errors}
+        return Statistics(gram_sums, areas, errors)
+
+
+def core_features(feats: dict[str, Tensor], tile: Tile | None, name: str) -> Tensor:
+    """A layer's features at the tile's core, (1, C, h, w); ``tile`` None: the whole map."""
+    if tile is None:
+        return feats[name]
+    rows, cols = tile.core_in_window(POOLS_BEFORE[name])
+    return feats[name][:, :, rows, cols]
+
+
+def content_target(targets: Targets, tile: Tile | None, name: str) -> Tensor:
+    """The content features at the tile's core, cropped from the untiled target."""
+    target = targets.content[name]
+    return target if tile is None else tile.core.at_depth(POOLS_BEFORE[name]).crop(target)
+
+
+def add_window(stats: Statistics, feats: dict[str, Tensor], tile: Tile | None, style_layers: Sequence[str],
+               content_layers: Sequence[str] = (), targets: Targets | None = None) -> None:
+    """Add one window's core (``tile`` None: the whole image) into ``stats``, per used layer."""
+    for name in style_layers:
+        core = core_features(feats, tile, name)  # (1, C, h, w)
+        part = losses.gram_sum(core)
+        stats.gram_sums[name] = stats.gram_sums[name] + part if name in stats.gram_sums else part
+        stats.areas[name] = stats.areas.get(name, 0) + core.shape[2] * core.shape[3]
+    for name in content_layers:
+        assert targets is not None
+        error = losses.squared_error_sum(core_features(feats, tile, name), content_target(targets, tile, name))
+        stats.content_errors[name] = stats.content_errors[name] + error if name in stats.content_errors else error
+
+
+def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Tensor) -> LossTerms:
+    """The loss terms of every objective, from the statistics of the whole image (pass 1).
+
+    Each layer's term is a relative squared error (``losses``); ``image`` gives the TV term.
+    """
+    t, w = targets, weights
+    zero = image.new_zeros((), dtype=torch.promote_types(image.dtype, torch.float32))
+    content = sum((lw * (stats.content_errors[n] / t.content_norms[n])
+                   for n, lw in w.content_layers.items() if n in t.content), zero)
+    grams = stats.grams()
+    style = sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+                 for n, lw in w.style_layers.items()), zero)
+    tv = losses.tv_loss(image) if w.tv > 0 else zero
+    return combine(w, content, style, tv)
 
 
 def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> LossTerms:
     total = weights.content * content + weights.style * style + weights.tv * tv
     return {"total": total, "content": content, "style": style, "tv": tv}
+
+
+def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
+    """The engine's one guard: more than one window is exact only for VGG (tileplan's rules)."""
+    if windows > 1 and not getattr(extractor, "tileable", False):
+        raise ConfigError("tiling is exact only for VGG backbones; render ResNet backbones untiled")
+
+
+@torch.no_grad()
+def window_statistics(extractor: FeatureExtractor, image: Tensor, tiles: Sequence[Tile | None],
+                      style_layers: Sequence[str], precision: Precision = FP32) -> Statistics:
+    """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``."""
+    require_tileable(extractor, len(tiles))
+    stats = Statistics()
+    for tile in tiles:
+        crop = image if tile is None else tile.window.crop(image)
+        add_window(stats, precision.features(extractor, crop), tile, style_layers)
+    return stats
+
+
+@torch.no_grad()
+def feature_maps(extractor: FeatureExtractor, image: Tensor, tiles: Sequence[Tile | None], layers: Sequence[str],
+                 precision: Precision = FP32) -> dict[str, Tensor]:
+    """Whole feature maps (1, C, H >> k, W >> k) in float32, assembled from the windows' cores."""
+    require_tileable(extractor, len(tiles))
+    if tiles == [None]:
+        feats = precision.features(extractor, image)
+        return {n: feats[n].float().contiguous() for n in layers}
+    height, width = image.shape[-2:]
+    maps: dict[str, Tensor] = {}
+    for tile in tiles:
+        assert tile is not None
+        feats = precision.features(extractor, tile.window.crop(image))
+        for name in layers:
+            core, depth = core_features(feats, tile, name).float(), POOLS_BEFORE[name]
+            if name not in maps:
+                maps[name] = core.new_zeros((1, core.shape[1], height >> depth, width >> depth))
+            tile.core.at_depth(depth).crop(maps[name]).copy_(core)
+    return maps
+
+
+@torch.no_grad()
+def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Sequence[Tensor],
+                 blend: Sequence[float], weights: Weights, precision: Precision = FP32,
+                 grid: TileGrid | None = None) -> Targets:
+    """Content features and blended style Grams; each style image is used at its own size.
+
+    Under the same ``precision`` as the optimisation, so that a perfect match scores zero. With a
+    ``grid`` every image is cut like the stage (its own windows): a stage's content and style
+    images are as large as the image optimised, so their targets must not need more memory either.
+    """
+    def tiles(image: Tensor) -> list[Tile | None]:
+        return [None] if grid is None or grid.tile is None else list(grid.tiles(image.shape[-1], image.shape[-2]))
+
+    content_feats: dict[str, Tensor] = {}
+    if content is not None and weights.content > 0 and weights.content_layers:
+        content_feats = feature_maps(extractor, content, tiles(content), list(weights.content_layers), precision)
+    per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision).grams()
+                 for style in styles]
+    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
+    return Targets(content_feats, style_grams,
+                   {n: t.square().sum() for n, t in content_feats.items()},
+                   {n: t.square().sum() for n, t in style_grams.items()})
 
 
 class Objective:
@@ -99,17 +221,13 @@ class Objective:
                  precision: Precision = FP32) -> None:
         self.extractor, self.targets, self.weights = extractor, targets, weights
         self.precision, self.loss_scale = precision, precision.loss_scale()
+        self.content_layers = [n for n in weights.content_layers if n in targets.content]
 
     def _terms(self, image: Tensor) -> LossTerms:
-        feats = self.precision.features(self.extractor, image)
-        t, w = self.targets, self.weights
-        zero = image.new_zeros(())
-        content = sum((lw * losses.relative_error(feats[n], t.content[n], t.content_norms[n])
-                       for n, lw in w.content_layers.items() if n in t.content), zero)
-        style = sum((lw * losses.relative_error(losses.gram(feats[n]), t.style[n], t.style_norms[n])
-                     for n, lw in w.style_layers.items()), zero)
-        tv = losses.tv_loss(image) if w.tv > 0 else zero
-        return combine(w, content, style, tv)
+        stats = Statistics()
+        add_window(stats, self.precision.features(self.extractor, image), None, list(self.weights.style_layers),
+                   self.content_layers, self.targets)
+        return loss_terms(stats, self.targets, self.weights, image)
 
     @torch.no_grad()
     def loss(self, image: Tensor) -> LossTerms:

@@ -121,6 +121,29 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
     if warm_state and optimizer in ADAM_LIKE:
         opt.state[image] = {k: v.to(image.device).clone() for k, v in warm_state.items()}
     last: dict[str, LossTerms] = {}
+    closure = _closure(image, objective, optimizer, last)
+    sync_every = max(1, sync_every)
+    start, reported = time.perf_counter(), done
+    for iteration in range(done + 1, iterations + 1):
+        opt.step(closure)
+        if optimizer != "lbfgs":  # first-order steps stay in range; L-BFGS' next closure projects its step
+            with torch.no_grad():
+                image.clamp_(0, 1)
+        if iteration % sync_every and iteration != iterations:
+            continue
+        values = _read_back(last["terms"], image, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
+        if on_step is not None:
+            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), image)
+        if on_state is not None:
+            on_state(iteration, image.detach(), _live_state(opt, image, optimizer))
+        start, reported = time.perf_counter(), iteration
+    state = _live_state(opt, image, optimizer) if iterations > done else {}
+    return image.detach().clamp(0, 1), state
+
+
+def _closure(image: Tensor, objective: Callable[[Tensor], LossTerms], optimizer: str,
+             last: dict[str, LossTerms]) -> Callable[[], Tensor]:
+    """The evaluation the optimiser calls: loss terms into ``last``, the gradient into ``image.grad``."""
     grad_scale = float(image[0, 0].numel()) if optimizer in PIXEL_SCALED else 1.0
 
     def closure() -> Tensor:
@@ -135,25 +158,14 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
             image.grad.mul_(grad_scale)
         return last["terms"]["total"]
 
-    sync_every = max(1, sync_every)
-    start, reported = time.perf_counter(), done
-    for iteration in range(done + 1, iterations + 1):
-        opt.step(closure)
-        if optimizer != "lbfgs":  # first-order steps stay in range; L-BFGS' next closure projects its step
-            with torch.no_grad():
-                image.clamp_(0, 1)
-        if iteration % sync_every and iteration != iterations:
-            continue
-        terms = last["terms"]  # one read of all the terms: one wait for the device, not four
-        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
-        _check_finite(values, image, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
-        if on_step is not None:
-            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), image)
-        if on_state is not None:
-            on_state(iteration, image.detach(), _live_state(opt, image, optimizer))
-        start, reported = time.perf_counter(), iteration
-    state = _live_state(opt, image, optimizer) if iterations > done else {}
-    return image.detach().clamp(0, 1), state
+    return closure
+
+
+def _read_back(terms: LossTerms, image: Tensor, where: str) -> dict[str, float]:
+    """All the terms in one read (one wait for the device, not four), checked for inf/NaN."""
+    values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+    _check_finite(values, image, where)
+    return values
 
 
 def _live_state(opt: torch.optim.Optimizer, image: Tensor, optimizer: str) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +19,10 @@ from hires_nst.checkpoints import WorkDir
 from hires_nst.config import OUTPUT_FORMATS, RenderConfig
 from hires_nst.contact_sheet import contact_sheet
 from hires_nst.placement import Placement
+from hires_nst.renderjob import RenderJob
 from hires_nst.schedule import Stage
+from hires_nst.stageplan import Crop
 from hires_nst.trace import trace_path
-
-if TYPE_CHECKING:
-    from hires_nst.render import Crop, RenderJob
 
 
 def settings_path(output: Path) -> Path:

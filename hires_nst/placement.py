@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from hires_nst.catalog import PRECISIONS
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.ranks import World, single
 
@@ -76,7 +77,6 @@ def resolve_devices(devices: str = "", device: str = "auto") -> tuple[torch.devi
 
 # --------------------------------------------------------------------------- precision
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -230,6 +230,12 @@ class Placement:
     def describe(self) -> str:
         devices = self.world.describe() if self.world.distributed else ", ".join(str(d) for d in self.devices)
         return f"{devices} ({self.precision.describe()})"
+
+    @classmethod
+    def single(cls, extractor: nn.Module, device: torch.device | str = "cpu",
+               precision: Precision = FP32) -> "Placement":
+        """One extractor on one device (fp32 unless told): what tests and benchmarks run on."""
+        return place(extractor, (torch.device(device),), precision)
 
 
 def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int:

@@ -7,10 +7,9 @@ inputs, area-downsampled to the stage's size.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,23 +17,19 @@ from torch import Tensor
 
 import torch.nn.functional as F
 
-from hires_nst import images, losses
-from hires_nst.backbones import FeatureExtractor, alias, get_backbone
+from hires_nst import images
 from hires_nst.checkpoints import WorkDir
-from hires_nst.config import RenderConfig, parse_layer_weights
+from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
-from hires_nst.errors import DeviceError, OutputError
-from hires_nst.features import VGG_BLOCKS
-from hires_nst.objective import Weights
-from hires_nst.optimize import optimize_with_state, resize_adam_state
-from hires_nst.placement import (FULL_IMAGE_BYTES_PER_PIXEL, MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size,
-                                  available_bytes, peak_memory_bytes, reset_peak_memory)
-from hires_nst.schedule import Stage, fit_long_side
 from hires_nst.bandplan import Spreader
-from hires_nst.bands import Band
-from hires_nst.distributed import BandObjective, BandPlan, same_start
-from hires_nst.tileplan import align_for, plan_tiles, required_halo
-from hires_nst.tiling import make_objective, make_tiled_targets
+from hires_nst.distributed import BandObjective, same_start
+from hires_nst.errors import DeviceError, OutputError, classify
+from hires_nst.objective import Targets, make_targets
+from hires_nst.optimize import optimize_with_state, resize_adam_state
+from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
+from hires_nst.schedule import Stage, fit_long_side
+from hires_nst.stageplan import RenderPlan, StagePlan
+from hires_nst.tiling import make_objective
 
 
 @dataclass
@@ -43,114 +38,6 @@ class StageInputs:
 
     content: Tensor  # (1, 3, H, W) at the stage size
     styles: list[Tensor]  # each (1, 3, h, w) at its own stage size
-
-
-def loss_weights(config: RenderConfig) -> Weights:
-    """The loss weights; style layers weighted by ``--style-layer-weights`` (equal by default)."""
-    loss = config.loss
-    layer_weights = parse_layer_weights(loss.style_layer_weights, loss.style_layers)
-    if layer_weights is None:
-        return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
-                                    loss.content_layers, loss.style_layers)
-    style: dict[str, float] = {}
-    for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
-        style[alias(name)] = style.get(alias(name), 0.0) + weight
-    content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
-    return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style))
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """How one stage is split: ``tile`` None means untiled."""
-
-    tile: int | None  # on this rank's device, for the whole image (also sizes the targets' tiles)
-    halo: int
-    tiles: int  # how many windows each pass runs on one device
-    bands: BandPlan | None = None  # several ranks: each rank's band (then the objective is theirs together)
-
-
-def stage_tiling(config: RenderConfig, stage: Stage, device: torch.device, tile: int | None | str = "config",
-                 placement: Placement | None = None) -> Tiling:
-    """The tiling of ``stage`` on one device from ``--tile-size`` (auto: measured free memory), or a forced ``tile``."""
-    backbone = get_backbone(config.model.backbone)
-    if not backbone.tileable:  # ResNet: no exact tiling (see backbones.py)
-        return Tiling(None, 0, 1)
-    halo, align = _halo_align(config)
-    value_bytes = placement.precision.bytes_per_value(device) if placement else 4
-    if tile == "config":
-        setting = config.tiling.tile_size
-        if setting == "off":
-            tile = None
-        elif setting == "auto":
-            tile = auto_tile_size(stage.width, stage.height, halo, _budget(device), align, value_bytes)
-        else:
-            tile = int(setting)
-    count = len(plan_tiles(stage.width, stage.height, tile, halo, align)) if tile else 1
-    return Tiling(tile if count > 1 else None, halo, count)
-
-
-def _halo_align(config: RenderConfig) -> tuple[int, int]:
-    layers = [*config.loss.content_layers, *config.loss.style_layers]
-    backbone = get_backbone(config.model.backbone)
-    return config.tiling.halo or required_halo(layers, VGG_BLOCKS[backbone.name]), align_for(layers)
-
-
-def _budget(device: torch.device) -> int:
-    """Bytes this rank may use: its device's free memory with a margin (CPU ranks share the host's)."""
-    return int(available_bytes(device) * MEMORY_MARGIN[device.type])
-
-
-def spreader(config: RenderConfig, placement: Placement) -> Spreader | None:
-    """The spreading decisions of a render over several ranks (None on one)."""
-    world = placement.world
-    if not world.distributed or not get_backbone(config.model.backbone).tileable:
-        return None
-    halo, align = _halo_align(config)
-    value_bytes = placement.precision.bytes_per_value(placement.main)
-    cpu_ranks = world.size if placement.main.type == "cpu" else 1  # same host: its memory is shared (local launch)
-    setting = config.tiling.tile_size
-
-    def band_tile(band: Band, width: int, height: int) -> int | None:
-        if setting not in ("auto", "off"):
-            return int(setting)
-        bounds = band.bounds
-        # Every rank holds the whole image's buffers (image, gradient, optimiser state) besides its band.
-        budget = _budget(placement.main) // cpu_ranks - (width * height - bounds.width * bounds.height) * \
-            FULL_IMAGE_BYTES_PER_PIXEL
-        return auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, value_bytes)
-
-    return Spreader(world, placement, [alias(n) for n in config.loss.style_layers], setting, halo, align, band_tile)
-
-
-def spread_stage(spread: Spreader | None, stage: Stage, tiling: Tiling, sink: Sink) -> Tiling:
-    """``tiling`` with this stage's bands when spreading it over the ranks pays (a collective)."""
-    if spread is None:
-        return tiling
-    plan, gain = spread.plan(stage.width, stage.height, tiling.tile)
-    if plan is None:
-        return tiling
-    sink(Message(f"stage {stage.index + 1}: {len(plan.bands)} bands over {spread.world.size} ranks "
-                 f"(modelled {gain:.2f}x faster than one)"))
-    return dataclasses.replace(tiling, bands=plan)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
-
-
-def smaller_tiling(config: RenderConfig, stage: Stage, device: torch.device, tiling: Tiling,
-                   placement: Placement | None = None) -> Tiling:
-    """Half the (smallest) tile, or untiled, half the long side; DeviceError below the smallest tile."""
-    current = tiling.tile or stage.long_side
-    if not get_backbone(config.model.backbone).tileable:
-        raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}); "
-                          f"{config.model.backbone} renders cannot be tiled: free device memory or lower --max-size")
-    if current // 2 < MIN_TILE:
-        raise DeviceError(f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height}) even with "
-                          f"{current} px tiles; free device memory or lower --max-size")
-    return stage_tiling(config, stage, device, tile=current // 2, placement=placement)
 
 
 def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False) -> tuple[int, int]:
@@ -248,83 +135,117 @@ class StageResult:
     optimizer_state: dict[str, Tensor]  # Adam's or AdamW's moments (empty for the others)
 
 
-def single_placement(extractor: FeatureExtractor, device: torch.device) -> Placement:
-    """The placement of a caller that passed none: this extractor on this device, fp32."""
-    return Placement((extractor,), (device,))
+@dataclass(frozen=True)
+class Run:
+    """What every stage of one render shares: its settings, its plan, where it runs, where it reports."""
+
+    config: RenderConfig
+    plan: RenderPlan
+    placement: Placement
+    sink: Sink = null_sink
+    checkpointing: Checkpointing | None = None  # None on ranks other than 0: they write nothing
+    spreader: Spreader | None = None  # several ranks: decides which stages they share
 
 
-def run_stage(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
-              config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None = None,
-              warm_state: dict[str, Tensor] | None = None, tiling: Tiling | None = None,
-              placement: Placement | None = None, done: int = 0) -> StageResult:
-    """Optimise one stage, tiled when ``tiling.tile`` is set, by all ranks together when ``tiling.bands``
-    is; ``done`` of its iterations already ran (``start`` is the image they left)."""
-    placement = placement or single_placement(extractor, start.device)
-    precision = placement.precision
-    weights = loss_weights(config)
-    tile, halo = (tiling.tile, tiling.halo) if tiling else (None, None)
-    # Targets once per stage (every rank: the whole image's; a band objective crops what it reads).
-    targets = make_tiled_targets(extractor, inputs.content, inputs.styles, config.loss.style_blend, weights, tile,
-                                 halo, precision=precision)
-    if tiling is not None and tiling.bands is not None:
-        objective = BandObjective(placement.world, extractor, targets, weights, tiling.bands, stage.width,
-                                  stage.height, precision)
-    else:
-        objective = make_objective(extractor, targets, weights, stage.width, stage.height, tile, halo,
-                                   precision=precision)
-    sink(StageStarted(stage.index, stages, stage.width, stage.height, stage.iterations, done))
+class StepReporter:
+    """``optimize``'s step callback: a ``Step`` event per report, and the animation's snapshots.
+
+    Steps are reported every ``placement.sync_every`` iterations: a snapshot is taken at the first
+    report at or after each multiple of ``snapshot_every``, and at the stage's end.
+    """
+
+    def __init__(self, run: Run, stage: Stage, done: int) -> None:
+        self.sink, self.stage, self.reported = run.sink, stage, done
+        self.checkpointing = run.checkpointing
+        self.every = run.checkpointing.snapshot_every if run.checkpointing else 0
+
+    def __call__(self, iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
+        stage, previous, self.reported = self.stage, self.reported, iteration
+        self.sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device),
+                       iteration - previous))
+        every = self.every
+        if every and self.checkpointing is not None and (
+                previous // every < iteration // every or iteration == stage.iterations):
+            self.sink(snapshot(stage, iteration, image, self.checkpointing.snapshot_size))
+
+
+def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[[Tensor], dict[str, Tensor]]:
+    """The stage's targets and objective, cut as ``plan`` says: untiled, tiled, or shared by the ranks.
+
+    Targets once per stage on every rank, whole; a rank's band objective crops what it reads.
+    """
+    placement, weights = run.placement, run.plan.weights
+    targets: Targets = make_targets(placement.extractor, inputs.content, inputs.styles,
+                                    run.config.loss.style_blend, weights, placement.precision, plan.grid)
+    if plan.bands is not None:
+        stage = plan.stage
+        return BandObjective(placement.world, placement.extractor, targets, weights, plan.bands, stage.width,
+                             stage.height, placement.precision)
+    return make_objective(placement.extractor, targets, weights, plan.tiles, placement.precision)
+
+
+def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
+              warm_state: dict[str, Tensor] | None = None, done: int = 0) -> StageResult:
+    """Optimise one stage as ``plan`` cuts it; ``done`` of its iterations already ran (``start`` is
+    the image they left)."""
+    stage, config = plan.stage, run.config
+    objective = stage_objective(run, plan, inputs)
+    run.sink(StageStarted(stage.index, len(run.plan.stages), stage.width, stage.height, stage.iterations, done))
     began = time.perf_counter()
-    snapshot_every = checkpointing.snapshot_every if checkpointing else 0
     reset_peak_memory(start.device)
-    reported = [done]
-
-    def on_step(iteration: int, values: dict[str, float], seconds: float, image: Tensor) -> None:
-        previous, reported[0] = reported[0], iteration
-        sink(Step(stage.index, iteration, stage.iterations, values, seconds, peak_memory_bytes(image.device),
-                  iteration - previous))
-        # Steps are reported every placement.sync_every iterations: snapshot at the first report
-        # at or after each multiple of snapshot_every, and at the end.
-        if snapshot_every and checkpointing is not None and (
-                previous // snapshot_every < iteration // snapshot_every or iteration == stage.iterations):
-            sink(snapshot(stage, iteration, image, checkpointing.snapshot_size))
-
-    saves = ProgressSaves(checkpointing, stage, done, sink) if checkpointing is not None else None
+    saves = ProgressSaves(run.checkpointing, stage, done, run.sink) if run.checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
-                                        iterations=stage.iterations, on_step=on_step, warm_state=warm_state,
-                                        sync_every=placement.sync_every, done=done, on_state=saves)
+                                        iterations=stage.iterations, on_step=StepReporter(run, stage, done),
+                                        warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
+                                        on_state=saves)
     final = {k: float(v) for k, v in objective.loss(result).items()}
-    sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
+    run.sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
     return StageResult(result, final, state)
 
 
-def run_stage_fitting_memory(extractor: FeatureExtractor, inputs: StageInputs, start: Tensor, stage: Stage, stages: int,
-                             config: RenderConfig, sink: Sink, checkpointing: Checkpointing | None,
-                             warm_state: dict[str, Tensor] | None, placement: Placement | None = None,
-                             done: int = 0, spread: Spreader | None = None) -> StageResult:
+def run_stage_fitting_memory(run: Run, index: int, inputs: StageInputs, start: Tensor,
+                             warm_state: dict[str, Tensor] | None, done: int = 0) -> StageResult:
     """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size.
 
-    A stage spread over ranks is not retried: the other ranks are waiting in a collective, and
-    they cannot learn to start over. It stops with advice instead (``--resume`` continues)."""
-    tiling = spread_stage(spread, stage, stage_tiling(config, stage, start.device, placement=placement), sink)
+    A stage the ranks share is not retried: the others wait in a collective and cannot learn to
+    start over. It stops with advice instead (``--resume`` continues).
+    """
+    plan = _shared(run, run.plan.at_start(index))
     while True:
         try:
-            return run_stage(extractor, inputs, start, stage, stages, config, sink, checkpointing, warm_state, tiling,
-                             placement, done)
+            return run_stage(run, plan, inputs, start, warm_state, done)
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if not classify(exc).out_of_memory:
                 raise
-            if tiling.bands is not None:
-                raise DeviceError(f"out of memory on {start.device} at stage {stage.index + 1} "
-                                  f"({stage.width}x{stage.height}, {tiling.bands.tile or 'untiled'} px tiles in "
-                                  "its band); run again with --resume and a smaller --tile-size") from exc
-        smaller = smaller_tiling(config, stage, start.device, tiling, placement)
-        was = f"{tiling.tile} px tiles" if tiling.tile else "untiled"
-        sink(Message(f"out of memory at stage {stage.index + 1} ({was}); retrying it with {smaller.tile} px tiles"))
-        for device in placement.devices if placement else (start.device,):
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    torch.cuda.empty_cache()
-        tiling = smaller
+            if plan.bands is not None:
+                stage, tile = plan.stage, plan.bands.tile
+                raise DeviceError(f"out of memory on {start.device} at stage {index + 1} ({stage.width}x{stage.height}"
+                                  f", {f'{tile} px tiles' if tile else 'one window'} in its band); run again with "
+                                  "--resume and a smaller --tile-size") from exc
+        smaller = run.plan.smaller(plan)
+        was = f"{plan.tiling.tile} px tiles" if plan.tiling.tile else "untiled"
+        run.sink(Message(f"out of memory at stage {index + 1} ({was}); retrying it with {smaller.tiling.tile} px tiles"))
+        _free_cached_memory(run.placement)
+        plan = smaller
+
+
+def _shared(run: Run, plan: StagePlan) -> StagePlan:
+    """``plan`` with the ranks' bands when sharing the stage pays (a collective: every rank asks)."""
+    if run.spreader is None:
+        return plan
+    shared, gain = run.spreader.share(plan)
+    if shared.bands is not None:
+        stage = plan.stage
+        run.sink(Message(f"stage {stage.index + 1}: {len(shared.bands.bands)} bands over "
+                         f"{run.placement.world.size} ranks (modelled {gain:.2f}x faster than one)"))
+    return shared
+
+
+def _free_cached_memory(placement: Placement) -> None:
+    for device in placement.devices:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.empty_cache()
 
 
 def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, went: int, start: Tensor,
@@ -338,49 +259,67 @@ def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, went: int
     return image.to(start.device), state or warm
 
 
-def run_pyramid(extractor: FeatureExtractor, content: np.ndarray, styles: Sequence[np.ndarray],
-                schedule: Sequence[Stage], config: RenderConfig, init: str | np.ndarray,
-                device: torch.device, sink: Sink, checkpointing: Checkpointing | None = None,
-                done: int = 0, placement: Placement | None = None,
-                went: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
-    """Run the stages of ``schedule`` after the first ``done`` (taken from the work dir), the first
-    of them from its progress saved after ``went`` iterations (``WorkDir.progress``), if any.
+@dataclass
+class Progress:
+    """Where the pyramid stands between stages: the last image, Adam's state, the losses so far."""
 
-    ``placement`` (devices, replicas, precision) defaults to ``extractor`` on ``device`` in fp32.
+    image: Tensor | None = None
+    state: dict[str, Tensor] = field(default_factory=dict)
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+def _finished_stages(run: Run, done: int) -> Progress:
+    """The first ``done`` stages, as the work dir holds them."""
+    if not done or run.checkpointing is None:  # ranks other than 0 start from rank 0's image (same_start)
+        return Progress()
+    workdir = run.checkpointing.workdir
+    image, state = workdir.load_stage(done - 1)
+    run.sink(Message(f"resuming: {done} of {len(run.plan.stages)} stages already done in {workdir.path}"))
+    return Progress(image.to(run.placement.main), state, [workdir.stage_losses(i) for i in range(done)])
+
+
+def _upscale_notice(run: Run, content: np.ndarray) -> None:
+    height, width = content.shape[:2]
+    last = run.plan.stages[-1].stage
+    if last.long_side > max(width, height):
+        run.sink(Message(f"the content image ({width}x{height}) is upscaled to the output size "
+                         f"{last.width}x{last.height}: fine detail comes from the style alone"))
+
+
+def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs, init: str | np.ndarray,
+                went: int) -> StageResult:
+    """Start ``stage`` from the previous result (or the init image, or its saved progress) and run it."""
+    config, checkpointing = run.config, run.checkpointing
+    start = initial_image(init, inputs, config.optim.seed) if progress.image is None else upsample(progress.image, stage)
+    warm = (resize_adam_state(progress.state, stage.height, stage.width)
+            if progress.state and config.optim.warm_start else None)
+    if went >= 0:  # the first stage this run renders: maybe from its saved progress
+        start, warm = _saved_progress(checkpointing, stage, went, start, warm, run.sink)
+        if checkpointing is not None and checkpointing.snapshot_every:
+            run.sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
+    if run.placement.world.distributed:
+        start, warm = same_start(run.placement.world, start, warm)
+    return run_stage_fitting_memory(run, stage.index, inputs, start, warm, max(went, 0))
+
+
+def run_pyramid(run: Run, content: np.ndarray, styles: Sequence[np.ndarray], init: str | np.ndarray,
+                done: int = 0, went: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
+    """Run the plan's stages after the first ``done`` (taken from the work dir), the first of them
+    from its progress saved after ``went`` iterations (``WorkDir.progress``), if any.
+
     Returns the final image (1, 3, H, W) in [0, 1] and every stage's final losses.
     """
-    height, width = content.shape[:2]
-    if max(schedule[-1].width, schedule[-1].height) > max(width, height):
-        sink(Message(f"the content image ({width}x{height}) is upscaled to the output size "
-                     f"{schedule[-1].width}x{schedule[-1].height}: fine detail comes from the style alone"))
-    image: Tensor | None = None
-    state: dict[str, Tensor] = {}
-    stage_losses: list[dict[str, float]] = []
-    spread = spreader(config, placement) if placement is not None else None
-    if done and checkpointing is not None:  # ranks other than 0 have no work dir: they get rank 0's start
-        image, state = checkpointing.workdir.load_stage(done - 1)
-        image = image.to(device)
-        stage_losses = [checkpointing.workdir.stage_losses(i) for i in range(done)]
-        sink(Message(f"resuming: {done} of {len(schedule)} stages already done in {checkpointing.workdir.path}"))
+    _upscale_notice(run, content)
+    progress = _finished_stages(run, done)
+    schedule = run.plan.schedule
     for stage in schedule[done:]:
-        if checkpointing is not None:
-            checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
-        inputs = stage_inputs(content, styles, stage, config, device)
-        start = initial_image(init, inputs, config.optim.seed) if image is None else upsample(image, stage)
-        warm = resize_adam_state(state, stage.height, stage.width) if state and config.optim.warm_start else None
-        first = stage.index == done  # the first stage this run renders: maybe from its saved progress
-        if first:
-            start, warm = _saved_progress(checkpointing, stage, went, start, warm, sink)
-            if checkpointing is not None and checkpointing.snapshot_every:
-                sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
-        if placement is not None and placement.world.distributed:
-            start, warm = same_start(placement.world, start, warm)
-        result = run_stage_fitting_memory(extractor, inputs, start, stage, len(schedule), config, sink,
-                                          checkpointing, warm, placement, went if first else 0, spread)
-        image, state = result.image, result.optimizer_state
-        stage_losses.append(result.losses)
-        if checkpointing is not None:
-            checkpointing.workdir.save_stage(stage, schedule, image, state, result.losses)
-            checkpointing.workdir.drop_progress(stage.index)
-    assert image is not None
-    return image, stage_losses
+        if run.checkpointing is not None:
+            run.checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
+        inputs = stage_inputs(content, styles, stage, run.config, run.placement.main)
+        result = _next_stage(run, stage, progress, inputs, init, went if stage.index == done else -1)
+        progress = Progress(result.image, result.optimizer_state, [*progress.losses, result.losses])
+        if run.checkpointing is not None:
+            run.checkpointing.workdir.save_stage(stage, schedule, result.image, result.optimizer_state, result.losses)
+            run.checkpointing.workdir.drop_progress(stage.index)
+    assert progress.image is not None
+    return progress.image, progress.losses

@@ -59,6 +59,7 @@ class World:
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     devices: tuple[str, ...] = ()  # every rank's device (as far as this machine knows), for reports
+    local_size: int = 1  # ranks on this machine (CPU ranks share its memory)
 
     @property
     def main(self) -> bool:
@@ -151,7 +152,7 @@ def gather_floats(world: World, values: Sequence[float], what: str = "an all-gat
 
 
 def _join(rank: int, size: int, device: torch.device, host: str, port: int, devices: Sequence[str],
-          children: Sequence[Any] = ()) -> World:
+          children: Sequence[Any] = (), local_size: int = 0) -> World:
     """``init_process_group`` on a TCP store. Rank 0 hosts the store; a launcher (``children``)
     watches its ranks while they start, so one that dies on the way is named at once, not after
     ``JOIN_TIMEOUT``."""
@@ -165,7 +166,7 @@ def _join(rank: int, size: int, device: torch.device, host: str, port: int, devi
     with _collective("starting the ranks"):
         dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=size,
                                 timeout=timedelta(seconds=timeout_seconds()))
-    return World(rank, size, device, tuple(devices))
+    return World(rank, size, device, tuple(devices), local_size or size)
 
 
 def _await_children(store: Any, children: Sequence[Any], devices: Sequence[str]) -> None:
@@ -208,7 +209,8 @@ def join_from_env(device_setting: str, devices_setting: str) -> World:
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
     names = tuple(f"rank {r}" for r in range(size))
-    return _join(rank, size, device, env["MASTER_ADDR"], int(env["MASTER_PORT"]), names)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
+    return _join(rank, size, device, env["MASTER_ADDR"], int(env["MASTER_PORT"]), names, local_size=local_size or 1)
 
 
 def free_port() -> int:

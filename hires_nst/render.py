@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +16,21 @@ import torch
 from hires_nst import color, images, ranks
 from hires_nst.animation import AnimationRecorder
 from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
+from hires_nst.bandplan import Spreader
+from hires_nst.catalog import alias
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, Interrupted, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
-from hires_nst.placement import (Placement, default_sync_every, estimate_stage_bytes, place, resolve_devices,
-                                  resolve_precision)
-from hires_nst.printsize import print_plan
-from hires_nst.pyramid import Checkpointing, run_pyramid, stage_tiling
+from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
+from hires_nst.pyramid import Checkpointing, Run, run_pyramid
+from hires_nst.renderjob import RenderJob, RenderResult
 from hires_nst.safety import check_free_space, deferred_interrupts, render_needs
-from hires_nst.schedule import Stage, make_schedule
+from hires_nst.schedule import Stage
+from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule
 from hires_nst.outputs import output_path, settings_record, write_outputs
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
-
-Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
 DEFAULT_WORK_ROOT = Path("outputs") / "work"
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
@@ -39,46 +39,10 @@ ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): 
 
 
 @dataclass(frozen=True)
-class RenderJob:
-    content: Path
-    styles: tuple[Path, ...]
-    output: Path
-    config: RenderConfig = field(default_factory=RenderConfig)
-    resume: bool = False  # reuse the finished stages in the work dir
-    restart: bool = False  # discard whatever the work dir holds
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    output: Path
-    settings: Path
-    width: int
-    height: int
-    seconds: float
-    losses: dict[str, float]  # final losses at the output size
-    work_dir: Path
-    stages_reused: int = 0
-
-
-@dataclass(frozen=True)
 class Inputs:
     content: np.ndarray  # (H, W, 3) as loaded (centre-cropped for a print size with --fit crop)
     styles: list[np.ndarray]
     init: str | np.ndarray
-
-
-def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[Stage], Crop | None]:
-    """The pyramid for a ``width`` x ``height`` content image: up to --max-size, or to the pixel size
-    of --print-size at --dpi (which then overrides --max-size), with the crop that fills the paper."""
-    pyramid, printing = config.pyramid, config.print
-    crop, max_size = None, pyramid.max_size
-    if printing.print_size:
-        plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
-        width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
-    schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
-                             factor=pyramid.scale_factor, iterations=pyramid.iterations,
-                             fit_iterations=pyramid.fit_iterations)
-    return schedule, crop
 
 
 def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
@@ -158,7 +122,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
 
 
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """Render ``job``: load, optimise over the pyramid, write the image, its settings and its trace.
+    """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace.
 
     On several devices (``--devices``) one rank per device renders it together with the others
     (``ranks.launch``: rank 0 here, the others spawned); under torchrun this process is one rank.
@@ -177,75 +141,113 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
 
 
 def render_rank(world: ranks.World, job: RenderJob, sink: Sink = null_sink) -> RenderResult:
-    """``render`` as one rank of ``world``: rank 0 reads and writes the work dir, the output and the
-    trace, and reports; the others only compute (and tell nobody)."""
+    """``render`` as one rank of ``world``: rank 0 checks, reads and writes the work dir and the
+    output and reports; the others only compute, silently (``_render_silently``)."""
     began = time.perf_counter()
     config = job.config
     output = output_path(job.output, config.output.format)
+    if world.main:
+        images.check_output_path(output)
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
     workdir = WorkDir(work_dir_of(job))
     if world.main:
-        images.check_output_path(output)
-        _check_animation_path(config)
-        check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer,
-                                      config.output.bit_depth, config.output.save_stages))
+        _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config, world)
-    device = placement.main
+    plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
-    extractor = placement.extractor
     stamp = fingerprint(job, crop)
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart) if world.main else 0
-    went = workdir.progress(schedule[done], schedule) if world.main and done < len(schedule) else 0
-    done, went = ranks.broadcast_object(world, (done, went), "sharing the resume point")
+    point = _resume_point(job, workdir, stamp, schedule) if world.main else None
+    done, went = ranks.broadcast_object(world, point, "sharing the resume point")
+    spreader = make_spreader(config, plan, placement)
     if not world.main:
-        return _render_silently(world, job, inputs, schedule, placement, done, went, began)
+        return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went)
     animation = _animation(config, schedule[-1], inputs)
     sink = tee(sink, trace, *([animation] if animation else []))
-    sink(Planned(tuple(_planned(config, s, placement) for s in schedule), placement.describe(), extractor.source))
-    for name, why in workdir.damaged.items():
-        sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
-    if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
-        sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
-    content, styles = working_images(inputs, config.loss.preserve_color)
-    output_config = config.output
-    checkpointing = Checkpointing(workdir, output_config.save_every, output_config.animate_every if animation else 0,
-                                  output_config.animate_size, output_config.save_minutes, tuple(schedule))
-    try:
-        image, stage_losses = run_pyramid(extractor, content, styles, schedule, config, inputs.init, device, sink,
-                                          checkpointing, done, placement, went)
-    except KeyboardInterrupt:
-        raise _interrupted(workdir, stamp, schedule) from None
-    except BaseException as exc:
-        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        trace.close()
-    result = images.to_array(image)
-    if config.loss.preserve_color == "luminance":
-        result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
+    _announce(plan, placement, workdir, output, config, sink)
+    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None), spreader)
+    image, stage_losses = _run(run, inputs, workdir, stamp, trace, done, went)
+    result = _final_image(image, inputs, config)
     seconds = time.perf_counter() - began
-    record = settings_record(job, extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
+    record = settings_record(job, placement.extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
     with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
         settings = write_outputs(output, result, record, config, workdir, schedule, animation)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
 
 
-def _render_silently(world: ranks.World, job: RenderJob, inputs: Inputs, schedule: list[Stage],
-                     placement: Placement, done: int, went: int, began: float) -> RenderResult:
+def _render_silently(job: RenderJob, inputs: Inputs, plan: RenderPlan, placement: Placement,
+                     spreader: Spreader | None, done: int, went: int, began: float) -> RenderResult:
     """A rank other than 0: the same pyramid without a work dir, events or files. It starts each
     stage from rank 0's image (``distributed.same_start``), so it needs none of rank 0's files."""
     config = job.config
     content, styles = working_images(inputs, config.loss.preserve_color)
-    _, stage_losses = run_pyramid(placement.extractor, content, styles, schedule, config, inputs.init,
-                                  placement.main, null_sink, None, done, placement, went)
-    last = schedule[-1]
+    run = Run(config, plan, placement, null_sink, None, spreader)
+    _, stage_losses = run_pyramid(run, content, styles, inputs.init, done, went)
+    last = plan.stages[-1].stage
     return RenderResult(output_path(job.output, config.output.format), Path(), last.width, last.height,
                         time.perf_counter() - began, stage_losses[-1], work_dir_of(job), done)
+
+
+def make_spreader(config: RenderConfig, plan: RenderPlan, placement: Placement) -> Spreader | None:
+    """The sharing decisions of a render on several ranks (None on one)."""
+    if not placement.world.distributed:
+        return None
+    return Spreader(placement.world, placement, plan.rules, [alias(n) for n in config.loss.style_layers])
+
+
+def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, schedule: list[Stage]) -> None:
+    """Fail before the work, not after it: the animation's folder, and room for every file."""
+    _check_animation_path(config)
+    check_free_space(render_needs(output, workdir.path, schedule, config.optim.optimizer, config.output.bit_depth,
+                                  config.output.save_stages))
+
+
+def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
+    """How many stages the work dir already holds for this job, and how far the next one got."""
+    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart)
+    return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
+
+
+def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,
+              sink: Sink) -> None:
+    """The plan as the user sees it, and what they should know before the work starts."""
+    sink(Planned(tuple(_planned(p) for p in plan.stages), placement.describe(), placement.extractor.source))
+    for name, why in workdir.damaged.items():
+        sink(Message(f"{name} in {workdir.path} is {why}: not reused, its stage runs again"))
+    if config.output.bit_depth == 16 and images.FORMATS[output.suffix.lower()] == "JPEG":
+        sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
+
+
+def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
+    output = config.output
+    return Checkpointing(workdir, output.save_every, output.animate_every if animated else 0, output.animate_size,
+                         output.save_minutes, tuple(schedule))
+
+
+def _run(run: Run, inputs: Inputs, workdir: WorkDir, stamp: dict[str, Any], trace: TraceWriter, done: int,
+         went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
+    content, styles = working_images(inputs, run.config.loss.preserve_color)
+    try:
+        return run_pyramid(run, content, styles, inputs.init, done, went)
+    except KeyboardInterrupt:
+        raise _interrupted(workdir, stamp, run.plan.schedule) from None
+    except BaseException as exc:
+        workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        trace.close()
+
+
+def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> np.ndarray:
+    result = images.to_array(image)
+    if config.loss.preserve_color == "luminance":
+        result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))
+    return result
 
 
 def _check_animation_path(config: RenderConfig) -> None:
@@ -278,11 +280,9 @@ def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Pl
     return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every), world)
 
 
-def _planned(config: RenderConfig, stage: Stage, placement: Placement) -> PlannedStage:
-    tiling = stage_tiling(config, stage, placement.main, placement=placement)
-    memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo,
-                                  placement.precision.bytes_per_value(placement.main))
-    return PlannedStage(stage.width, stage.height, stage.iterations, memory, tiling.tile, tiling.tiles)
+def _planned(plan: StagePlan) -> PlannedStage:
+    stage, tiling = plan.stage, plan.tiling
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles)
 
 
 def _interrupted(workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> Interrupted:

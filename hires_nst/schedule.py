@@ -36,16 +36,22 @@ def fit_long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def check_pyramid(min_size: int, max_size: int, factor: float) -> None:
+    """The one check of the pyramid's sizes: by the config (--max-size) and by the schedule (the
+    size actually rendered, which --print-size may set). ``min_size`` 0 means the default."""
+    if min_size > max_size:
+        raise ConfigError(f"--min-size {min_size} is larger than --max-size {max_size}")
+    if factor <= 1:
+        raise ConfigError(f"--scale-factor must be > 1, got {factor}")
+
+
 def stage_long_sides(min_size: int, max_size: int, factor: float) -> list[int]:
     """Long sides from ``min_size`` up by ``factor``, the last exactly ``max_size``.
 
     An intermediate stage closer than sqrt(factor) to the final size is dropped: a stage that
     barely grows the image costs a full pass and adds nothing.
     """
-    if min_size > max_size:
-        raise ConfigError(f"--min-size {min_size} is larger than --max-size {max_size}")
-    if factor <= 1:
-        raise ConfigError(f"--scale-factor must be > 1, got {factor}")
+    check_pyramid(min_size, max_size, factor)
     sides = []
     side = float(min_size)
     while side * math.sqrt(factor) < max_size - 1e-9:

@@ -3,7 +3,9 @@
 A plan cuts an image into cores that cover it exactly once, each inside a window that reaches
 ``halo`` pixels further (clipped at the image border); core offsets are multiples of ``align`` so
 that every window's pooling grid lines up with the untiled network's. ``required_halo`` derives
-the halo that makes a set of VGG layers exact.
+the halo that makes a set of VGG layers exact; ``TileGrid.for_layers`` is the one place a render's
+halo and alignment are decided, and ``TileGrid.tiles`` the one tile planning of a stage's images.
+Several ranks share a stage in ``bands`` (each rank's band, tiled with ``plan_tiles`` inside it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Iterable, Sequence
 from torch import Tensor
 
 from hires_nst.errors import ConfigError
-from hires_nst.features import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
+from hires_nst.catalog import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,27 @@ def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZE
             if f"conv{block}_{conv}" in wanted:
                 need = max(need, spoiled * 2 ** (block - 1))
     return round_up(need, align_for(wanted))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How the images of one stage are cut: core side (None: not at all), halo and alignment."""
+
+    tile: int | None
+    halo: int
+    align: int
+
+    @classmethod
+    def for_layers(cls, layers: Iterable[str], tile: int | None, halo: int = 0,
+                   block_sizes: Sequence[int] = BLOCK_SIZES) -> "TileGrid":
+        """The grid that keeps ``layers`` exact: ``halo`` if given (> 0), else ``required_halo``."""
+        layers = list(layers)
+        return cls(tile, halo or required_halo(layers, block_sizes), align_for(layers))
+
+    def tiles(self, width: int, height: int) -> list[Tile]:
+        """The windows of a ``width`` x ``height`` image: ``plan_tiles``, or one window when untiled."""
+        if self.tile is None:
+            whole = Rect(0, 0, width, height)
+            return [Tile(whole, whole)]
+        return plan_tiles(width, height, self.tile, self.halo, self.align)
+

@@ -6,128 +6,98 @@ global Gram per layer; and the style gradient at a position needs only that glob
 Grams and content errors, pass 2 (with grad) backpropagates the analytic ``dL/dF`` of each tile's
 core into its window and adds the window's input gradient into one full-size buffer.
 
+The statistics, the loss terms and the targets are ``objective``'s (``Statistics``, ``loss_terms``,
+``make_targets``); this module adds the analytic gradient of pass 2 and runs the passes over the
+tiles that the stage plan (``stageplan``) gives.
+
 Three rules keep tiled == untiled up to float rounding:
 
 * core offsets are multiples of ``align = 2**pools`` before the deepest layer, so a window's pooling
   grid lines up with the untiled one;
 * every window reaches ``halo`` pixels past its core, enough that the zero padding at the window's
-  edge cannot reach the core at any used layer (``required_halo``);
+  edge cannot reach the core at any used layer (``tileplan.required_halo``);
 * windows never go past the image: at the image border a tile sees the same zero padding as the
   untiled network, and the same pooling floors at a right/bottom edge that is not a multiple of 16.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from hires_nst import losses
+from hires_nst.backbones import FeatureExtractor
 from hires_nst.errors import ConfigError
-from hires_nst.features import POOLS_BEFORE, VGGFeatures
-from hires_nst.objective import LossTerms, Objective, Targets, Weights, combine, make_targets
-from hires_nst.placement import FP32, Precision
-from hires_nst.tileplan import Tile, align_for, plan_tiles, required_halo
+from hires_nst.objective import (LossTerms, Objective, Statistics, Targets, Weights, add_window, content_target,
+                                 core_features, loss_terms, require_tileable)
+from hires_nst.placement import FP32, LossScale, Precision
+from hires_nst.tileplan import Tile
 
 
-# --------------------------------------------------------------------------- the objective
+def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict[str, Tensor]:
+    """Per style layer, ``4 s (G - A) / M`` with ``s = style weight * layer weight / |A|^2``.
+
+    Then ``dL/dF = factor @ F`` for F as (C, positions): from ``L = s |G - A|^2``,
+    ``G = F F^T / M`` and the symmetry of ``G - A``.
+    """
+    t, w = targets, weights
+    grams = stats.grams()
+    return {n: (4.0 * w.style * lw / (t.style_norms[n] * stats.areas[n])) * (grams[n] - t.style[n].float())
+            for n, lw in w.style_layers.items()}
 
 
-def _core_features(feats: dict[str, Tensor], tile: Tile, name: str) -> Tensor:
-    """A layer's features at the tile's core: (1, C, h, w) cropped from the window's map."""
-    rows, cols = tile.core_in_window(POOLS_BEFORE[name])
-    return feats[name][:, :, rows, cols]
+def tv_gradient(image: Tensor, weight: float) -> Tensor:
+    """d(weight * TV)/d(image) on the full image: TV is cheap and image-sized."""
+    with torch.enable_grad():
+        leaf = image.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(weight * losses.tv_loss(leaf), leaf)
+    return grad
 
 
-def _add_grams(feats: dict[str, Tensor], tile: Tile, layers: Iterable[str],
-               sums: dict[str, Tensor], areas: dict[str, int]) -> None:
-    """Add the core's ``sum f f^T`` (C, C, float32) and its area into the running totals per layer."""
-    for name in layers:
-        core = _core_features(feats, tile, name)  # (1, C, h, w)
-        part = losses.gram_sum(core)
-        sums[name] = sums[name] + part if name in sums else part
-        areas[name] = areas.get(name, 0) + core.shape[2] * core.shape[3]
+def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weights, loss_scale: LossScale,
+             backward: Callable[[dict[str, Tensor], float], Tensor]) -> LossTerms:
+    """Loss terms from pass 1's ``stats``; ``backward(factors, scale)`` (pass 2) gives ``image.grad``.
 
-
-@dataclass
-class _Totals:
-    """What pass 1 sums over all tiles: the global statistics the loss and gradient need."""
-
-    gram_sums: dict[str, Tensor]  # style layer -> (C, C) float32, sum over positions of f f^T
-    areas: dict[str, int]  # style layer -> untiled H * W at that layer
-    content_errors: dict[str, Tensor]  # content layer -> 0-d float32, sum of (F - P)^2
-
-    def grams(self) -> dict[str, Tensor]:
-        return {n: s / self.areas[n] for n, s in self.gram_sums.items()}
-
-
-def used_layers(targets: Targets, weights: Weights) -> list[str]:
-    """The layers whose values enter the loss: the content layers with a target, and the style layers."""
-    content = [n for n in weights.content_layers if n in targets.content]
-    return list(dict.fromkeys(content + list(weights.style_layers)))
+    With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
+    """
+    terms = loss_terms(stats, targets, weights, image.detach())
+    factors = style_factors(stats, targets, weights) if weights.style else {}
+    grad = loss_scale.run(lambda scale: backward(factors, scale))
+    if weights.tv > 0:
+        grad += tv_gradient(image, weights.tv)
+    image.grad = grad
+    return terms
 
 
 class TiledObjective:
     """The untiled ``Objective``'s loss and gradient, computed tile by tile (same interface).
 
     Peak memory is that of one window's forward and backward pass, plus full-size image-shaped
-    buffers; the price is one extra forward pass per tile and the halo.
+    buffers; the price is one extra forward pass per tile and the halo. ``statistics`` (pass 1)
+    and ``gradient`` (pass 2) are public: ``spread`` runs them on each device's share.
     """
 
-    def __init__(self, extractor: VGGFeatures, targets: Targets, weights: Weights, tiles: Sequence[Tile],
+    def __init__(self, extractor: FeatureExtractor, targets: Targets, weights: Weights, tiles: Sequence[Tile],
                  precision: Precision = FP32) -> None:
         if not tiles:
             raise ConfigError("a tiled objective needs at least one tile")
+        require_tileable(extractor, len(tiles))
         self.extractor, self.targets, self.weights = extractor, targets, weights
         self.precision, self.loss_scale = precision, precision.loss_scale()
         self.tiles = list(tiles)
         self.content_layers = [n for n in weights.content_layers if n in targets.content]
         self.style_layers = list(weights.style_layers)
 
-    def _content_target(self, tile: Tile, name: str) -> Tensor:
-        """The content features at the tile's core, cropped from the untiled target."""
-        return tile.core.at_depth(POOLS_BEFORE[name]).crop(self.targets.content[name])
-
     @torch.no_grad()
-    def _accumulate(self, image: Tensor) -> _Totals:
+    def statistics(self, image: Tensor) -> Statistics:
         """Pass 1: global Gram sums and content errors, one window at a time."""
-        zeros = {n: image.new_zeros((), dtype=torch.float32) for n in self.content_layers}
-        totals = _Totals({}, {}, zeros)
+        stats = Statistics()
         for tile in self.tiles:
-            self._accumulate_tile(image, tile, totals)
-        return totals
-
-    def _accumulate_tile(self, image: Tensor, tile: Tile, totals: _Totals) -> None:
-        feats = self.precision.features(self.extractor, tile.window.crop(image))
-        _add_grams(feats, tile, self.style_layers, totals.gram_sums, totals.areas)
-        for name in self.content_layers:
-            diff = _core_features(feats, tile, name).float() - self._content_target(tile, name).float()
-            totals.content_errors[name] += diff.square().sum()
-
-    def _terms(self, image: Tensor, totals: _Totals) -> LossTerms:
-        """The loss terms from the global totals, exactly as ``Objective`` defines them."""
-        t, w = self.targets, self.weights
-        zero = image.new_zeros((), dtype=torch.float32)
-        content = sum((lw * totals.content_errors[n] / t.content_norms[n]
-                       for n, lw in w.content_layers.items() if n in t.content), zero)
-        grams = totals.grams()
-        style = sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
-                     for n, lw in w.style_layers.items()), zero)
-        tv = losses.tv_loss(image.detach()) if w.tv > 0 else zero
-        return combine(w, content, style, tv)
-
-    def _style_factors(self, totals: _Totals) -> dict[str, Tensor]:
-        """Per style layer, ``4 s (G - A) / M`` with ``s = style weight * layer weight / |A|^2``.
-
-        Then ``dL/dF = factor @ F`` for F as (C, positions): from ``L = s |G - A|^2``,
-        ``G = F F^T / M`` and the symmetry of ``G - A``.
-        """
-        t, w = self.targets, self.weights
-        grams = totals.grams()
-        return {n: (4.0 * w.style * lw / (t.style_norms[n] * totals.areas[n])) * (grams[n] - t.style[n].float())
-                for n, lw in w.style_layers.items()}
+            feats = self.precision.features(self.extractor, tile.window.crop(image))
+            add_window(stats, feats, tile, self.style_layers, self.content_layers, self.targets)
+        return stats
 
     def _feature_grads(self, feats: dict[str, Tensor], tile: Tile, factors: dict[str, Tensor],
                        scale: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
@@ -137,19 +107,18 @@ class TiledObjective:
         """
         grads: dict[str, Tensor] = {}
         for name, factor in factors.items():
-            core = _core_features(feats, tile, name)
-            channels = core.shape[1]
-            flat = core.detach().float().reshape(channels, -1)  # (C, h*w)
+            core = core_features(feats, tile, name)
+            flat = core.detach().float().reshape(core.shape[1], -1)  # (C, h*w)
             grads[name] = (factor @ flat).reshape(core.shape)
         t, w = self.targets, self.weights
         for name in self.content_layers:
-            core = _core_features(feats, tile, name)
+            core = core_features(feats, tile, name)
             factor = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
-            grad = factor * (core.detach().float() - self._content_target(tile, name).float())
+            grad = factor * (core.detach().float() - content_target(t, tile, name).float())
             grads[name] = grads[name] + grad if name in grads else grad
         outputs, grad_outputs = [], []
         for name, grad in grads.items():
-            core = _core_features(feats, tile, name)
+            core = core_features(feats, tile, name)
             if core.numel():
                 outputs.append(core)
                 grad_outputs.append((grad * scale if scale != 1.0 else grad).to(core.dtype))
@@ -167,14 +136,7 @@ class TiledObjective:
             (window_grad,) = torch.autograd.grad(outputs, window, grad_outputs)
         tile.window.crop(grad).add_(window_grad.to(grad.dtype))
 
-    def _tv_grad(self, image: Tensor) -> Tensor:
-        """d(tv weight * TV)/d(image) on the full image: TV is cheap and image-sized."""
-        with torch.enable_grad():
-            leaf = image.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.weights.tv * losses.tv_loss(leaf), leaf)
-        return grad
-
-    def _backward(self, image: Tensor, factors: dict[str, Tensor], scale: float) -> Tensor:
+    def gradient(self, image: Tensor, factors: dict[str, Tensor], scale: float = 1.0) -> Tensor:
         """Pass 2 over every tile: the network's part of d(loss)/d(image), (1, 3, H, W) float32."""
         grad = torch.zeros_like(image, dtype=torch.float32)
         for tile in self.tiles:
@@ -183,95 +145,20 @@ class TiledObjective:
 
     def loss(self, image: Tensor) -> LossTerms:
         """Loss terms only (pass 1): for reports and scores."""
-        return self._terms(image, self._accumulate(image))
+        return loss_terms(self.statistics(image), self.targets, self.weights, image.detach())
 
     def __call__(self, image: Tensor) -> LossTerms:
-        """Loss terms, with d(total)/d(image) written to ``image.grad`` (both passes).
-
-        With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
-        """
-        totals = self._accumulate(image)
-        terms = self._terms(image, totals)
-        factors = self._style_factors(totals) if self.weights.style else {}
-        grad = self.loss_scale.run(lambda scale: self._backward(image, factors, scale))
-        if self.weights.tv > 0:
-            grad += self._tv_grad(image)
-        image.grad = grad
-        return terms
+        """Loss terms, with d(total)/d(image) written to ``image.grad`` (both passes)."""
+        return evaluate(image, self.statistics(image), self.targets, self.weights, self.loss_scale,
+                        lambda factors, scale: self.gradient(image, factors, scale))
 
 
-# --------------------------------------------------------------------------- targets
-
-
-@torch.no_grad()
-def tiled_statistics(extractor: VGGFeatures, image: Tensor, tiles: Sequence[Tile], gram_layers: Sequence[str],
-                     map_layers: Sequence[str], precision: Precision = FP32) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Position-averaged Grams (C, C) and whole feature maps (1, C, H >> k, W >> k), window by window.
-
-    The same numbers as one untiled pass: a stage's content and style images are as large as the
-    image being optimised, so their targets must not need the untiled activations either.
-    """
-    height, width = image.shape[-2:]
-    sums: dict[str, Tensor] = {}
-    areas: dict[str, int] = {}
-    maps: dict[str, Tensor] = {}
-    for tile in tiles:
-        feats = precision.features(extractor, tile.window.crop(image))
-        _add_grams(feats, tile, gram_layers, sums, areas)
-        for name in map_layers:
-            core = _core_features(feats, tile, name).float()
-            if name not in maps:
-                depth = POOLS_BEFORE[name]
-                maps[name] = core.new_zeros((1, core.shape[1], height >> depth, width >> depth))
-            tile.core.at_depth(POOLS_BEFORE[name]).crop(maps[name]).copy_(core)
-    return {n: s / areas[n] for n, s in sums.items()}, maps
-
-
-def make_tiled_targets(extractor: VGGFeatures, content: Tensor | None, styles: Sequence[Tensor],
-                       blend: Sequence[float], weights: Weights, tile_size: int | None,
-                       halo: int | None = None, precision: Precision = FP32) -> Targets:
-    """``objective.make_targets``, with each image larger than one tile computed window by window."""
-    if tile_size is None:
-        return make_targets(extractor, content, styles, blend, weights, precision)
-    _check_tileable(extractor)
-    layers = list(dict.fromkeys([*weights.content_layers, *weights.style_layers]))
-    halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
-
-    def tiles_for(image: Tensor) -> list[Tile]:
-        return plan_tiles(image.shape[-1], image.shape[-2], tile_size, halo, align_for(layers))
-
-    content_feats: dict[str, Tensor] = {}
-    if content is not None and weights.content > 0 and weights.content_layers:
-        _, content_feats = tiled_statistics(extractor, content, tiles_for(content), [], list(weights.content_layers),
-                                            precision)
-    per_style = [tiled_statistics(extractor, style, tiles_for(style), list(weights.style_layers), [], precision)[0]
-                 for style in styles]
-    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
-    return Targets(content_feats, style_grams,
-                   {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum() for n, t in style_grams.items()})
-
-
-def make_objective(extractor: VGGFeatures, targets: Targets, weights: Weights, width: int, height: int,
-                   tile_size: int | None, halo: int | None = None,
+def make_objective(extractor: FeatureExtractor, targets: Targets, weights: Weights, tiles: Sequence[Tile],
                    precision: Precision = FP32) -> Objective | TiledObjective:
-    """The cheapest exact objective for a ``width`` x ``height`` image.
+    """The cheapest exact objective over the windows ``tiles`` of the stage plan.
 
-    Untiled when ``tile_size`` is None or one tile would cover the image (no second forward pass
-    for small stages); otherwise tiled, with ``required_halo`` of the used layers unless ``halo``
-    is given (a smaller halo trades exactness for speed).
+    Untiled when one window covers the image (no second forward pass for small stages).
     """
-    if tile_size is None:
-        return Objective(extractor, targets, weights, precision)
-    _check_tileable(extractor)
-    layers = used_layers(targets, weights)
-    halo = required_halo(layers, extractor.block_sizes) if halo is None else halo
-    tiles = plan_tiles(width, height, tile_size, halo, align_for(layers))
-    if len(tiles) == 1:
+    if len(tiles) <= 1:
         return Objective(extractor, targets, weights, precision)
     return TiledObjective(extractor, targets, weights, tiles, precision)
-
-
-def _check_tileable(extractor: VGGFeatures) -> None:
-    if not getattr(extractor, "tileable", False):
-        raise ConfigError("tiling is exact only for VGG backbones; render ResNet backbones untiled")

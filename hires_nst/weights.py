@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchvision.models.vgg import cfgs, make_layers
 
 from hires_nst.errors import WeightsError
 
@@ -151,8 +152,6 @@ def _offline_hint(backbone: str) -> str:
 
 def _random(backbone: str) -> VGGWeights:
     """Untrained weights, initialised as torchvision initialises the model, from torch's global RNG."""
-    from hires_nst.backbones import trunk
-
     body = trunk(backbone)
     if backbone != "resnet50":  # make_layers alone keeps PyTorch's default init; torchvision's VGG re-inits
         for module in body.modules():
@@ -209,8 +208,6 @@ def _trunk_only(state: dict[str, Tensor], origin: str, backbone: str = "vgg19") 
 
 @functools.lru_cache(maxsize=None)
 def _expected_shapes(backbone: str = "vgg19") -> dict[str, torch.Size]:
-    from hires_nst.backbones import trunk
-
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         return {k: v.shape for k, v in trunk(backbone).state_dict().items()}
 
@@ -233,3 +230,28 @@ def check_shapes(state: dict[str, Tensor], origin: str, backbone: str = "vgg19")
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- the networks the weights fill
+
+VGG_CFG = {"vgg19": "E", "vgg16": "D"}  # torchvision's names of the architectures
+
+
+def vgg_body(arch: str = "vgg19") -> nn.Sequential:
+    """torchvision's VGG ``features`` architecture, without building the big classifier."""
+    return make_layers(cfgs[VGG_CFG[arch]], batch_norm=False)
+
+
+def vgg19_body() -> nn.Sequential:
+    return vgg_body("vgg19")
+
+
+def trunk(backbone: str) -> nn.Module:
+    """The module whose state dict a backbone's weights fill: VGG ``features``, ResNet-50 minus ``fc``."""
+    if backbone == "resnet50":
+        from torchvision.models import resnet50  # only when asked: torchvision.models is slow to import
+
+        net = resnet50()
+        net.fc = nn.Identity()  # the classifier is never used
+        return net
+    return vgg_body(backbone)

@@ -13,18 +13,21 @@ import torchvision
 from torch import nn
 from torchvision.models import ResNet50_Weights, VGG16_Weights
 
-from hires_nst import images, pyramid
-from hires_nst.backbones import BACKBONES, ResNetFeatures, alias, build_extractor, get_backbone
+from hires_nst import images, stageplan
+from hires_nst.backbones import ResNetFeatures, build_extractor
+from hires_nst.catalog import BACKBONES, VGG_BLOCKS, alias, get_backbone
 from hires_nst.config import resolve
 from hires_nst.errors import ConfigError, DeviceError, WeightsError
 from hires_nst.events import Step
-from hires_nst.features import VGG_BLOCKS, VGGFeatures
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
+from hires_nst.placement import Placement
 from hires_nst.render import RenderJob, render
 from hires_nst.schedule import Stage
-from hires_nst.tileplan import required_halo
+from hires_nst.tileplan import plan_tiles, required_halo
 from hires_nst.tiling import TiledObjective, make_objective
 from hires_nst.weights import load_weights
+from tests.synthetic import tiles_for
 
 
 def _random(backbone: str, seed: int = 0):
@@ -192,7 +195,7 @@ def test_vgg16_tiled_loss_and_gradient_equal_the_untiled_ones_at_its_own_halo() 
     extractor = VGGFeatures(_random("vgg16"), ["conv1_1", "conv3_3", "conv5_1"], arch="vgg16")
     weights = Weights.equal_layers(1.0, 10.0, 0.0, ["conv3_3"], ["conv1_1", "conv5_1"])
     targets = make_targets(extractor, _image(height, width, 1), [_image(96, 80, 2)], [1.0], weights)
-    tiled = make_objective(extractor, targets, weights, width, height, tile_size=64)
+    tiled = make_objective(extractor, targets, weights, tiles_for(extractor, width, height, 64))
     assert isinstance(tiled, TiledObjective) and len(tiled.tiles) == 6
     assert tiled.tiles[0].window.right == 64 + 64  # VGG16's conv5_1 halo
     untiled_image, tiled_image = _image(height, width, 3), _image(height, width, 3)
@@ -209,16 +212,17 @@ def test_resnet_refuses_a_forced_tile_and_runs_untiled_on_auto(monkeypatch: pyte
     with pytest.raises(ConfigError, match="--tile-size .*tiling is exact only for VGG backbones"):
         resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"}, "tiling": {"tile_size": "256"}}))
     config = resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"}}))
-    monkeypatch.setattr(pyramid, "available_bytes", lambda device: 2**20)  # 1 MiB: a VGG stage would be tiled
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 2**20)  # 1 MiB: a VGG stage would be tiled
     stage = Stage(0, 1024, 768, 1)
-    assert pyramid.stage_tiling(config, stage, torch.device("cpu")) == pyramid.Tiling(None, 0, 1)
+    plan = stageplan.make_plan(config, [stage], None, Placement.single(nn.Identity()))
+    assert plan.stages[0].tiling == stageplan.Tiling(None, 0, 1)
     with pytest.raises(DeviceError, match="resnet50 renders cannot be tiled"):
-        pyramid.smaller_tiling(config, stage, torch.device("cpu"), pyramid.Tiling(None, 0, 1))
+        plan.smaller(plan.stages[0])
     extractor = ResNetFeatures(_random("resnet50"), ["stem"])
     weights = Weights.equal_layers(0.0, 1.0, 0.0, [], ["stem"])
     targets = make_targets(extractor, None, [_image(32, 32)], [1.0], weights)
     with pytest.raises(ConfigError, match="tiling is exact only for VGG backbones"):
-        make_objective(extractor, targets, weights, 128, 128, tile_size=64)
+        make_objective(extractor, targets, weights, plan_tiles(128, 128, 64, 0))
 
 
 def test_a_tiny_resnet_render_with_random_weights_lowers_the_loss(tmp_path: Path) -> None:

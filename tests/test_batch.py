@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import hires_nst.batch_run
+import hires_nst.batch_job
 from hires_nst import images
 from hires_nst.batch import load_batch
 from hires_nst.batch_run import run_batch
@@ -81,13 +81,13 @@ def manifest(folder: Path) -> dict[str, dict]:
 def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The content image of every render the batch starts."""
     calls: list[str] = []
-    real = hires_nst.batch_run.render
+    real = hires_nst.batch_job.render
 
     def counting(job, sink):
         calls.append(job.content.name)
         return real(job, sink)
 
-    monkeypatch.setattr(hires_nst.batch_run, "render", counting)
+    monkeypatch.setattr(hires_nst.batch_job, "render", counting)
     return calls
 
 
@@ -335,7 +335,7 @@ def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports() -> None:
-    from hires_nst.batch_run import _log_line
+    from hires_nst.batch_job import _log_line
 
     def logged(iterations: int, every: int) -> list[int]:
         reports = [*range(every, iterations, every), iterations]
@@ -348,7 +348,7 @@ def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports(
 
 
 def test_a_job_left_running_by_a_dead_run_is_recorded_as_interrupted(folder: Path) -> None:
-    from hires_nst.batch_run import Ledger
+    from hires_nst.batch_job import Ledger
 
     batch = load_batch(job_file(folder, '\n[[job]]\nname = "j"\ncontent = "in/a.png"\nstyles = "in/s.png"\n'))
     [job] = batch.jobs

@@ -24,7 +24,8 @@ from hires_nst.bandplan import Costs, Line, spread_pays
 from hires_nst.bands import balanced_cuts, band_tiles, plan_bands
 from hires_nst.cli import app
 from hires_nst.config import resolve
-from hires_nst.distributed import BandObjective, BandPlan
+from hires_nst.bands import BandPlan
+from hires_nst.distributed import BandObjective
 from hires_nst.events import Message
 from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
@@ -117,7 +118,7 @@ def two_fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("spec,message", [
     ("cuda:9", "--devices cuda:9: this machine has 2 CUDA device(s)"),
     ("cuda:0,cuda:0", "--devices cuda:0,cuda:0: a CUDA device is listed twice"),
-    ("cuda:1,cuda", "a CUDA device is listed twice"),  # cuda means the current device, cuda:0 here
+    ("cuda:0,cuda", "a CUDA device is listed twice"),  # cuda means the current device, cuda:0 here
     ("cpu,cuda:1", "--devices cpu,cuda:1: mixes CPU and CUDA devices; use one kind"),
 ])
 def test_devices_that_cannot_be_served_are_one_clear_error(two_fake_gpus: None, spec: str, message: str,

@@ -8,18 +8,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from hires_nst.errors import ConfigError, WeightsError
-from hires_nst.features import (
-    CAFFE_MEAN_BGR, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, IMAGENET_MEAN, IMAGENET_STD, LAYER_NAMES,
-    VGGFeatures, canonical_layer,
-)
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, canonical_layer
+from hires_nst.features import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, VGGFeatures
 from hires_nst.weights import VGGWeights, load_weights
 
 DEFAULT_LAYERS = DEFAULT_STYLE_LAYERS + DEFAULT_CONTENT_LAYERS
 
 
 @pytest.fixture(scope="module")
-def original() -> VGGWeights:
-    return load_weights("original")
+def original(original_weights: VGGWeights) -> VGGWeights:
+    return original_weights
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import hires_nst.render
 from hires_nst.cli import app
 from hires_nst.config import parse_layer_weights, resolve
 from hires_nst.errors import ConfigError
-from hires_nst.pyramid import loss_weights
+from hires_nst.stageplan import loss_weights
 from hires_nst.render import RenderJob, RenderResult
 
 STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hires_nst import losses
+from hires_nst.objective import Statistics, Targets, Weights, loss_terms
 
 # Channel 0 = [[1, 2], [3, 4]], channel 1 = [[0, 1], [-1, 2]]; flattened c0 = (1, 2, 3, 4), c1 = (0, 1, -1, 2):
 # c0.c0 = 30, c0.c1 = 0 + 2 - 3 + 8 = 7, c1.c1 = 0 + 1 + 1 + 4 = 6.
@@ -45,27 +46,31 @@ def test_relative_error_hand_computed() -> None:
     assert losses.relative_error(value, target, target_norm=10.0).item() == pytest.approx(0.5)
 
 
-def test_content_loss_hand_computed() -> None:
+def test_content_error_hand_computed() -> None:
     features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     target = torch.tensor([[[[1.0, 0.0], [3.0, 2.0]]]])
     # |(0, 2, 0, 2)|^2 / (1 + 0 + 9 + 4) = 8 / 14
-    assert losses.content_loss(features, target).item() == pytest.approx(8 / 14)
-    assert losses.content_loss(target, target).item() == 0.0
+    assert losses.relative_error(features, target).item() == pytest.approx(8 / 14)
+    assert losses.relative_error(target, target).item() == 0.0
 
 
-def test_style_layer_loss_hand_computed() -> None:
+def test_style_layer_error_hand_computed() -> None:
     gram_matrix = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
     target = torch.eye(2)
     # |[[1, 1], [1, 1]]|^2 / |I|^2 = 4 / 2
-    assert losses.style_layer_loss(gram_matrix, target).item() == pytest.approx(2.0)
+    assert losses.relative_error(gram_matrix, target).item() == pytest.approx(2.0)
 
 
 def test_style_loss_is_the_weighted_sum_over_the_weighted_layers_only() -> None:
     grams = {"a": 2 * torch.eye(2), "b": torch.tensor([[3.0]]), "c": torch.tensor([[100.0]])}
-    targets = {"a": torch.eye(2), "b": torch.tensor([[1.0]]), "c": torch.tensor([[1.0]])}
+    style = {"a": torch.eye(2), "b": torch.tensor([[1.0]]), "c": torch.tensor([[1.0]])}
     # a: |I|^2 / |I|^2 = 1; b: 2^2 / 1 = 4; c is not weighted and must not count.
-    value = losses.style_loss(grams, targets, {"a": 0.25, "b": 0.75})
-    assert value.item() == pytest.approx(0.25 * 1 + 0.75 * 4)
+    stats = Statistics({n: 4 * g for n, g in grams.items()}, {n: 4 for n in grams}, {})  # sums over 4 positions
+    targets = Targets({}, style, {}, {n: t.square().sum() for n, t in style.items()})
+    weights = Weights(1.0, 1.0, 0.0, {}, {"a": 0.25, "b": 0.75})
+    terms = loss_terms(stats, targets, weights, torch.zeros(1, 3, 2, 2))
+    assert terms["style"].item() == pytest.approx(0.25 * 1 + 0.75 * 4)
+    assert terms["total"].item() == pytest.approx(0.25 * 1 + 0.75 * 4) and terms["content"].item() == 0.0
 
 
 def test_blend_grams_normalises_the_weights() -> None:
@@ -115,13 +120,13 @@ def _f64(*shape: int, seed: int) -> torch.Tensor:
 def test_style_loss_gradient_matches_finite_differences() -> None:
     features = _f64(1, 3, 4, 5, seed=1).requires_grad_(True)
     target = losses.gram(_f64(1, 3, 6, 3, seed=2))
-    assert torch.autograd.gradcheck(lambda f: losses.style_layer_loss(losses.gram(f), target), (features,))
+    assert torch.autograd.gradcheck(lambda f: losses.relative_error(losses.gram(f), target), (features,))
 
 
 def test_content_loss_gradient_matches_finite_differences() -> None:
     features = _f64(1, 3, 4, 5, seed=3).requires_grad_(True)
     target = _f64(1, 3, 4, 5, seed=4)
-    assert torch.autograd.gradcheck(lambda f: losses.content_loss(f, target), (features,))
+    assert torch.autograd.gradcheck(lambda f: losses.relative_error(f, target), (features,))
 
 
 def test_tv_loss_gradient_matches_finite_differences() -> None:
@@ -133,7 +138,7 @@ def test_style_gradient_has_the_closed_form_the_tiling_relies_on() -> None:
     # L = |G - A|^2 / |A|^2 with G = F F^T / M  =>  dL/dF = 4 / (M |A|^2) (G - A) F   (DESIGN.md 6)
     features = _f64(1, 3, 4, 5, seed=6).requires_grad_(True)
     target = losses.gram(_f64(1, 3, 4, 5, seed=7))
-    (grad,) = torch.autograd.grad(losses.style_layer_loss(losses.gram(features), target), features)
+    (grad,) = torch.autograd.grad(losses.relative_error(losses.gram(features), target), features)
     flat = features.detach().reshape(3, 20)
     expected = 4 / (20 * target.square().sum()) * (losses.gram(features.detach()) - target) @ flat
     torch.testing.assert_close(grad.reshape(3, 20), expected)

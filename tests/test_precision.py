@@ -12,13 +12,14 @@ from hires_nst import losses, placement
 from hires_nst.cli import app
 from hires_nst.config import resolve
 from hires_nst.errors import ConfigError, DeviceError
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import optimize, optimize_with_state
 from hires_nst.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,
                                  resolve_precision)
 from hires_nst.tiling import make_objective
-from hires_nst.weights import load_weights
+from tests.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)
 FP16 = Precision("fp16", channels_last=True)  # refused on a CPU by resolve_precision; built directly to test it
@@ -38,11 +39,6 @@ def _stripes(size: int = 64, period: int = 6) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     phase = ((xx + yy) % period < period // 2).float()
     return torch.stack([phase, 1 - phase, 0.5 * phase + 0.25]).unsqueeze(0)
-
-
-@pytest.fixture(scope="module")
-def extractor() -> VGGFeatures:
-    return VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +144,7 @@ def test_tiled_bf16_equals_untiled_bf16(extractor: VGGFeatures, weights: Weights
     # Tiling stays exact under autocast: same windows' arithmetic, only the summation order differs.
     size = 96
     targets = make_targets(extractor, _content(size), [_stripes(size)], [], weights, BF16)
-    tiled = make_objective(extractor, targets, weights, size, size, tile_size=48, precision=BF16)
+    tiled = make_objective(extractor, targets, weights, tiles_for(extractor, size, size, 48), BF16)
     untiled, image = _start(size), _start(size)
     expected = Objective(extractor, targets, weights, BF16)(untiled)
     got = tiled(image)
@@ -199,7 +195,7 @@ def test_fp16_overflow_is_detected_and_the_evaluation_repeated(extractor: VGGFea
     # objective must halve it until the gradient is finite, and that gradient must be the fp32 one.
     size = 64
     targets = make_targets(extractor, _content(size), [_stripes(size)], [], weights, FP16)
-    objective = make_objective(extractor, targets, weights, size, size, 32 if tiled else None, precision=FP16)
+    objective = make_objective(extractor, targets, weights, tiles_for(extractor, size, size, 32 if tiled else None), FP16)
     objective.loss_scale.scale = 2.0**28
     reference, image = _start(size), _start(size)
     _objective(extractor, weights, FP32)(reference)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import hires_nst.render
+import hires_nst.stageplan
 from hires_nst.cli import app
 from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError
@@ -96,7 +97,7 @@ def test_a_preset_iteration_list_fits_another_max_size(preset: str, max_size: st
     result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", preset,
                                  "--max-size", max_size, "-q"])
     assert result.exit_code == 0, result.output
-    schedule, _ = hires_nst.render.plan_schedule(fake_render[0].config, 800, 600)
+    schedule, _ = hires_nst.stageplan.plan_schedule(fake_render[0].config, 800, 600)
     assert [stage.iterations for stage in schedule] == expected
     assert schedule[-1].long_side == int(max_size)
 
@@ -106,7 +107,7 @@ def test_no_fit_iterations_makes_a_list_exact_again(tmp_path: Path, fake_render:
                                  "--max-size", "1024", "--iterations", "9,8", "--no-fit-iterations", "-q"])
     assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError, match="lists 2 values but the pyramid has 3 stages"):
-        hires_nst.render.plan_schedule(fake_render[0].config, 800, 600)
+        hires_nst.stageplan.plan_schedule(fake_render[0].config, 800, 600)
 
 
 @pytest.mark.parametrize("text, expected", [

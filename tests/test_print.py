@@ -22,7 +22,8 @@ from hires_nst.encode16 import to_uint16
 from hires_nst.errors import ConfigError, InputError, Interrupted, OutputError
 from hires_nst.events import StageStarted
 from hires_nst.printsize import paper_pixels, print_plan
-from hires_nst.render import RenderJob, plan_schedule, render
+from hires_nst.render import RenderJob, render
+from hires_nst.stageplan import plan_schedule
 from tests.synthetic import write_image
 
 

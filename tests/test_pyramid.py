@@ -14,9 +14,8 @@ from hires_nst.config import resolve
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageStarted, Step
 from hires_nst.render import RenderJob, render
+from tests.conftest import CONTENT, STYLE
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
-pytestmark = pytest.mark.skipif(not (SHARED / "tubingen.jpg").is_file(), reason="../shared/images absent")
 
 
 def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -> RenderJob:
@@ -27,7 +26,7 @@ def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -
     for section, values in settings.items():
         layers.setdefault(section, {}).update(values)
     config = resolve(("test", layers))
-    return RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), tmp_path / name, config)
+    return RenderJob(CONTENT, (STYLE,), tmp_path / name, config)
 
 
 def started_stages(events) -> list[int]:
@@ -214,6 +213,6 @@ def test_a_resume_goes_on_from_the_saved_progress_of_the_interrupted_stage(tmp_p
 def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
     result = render(job(tmp_path, loss={"preserve_color": "luminance"}, pyramid={"iterations": [4, 2, 1]}))
     out = images.load_image(result.output)
-    content = images.resize(images.load_image(SHARED / "tubingen.jpg"), out.shape[1], out.shape[0])
+    content = images.resize(images.load_image(CONTENT), out.shape[1], out.shape[0])
     chroma_error = np.abs(color.rgb_to_yiq(out)[..., 1:] - color.rgb_to_yiq(content)[..., 1:])
     assert chroma_error.mean() < 0.01  # 8-bit rounding and gamut clipping only

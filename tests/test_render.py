@@ -10,20 +10,20 @@ import pytest
 from hires_nst import images
 from hires_nst.config import resolve
 from hires_nst.objective import Objective
-from hires_nst.pyramid import loss_weights, stage_inputs
+from hires_nst.pyramid import stage_inputs
+from hires_nst.stageplan import loss_weights
 from hires_nst.render import RenderJob, build_extractor, render
 from hires_nst.schedule import Stage
+from tests.conftest import CONTENT, STYLE
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
-needs_shared = pytest.mark.skipif(not (SHARED / "tubingen.jpg").is_file(), reason="../shared/images absent")
 
 
 def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float]:
     """Losses of an image (or of the content init) against the render's own targets at its size."""
     from hires_nst.objective import make_targets
 
-    content = images.load_image(SHARED / "tubingen.jpg")
-    style = images.load_image(SHARED / "starry_night.jpg")
+    content = images.load_image(CONTENT)
+    style = images.load_image(STYLE)
     result = images.load_image(output)
     stage = Stage(0, result.shape[1], result.shape[0], 1)
     extractor = build_extractor(config, device=__import__("torch").device("cpu"))
@@ -34,13 +34,12 @@ def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float
     return {k: float(v) for k, v in objective.loss(image).items()}
 
 
-@needs_shared
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_render_lowers_style_loss_fivefold_and_keeps_content(tmp_path: Path, optimizer: str) -> None:
     config = resolve(("test", {"pyramid": {"max_size": 128, "iterations": [60]}, "optim": {"optimizer": optimizer}}))
     out = tmp_path / "out.png"
-    result = render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), out, config))
+    result = render(RenderJob(CONTENT, (STYLE,), out, config))
 
     assert (result.width, result.height) == (128, 96)
     before = _losses_at(config, out, init_from_content=True)
@@ -53,7 +52,6 @@ def test_render_lowers_style_loss_fivefold_and_keeps_content(tmp_path: Path, opt
     assert settings["stages"][-1]["losses"]["style"] == pytest.approx(result.losses["style"])
 
 
-@needs_shared
 def test_lbfgs_output_keeps_the_loss_it_reached_once_clamped_to_the_image_range(tmp_path: Path) -> None:
     """Unbounded, L-BFGS left ~2 % of the pixels out of [0, 1] here and the written (clamped) image
     scored 2.2 % worse than the last iterate (20 % worse style at 256 px): each step is now projected."""
@@ -62,7 +60,7 @@ def test_lbfgs_output_keeps_the_loss_it_reached_once_clamped_to_the_image_range(
     config = resolve(("test", {"pyramid": {"max_size": 96, "iterations": [60]}, "device": {"precision": "fp32"},
                                "output": {"work_dir": str(tmp_path / "work")}}))
     events: list = []
-    render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), tmp_path / "out.png", config),
+    render(RenderJob(CONTENT, (STYLE,), tmp_path / "out.png", config),
            events.append)
     last_step = [e for e in events if isinstance(e, Step)][-1].losses["total"]
     written = [e for e in events if isinstance(e, StageFinished)][-1].losses["total"]

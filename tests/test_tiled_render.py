@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst import images, pyramid
+from hires_nst import images, pyramid, stageplan
 from hires_nst.config import resolve
 from hires_nst.errors import DeviceError
 from hires_nst.events import Message, Planned
-from hires_nst.placement import auto_tile_size, estimate_stage_bytes
+from hires_nst.placement import Placement, auto_tile_size, estimate_stage_bytes
 from hires_nst.render import RenderJob, render
 from hires_nst.schedule import Stage
 
@@ -33,19 +33,35 @@ def test_auto_tile_shrinks_with_the_budget() -> None:
     assert all(t is not None for t in tiles) and tiles == sorted(tiles, reverse=True)
 
 
+def _tiling(config, stage: Stage) -> stageplan.Tiling:
+    return stageplan.tiling_rules(config, Placement.single(torch.nn.Identity())).plan(stage).tiling
+
+
 def test_stage_tiling_auto_measures_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     config = resolve(("test", {}))
     stage = Stage(0, 1024, 768, 1)
-    monkeypatch.setattr(pyramid, "available_bytes", lambda device: 10**12)
-    assert pyramid.stage_tiling(config, stage, torch.device("cpu")).tile is None
-    monkeypatch.setattr(pyramid, "available_bytes", lambda device: 600 * 2**20)
-    tiling = pyramid.stage_tiling(config, stage, torch.device("cpu"))
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 10**12)
+    assert _tiling(config, stage).tile is None
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 600 * 2**20)
+    tiling = _tiling(config, stage)
     assert tiling.tile is not None and tiling.tiles > 1
+
+
+def test_auto_tiling_is_measured_again_when_the_stage_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = Stage(0, 1024, 768, 1)
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 10**12)
+    plan = stageplan.make_plan(resolve(("test", {})), [stage], None, Placement.single(torch.nn.Identity()))
+    assert plan.stages[0].tiling.tile is None
+    monkeypatch.setattr(stageplan, "available_bytes", lambda device: 600 * 2**20)
+    assert plan.at_start(0).tiling.tile is not None  # less free memory at the stage's start: tiled
+    fixed = stageplan.make_plan(resolve(("test", {"tiling": {"tile_size": "off"}})), [stage], None,
+                                Placement.single(torch.nn.Identity()))
+    assert fixed.at_start(0) is fixed.stages[0]
 
 
 def test_forced_tile_larger_than_the_stage_runs_untiled() -> None:
     config = resolve(("test", {"tiling": {"tile_size": "512"}}))
-    assert pyramid.stage_tiling(config, Stage(0, 256, 192, 1), torch.device("cpu")) == pyramid.Tiling(None, 80, 1)
+    assert _tiling(config, Stage(0, 256, 192, 1)) == stageplan.Tiling(None, 80, 1)
 
 
 def _tiny_job(tmp_path: Path, **tiling) -> RenderJob:
@@ -61,16 +77,16 @@ def _tiny_job(tmp_path: Path, **tiling) -> RenderJob:
 def test_out_of_memory_retries_the_stage_with_half_the_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = pyramid.make_objective
 
-    def fails_above_32_px(extractor, targets, weights, width, height, tile, halo, **options):
-        objective = real(extractor, targets, weights, width, height, tile, halo, **options)
-        if tile is None or tile > 32:
+    def fails_above_32_px(extractor, targets, weights, tiles, precision):
+        objective = real(extractor, targets, weights, tiles, precision)
+        if max(t.core.width for t in tiles) > 32:
             def out_of_memory(image):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return out_of_memory
         return objective
 
     monkeypatch.setattr(pyramid, "make_objective", fails_above_32_px)
-    monkeypatch.setattr(pyramid, "MIN_TILE", 16)
+    monkeypatch.setattr(stageplan, "MIN_TILE", 16)
     events = []
     render(_tiny_job(tmp_path, tile_size="off"), events.append)
     retries = [e.text for e in events if isinstance(e, Message) and "out of memory" in e.text]

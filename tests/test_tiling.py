@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hires_nst.features import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, VGGFeatures
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES
+from hires_nst.features import VGGFeatures
 from hires_nst.objective import Objective, Weights, make_targets
 from hires_nst.optimize import optimize
-from hires_nst.tileplan import Rect, Tile, align_for, plan_tiles, required_halo
-from hires_nst.tiling import TiledObjective, make_objective, make_tiled_targets
+from hires_nst.tileplan import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
+from hires_nst.tiling import TiledObjective, make_objective
 from hires_nst.weights import load_weights
+from tests.synthetic import tiles_for
 
 SIZES = [(160, 224), (157, 203), (224, 160), (17, 5), (64, 64), (300, 33)]  # width, height
 
@@ -158,7 +160,7 @@ def assert_same_terms(got: dict, expected: dict) -> None:
 def test_tiled_loss_and_gradient_equal_the_untiled_ones(pooling: str) -> None:
     width, height = 160, 224
     extractor, targets, weights, image = setup_objective(pooling, width, height)
-    objective = make_objective(extractor, targets, weights, width, height, tile_size=64)
+    objective = make_objective(extractor, targets, weights, tiles_for(extractor, width, height, 64))
     assert isinstance(objective, TiledObjective) and len(objective.tiles) == 3 * 4
     untiled_image, tiled_image = image.clone(), image.clone()
     untiled = Objective(extractor, targets, weights)(untiled_image)
@@ -173,7 +175,7 @@ def test_a_short_tiled_render_ends_where_the_untiled_one_does() -> None:
     width, height = 128, 96
     extractor, targets, weights, image = setup_objective("max", width, height, ("conv3_1",),
                                                          ("conv1_1", "conv2_1", "conv3_1"), tv=0.0)
-    tiled = make_objective(extractor, targets, weights, width, height, tile_size=64)
+    tiled = make_objective(extractor, targets, weights, tiles_for(extractor, width, height, 64))
     assert isinstance(tiled, TiledObjective) and len(tiled.tiles) == 4
     untiled = Objective(extractor, targets, weights)
     results = [optimize(image, objective, optimizer="lbfgs", lr=1.0, iterations=5) for objective in (untiled, tiled)]
@@ -189,7 +191,8 @@ def test_tiled_targets_equal_the_untiled_ones() -> None:
     content = torch.rand(1, 3, 83, 150, generator=g)
     styles = [torch.rand(1, 3, 120, 70, generator=g), torch.rand(1, 3, 40, 48, generator=g)]
     expected = make_targets(extractor, content, styles, [0.7, 0.3], weights)
-    got = make_tiled_targets(extractor, content, styles, [0.7, 0.3], weights, tile_size=64)  # 6 + 4 + 1 tiles
+    got = make_targets(extractor, content, styles, [0.7, 0.3], weights,
+                       grid=TileGrid.for_layers(extractor.layers, 64))  # 6 + 4 + 1 tiles
     for name in weights.style_layers:
         assert relative(got.style[name], expected.style[name]) < 1e-5, name
         assert torch.allclose(got.style_norms[name], expected.style_norms[name], rtol=1e-5)
@@ -202,9 +205,9 @@ def test_make_objective_is_untiled_when_one_tile_covers_the_image() -> None:
     extractor = VGGFeatures(load_weights("original"), ["conv1_1"])
     weights = Weights.equal_layers(0.0, 1.0, 0.0, [], ["conv1_1"])
     targets = make_targets(extractor, None, [torch.rand(1, 3, 16, 16)], [1.0], weights)
-    assert type(make_objective(extractor, targets, weights, 100, 80, tile_size=None)) is Objective
-    assert type(make_objective(extractor, targets, weights, 100, 80, tile_size=128)) is Objective
-    assert type(make_objective(extractor, targets, weights, 100, 80, tile_size=100)) is Objective
-    tiled = make_objective(extractor, targets, weights, 100, 80, tile_size=64)
+    assert type(make_objective(extractor, targets, weights, tiles_for(extractor, 100, 80, None))) is Objective
+    assert type(make_objective(extractor, targets, weights, tiles_for(extractor, 100, 80, 128))) is Objective
+    assert type(make_objective(extractor, targets, weights, tiles_for(extractor, 100, 80, 100))) is Objective
+    tiled = make_objective(extractor, targets, weights, tiles_for(extractor, 100, 80, 64))
     assert isinstance(tiled, TiledObjective) and len(tiled.tiles) == 4
     assert tiled.tiles[0].window == Rect(0, 0, 65, 65)  # conv1_1 needs a 1 px halo

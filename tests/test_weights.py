@@ -13,7 +13,7 @@ from torchvision.models import VGG19_Weights
 
 from hires_nst import weights as weights_mod
 from hires_nst.errors import WeightsError
-from hires_nst.features import vgg19_body
+from hires_nst.weights import vgg19_body
 from hires_nst.weights import CONV_INDICES, KERAS_NAMES, load_weights
 
 

