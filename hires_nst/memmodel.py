@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, canonical_layer
+from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.tileplan import plan_tiles, round_up
 
 LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
@@ -71,8 +71,9 @@ DEFAULT_LAYER_SET = frozenset(DEFAULT_CONTENT_LAYERS) | frozenset(DEFAULT_STYLE_
 
 
 def layer_set(layers: Iterable[str]) -> str:
-    """``default`` when ``layers`` are among the default ones, else ``all`` (the upper bound)."""
-    names = {canonical_layer(n) for n in layers}
+    """``default`` when ``layers`` are among the default ones, else ``all`` (the upper bound; also
+    the rough figure for other backbones' layers, which are never tiled)."""
+    names = {"conv" + n[4:] if n.startswith("relu") else n for n in layers}
     return "default" if names <= DEFAULT_LAYER_SET else "all"
 
 
