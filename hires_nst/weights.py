@@ -188,9 +188,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        if "weights only load failed" not in str(exc).lower():
-            raise WeightsError(f"cannot read weights file {path}: {_short(exc)}") from None
         # torch's own text goes on to explain how to load the file unsafely: not advice to pass on.
+        text = str(exc).lower()
+        if "weights only load failed" in text and "unsupported global" not in text:  # not a pickle of objects
+            raise WeightsError(f"cannot read weights file {path}: not a file that torch.load reads as plain "
+                               "tensors (damaged, cut short, or another format)") from None
+        if "weights only load failed" not in text:
+            raise WeightsError(f"cannot read weights file {path}: {_short(exc)}") from None
         raise WeightsError(f"{path} is not plain tensors: it holds pickled Python objects (a whole model, "
                            "numpy arrays, ...), and unpickling a file can run code, so it is not loaded; save "
                            "the model's state_dict() with torch.save, or use a .safetensors file") from None
