@@ -17,8 +17,7 @@ Sections (each a list of rows in the JSON, and a table on stdout):
 * ``quality`` (``--quality``): a short fp32 and bf16 render of the same pair, both scored by the
   fp32 objective: the final losses must agree within 5%.
 * ``render`` (``--render N``): a full default pyramid render to N px with wall time per stage.
-* ``scaling``: expected multi-GPU scaling from the measured per-tile time and the bytes each
-  iteration moves between devices (``placement`` spreads bands; see ``hires_nst/spread.py``).
+* Scaling over several GPUs and machines: ``benchmarks/distributed.py`` (measured and modelled).
 
 A benchmark, not a test: compare ratios measured within one run; its JSON is not committed.
 """
@@ -244,31 +243,6 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def scaling(rows: list[dict]) -> list[dict]:
-    """Expected time per iteration on N devices from the largest tiled measurement.
-
-    Tiles are independent: N devices run ~tiles/N each. Per iteration the main device sends each
-    other device its band plus halo (3 fp32 values per pixel) and gets back as much gradient, and
-    the devices exchange the Gram sums (2.4 MB). Shown for NVLink (~300 GB/s) and PCIe 4 (~25 GB/s).
-    """
-    tiled = [r for r in rows if r.get("tiles", 1) > 1 and "error" not in r]
-    if not tiled:
-        return []
-    row = max(tiled, key=lambda r: (r["size"], r["precision"] == "bf16"))
-    per_tile = row["s_per_it"] / row["tiles"]
-    out = []
-    for n in (1, 2, 4, 8):
-        band_bytes = 2 * 3 * 4 * (row["size"] ** 2 / n + 2 * 80 * row["size"]) if n > 1 else 0
-        moved = (n - 1) * (band_bytes + 2.4e6)
-        compute = per_tile * -(-row["tiles"] // n)
-        for link, speed in (("NVLink", 300e9), ("PCIe4", 25e9)):
-            seconds = compute + moved / speed
-            out.append({"devices": n, "link": link, "size": row["size"], "precision": row["precision"],
-                        "bytes_moved_mb": round(moved / MB, 1), "s_per_it": round(seconds, 4),
-                        "speedup": round(row["s_per_it"] / seconds, 2)})
-    return out
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -407,9 +381,6 @@ def main(argv: list[str] | None = None) -> None:
         result["render"] = render_timing(args)
         print(table(f"default pyramid render to {args.render} px", result["render"],
                     ["stage", "size", "seconds", "total", "peak_gpu_gb"]))
-    result["scaling"] = scaling(result["iterations"])
-    print(table("expected scaling over devices (from the largest tiled row)", result["scaling"],
-                ["devices", "link", "size", "precision", "bytes_moved_mb", "s_per_it", "speedup"]))
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
 

@@ -92,8 +92,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DeviceConfig:
     device: str = _opt("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto")
-    devices: str = _opt("--devices", "Spread the tiles of each iteration over several devices: all (every CUDA "
-                        "device) or a list such as cuda:0,cuda:1 (overrides --device); empty: the one --device.", "")
+    devices: str = _opt("--devices", "Render on several devices, one process (rank) each: all (every CUDA "
+                        "device) or a list such as cuda:0,cuda:1 or cpu,cpu (overrides --device); empty: the one "
+                        "--device. Several machines: torchrun (see the README).", "")
     precision: str = _opt("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
                           "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "
                           "Gram matrices and losses stay fp32.", "auto")

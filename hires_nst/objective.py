@@ -1,6 +1,6 @@
 """The Gatys objective for one stage: targets, statistics, loss terms; the untiled objective.
 
-Every objective (untiled here, tiled in ``tiling``, over several devices in ``spread``) computes
+Every objective (untiled here, tiled in ``tiling``, shared by the ranks in ``distributed``) computes
 the same ``Statistics`` of the image (Gram sums, content errors, areas), whole or window by
 window, and turns them into loss terms with the one function ``loss_terms``. The targets come
 from the one builder ``make_targets``, whole or window by window.

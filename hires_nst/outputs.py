@@ -87,7 +87,7 @@ def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Plac
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(placement.main),
-        "devices": [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
+        "devices": list(placement.world.devices) if placement.world.distributed else [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
         "trace": str(trace_path(output)), "animation": job.config.output.animate or None,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from hires_nst import memmodel
 from hires_nst.catalog import PRECISIONS
 from hires_nst.errors import ConfigError, DeviceError
+from hires_nst.ranks import World, single
 
 
 def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
@@ -215,16 +216,21 @@ def resolve_precision(name: str, devices: Sequence[torch.device]) -> Precision:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a render runs: one extractor replica per device, in one precision.
+    """Where this process renders: its device's extractor, in one precision, and its place among the
+    ranks of the render (``world``; one rank unless several devices or torchrun share the render).
 
-    ``devices[0]`` is the main device: the image, its gradient, the targets' originals and the
-    optimiser state live there; other devices get copies of what their tiles need.
+    ``devices[0]`` is this process's device: the image, its gradient and the optimiser state live there.
     """
 
     replicas: tuple[nn.Module, ...]
     devices: tuple[torch.device, ...]
     precision: Precision = FP32
     sync_every: int = 1  # read losses back (progress, finite checks) every N iterations
+    world: World = None  # type: ignore[assignment]  # None: this device alone
+
+    def __post_init__(self) -> None:
+        if self.world is None:
+            object.__setattr__(self, "world", single(self.devices[0]))
 
     @property
     def main(self) -> torch.device:
@@ -235,7 +241,8 @@ class Placement:
         return self.replicas[0]
 
     def describe(self) -> str:
-        return f"{', '.join(str(d) for d in self.devices)} ({self.precision.describe()})"
+        devices = self.world.describe() if self.world.distributed else ", ".join(str(d) for d in self.devices)
+        return f"{devices} ({self.precision.describe()})"
 
     @classmethod
     def single(cls, extractor: nn.Module, device: torch.device | str = "cpu",
@@ -252,7 +259,7 @@ def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int
 
 
 def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Precision = FP32,
-          sync_every: int = 1) -> Placement:
+          sync_every: int = 1, world: World | None = None) -> Placement:
     """One replica of ``extractor`` per device (the first is ``extractor`` itself, moved)."""
     if not devices:
         raise DeviceError("no device to run on")
@@ -261,7 +268,7 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
     if any(d.type == "cuda" for d in devices):
         # Fixed input shapes (a few tile sizes per stage): let cuDNN time its algorithms once.
         torch.backends.cudnn.benchmark = True
-    return Placement(tuple(replicas), tuple(devices), precision, sync_every)
+    return Placement(tuple(replicas), tuple(devices), precision, sync_every, world)
 
 
 def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,

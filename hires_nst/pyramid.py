@@ -21,13 +21,14 @@ from hires_nst import images
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
-from hires_nst.errors import OutputError, classify
+from hires_nst.bandplan import Spreader
+from hires_nst.distributed import BandObjective, same_start
+from hires_nst.errors import DeviceError, OutputError, classify
 from hires_nst.objective import Targets, make_targets
 from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
 from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
 from hires_nst.schedule import Stage, fit_long_side, shortest_long_side
-from hires_nst.spread import make_spread_objective
 from hires_nst.stageplan import RenderPlan, StagePlan, min_side
 from hires_nst.tiling import make_objective
 
@@ -152,7 +153,8 @@ class Run:
     plan: RenderPlan
     placement: Placement
     sink: Sink = null_sink
-    checkpointing: Checkpointing | None = None
+    checkpointing: Checkpointing | None = None  # None on ranks other than 0: they write nothing
+    spreader: Spreader | None = None  # several ranks: decides which stages they share
 
 
 class StepReporter:
@@ -186,15 +188,17 @@ class StepReporter:
 
 
 def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[[Tensor], dict[str, Tensor]]:
-    """The stage's targets and objective, cut as ``plan`` says: untiled, tiled, or spread over devices.
+    """The stage's targets and objective, cut as ``plan`` says: untiled, tiled, or shared by the ranks.
 
-    Targets once per stage, on the main device; a spread objective copies them to each device once.
+    Targets once per stage on every rank, whole; a rank's band objective crops what it reads.
     """
     placement, weights = run.placement, run.plan.weights
     targets: Targets = make_targets(placement.extractor, inputs.content, inputs.styles,
                                     run.config.loss.style_blend, weights, placement.precision, plan.grid)
-    if plan.bands:
-        return make_spread_objective(placement, targets, weights, plan.bands)
+    if plan.bands is not None:
+        stage = plan.stage
+        return BandObjective(placement.world, placement.extractor, targets, weights, plan.bands, stage.width,
+                             stage.height, placement.precision)
     return make_objective(placement.extractor, targets, weights, plan.tiles, placement.precision)
 
 
@@ -221,19 +225,40 @@ def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
 
 def run_stage_fitting_memory(run: Run, index: int, inputs: StageInputs, start: Tensor,
                              warm_state: dict[str, Tensor] | None, done: int = 0) -> StageResult:
-    """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size."""
-    plan = run.plan.at_start(index)
+    """``run_stage``; after an out-of-memory error, the stage starts again with half the tile size.
+
+    A stage the ranks share is not retried: the others wait in a collective and cannot learn to
+    start over. It stops with advice instead (``--resume`` continues).
+    """
+    plan = _shared(run, run.plan.at_start(index))
     while True:
         try:
             return run_stage(run, plan, inputs, start, warm_state, done)
         except Exception as exc:
             if not classify(exc).out_of_memory:
                 raise
+            if plan.bands is not None:
+                stage, tile = plan.stage, plan.bands.tile
+                raise DeviceError(f"out of memory on {start.device} at stage {index + 1} ({stage.width}x{stage.height}"
+                                  f", {f'{tile} px tiles' if tile else 'one window'} in its band); run again with "
+                                  "--resume and a smaller --tile-size") from exc
         smaller = run.plan.smaller(plan)
         was = f"{plan.tiling.tile} px tiles" if plan.tiling.tile else "untiled"
         run.sink(Message(f"out of memory at stage {index + 1} ({was}); retrying it with {smaller.tiling.tile} px tiles"))
         _free_cached_memory(run.placement)
         plan = smaller
+
+
+def _shared(run: Run, plan: StagePlan) -> StagePlan:
+    """``plan`` with the ranks' bands when sharing the stage pays (a collective: every rank asks)."""
+    if run.spreader is None:
+        return plan
+    shared, gain = run.spreader.share(plan)
+    if shared.bands is not None:
+        stage = plan.stage
+        run.sink(Message(f"stage {stage.index + 1}: {len(shared.bands.bands)} bands over "
+                         f"{run.placement.world.size} ranks (modelled {gain:.2f}x faster than one)"))
+    return shared
 
 
 def _free_cached_memory(placement: Placement) -> None:
@@ -265,9 +290,8 @@ class Progress:
 
 def _finished_stages(run: Run, done: int) -> Progress:
     """The first ``done`` stages, as the work dir holds them."""
-    if not done:
+    if not done or run.checkpointing is None:  # ranks other than 0 start from rank 0's image (same_start)
         return Progress()
-    assert run.checkpointing is not None
     workdir = run.checkpointing.workdir
     image, state = workdir.load_stage(done - 1)
     run.sink(Message(f"resuming: {done} of {len(run.plan.stages)} stages already done in {workdir.path}"))
@@ -293,6 +317,8 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
         start, warm = _saved_progress(checkpointing, stage, went, start, warm, run.sink)
         if checkpointing is not None and checkpointing.snapshot_every:
             run.sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
+    if run.placement.world.distributed:
+        start, warm = same_start(run.placement.world, start, warm)
     return run_stage_fitting_memory(run, stage.index, inputs, start, warm, max(went, 0))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hires_nst import color, images
+from hires_nst import color, images, ranks
 from hires_nst.animation import AnimationRecorder
 from hires_nst.backbones import FeatureExtractor, build_extractor as make_extractor
+from hires_nst.bandplan import Spreader
+from hires_nst.catalog import alias
 from hires_nst.checkpoints import WorkDir, file_digest
 from hires_nst.config import RenderConfig
 from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
@@ -116,13 +119,37 @@ def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace.
 
     The work dir is locked for the render (worklock.py). However the render ends, status.json does
-    not stay "running"; a disk that stays full stops it with what was kept and how to resume."""
+    not stay "running"; a disk that stays full stops it with what was kept and how to resume.
+
+    On several devices (``--devices``) one rank per device renders it together with the others
+    (``ranks.launch``: rank 0 here, the others spawned); under torchrun this process is one rank.
+    Only rank 0 has a work dir (and its lock), reads and writes files and reports.
+    """
     if job.resume and job.restart:  # before any loading; WorkDir.open refuses the pair too
         raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
                           "would continue); give one of them")
+    setting = job.config.device
+    if ranks.torchrun_env() is not None:
+        world = ranks.join_from_env(setting.device, setting.devices)
+        try:
+            return render_rank(world, job, sink if world.main else null_sink)
+        finally:
+            ranks.leave()
+    devices = resolve_devices(setting.devices, setting.device)
+    if len(devices) > 1:
+        return ranks.launch(render_rank, devices, (job, sink), (job, null_sink))
+    return render_rank(ranks.single(devices[0]), job, sink)
+
+
+def render_rank(world: ranks.World, job: RenderJob, sink: Sink = null_sink) -> RenderResult:
+    """``render`` as one rank of ``world``: rank 0 finds and locks the work dir, checks, reads and
+    writes it and the output and reports (status.json never left "running"); the others only
+    compute, silently, without a work dir (``_render_silently``)."""
+    if not world.main:
+        return _render_rank(world, job, None, null_sink)
     workdir = find_work_dir(job, sink)
     try:
-        return _render(job, workdir, sink)
+        return _render_rank(world, job, workdir, sink)
     except DiskFullError as exc:
         if not workdir.lock.held:
             raise
@@ -143,20 +170,29 @@ def _resume_advice(job: RenderJob) -> str:
     return "run the same command with --resume to continue"
 
 
-def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
+def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, sink: Sink) -> RenderResult:
+    """One rank's render; ``workdir`` is rank 0's (None on the others, which write nothing)."""
+    began = time.perf_counter()
     config = job.config
-    output = images.check_output_path(output_path(job.output, config.output.format))
-    check_not_overwriting(written_files(output, config), input_files(job))
+    output = output_path(job.output, config.output.format)
+    if workdir is not None:
+        output = images.check_output_path(output)
+        check_not_overwriting(written_files(output, config), input_files(job))
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
         inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
-    _check_before_work(config, output, workdir, schedule)
-    placement = make_placement(config)
+    if workdir is not None:
+        _check_before_work(config, output, workdir, schedule)
+    placement = make_placement(config, world)
     plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
-    done, went = _resume_point(job, workdir, stamp, schedule)
+    point = _resume_point(job, workdir, stamp, schedule) if workdir is not None else None
+    done, went = ranks.broadcast_object(world, point, "sharing the resume point")
+    spreader = make_spreader(config, plan, placement)
+    if workdir is None:
+        return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
     sweep_temp_files(written_files(output, config))
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
     animation = _animation(config, schedule[-1], inputs)
@@ -164,7 +200,7 @@ def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     _announce(plan, placement, workdir, output, config, sink)
     if job.resume and not done and not went:
         sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
-    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None))
+    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None), spreader)
     image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
     result = _final_image(image, inputs, config)
     seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
@@ -177,6 +213,26 @@ def _render(job: RenderJob, workdir: WorkDir, sink: Sink) -> RenderResult:
     settings = retrying_when_full(write, f"the output {output}", workdir.say)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
                         workdir.path, done)
+
+
+def _render_silently(job: RenderJob, inputs: Inputs, plan: RenderPlan, placement: Placement,
+                     spreader: Spreader | None, done: int, went: int, began: float) -> RenderResult:
+    """A rank other than 0: the same pyramid without a work dir, events or files. It starts each
+    stage from rank 0's image (``distributed.same_start``), so it needs none of rank 0's files."""
+    config = job.config
+    content, styles = working_images(inputs, config.loss.preserve_color)
+    run = Run(config, plan, placement, null_sink, None, spreader)
+    _, stage_losses = run_pyramid(run, content, styles, inputs.init, done, went)
+    last = plan.stages[-1].stage
+    return RenderResult(output_path(job.output, config.output.format), Path(), last.width, last.height,
+                        time.perf_counter() - began, stage_losses[-1], work_dir_of(job), done)
+
+
+def make_spreader(config: RenderConfig, plan: RenderPlan, placement: Placement) -> Spreader | None:
+    """The sharing decisions of a render on several ranks (None on one)."""
+    if not placement.world.distributed:
+        return None
+    return Spreader(placement.world, placement, plan.rules, [alias(n) for n in config.loss.style_layers])
 
 
 def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, schedule: list[Stage]) -> None:
@@ -256,12 +312,12 @@ def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRe
                              config.output.animate_size, transform)
 
 
-def make_placement(config: RenderConfig) -> Placement:
-    """Devices, precision and one extractor replica per device: decided once per render."""
-    devices = resolve_devices(config.device.devices, config.device.device)
+def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement:
+    """This process's device, precision and extractor, and its rank: decided once per render."""
+    devices = (world.device,) if world is not None else resolve_devices(config.device.devices, config.device.device)
     precision = resolve_precision(config.device.precision, devices)
     extractor = build_extractor(config, devices[0])
-    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every))
+    return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every), world)
 
 
 def _planned(plan: StagePlan) -> PlannedStage:

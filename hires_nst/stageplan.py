@@ -5,7 +5,8 @@ content's size into the pyramid's stages and the print crop; ``make_plan`` adds,
 on the placement's devices, its tiling (tile side, halo, windows, each device's band) and its
 memory estimate. The printed schedule, the disk check, the objectives and the checkpoints read
 this plan: nothing else derives a halo (``TileGrid.for_layers``), plans a stage's tiles
-(``TileGrid.tiles``, ``plan_bands``) or asks whether the backbone can be tiled.
+(``TileGrid.tiles``) or asks whether the backbone can be tiled. Whether several ranks share a
+stage is decided with them when it starts (``bandplan``), and recorded in its ``StagePlan.bands``.
 
 ``--tile-size auto`` sizes tiles from the free memory, which changes while a render runs: the
 plan's ``at_start`` measures it again when a stage starts (the one lazy decision), and
@@ -29,7 +30,8 @@ from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_s
                                   estimate_stage_bytes)
 from hires_nst.printsize import print_plan
 from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
-from hires_nst.tileplan import Band, Tile, TileGrid, plan_bands, spread_pays
+from hires_nst.bands import Band, BandPlan
+from hires_nst.tileplan import Tile, TileGrid
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 
@@ -81,12 +83,9 @@ def loss_weights(config: RenderConfig) -> Weights:
 class Tiling:
     """How one stage is split, in numbers: ``tile`` None means untiled."""
 
-    tile: int | None  # on the main device, for the whole image (also sizes the targets' tiles)
+    tile: int | None  # on this rank's device, for the whole image (also sizes the targets' tiles)
     halo: int
-    tiles: int  # how many windows each pass runs, all devices together
-    # Several devices: each one's tile side in its band (None: the band is one window).
-    # Empty: everything runs on the main device.
-    device_tiles: tuple[int | None, ...] = ()
+    tiles: int  # how many windows each pass runs on this device
 
 
 @dataclass(frozen=True)
@@ -96,10 +95,11 @@ class StagePlan:
     stage: Stage
     tiling: Tiling
     grid: TileGrid  # cuts the stage's image, and its content and style images for the targets
-    tiles: tuple[Tile, ...]  # the stage image's windows on the main device (one: untiled)
-    bands: tuple[Band, ...]  # several devices: one share each (empty: the main device alone)
-    memory: int  # estimated peak bytes of the stage on the main device (memmodel)
+    tiles: tuple[Tile, ...]  # the stage image's windows on this device (one: untiled)
+    memory: int  # estimated peak bytes of one iteration on this device (memmodel)
     budget: int = 0  # the bytes its tiling was planned to fit (--tile-size auto; 0: not planned by memory)
+    # Several ranks: every rank's band, set when the stage starts if sharing it pays (bandplan).
+    bands: BandPlan | None = None
 
     @property
     def halo(self) -> int:
@@ -109,85 +109,60 @@ class StagePlan:
 @dataclass(frozen=True)
 class Rules:
     """What every stage's tiling is decided from: the typed --tile-size, the grid of the layers
-    (None: the backbone cannot be tiled) and the devices."""
+    (None: the backbone cannot be tiled) and this rank's device (``share``: ranks on its memory)."""
 
     size: TileSize
     grid: TileGrid | None
     devices: tuple[torch.device, ...]
     backbone: str
-    # What the memory model (memmodel) needs besides sizes: the precision as sized on the main
+    # What the memory model (memmodel) needs besides sizes: the precision as sized on this rank's
     # device, the optimiser, the layers.
     precision: str = "fp32"
     optimizer: str = "lbfgs"
     layers: tuple[str, ...] = ()
+    share: int = 1  # CPU ranks of one local launch share the host's memory
 
     def _model(self) -> dict:
         return {"precision": self.precision, "optimizer": self.optimizer,
                 **({"layers": self.layers} if self.layers else {})}
 
+    def _budget(self) -> int:
+        """Bytes this rank's device may use: its free memory with a margin, shared by the CPU ranks
+        of one local launch."""
+        device = self.devices[0]
+        return int(available_bytes(device) * MEMORY_MARGIN[device.type]) // max(1, self.share)
+
     def plan(self, stage: Stage, forced: int | None = None) -> StagePlan:
         """``stage``'s plan from --tile-size (auto: the free memory now), or with a ``forced`` tile."""
         if self.grid is None:  # ResNet: no exact tiling (see backbones.py)
-            return self._realise(stage, Tiling(None, 0, 1), ())
-        tile, sizes = self._tile_sides(stage, forced)
+            return self._realise(stage, Tiling(None, 0, 1))
+        tile = forced if forced is not None else self._tile_side(stage.width, stage.height, stage.pixels)
         grid = TileGrid(tile, self.grid.halo, self.grid.align)
         count = len(grid.tiles(stage.width, stage.height)) if tile else 1
-        single = Tiling(tile if count > 1 else None, grid.halo, count)
-        if len(self.devices) < 2 or sizes is None:
-            return self._realise(stage, single, ())
-        if single.tile is None and not spread_pays(stage.width, stage.height, len(self.devices), grid.halo,
-                                                   grid.align):
-            return self._realise(stage, single, ())
-        bands = plan_bands(stage.width, stage.height, sizes, grid.halo, grid.align)
-        if len(bands) < 2:
-            return self._realise(stage, single, ())
-        spread = Tiling(single.tile, grid.halo, sum(len(b.tiles) for b in bands), tuple(sizes[: len(bands)]))
-        return self._realise(stage, spread, tuple(bands))
+        return self._realise(stage, Tiling(tile if count > 1 else None, grid.halo, count))
 
-    def _tile_sides(self, stage: Stage, forced: int | None) -> tuple[int | None, list[int | None] | None]:
-        """The main device's tile side, and each device's in its band (None: do not spread)."""
-        devices = self.devices
-        if forced is not None:
-            return forced, [forced] * len(devices)
-        if self.size.pixels is not None:
-            return self.size.pixels, [self.size.pixels] * len(devices)
-        if not self.size.auto:
-            return None, None
+    def _tile_side(self, width: int, height: int, image_pixels: int) -> int | None:
+        """--tile-size for a ``width`` x ``height`` area of an image of ``image_pixels``: the whole
+        image's buffers (image, gradient, optimiser state) are paid first, as every rank holds them."""
+        if self.size.pixels is not None or not self.size.auto:
+            return self.size.pixels
         assert self.grid is not None
-        tile = auto_tile_size(stage.width, stage.height, self.grid.halo, _budget(devices[0], devices),
-                              self.grid.align, **self._model())
-        return tile, (self._band_tiles(stage) if len(devices) > 1 else None)
+        budget = self._budget()
+        outside = image_pixels - width * height  # the whole image: auto_tile_size counts its buffers itself
+        if outside > 0:
+            budget -= int(outside * whole_image_bytes_per_pixel(image_pixels, **self._model()))
+        return auto_tile_size(width, height, self.grid.halo, max(budget, 0), self.grid.align, **self._model())
 
-    def _band_tiles(self, stage: Stage) -> list[int | None]:
-        """Each device's auto tile side for its band, from its own free memory (None: the band fits).
+    def band_tile(self, band: Band, stage: Stage) -> int | None:
+        """This rank's tile side in its ``band`` of ``stage`` (None: the band is one window)."""
+        return self._tile_side(band.bounds.width, band.bounds.height, stage.pixels)
 
-        The main device also holds the whole image's buffers (image, gradient, optimiser state).
-        """
-        assert self.grid is not None
-        halo, align, devices = self.grid.halo, self.grid.align, self.devices
-        bands = plan_bands(stage.width, stage.height, [None] * len(devices), halo, align)
-        sizes: list[int | None] = []
-        for index, (band, device) in enumerate(zip(bands, devices)):
-            bounds = band.bounds
-            budget = _budget(device, devices)
-            if index == 0:
-                outside = stage.width * stage.height - bounds.width * bounds.height
-                budget -= int(outside * whole_image_bytes_per_pixel(stage.width * stage.height, **self._model()))
-            sizes.append(auto_tile_size(bounds.width, bounds.height, halo, max(budget, 0), align, **self._model()))
-        return sizes + [None] * (len(devices) - len(sizes))
-
-    def _realise(self, stage: Stage, tiling: Tiling, bands: tuple[Band, ...]) -> StagePlan:
+    def _realise(self, stage: Stage, tiling: Tiling) -> StagePlan:
         align = self.grid.align if self.grid is not None else 1
         grid = TileGrid(tiling.tile, tiling.halo, align)
         memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo, align, **self._model())
-        budget = _budget(self.devices[0], self.devices) if self.size.auto and self.grid is not None else 0
-        return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), bands, memory, budget)
-
-
-def _budget(device: torch.device, devices: Sequence[torch.device]) -> int:
-    """Bytes this device may use: its free memory with a margin, shared by replicas on the host."""
-    share = sum(1 for d in devices if d.type == "cpu") if device.type == "cpu" else 1
-    return int(available_bytes(device) * MEMORY_MARGIN[device.type]) // max(1, share)
+        budget = self._budget() if self.size.auto and self.grid is not None else 0
+        return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), memory, budget)
 
 
 def tiling_rules(config: RenderConfig, placement: Placement) -> Rules:
@@ -197,9 +172,10 @@ def tiling_rules(config: RenderConfig, placement: Placement) -> Rules:
     if backbone.tileable:
         layers = [*config.loss.content_layers, *config.loss.style_layers]
         grid = TileGrid.for_layers(layers, None, config.tiling.halo, VGG_BLOCKS[backbone.name])
-    main = placement.main
+    main, world = placement.main, placement.world
+    share = world.local_size if main.type == "cpu" else 1
     return Rules(config.tiling.size, grid, placement.devices, backbone.name, placement.precision.memory_precision(main),
-                 config.optim.optimizer, (*config.loss.content_layers, *config.loss.style_layers))
+                 config.optim.optimizer, (*config.loss.content_layers, *config.loss.style_layers), share)
 
 
 @dataclass(frozen=True)
@@ -225,7 +201,7 @@ class RenderPlan:
         """After an out-of-memory error: half the (smallest) tile, or untiled, half the long side;
         DeviceError below the smallest tile or for a backbone that cannot be tiled."""
         stage, tiling = plan.stage, plan.tiling
-        current = min([t for t in (tiling.tile, *tiling.device_tiles) if t] or [stage.long_side])
+        current = tiling.tile or stage.long_side
         where = f"out of memory at stage {stage.index + 1} ({stage.width}x{stage.height})"
         if self.rules.grid is None:
             raise DeviceError(f"{where}; {self.rules.backbone} renders cannot be tiled: free device memory or "

@@ -5,7 +5,7 @@ A plan cuts an image into cores that cover it exactly once, each inside a window
 that every window's pooling grid lines up with the untiled network's. ``required_halo`` derives
 the halo that makes a set of VGG layers exact; ``TileGrid.for_layers`` is the one place a render's
 halo and alignment are decided, and ``TileGrid.tiles`` the one tile planning of a stage's images.
-With several devices, ``plan_bands`` gives each its band of the image, tiled with its own tile size.
+Several ranks share a stage in ``bands`` (each rank's band, tiled with ``plan_tiles`` inside it).
 """
 
 from __future__ import annotations
@@ -156,75 +156,3 @@ class TileGrid:
             return [Tile(whole, whole)]
         return plan_tiles(width, height, self.tile, self.halo, self.align)
 
-
-# --------------------------------------------------------------------------- several devices
-
-# Cost of the backward pass to the input relative to the forward pass (frozen weights, so no
-# weight gradients). Measured on the dev CPU: 1.5-2.1x (benchmarks/speed.py); GPUs are similar.
-BACKWARD_COST = 2.0
-# Spread an otherwise untiled stage only when the cost model promises at least this speed-up:
-# the copies and reductions between devices are not in the model.
-SPREAD_GAIN = 1.1
-
-
-@dataclass(frozen=True)
-class Band:
-    """One device's share of the image: the cores it owns, and its tiles in image coordinates."""
-
-    rect: Rect
-    tiles: tuple[Tile, ...]
-
-    @property
-    def bounds(self) -> Rect:
-        """The pixels this device reads and writes: the union of its windows."""
-        windows = [t.window for t in self.tiles]
-        return Rect(min(w.left for w in windows), min(w.top for w in windows),
-                    max(w.right for w in windows), max(w.bottom for w in windows))
-
-    @property
-    def window_pixels(self) -> int:
-        return sum(t.window.width * t.window.height for t in self.tiles)
-
-
-def _cuts(length: int, parts: int, align: int) -> list[int]:
-    """``parts + 1`` band edges on the ``align`` grid (the last at ``length``), each band >= ``align``."""
-    parts = max(1, min(parts, length // align))
-    return [(k * length // parts) // align * align for k in range(parts)] + [length]
-
-
-def plan_bands(width: int, height: int, tile_sizes: Sequence[int | None], halo: int, align: int = 16) -> list[Band]:
-    """One band per entry of ``tile_sizes`` (fewer if the image is too small), cut across the long side.
-
-    Band ``k`` is covered by ``plan_tiles`` with ``tile_sizes[k]`` (None: one window for the whole
-    band); each window is its core plus ``halo`` (rounded up to ``align``) clipped to the *image*,
-    not the band, so every core sees the same context as in the single-device plan.
-    """
-    halo = round_up(halo, align)
-    across_width = width >= height
-    cuts = _cuts(width if across_width else height, len(tile_sizes), align)
-    bands = []
-    for k, (start, stop) in enumerate(zip(cuts, cuts[1:])):
-        rect = Rect(start, 0, stop, height) if across_width else Rect(0, start, width, stop)
-        size = tile_sizes[k] or max(rect.width, rect.height)
-        tiles = []
-        for inner in plan_tiles(rect.width, rect.height, size, halo, align):
-            core = inner.core.shifted(rect.left, rect.top)
-            window = Rect(max(0, core.left - halo), max(0, core.top - halo),
-                          min(width, core.right + halo), min(height, core.bottom + halo))
-            tiles.append(Tile(core, window))
-        bands.append(Band(rect, tuple(tiles)))
-    return bands
-
-
-def spread_pays(width: int, height: int, devices: int, halo: int, align: int = 16) -> bool:
-    """Whether an image that fits one device untiled is faster as one window per device.
-
-    Untiled: one forward and one backward over the image. Spread: every device runs two forwards
-    (the tiled passes) and one backward over its band plus halos, all devices at once. Small
-    images lose: at 256 px on two devices the halo makes each band 80% of the image.
-    """
-    bands = plan_bands(width, height, [None] * devices, halo, align)
-    if len(bands) < 2:
-        return False
-    spread = max(b.window_pixels for b in bands) * (2 + BACKWARD_COST)
-    return spread * SPREAD_GAIN < width * height * (1 + BACKWARD_COST)

@@ -96,7 +96,7 @@ class TiledObjective:
 
     Peak memory is that of one window's forward and backward pass, plus full-size image-shaped
     buffers; the price is one extra forward pass per tile and the halo. ``statistics`` (pass 1)
-    and ``gradient`` (pass 2) are public: ``spread`` runs them on each device's share.
+    and ``gradient`` (pass 2) are public: ``distributed`` runs them on each rank's band.
     """
 
     def __init__(self, extractor: FeatureExtractor, targets: Targets, weights: Weights, tiles: Sequence[Tile],
