@@ -22,6 +22,7 @@ halos; an all-reduce of the whole image gradient would move ``2 (N - 1) / N`` of
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -65,7 +66,6 @@ class BandObjective:
         self.style_layers = list(weights.style_layers)
         self.content_layers = [n for n in weights.content_layers if n in targets.content]
         self.areas = image_areas(width, height, self.style_layers)
-        self.channels = {n: targets.style[n].shape[0] for n in self.style_layers}
         self.padded = max(b.bounds.height for b in plan.bands), max(b.bounds.width for b in plan.bands)
 
     @property
@@ -83,19 +83,23 @@ class BandObjective:
         local = self.local
         stats = Statistics()
         add_window(stats, self.precision.features(local.extractor, leaf), self.tiles[0], self.style_layers,
-                   self.content_layers, local.targets)
+                   self.content_layers, local.targets, means=self.weights.needs_means)
         return stats
 
+    def _layout(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """What pass 1 exchanges, in order: (Statistics field, layer, shape)."""
+        layout = [("gram_sums", n, tuple(self.targets.style[n].shape)) for n in self.style_layers]
+        if self.weights.needs_means:
+            layout += [("feature_sums", n, tuple(self.targets.style[n].shape[:-1])) for n in self.style_layers]
+        return layout + [("content_errors", n, ()) for n in self.content_layers]
+
     def _pack(self, local: Statistics, device: torch.device) -> Tensor:
-        """Gram sums then content errors, in layer order, as one float32 vector (zeros for no band)."""
+        """Every sum of ``_layout`` as one float32 vector (zeros for what this rank has not got)."""
         parts = []
-        for name in self.style_layers:
-            part = local.gram_sums.get(name)
+        for kind, name, shape in self._layout():
+            part = getattr(local, kind).get(name)
             parts.append(part.detach().reshape(-1).float() if part is not None
-                         else torch.zeros(self.channels[name] ** 2, device=device))
-        for name in self.content_layers:
-            error = local.content_errors.get(name)
-            parts.append(error.detach().reshape(1).float() if error is not None else torch.zeros(1, device=device))
+                         else torch.zeros(math.prod(shape), device=device))
         return torch.cat(parts) if parts else torch.zeros(1, device=device)
 
     def _global(self, local: Statistics, device: torch.device) -> Statistics:
@@ -107,16 +111,12 @@ class BandObjective:
         """
         total = all_reduce(self.world, self._pack(local, device), "the pass-1 all-reduce")
         stats, at = Statistics(areas=dict(self.areas)), 0
-        for name in self.style_layers:
-            size = self.channels[name]
-            reduced = total[at:at + size * size].view(size, size)
-            mine = local.gram_sums.get(name)
-            stats.gram_sums[name] = reduced if mine is None else mine + (reduced - mine).detach()
-            at += size * size
-        for name in self.content_layers:
-            mine = local.content_errors.get(name)
-            stats.content_errors[name] = total[at] if mine is None else mine + (total[at] - mine).detach()
-            at += 1
+        for kind, name, shape in self._layout():
+            size = math.prod(shape)
+            reduced = total[at:at + size].view(shape)
+            mine = getattr(local, kind).get(name)
+            getattr(stats, kind)[name] = reduced if mine is None else mine + (reduced - mine).detach()
+            at += size
         return stats
 
     # ------------------------------------------------------------------ pass 2 and its exchange

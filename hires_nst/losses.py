@@ -83,6 +83,11 @@ def gram_sum(features: Tensor, low_precision_products: bool = False) -> Tensor:
     return _GramSum.apply(features.reshape(channels, height * width), low)
 
 
+def feature_sum(features: Tensor) -> Tensor:
+    """Sum over positions of f, (1, C, H, W) -> (C,), in float32 or wider."""
+    return features.sum(dim=(0, 2, 3), dtype=torch.promote_types(features.dtype, torch.float32))
+
+
 def gram(features: Tensor, low_precision_products: bool = False) -> Tensor:
     """Position-averaged Gram matrix. (1, C, H, W) -> (C, C)."""
     _, _, height, width = features.shape

@@ -37,6 +37,7 @@ class Weights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
+    style_loss: str = "gram"  # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
@@ -44,6 +45,11 @@ class Weights:
         # ResNet's layerB_K for the last block of layerB.)
         object.__setattr__(self, "content_layers", _canonical_keys(self.content_layers))
         object.__setattr__(self, "style_layers", _canonical_keys(self.style_layers))
+
+    @property
+    def needs_means(self) -> bool:
+        """Whether the style loss reads the features' means (``Statistics.feature_sums``)."""
+        return self.style_loss == "w2"
 
     @classmethod
     def equal_layers(cls, content: float, style: float, tv: float,
@@ -85,10 +91,15 @@ class Statistics:
     gram_sums: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (C, C) f32, sum of f f^T
     areas: dict[str, int] = field(default_factory=dict)  # style layer -> positions summed (untiled H * W)
     content_errors: dict[str, Tensor] = field(default_factory=dict)  # content layer -> 0-d f32, sum (F - P)^2
+    feature_sums: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (C,) f32, sum of f (w2 only)
 
     def grams(self) -> dict[str, Tensor]:
         """Position-averaged Grams, (C, C) per style layer."""
         return {n: s / self.areas[n] for n, s in self.gram_sums.items()}
+
+    def means(self) -> dict[str, Tensor]:
+        """Position-averaged features, (C,) per style layer (only where ``feature_sums`` were taken)."""
+        return {n: s / self.areas[n] for n, s in self.feature_sums.items()}
 
     @staticmethod
     def total(parts: Sequence["Statistics"], device: torch.device) -> "Statistics":
@@ -99,7 +110,9 @@ class Statistics:
         areas = {n: sum(p.areas[n] for p in parts) for n in first.areas}
         errors = {n: sum((p.content_errors[n].to(device) for p in parts[1:]), first.content_errors[n].to(device))
                   for n in first.content_errors}
-        return Statistics(gram_sums, areas, errors)
+        means = {n: sum((p.feature_sums[n].to(device) for p in parts[1:]), first.feature_sums[n].to(device))
+                 for n in first.feature_sums}
+        return Statistics(gram_sums, areas, errors, means)
 
 
 def core_features(feats: dict[str, Tensor], tile: Tile | None, name: str) -> Tensor:
@@ -117,20 +130,27 @@ def content_target(targets: Targets, tile: Tile | None, name: str) -> Tensor:
 
 
 def add_window(stats: Statistics, feats: dict[str, Tensor], tile: Tile | None, style_layers: Sequence[str],
-               content_layers: Sequence[str] = (), targets: Targets | None = None, low: bool = False) -> None:
+               content_layers: Sequence[str] = (), targets: Targets | None = None, low: bool = False,
+               means: bool = False) -> None:
     """Add one window's core (``tile`` None: the whole image) into ``stats``, per used layer.
 
     ``low``: Gram products of bf16/fp16 features as they are, summed in fp32 (CUDA; ``losses.gram_sum``).
+    ``means``: also the feature sums (the Wasserstein style loss needs the features' means).
     """
     for name in style_layers:
         core = core_features(feats, tile, name)  # (1, C, h, w)
-        part = losses.gram_sum(core, low)
-        stats.gram_sums[name] = stats.gram_sums[name] + part if name in stats.gram_sums else part
+        _add(stats.gram_sums, name, losses.gram_sum(core, low))
+        if means:
+            _add(stats.feature_sums, name, losses.feature_sum(core))
         stats.areas[name] = stats.areas.get(name, 0) + core.shape[2] * core.shape[3]
     for name in content_layers:
         assert targets is not None
         error = losses.squared_error_sum(core_features(feats, tile, name), content_target(targets, tile, name))
-        stats.content_errors[name] = stats.content_errors[name] + error if name in stats.content_errors else error
+        _add(stats.content_errors, name, error)
+
+
+def _add(sums: dict[str, Tensor], name: str, part: Tensor) -> None:
+    sums[name] = sums[name] + part if name in sums else part
 
 
 def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Tensor) -> LossTerms:
@@ -142,11 +162,18 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
     zero = image.new_zeros((), dtype=torch.promote_types(image.dtype, torch.float32))
     content = sum((lw * (stats.content_errors[n] / t.content_norms[n])
                    for n, lw in w.content_layers.items() if n in t.content), zero)
-    grams = stats.grams()
-    style = sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
-                 for n, lw in w.style_layers.items()), zero)
+    style = style_loss(stats, targets, weights, zero)
     tv = losses.tv_loss(image) if w.tv > 0 else zero
     return combine(w, content, style, tv)
+
+
+def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tensor) -> Tensor:
+    """The style term (before ``weights.style``) from the statistics: a function of the Gram
+    sums alone, so that ``tiling.style_factors`` can differentiate it with respect to them."""
+    t = targets
+    grams = stats.grams()
+    return sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+                for n, lw in weights.style_layers.items()), zero)
 
 
 def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> LossTerms:
@@ -235,7 +262,7 @@ class Objective:
         def take(name: str, feats: Tensor) -> None:
             # At the layer, as the network runs (FrozenExtractor.forward says why).
             add_window(stats, {name: feats}, None, [name] if name in style else [],
-                       [name] if name in content else [], self.targets, low)
+                       [name] if name in content else [], self.targets, low, self.weights.needs_means)
 
         self.precision.features(self.extractor, image, reduce=take)
         return loss_terms(stats, self.targets, self.weights, image)

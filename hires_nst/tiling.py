@@ -22,6 +22,7 @@ Three rules keep tiled == untiled up to float rounding:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -31,21 +32,45 @@ from hires_nst import losses
 from hires_nst.backbones import FeatureExtractor
 from hires_nst.errors import ConfigError
 from hires_nst.objective import (LossTerms, Objective, Statistics, Targets, Weights, add_window, content_target,
-                                 core_features, loss_terms, require_tileable)
+                                 core_features, loss_terms, require_tileable, style_loss)
 from hires_nst.placement import FP32, LossScale, Precision
 from hires_nst.tileplan import Tile
 
 
-def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict[str, Tensor]:
-    """Per style layer, ``4 s (G - A) / M`` with ``s = style weight * layer weight / |A|^2``.
+@dataclass(frozen=True)
+class StyleFactor:
+    """One style layer's ``dL/dF = matrix @ F + offset`` for F as (C, positions).
 
-    Then ``dL/dF = factor @ F`` for F as (C, positions): from ``L = s |G - A|^2``,
-    ``G = F F^T / M`` and the symmetry of ``G - A``.
+    ``matrix = dL/dQ + (dL/dQ)^T`` and ``offset = dL/dm`` for the statistics the style loss reads,
+    ``Q = sum f f^T`` (``Statistics.gram_sums``) and ``m = sum f`` (``feature_sums``): every
+    position's gradient is linear in its own features once the global statistics are known.
     """
-    t, w = targets, weights
-    grams = stats.grams()
-    return {n: (4.0 * w.style * lw / (t.style_norms[n] * stats.areas[n])) * (grams[n] - t.style[n].float())
-            for n, lw in w.style_layers.items()}
+
+    matrix: Tensor  # (C, C) float32
+    offset: Tensor | None  # (C,) float32, or None when the loss does not read the feature sums
+
+
+def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict[str, StyleFactor]:
+    """Per style layer, the derivative of ``weights.style * style_loss`` with respect to the sums.
+
+    By autograd over the small (C, C) statistics, so that any style loss written as a function of
+    them (``objective.style_loss``: Gram, Wasserstein) is tiled exactly without a hand-derived
+    gradient. For the relative Gram loss this is ``4 s (G - A) / M``, ``s = weight / |A|^2``.
+    """
+    with torch.enable_grad():
+        grams = {n: g.detach().float().requires_grad_(True) for n, g in stats.gram_sums.items()}
+        sums = {n: m.detach().float().requires_grad_(True) for n, m in stats.feature_sums.items()}
+        leaves = Statistics(grams, dict(stats.areas), {}, sums)
+        zero = next(iter(grams.values())).new_zeros(())
+        loss = weights.style * style_loss(leaves, targets, weights, zero)
+        found = torch.autograd.grad(loss, [*grams.values(), *sums.values()], allow_unused=True)
+    by_name = dict(zip([("gram", n) for n in grams] + [("mean", n) for n in sums], found))
+    factors = {}
+    for name in grams:
+        d_gram = by_name[("gram", name)]
+        d_gram = torch.zeros_like(grams[name]) if d_gram is None else d_gram
+        factors[name] = StyleFactor(d_gram + d_gram.T, by_name.get(("mean", name)))
+    return factors
 
 
 def tv_gradient(image: Tensor, weight: float) -> Tensor:
@@ -57,7 +82,7 @@ def tv_gradient(image: Tensor, weight: float) -> Tensor:
 
 
 def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weights, loss_scale: LossScale,
-             backward: Callable[[dict[str, Tensor], float], Tensor]) -> LossTerms:
+             backward: Callable[[dict[str, StyleFactor], float], Tensor]) -> LossTerms:
     """Loss terms from pass 1's ``stats``; ``backward(factors, scale)`` (pass 2) gives ``image.grad``.
 
     With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
@@ -117,26 +142,30 @@ class TiledObjective:
         low = self.precision.low_precision_products(image.device)
         for tile in self.tiles:
             feats = self.precision.features(self.extractor, tile.window.crop(image))
-            add_window(stats, feats, tile, self.style_layers, self.content_layers, self.targets, low)
+            add_window(stats, feats, tile, self.style_layers, self.content_layers, self.targets, low,
+                       self.weights.needs_means)
         return stats
 
-    def _core_grad(self, name: str, core: Tensor, tile: Tile, factors: dict[str, Tensor],
+    def _core_grad(self, name: str, core: Tensor, tile: Tile, factors: dict[str, StyleFactor],
                    scale: float = 1.0) -> Tensor:
         """``scale * dL/d(core)`` at one layer, in the core's dtype: (1, C, h, w).
 
-        Style: ``factor @ F``; content: ``2 w (F - P) / |P|^2``. The scale (fp16 loss scaling) is
+        Style: ``matrix @ F + offset`` (``StyleFactor``); content: ``2 w (F - P) / |P|^2``. The scale (fp16 loss scaling) is
         applied in float32, before the cast to the features' dtype.
         """
         t, w = self.targets, self.weights
         channels = core.shape[1]
         grad: Tensor | None = None
         if name in factors:
-            factor = factors[name]
+            factor = factors[name].matrix
             if self.precision.low_precision_products(core.device) and scale == 1.0:
                 # bf16 features times the rounded factor, summed in fp32: no fp32 copy of the layer
                 grad = torch.mm(factor.to(core.dtype), core.reshape(channels, -1)).reshape(core.shape)
             else:
                 grad = (factor @ core.float().reshape(channels, -1)).reshape(core.shape)
+            offset = factors[name].offset
+            if offset is not None:
+                grad = grad + offset.reshape(1, channels, 1, 1).to(grad.dtype)
         if name in self.content_layers:
             factor = 2.0 * w.content * w.content_layers[name] / t.content_norms[name]
             content = factor * (core.float() - content_target(t, tile, name).float())
@@ -144,7 +173,7 @@ class TiledObjective:
         assert grad is not None
         return (grad * scale if scale != 1.0 else grad).to(core.dtype)
 
-    def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, Tensor], grad: Tensor,
+    def _backward_tile(self, image: Tensor, tile: Tile, factors: dict[str, StyleFactor], grad: Tensor,
                        scale: float = 1.0) -> None:
         """Pass 2 for one tile: add ``scale`` d(loss)/d(window) into ``grad`` (1, 3, H, W), halo included.
 
@@ -167,7 +196,7 @@ class TiledObjective:
             (window_grad,) = torch.autograd.grad(torch.stack(pulls).sum(), window)
         tile.window.crop(grad).add_(window_grad.to(grad.dtype))
 
-    def gradient(self, image: Tensor, factors: dict[str, Tensor], scale: float = 1.0) -> Tensor:
+    def gradient(self, image: Tensor, factors: dict[str, StyleFactor], scale: float = 1.0) -> Tensor:
         """Pass 2 over every tile: the network's part of d(loss)/d(image), (1, 3, H, W) float32."""
         grad = torch.zeros_like(image, dtype=torch.float32)
         for tile in self.tiles:
