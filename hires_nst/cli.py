@@ -167,6 +167,7 @@ def render(
     content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
     style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
     style_layer_weights: Annotated[Optional[str], _opt("style_layer_weights")] = None,
+    style_loss: Annotated[Optional[str], _opt("style_loss")] = None,
     web: Annotated[bool, _own("web", "--web", help="Serve a live page of the render (image in progress, loss "
                               "curve, time left) while it runs.")] = False,
     port: Annotated[int, _own("port", "--port", metavar="PORT", shown=str(DEFAULT_PORT),

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
 from hires_nst.errors import ConfigError
-from hires_nst.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, get_backbone
+from hires_nst.catalog import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, STYLE_LOSSES,
+                               get_backbone)
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
 from hires_nst.schedule import check_pyramid
 
@@ -47,6 +48,8 @@ class LossConfig:
                                          "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
     style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: equal, or one number per "
                                     "style layer, e.g. 256:64:16:4:1 (normalised to sum 1).", "equal")
+    style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
+                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance).", "gram")
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
@@ -322,6 +325,8 @@ def validate(config: RenderConfig) -> None:
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
     parse_layer_weights(loss.style_layer_weights, loss.style_layers)
+    if loss.style_loss not in STYLE_LOSSES:
+        raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)}", loss.style_loss)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none

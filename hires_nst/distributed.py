@@ -22,6 +22,7 @@ halos; an all-reduce of the whole image gradient would move ``2 (N - 1) / N`` of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -40,7 +41,7 @@ from hires_nst.tiling import TiledObjective, style_factors, tv_gradient
 def band_targets(targets: Targets, bounds: Rect) -> Targets:
     """The targets one rank needs: content maps cropped to its bounds; Grams and norms as they are."""
     content = {n: bounds.at_depth(POOLS_BEFORE[n]).crop(t).contiguous() for n, t in targets.content.items()}
-    return Targets(content, targets.style, targets.content_norms, targets.style_norms)
+    return dataclasses.replace(targets, content=content)
 
 
 def image_areas(width: int, height: int, layers: Sequence[str]) -> dict[str, int]:

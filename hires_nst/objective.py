@@ -78,6 +78,7 @@ class Targets:
     style: dict[str, Tensor]  # layer -> (C, C) blended, position-averaged Gram of the styles
     content_norms: dict[str, Tensor]  # layer -> |P|^2
     style_norms: dict[str, Tensor]  # layer -> |A|^2
+    w2: dict[str, losses.W2Target] = field(default_factory=dict)  # style layer -> Gaussian fit (--style-loss w2)
 
 
 @dataclass
@@ -169,9 +170,19 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
 
 def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tensor) -> Tensor:
     """The style term (before ``weights.style``) from the statistics: a function of the Gram
-    sums alone, so that ``tiling.style_factors`` can differentiate it with respect to them."""
+    and feature sums alone, so that ``tiling.style_factors`` can differentiate it with respect
+    to them.
+
+    ``gram``: each layer's relative squared Gram error. ``w2``: each layer's squared Wasserstein-2
+    distance between Gaussian fits, relative to the target's ``E|f|^2`` (so that, like the Gram
+    error, it is scale-free across layers and weight sources).
+    """
     t = targets
     grams = stats.grams()
+    if weights.style_loss == "w2":
+        means = stats.means()
+        return sum((lw * losses.w2_distance(means[n], grams[n], t.w2[n]) / t.w2[n].norm
+                    for n, lw in weights.style_layers.items()), zero)
     return sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
                 for n, lw in weights.style_layers.items()), zero)
 
@@ -189,14 +200,15 @@ def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
 
 @torch.no_grad()
 def window_statistics(extractor: FeatureExtractor, image: Tensor, tiles: Sequence[Tile | None],
-                      style_layers: Sequence[str], precision: Precision = FP32) -> Statistics:
-    """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``."""
+                      style_layers: Sequence[str], precision: Precision = FP32, means: bool = False) -> Statistics:
+    """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``
+    (``means``: and their feature sums)."""
     require_tileable(extractor, len(tiles))
     stats = Statistics()
     low = precision.low_precision_products(image.device)
     for tile in tiles:
         crop = image if tile is None else tile.window.crop(image)
-        add_window(stats, precision.features(extractor, crop), tile, style_layers, low=low)
+        add_window(stats, precision.features(extractor, crop), tile, style_layers, low=low, means=means)
     return stats
 
 
@@ -237,12 +249,17 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     content_feats: dict[str, Tensor] = {}
     if content is not None and weights.content > 0 and weights.content_layers:
         content_feats = feature_maps(extractor, content, tiles(content), list(weights.content_layers), precision)
-    per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision).grams()
-                 for style in styles]
-    style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
+    per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision,
+                                   weights.needs_means) for style in styles]
+    blend = list(blend) or [1.0] * len(styles)
+    style_grams = losses.blend_grams([s.grams() for s in per_style], blend)
+    w2 = {}
+    if weights.needs_means:  # the styles' mixture: its mean and E[f f^T] are the blends of theirs
+        style_means = losses.blend_grams([s.means() for s in per_style], blend)
+        w2 = {n: losses.w2_target(style_means[n], style_grams[n]) for n in style_grams}
     return Targets(content_feats, style_grams,
                    {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum() for n, t in style_grams.items()})
+                   {n: t.square().sum() for n, t in style_grams.items()}, w2)
 
 
 class Objective:
