@@ -159,6 +159,7 @@ def render(
     optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
     lr: Annotated[Optional[float], _opt("lr")] = None,
     warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
+    average_iterates: Annotated[Optional[float], _opt("average_iterates")] = None,
     backbone: Annotated[Optional[str], _opt("backbone")] = None,
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,

@@ -26,7 +26,7 @@ PANELS: dict[str, tuple[str, ...]] = {
                          "animate_every", "animate_size", "max_input_pixels"),
     "Devices and speed": ("device", "devices", "precision", "sync_every", "tile_size", "halo"),
     "Checkpoints": ("work_dir", "resume", "restart", "save_every", "save_minutes", "keep_checkpoints"),
-    "Experiments": ("optimizer", "lr", "warm_start", "backbone", "weights", "pooling", "preprocessing",
+    "Experiments": ("optimizer", "lr", "warm_start", "average_iterates", "backbone", "weights", "pooling", "preprocessing",
                     "content_layers", "style_layers", "style_layer_weights"),
     "Watching and messages": ("web", "port", "host", "log_every", "quiet", "debug", "help"),
 }
@@ -45,7 +45,7 @@ METAVARS = {
     "fit": "fit|crop", "orientation": "auto|portrait|landscape", "preserve_color": "off|luminance|match",
     "optimizer": "NAME", "backbone": "vgg19|vgg16|resnet50", "pooling": "max|avg",
     "preprocessing": "auto|caffe|torchvision", "device": "DEVICE", "devices": "all|DEVICE,...",
-    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2",
+    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2", "average_iterates": "DECAY",
 }
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}

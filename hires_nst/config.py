@@ -67,6 +67,9 @@ class OptimConfig:
     # Measured (benchmarks/adam_warm_start.py, 64->128->256, 60/30/15 its): carried moments ended at
     # total loss 1.44 vs 1.37 restarting, so restarting is the default.
     warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
+    average_iterates: float = _opt("--average-iterates", "Write (and hand on to the next stage) the moving average "
+                                   "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "
+                                   "iterate. Averaging cancels the steps' high-frequency jitter.", 0.0)
 
 
 @dataclass(frozen=True)
@@ -342,6 +345,8 @@ def validate(config: RenderConfig) -> None:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:
         raise _fail("optim", "lr", "must be > 0 (or 0 for the default)", optim.lr)
+    if not 0 <= optim.average_iterates < 1:  # also refuses nan
+        raise _fail("optim", "average_iterates", "must be >= 0 and < 1 (0: off)", optim.average_iterates)
     if pyramid.max_size < 16:
         raise _fail("pyramid", "max_size", "must be at least 16 pixels", pyramid.max_size)
     if pyramid.min_size < 0 or 0 < pyramid.min_size < 16:
