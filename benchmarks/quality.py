@@ -45,7 +45,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 PAIRS = ("tubingen:the_scream", "hoovertowernight:the_scream", "tubingen:starry_night", "hoovertowernight:shipwreck")
 
 # Today's defaults spelled out, so that the table means the same whatever the defaults become.
-TODAY = {"style_weight": 10.0, "style_layer_weights": "equal", "style_loss": "gram"}
+TODAY = {"style_weight": 10.0, "style_layer_weights": "equal", "style_loss": "gram", "average_iterates": 0.0}
 CONFIGS: dict[str, dict] = {
     "today": TODAY,
     "layers 256:64:16:4:1": {**TODAY, "style_layer_weights": "256:64:16:4:1"},

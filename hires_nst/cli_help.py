@@ -37,7 +37,7 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 METAVARS = {
     "max_size": "PX", "min_size": "PX", "animate_size": "PX", "halo": "PX", "tile_size": "auto|off|PX",
     "iterations": "N[,N...]", "style_blend": "W,W...", "content_layers": "LAYER[,...]",
-    "style_layers": "LAYER[,...]", "style_layer_weights": "equal|W:W...", "scale_factor": "X",
+    "style_layers": "LAYER[,...]", "style_layer_weights": "descending|equal|W:W...", "scale_factor": "X",
     "style_scale": "X", "content_weight": "W", "style_weight": "W", "tv_weight": "W", "lr": "X",
     "seed": "N", "sync_every": "N", "save_every": "N", "save_minutes": "MIN", "animate_every": "N",
     "bit_depth": "8|16", "dpi": "DPI", "max_input_pixels": "N", "print_size": "PAPER", "work_dir": "DIR",

@@ -46,10 +46,13 @@ class LossConfig:
                                            DEFAULT_CONTENT_LAYERS)
     style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
                                          "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
-    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: equal, or one number per "
-                                    "style layer, e.g. 256:64:16:4:1 (normalised to sum 1).", "equal")
+    # Defaults chosen by benchmarks/quality.py (README, "The default loss"): with a portrait as the
+    # painting, equal weights and Gram matrices painted its objects over the photo's subject.
+    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: descending (each a quarter "
+                                    "of the one before: 256:64:16:4:1 for the default five), equal (Gatys et al.), or "
+                                    "one number per style layer, e.g. 16:8:4:2:1 (normalised to sum 1).", "descending")
     style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
-                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance).", "gram")
+                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default).", "w2")
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
@@ -233,15 +236,24 @@ def _default_layers(merged: dict[str, dict[str, Any]]) -> None:
     merged["loss"].setdefault("style_layers", backbone.style_layers)
 
 
+DESCENDING_RATIO = 4.0  # --style-layer-weights descending: each layer weighs a quarter of the one before
+
+
 def parse_layer_weights(text: str, layers: Sequence[str]) -> tuple[float, ...] | None:
-    """``--style-layer-weights``: None for ``equal``, else one weight >= 0 per layer (positive sum)."""
+    """``--style-layer-weights``: None for ``equal``, else one weight >= 0 per layer (positive sum).
+
+    ``descending`` is crowsonkb's 256:64:16:4:1 for the default five layers, and the same ratio
+    for any other number of them.
+    """
     if text.strip() == "equal":
         return None
+    if text.strip() == "descending":
+        return tuple(DESCENDING_RATIO ** (len(layers) - 1 - i) for i in range(len(layers)))
     flag = "--style-layer-weights"
     try:
         weights = tuple(float(v) for v in text.replace(":", ",").split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{flag} must be 'equal' or numbers like 256:64:16:4:1, got {text!r}") from None
+        raise ConfigError(f"{flag} must be 'descending', 'equal' or numbers like 256:64:16:4:1, got {text!r}") from None
     if len(weights) != len(layers):
         raise ConfigError(f"{flag} has {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})")
     if any(not w >= 0 for w in weights) or sum(weights) <= 0 or sum(weights) == float("inf"):
