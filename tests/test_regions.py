@@ -295,3 +295,33 @@ def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path)
     middle = np.abs(out[:, 29:35] - original[:, 29:35]).mean()  # the photo's middle, away from the edges
     styled = np.abs(out[:, :21] - original[:, :21]).mean()
     assert middle < 0.04 and middle < 0.1 * styled, (middle, styled)  # measured 0.019 and 0.36
+
+
+def test_the_command_line_takes_repeated_regions_and_names_what_is_wrong(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hires_nst.cli import app
+
+    content = save(tmp_path / "photo.png", photo(32, 32))
+    red = save(tmp_path / "red.png", stripes((0.9, 0.1, 0.1), (0.6, 0.0, 0.05), 32))
+    mask = np.zeros((32, 32, 3), dtype=np.float32)
+    mask[:, 16:] = (1.0, 0.0, 0.0)
+    mask_path = save(tmp_path / "mask.png", mask)
+    base = ["render", str(content), str(red), "-o", str(tmp_path / "out.png"), "-q", "--mask", str(mask_path)]
+    result = CliRunner().invoke(app, [*base, "--region", "red=red.png"])
+    assert result.exit_code != 0 and "#000000 (50.0%)" in result.output, result.output
+    result = CliRunner().invoke(app, [*base, "--region", "red=blue.png", "--region", "black=photo"])
+    assert result.exit_code != 0 and "none of the paintings" in result.output and "red.png" in result.output
+
+
+@pytest.mark.slow
+def test_stylize_takes_regions_as_settings(tmp_path: Path) -> None:
+    from hires_nst import stylize
+
+    mask = np.zeros((32, 48, 3), dtype=np.float32)
+    mask[:, 24:] = 1.0
+    out = stylize(photo(48, 32), [stripes((0.9, 0.1, 0.1), (0.6, 0.0, 0.05), 32), stripes((0.1, 0.2, 0.9), (0, 0.5, 0.8), 32)],
+                  mask=str(save(tmp_path / "mask.png", mask)), region=["black=1", "white=2"], max_size=48,
+                  iterations=[3], style_layers="conv1_1,conv2_1", content_layers="conv2_1", device="cpu",
+                  as_array=True)
+    assert out.shape == (32, 48, 3)
