@@ -325,3 +325,19 @@ def test_stylize_takes_regions_as_settings(tmp_path: Path) -> None:
                   iterations=[3], style_layers="conv1_1,conv2_1", content_layers="conv2_1", device="cpu",
                   as_array=True)
     assert out.shape == (32, 48, 3)
+
+
+def test_a_batch_job_carries_its_regions_with_masks_relative_to_the_job_file(tmp_path: Path) -> None:
+    from hires_nst.batch import load_batch
+
+    (tmp_path / "jobs.toml").write_text(
+        'output_dir = "out"\n'
+        '[[job]]\nname = "sky"\ncontent = "in/photo.png"\nstyles = ["in/a.png", "in/b.png"]\n'
+        '[job.overrides.loss]\nmask = "masks/sky.png"\nregion = ["white=a.png", "black=2:0.5"]\n'
+        '[[job]]\nname = "two"\ncontent = "in/photo.png"\nstyles = ["in/a.png"]\n'
+        '[job.overrides.loss]\nregion = ["masks/top.png:a.png", "masks/bottom.png:photo"]\n')
+    sky, two = load_batch(tmp_path / "jobs.toml").jobs
+    assert sky.render.config.loss.mask == str(tmp_path / "masks" / "sky.png")
+    assert sky.render.config.loss.region == ("white=a.png", "black=2:0.5")
+    assert two.render.config.loss.region == (f"{tmp_path / 'masks' / 'top.png'}:a.png",
+                                             f"{tmp_path / 'masks' / 'bottom.png'}:photo")
