@@ -7,7 +7,7 @@ Usage: python docs/regions_figure.py [--size 384] [--iterations 200,100] [--mask
    and opened by a 5x5 square, with holes filled; white there, black elsewhere.
 2. Renders ``hires-nst render examples/tubingen.jpg starry_night.jpg the_scream.jpg --mask
    examples/tubingen_sky.png --region white=starry_night.jpg --region black=the_scream.jpg``.
-3. Writes ``docs/regions.png``: photo, mask, the two styles, the result, captioned.
+3. Writes ``docs/regions.jpg``: photo, mask, the two styles, the result, captioned.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
     captions = ["photo (tubingen.jpg)", "mask (tubingen_sky.png)", "white: starry_night.jpg",
                 "black: the_scream.jpg", "result"]
     sheet = grid_sheet([cells], [captions], cell_height=192)
-    images.save_image(ROOT / "docs" / "regions.png", sheet)
+    images.save_image(ROOT / "docs" / "regions.jpg", sheet)
     print(f"wrote {ROOT / 'docs' / 'regions.png'}")
 
 
