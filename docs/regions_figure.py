@@ -74,7 +74,7 @@ def main() -> None:
                 "black: the_scream.jpg", "result"]
     sheet = grid_sheet([cells], [captions], cell_height=192)
     images.save_image(ROOT / "docs" / "regions.jpg", sheet)
-    print(f"wrote {ROOT / 'docs' / 'regions.png'}")
+    print(f"wrote {ROOT / 'docs' / 'regions.jpg'}")
 
 
 if __name__ == "__main__":
