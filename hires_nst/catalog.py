@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from hires_nst.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STYLE_LOSSES = ("gram", "w2")
 
 VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
 VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}

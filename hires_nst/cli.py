@@ -161,6 +161,7 @@ def render(
     optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
     lr: Annotated[Optional[float], _opt("lr")] = None,
     warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
+    average_iterates: Annotated[Optional[float], _opt("average_iterates")] = None,
     backbone: Annotated[Optional[str], _opt("backbone")] = None,
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,
@@ -168,6 +169,7 @@ def render(
     content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
     style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
     style_layer_weights: Annotated[Optional[str], _opt("style_layer_weights")] = None,
+    style_loss: Annotated[Optional[str], _opt("style_loss")] = None,
     web: Annotated[bool, _own("web", "--web", help="Serve a live page of the render (image in progress, loss "
                               "curve, time left) while it runs.")] = False,
     port: Annotated[int, _own("port", "--port", metavar="PORT", shown=str(DEFAULT_PORT),

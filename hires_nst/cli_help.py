@@ -19,14 +19,14 @@ from hires_nst.config import SECTIONS
 ESSENTIALS = "Essentials"
 PANELS: dict[str, tuple[str, ...]] = {
     ESSENTIALS: ("output", "preset", "max_size", "iterations", "print_size"),
-    "Style and loss": ("style_weight", "content_weight", "tv_weight", "style_blend", "preserve_color",
+    "Style and loss": ("style_weight", "content_weight", "tv_weight", "style_loss", "style_blend", "preserve_color",
                        "mask", "region", "style_scale", "style_upscale", "init", "seed"),
     "Pyramid": ("min_size", "scale_factor", "fit_iterations"),
     "Print and output": ("format", "bit_depth", "dpi", "fit", "orientation", "save_stages", "animate",
                          "animate_every", "animate_size", "max_input_pixels"),
     "Devices and speed": ("device", "devices", "precision", "sync_every", "tile_size", "halo"),
     "Checkpoints": ("work_dir", "resume", "restart", "save_every", "save_minutes", "keep_checkpoints"),
-    "Experiments": ("optimizer", "lr", "warm_start", "backbone", "weights", "pooling", "preprocessing",
+    "Experiments": ("optimizer", "lr", "warm_start", "average_iterates", "backbone", "weights", "pooling", "preprocessing",
                     "content_layers", "style_layers", "style_layer_weights"),
     "Watching and messages": ("web", "port", "host", "log_every", "quiet", "debug", "help"),
 }
@@ -45,7 +45,8 @@ METAVARS = {
     "fit": "fit|crop", "orientation": "auto|portrait|landscape", "preserve_color": "off|luminance|match",
     "optimizer": "NAME", "backbone": "vgg19|vgg16|resnet50", "pooling": "max|avg",
     "preprocessing": "auto|caffe|torchvision", "device": "DEVICE", "devices": "all|DEVICE,...",
-    "precision": "auto|fp32|bf16|fp16", "mask": "FILE", "region": "COLOUR=STYLE[:W]",
+    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2", "average_iterates": "DECAY", "mask": "FILE",
+    "region": "COLOUR=STYLE[:W]",
 }
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}

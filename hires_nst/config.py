@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
 from hires_nst.errors import ConfigError
-from hires_nst.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, get_backbone
+from hires_nst.catalog import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, STYLE_LOSSES,
+                               get_backbone)
 from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
 from hires_nst.schedule import check_pyramid
 
@@ -48,6 +49,8 @@ class LossConfig:
                                          "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
     style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: equal, or one number per "
                                     "style layer, e.g. 256:64:16:4:1 (normalised to sum 1).", "equal")
+    style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
+                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance).", "gram")
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
@@ -71,6 +74,9 @@ class OptimConfig:
     # Measured (benchmarks/adam_warm_start.py, 64->128->256, 60/30/15 its): carried moments ended at
     # total loss 1.44 vs 1.37 restarting, so restarting is the default.
     warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
+    average_iterates: float = _opt("--average-iterates", "Write (and hand on to the next stage) the moving average "
+                                   "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "
+                                   "iterate. Averaging cancels the steps' high-frequency jitter.", 0.0)
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,8 @@ def validate(config: RenderConfig) -> None:
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
     parse_layer_weights(loss.style_layer_weights, loss.style_layers)
+    if loss.style_loss not in STYLE_LOSSES:
+        raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)}", loss.style_loss)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none
@@ -347,6 +355,8 @@ def validate(config: RenderConfig) -> None:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:
         raise _fail("optim", "lr", "must be > 0 (or 0 for the default)", optim.lr)
+    if not 0 <= optim.average_iterates < 1:  # also refuses nan
+        raise _fail("optim", "average_iterates", "must be >= 0 and < 1 (0: off)", optim.average_iterates)
     if pyramid.max_size < 16:
         raise _fail("pyramid", "max_size", "must be at least 16 pixels", pyramid.max_size)
     if pyramid.min_size < 0 or 0 < pyramid.min_size < 16:
@@ -410,6 +420,9 @@ def _validate_regions(config: RenderConfig) -> None:
     if loss.style_blend:
         raise _fail("loss", "style_blend", "cannot be combined with --region (each region has its own style)",
                     loss.style_blend)
+    if loss.style_loss != "gram":
+        raise _fail("loss", "style_loss", "must be gram with --region (regions with w2 are not built yet)",
+                    loss.style_loss)
     if not get_backbone(config.model.backbone).tileable:
         raise _fail("loss", "region", f"needs a VGG backbone (guides follow VGG's pooling), not "
                     f"{config.model.backbone}", loss.region)

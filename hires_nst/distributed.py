@@ -22,6 +22,7 @@ halos; an all-reduce of the whole image gradient would move ``2 (N - 1) / N`` of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -42,7 +43,7 @@ def band_targets(targets: Targets, bounds: Rect) -> Targets:
     norms as they are."""
     content = {n: bounds.at_depth(POOLS_BEFORE[n]).crop(t).contiguous() for n, t in targets.content.items()}
     guides = {n: bounds.at_depth(POOLS_BEFORE[n]).crop(g).contiguous() for n, g in targets.guides.items()}
-    return Targets(content, targets.style, targets.content_norms, targets.style_norms, guides, targets.region_scale)
+    return dataclasses.replace(targets, content=content, guides=guides)
 
 
 def image_areas(width: int, height: int, layers: Sequence[str], targets: Targets | None = None) -> dict[str, int | Tensor]:

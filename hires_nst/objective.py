@@ -79,6 +79,7 @@ class Targets:
     style: dict[str, Tensor]  # layer -> (C, C) blended, position-averaged Gram of the styles
     content_norms: dict[str, Tensor]  # layer -> |P|^2
     style_norms: dict[str, Tensor]  # layer -> |A|^2
+    w2: dict[str, losses.W2Target] = field(default_factory=dict)  # style layer -> Gaussian fit (--style-loss w2)
     # Regions (--mask / --region; guides.py): then ``style`` holds one Gram per region, (R, C, C),
     # ``style_norms`` (R,), and each style layer has its guide and its regions' shares of the term.
     guides: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (R, h, w) guide at its resolution
@@ -203,13 +204,21 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
 
 def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tensor) -> Tensor:
     """The style term (before ``weights.style``) from the statistics: a function of the Gram
-    sums alone, so that ``tiling.style_factors`` can differentiate it with respect to them.
+    and feature sums alone, so that ``tiling.style_factors`` can differentiate it with respect
+    to them.
 
-    With regions each region's relative error counts by its weight times its share of the layer's
-    positions (``Targets.region_scale``): one region over the whole image is the unmasked term.
+    ``gram``: each layer's relative squared Gram error. ``w2``: each layer's squared Wasserstein-2
+    distance between Gaussian fits, relative to the target's ``E|f|^2`` (so that, like the Gram
+    error, it is scale-free across layers and weight sources). With regions (gram only, so far)
+    each region's relative error counts by its weight times its share of the layer's positions
+    (``Targets.region_scale``): one region over the whole image is the unmasked term.
     """
     t = targets
     grams = stats.grams()
+    if weights.style_loss == "w2":
+        means = stats.means()
+        return sum((lw * losses.w2_distance(means[n], grams[n], t.w2[n]) / t.w2[n].norm
+                    for n, lw in weights.style_layers.items()), zero)
     total = zero
     for n, lw in weights.style_layers.items():
         if n in t.region_scale:
@@ -233,14 +242,15 @@ def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
 
 @torch.no_grad()
 def window_statistics(extractor: FeatureExtractor, image: Tensor, tiles: Sequence[Tile | None],
-                      style_layers: Sequence[str], precision: Precision = FP32) -> Statistics:
-    """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``."""
+                      style_layers: Sequence[str], precision: Precision = FP32, means: bool = False) -> Statistics:
+    """Pass 1 over ``tiles`` (``[None]``: one whole-image pass) for the Grams of ``style_layers``
+    (``means``: and their feature sums)."""
     require_tileable(extractor, len(tiles))
     stats = Statistics()
     low = precision.low_precision_products(image.device)
     for tile in tiles:
         crop = image if tile is None else tile.window.crop(image)
-        add_window(stats, precision.features(extractor, crop), tile, style_layers, low=low)
+        add_window(stats, precision.features(extractor, crop), tile, style_layers, low=low, means=means)
     return stats
 
 
@@ -284,20 +294,28 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     content_feats: dict[str, Tensor] = {}
     if content is not None and weights.content > 0 and weights.content_layers:
         content_feats = feature_maps(extractor, content, tiles(content), list(weights.content_layers), precision)
-    per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision).grams()
-                 for style in styles]
+    if regions is not None and weights.needs_means:
+        raise ConfigError("--region works with --style-loss gram only (so far)")
+    per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision,
+                                   weights.needs_means) for style in styles]
+    w2: dict[str, losses.W2Target] = {}
     guides: dict[str, Tensor] = {}
     scale: dict[str, Tensor] = {}
     if regions is None:
-        style_grams = losses.blend_grams(per_style, list(blend) or [1.0] * len(styles))
+        blend = list(blend) or [1.0] * len(styles)
+        style_grams = losses.blend_grams([s.grams() for s in per_style], blend)
+        if weights.needs_means:  # the styles' mixture: its mean and E[f f^T] are the blends of theirs
+            style_means = losses.blend_grams([s.means() for s in per_style], blend)
+            w2 = {n: losses.w2_target(style_means[n], style_grams[n]) for n in style_grams}
     else:
-        style_grams = {n: torch.stack([per_style[i][n] for i in regions.styles]) for n in weights.style_layers}
+        grams = [s.grams() for s in per_style]
+        style_grams = {n: torch.stack([grams[i][n] for i in regions.styles]) for n in weights.style_layers}
         guides = layer_guides(regions.guide, list(weights.style_layers))
         region_weights = torch.tensor(regions.weights, dtype=torch.float32, device=regions.guide.device)
         scale = {n: region_weights * g.sum(dim=(-2, -1)) / max(1, g.shape[-2] * g.shape[-1]) for n, g in guides.items()}
     return Targets(content_feats, style_grams,
                    {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum(dim=(-2, -1)) for n, t in style_grams.items()}, guides, scale)
+                   {n: t.square().sum(dim=(-2, -1)) for n, t in style_grams.items()}, w2, guides, scale)
 
 
 class Objective:

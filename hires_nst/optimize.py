@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hires_nst.averaging import IterateAverage, split_state
 from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.lbfgs import DeviceLBFGS
 from hires_nst.memmodel import lbfgs_history
 from hires_nst.objective import LossTerms
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
-StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]  # iteration, image, Adam's state (or {})
+# iteration, image (the iterate), Adam's state (or {}) and the average's buffers (averaging.KEYS)
+StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]
 
 
 # Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
@@ -106,12 +108,16 @@ class Stepper:
     """One optimiser over one image, stepped one loss-and-gradient evaluation at a time.
 
     The loop of ``optimize_with_state`` and the memory measurement (``memmeasure``) both step
-    through this, so what is measured is what renders run.
+    through this, so what is measured is what renders run. With ``average`` (a decay in (0, 1)) it
+    also keeps the iterates' moving average (averaging.py), which is then the stage's ``result``;
+    ``warm_state`` may carry that average's buffers (a resumed stage) beside Adam's moments.
     """
 
     def __init__(self, image: Tensor, objective: Callable[[Tensor], LossTerms], optimizer: str, lr: float,
-                 warm_state: dict[str, Tensor] | None = None) -> None:
+                 warm_state: dict[str, Tensor] | None = None, average: float = 0.0) -> None:
+        warm_state, carried = split_state(warm_state)
         self.image = image.detach().clone().requires_grad_(True)
+        self.average = IterateAverage(average, self.image, carried) if average else None
         self.objective, self.optimizer = objective, optimizer
         self.opt = make_optimizer(optimizer, self.image, lr)
         if warm_state and optimizer in ADAM_LIKE:
@@ -141,15 +147,30 @@ class Stepper:
         if self.optimizer not in CLAMP_IN_CLOSURE:  # project the step onto [0, 1]
             with torch.no_grad():
                 self.image.clamp_(0, 1)
+        if self.average is not None:  # torch's L-BFGS projects at its next evaluation: average what it will see
+            iterate = self.image.detach()
+            self.average.update(iterate.clamp(0, 1) if self.optimizer in CLAMP_IN_CLOSURE else iterate)
+
+    def result(self) -> Tensor:
+        """What the stage hands on and writes: the average of the iterates if kept, else the last one."""
+        average = self.average
+        image = self.image.detach() if average is None or average.empty else average.value()
+        return image.clamp(0, 1)
 
     def state(self) -> dict[str, Tensor]:
+        """The optimiser's state that may go on to the next stage (Adam's moments; the average does not)."""
         return _live_state(self.opt, self.image, self.optimizer)
+
+    def saved_state(self) -> dict[str, Tensor]:
+        """``state`` and the average's buffers: what a resume of this stage needs beside the iterate."""
+        return {**self.state(), **(self.average.state() if self.average is not None else {})}
 
 
 def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
                         iterations: int, on_step: StepCallback | None = None,
                         warm_state: dict[str, Tensor] | None = None, sync_every: int = 1,
-                        done: int = 0, on_state: StateCallback | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                        done: int = 0, on_state: StateCallback | None = None,
+                        average: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """``optimize`` that also returns Adam's (or AdamW's) final state and may start from a previous one.
 
     ``warm_state`` (Adam, AdamW) must already have the image's size (see ``resize_adam_state``).
@@ -158,12 +179,17 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
     resumed from its saved progress): the loop runs the rest and numbers them on from ``done``.
     ``on_state`` follows each ``on_step`` with the image and Adam's live state, for checkpoints.
 
+    ``average`` > 0 (``--average-iterates``): the result is the moving average of the iterates
+    (averaging.py), and ``on_step`` sees that average, what would be written; ``on_state`` sees the
+    iterate and, beside Adam's state, the average's buffers; ``warm_state`` may hold them (resume).
+    The losses reported are still those of the iterates (the average is never evaluated in the loop).
+
     Losses are read back, checked for inf/NaN and reported every ``sync_every`` iterations and at
     the last: each read waits for the device, so on a GPU the loop otherwise runs ahead of it.
     (Adam and our L-BFGS gain from this; torch's L-BFGS, ``lbfgs-torch``, reads values itself at
     every step.)
     """
-    stepper = Stepper(image, objective, optimizer, lr, warm_state)
+    stepper = Stepper(image, objective, optimizer, lr, warm_state, average)
     sync_every = max(1, sync_every)
     start, reported = time.perf_counter(), done
     for iteration in range(done + 1, iterations + 1):
@@ -173,12 +199,13 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
         values, finite = _read_back(stepper.terms, stepper.image)  # one wait for the device, not five
         _check_finite(values, finite, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
         if on_step is not None:
-            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), stepper.image)
+            shown = stepper.image if stepper.average is None else stepper.result()
+            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), shown)
         if on_state is not None:
-            on_state(iteration, stepper.image.detach(), stepper.state())
+            on_state(iteration, stepper.image.detach(), stepper.saved_state())
         start, reported = time.perf_counter(), iteration
     state = stepper.state() if iterations > done else {}
-    return stepper.image.detach().clamp(0, 1), state
+    return stepper.result(), state
 
 
 def _live_state(opt: torch.optim.Optimizer, image: Tensor, optimizer: str) -> dict[str, Tensor]:

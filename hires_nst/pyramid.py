@@ -18,6 +18,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from hires_nst import images
+from hires_nst.averaging import shown
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
@@ -123,7 +124,7 @@ class ProgressSaves:
         self.at, self.time = iteration, time.monotonic()
         try:
             workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
-            workdir.save_current(image.clamp(0, 1))
+            workdir.save_current(shown(image, optimizer_state).clamp(0, 1))  # what would be written
         except OutputError as exc:
             self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
                               f"({exc}); the render goes on and tries again later"))
@@ -217,12 +218,12 @@ def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
     began = time.perf_counter()
     reset_peak_memory(start.device)
     reporter = StepReporter(run, stage, done)
-    reporter.started(start)
+    reporter.started(shown(start, warm_state))
     saves = ProgressSaves(run.checkpointing, stage, done, run.sink) if run.checkpointing is not None else None
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                                         iterations=stage.iterations, on_step=reporter,
                                         warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
-                                        on_state=saves)
+                                        on_state=saves, average=config.optim.average_iterates)
     final = {k: float(v) for k, v in objective.loss(result).items()}
     run.sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
     return StageResult(result, final, state)
@@ -321,7 +322,7 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
     if went >= 0:  # the first stage this run renders: maybe from its saved progress
         start, warm = _saved_progress(checkpointing, stage, went, start, warm, run.sink)
         if checkpointing is not None and checkpointing.snapshot_every:
-            run.sink(snapshot(stage, went, start, checkpointing.snapshot_size))  # the animation's first frame
+            run.sink(snapshot(stage, went, shown(start, warm), checkpointing.snapshot_size))  # the first frame
     if run.placement.world.distributed:
         start, warm = same_start(run.placement.world, start, warm)
     return run_stage_fitting_memory(run, stage.index, inputs, start, warm, max(went, 0))

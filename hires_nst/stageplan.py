@@ -15,6 +15,7 @@ plan's ``at_start`` measures it again when a stage starts (the one lazy decision
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -70,13 +71,15 @@ def loss_weights(config: RenderConfig) -> Weights:
     loss = config.loss
     layer_weights = parse_layer_weights(loss.style_layer_weights, loss.style_layers)
     if layer_weights is None:
-        return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
-                                    loss.content_layers, loss.style_layers)
+        equal = Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
+                                     loss.content_layers, loss.style_layers)
+        return dataclasses.replace(equal, style_loss=loss.style_loss)
     style: dict[str, float] = {}
     for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
         style[alias(name)] = style.get(alias(name), 0.0) + weight
     content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
-    return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style))
+    return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style),
+                   loss.style_loss)
 
 
 @dataclass(frozen=True)

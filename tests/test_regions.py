@@ -215,6 +215,8 @@ def test_region_settings_are_parsed_and_name_their_paintings() -> None:
         resolve(("test", {"loss": {"mask": "m.png"}}))
     with pytest.raises(ConfigError, match="style_blend"):
         resolve(("test", {"loss": {"region": ["m.png:1"], "style_blend": [1.0]}}))
+    with pytest.raises(ConfigError, match="style-loss"):
+        resolve(("test", {"loss": {"region": ["m.png:1"], "style_loss": "w2"}}))
 
 
 def test_region_settings_round_trip_through_toml_and_the_settings_json(tmp_path: Path) -> None:

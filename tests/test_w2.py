@@ -1,0 +1,159 @@
+"""--style-loss w2: the Wasserstein-2 distance between Gaussian fits of the features (issue 17)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hires_nst import losses, ranks
+from hires_nst.bands import BandPlan, plan_bands
+from hires_nst.config import resolve
+from hires_nst.distributed import BandObjective
+from hires_nst.errors import ConfigError
+from hires_nst.features import VGGFeatures
+from hires_nst.objective import Objective, Statistics, Weights, make_targets, style_loss
+from hires_nst.placement import FP32
+from hires_nst.stageplan import loss_weights
+from hires_nst.tileplan import align_for, required_halo
+from hires_nst.tiling import TiledObjective, make_objective
+from hires_nst.weights import load_weights
+from tests.synthetic import tiles_for
+
+CONTENT_LAYERS = ("conv3_1",)
+STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1")
+HALO, ALIGN = required_halo(CONTENT_LAYERS + STYLE_LAYERS), align_for(CONTENT_LAYERS + STYLE_LAYERS)
+
+
+def moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (C,) and E[f f^T] (C, C) of (C, N) features."""
+    return features.mean(1), features @ features.T / features.shape[1]
+
+
+def test_w2_is_zero_for_identical_statistics_and_positive_otherwise() -> None:
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(64, 300, generator=g) * 5  # ReLU-like: non-negative, non-zero mean
+    target = losses.w2_target(*moments(features))
+    same = losses.w2_distance(*moments(features), target)
+    assert abs(float(same)) < 1e-5 * float(target.norm)
+    other = losses.w2_distance(*moments(features * 1.5 + 0.3), target)
+    assert float(other) > 0.05 * float(target.norm)
+
+
+def test_w2_of_gaussians_with_commuting_covariances_matches_the_closed_form() -> None:
+    # Diagonal covariances: W2^2 = |m1 - m2|^2 + sum (s1 - s2)^2 over the standard deviations.
+    mean_a, mean_b = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 1.0, 0.5])
+    sd_a, sd_b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 0.5, 3.0])
+    second = lambda mean, sd: torch.diag(sd**2) + torch.outer(mean, mean)  # noqa: E731
+    target = losses.w2_target(mean_b, second(mean_b, sd_b))
+    # The ridge adds the same small variance to both sides: fold it into the closed form.
+    ridge = float(target.ridge)
+    expected = (mean_a - mean_b).square().sum() + ((sd_a**2 + ridge).sqrt() - (sd_b**2 + ridge).sqrt()).square().sum()
+    got = losses.w2_distance(mean_a, second(mean_a, sd_a), target)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_trace_sqrt_gradient_checks_in_float64_with_repeated_eigenvalues() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    generic = (a @ a.T + 0.1 * torch.eye(6, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(losses.trace_sqrt, (generic,))
+    # Autograd through eigh divides by eigenvalue gaps: a scaled identity would give inf/nan.
+    repeated = (2.0 * torch.eye(6, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(losses.trace_sqrt, (repeated,))
+    (grad,) = torch.autograd.grad(losses.trace_sqrt(repeated), repeated)
+    assert torch.allclose(grad, torch.eye(6, dtype=torch.float64) * 0.5 / 2.0**0.5)
+
+
+def test_w2_gradient_with_respect_to_the_features_checks_in_float64() -> None:
+    g = torch.Generator().manual_seed(2)
+    target = losses.w2_target(*moments(torch.rand(8, 40, generator=g, dtype=torch.float64)))
+    # 12 positions for 8 channels: a nearly singular covariance, which the ridge keeps finite.
+    features = torch.rand(8, 12, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: losses.w2_distance(*moments(f), target), (features,))
+
+
+def test_w2_batches_over_leading_dimensions() -> None:
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.rand(16, 50, generator=g) for _ in range(4)]
+    one_by_one = [losses.w2_distance(*moments(feats[i + 2]), losses.w2_target(*moments(feats[i]))) for i in range(2)]
+    stacked = [torch.stack(x) for x in zip(*(moments(f) for f in feats[:2]))]
+    target = losses.w2_target(*stacked)
+    got = losses.w2_distance(*[torch.stack(x) for x in zip(*(moments(f) for f in feats[2:]))], target)
+    assert torch.allclose(got, torch.stack(one_by_one), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- in the objective
+
+
+def setup(width: int = 96, height: int = 64):
+    weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, 0.0, CONTENT_LAYERS, STYLE_LAYERS), style_loss="w2")
+    extractor = VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
+    g = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, height, width, generator=g)
+    styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]
+    targets = make_targets(extractor, content, styles, [0.7, 0.3], weights)
+    image = (0.5 * content + 0.5 * torch.rand(1, 3, height, width, generator=g)).clamp(0, 1)
+    return extractor, targets, weights, image
+
+
+def test_the_style_images_own_statistics_score_zero() -> None:
+    weights = dataclasses.replace(Weights.equal_layers(0.0, 1.0, 0.0, (), STYLE_LAYERS), style_loss="w2")
+    extractor = VGGFeatures(load_weights("original"), STYLE_LAYERS)
+    style = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(5))
+    targets = make_targets(extractor, None, [style], [], weights)
+    assert set(targets.w2) == set(STYLE_LAYERS)
+    assert float(Objective(extractor, targets, weights).loss(style)["style"]) < 1e-4
+    assert float(Objective(extractor, targets, weights).loss(torch.rand_like(style))["style"]) > 1e-2
+
+
+@pytest.mark.slow
+def test_tiled_w2_loss_and_gradient_equal_the_untiled_ones() -> None:
+    width, height = 160, 128
+    extractor, targets, weights, image = setup(width, height)
+    objective = make_objective(extractor, targets, weights, tiles_for(extractor, width, height, 64))
+    assert isinstance(objective, TiledObjective) and len(objective.tiles) > 1
+    tiled_image, untiled_image = image.clone(), image.clone()
+    untiled = Objective(extractor, targets, weights)(untiled_image)
+    tiled = objective(tiled_image)
+    for key in ("total", "content", "style"):
+        assert float(tiled[key]) == pytest.approx(float(untiled[key]), rel=1e-5), key
+    assert float((tiled_image.grad - untiled_image.grad).norm() / untiled_image.grad.norm()) < 1e-4
+
+
+def test_style_loss_reads_only_the_statistics_it_is_given() -> None:
+    # w2 without feature sums is a programming error, not a silent Gram loss.
+    extractor, targets, weights, image = setup()
+    stats = Statistics({n: targets.style[n] * 10 for n in STYLE_LAYERS}, {n: 10 for n in STYLE_LAYERS}, {})
+    with pytest.raises(KeyError):
+        style_loss(stats, targets, weights, torch.zeros(()))
+
+
+def evaluate_on_ranks(world: ranks.World) -> dict:
+    extractor, targets, weights, image = setup()
+    out = {}
+    for name, tile in (("one window", None), ("tiled", 16)):
+        plan = BandPlan(tuple(plan_bands(96, 64, world.size, HALO, ALIGN)), tile, HALO, ALIGN)
+        leaf = image.clone()
+        terms = BandObjective(world, extractor, targets, weights, plan, 96, 64, FP32)(leaf)
+        out[name] = ({k: float(v) for k, v in terms.items()}, leaf.grad)
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_w2_loss_and_gradient() -> None:
+    extractor, targets, weights, image = setup()
+    single = image.clone()
+    expected = Objective(extractor, targets, weights)(single)
+    got = ranks.launch(evaluate_on_ranks, [torch.device("cpu")] * 2, (), ())
+    for name, (terms, grad) in got.items():
+        assert terms["style"] == pytest.approx(float(expected["style"]), rel=1e-5), name
+        assert float((grad - single.grad).norm() / single.grad.norm()) < 1e-5, name
+
+
+def test_the_config_names_the_style_loss() -> None:
+    assert loss_weights(resolve(("t", {"loss": {"style_loss": "w2"}}))).style_loss == "w2"
+    assert loss_weights(resolve()).style_loss == "gram"
+    with pytest.raises(ConfigError, match="--style-loss"):
+        resolve(("t", {"loss": {"style_loss": "sliced"}}))
