@@ -31,6 +31,7 @@ from hires_nst.errors import ConfigError
 from hires_nst.images import FORMATS
 from hires_nst.presets import load_preset
 from hires_nst.outputs import output_path
+from hires_nst.regionspec import mask_files
 from hires_nst.renderjob import RenderJob
 
 TOP_KEYS = ("output_dir", "defaults", "job", "grid")
@@ -199,7 +200,18 @@ class _Reader:
             value = layer.get(section, {}).get(key)
             if isinstance(value, str) and value not in keywords:
                 layer[section][key] = str(self.base / Path(value).expanduser())
+        loss = layer.get("loss", {})
+        if isinstance(loss.get("mask"), str) and loss["mask"]:
+            loss["mask"] = str(self.base / Path(loss["mask"]).expanduser())
+        if isinstance(loss.get("region"), list):  # MASK.png:STYLE: the mask file, relative to the job file
+            loss["region"] = [self._region(r) for r in loss["region"]]
         return layer
+
+    def _region(self, region: Any) -> Any:
+        if not isinstance(region, str) or "=" in region or ":" not in region:
+            return region  # COLOUR=STYLE (with --mask), or malformed: config's check names it
+        mask, _, rest = region.partition(":")
+        return f"{self.base / Path(mask).expanduser()}:{rest}"
 
     def _file(self, value: Any, where: str) -> Path:
         if not isinstance(value, str) or not value:
@@ -278,7 +290,8 @@ def _spec(job: RenderJob) -> str:
             return None
         return [info.st_size, info.st_mtime_ns]
 
-    files = [job.content, *job.styles]
+    loss = job.config.loss
+    files = [job.content, *job.styles, *mask_files(loss.mask, loss.region).values()]
     data = {"files": [[str(p), stat(p)] for p in files], "output": str(job.output), "config": job.config.to_dict()}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

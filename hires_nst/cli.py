@@ -125,6 +125,8 @@ def render(
     tv_weight: Annotated[Optional[float], _opt("tv_weight")] = None,
     style_blend: Annotated[Optional[str], _opt("style_blend")] = None,
     preserve_color: Annotated[Optional[str], _opt("preserve_color")] = None,
+    mask: Annotated[Optional[str], _opt("mask")] = None,
+    region: Annotated[Optional[list[str]], _opt("region")] = None,
     style_scale: Annotated[Optional[float], _opt("style_scale")] = None,
     style_upscale: Annotated[Optional[bool], _opt("style_upscale")] = None,
     init: Annotated[Optional[str], _opt("init")] = None,

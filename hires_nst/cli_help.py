@@ -20,7 +20,7 @@ ESSENTIALS = "Essentials"
 PANELS: dict[str, tuple[str, ...]] = {
     ESSENTIALS: ("output", "preset", "max_size", "iterations", "print_size"),
     "Style and loss": ("style_weight", "content_weight", "tv_weight", "style_loss", "style_blend", "preserve_color",
-                       "style_scale", "style_upscale", "init", "seed"),
+                       "mask", "region", "style_scale", "style_upscale", "init", "seed"),
     "Pyramid": ("min_size", "scale_factor", "fit_iterations"),
     "Print and output": ("format", "bit_depth", "dpi", "fit", "orientation", "save_stages", "animate",
                          "animate_every", "animate_size", "max_input_pixels"),
@@ -45,7 +45,8 @@ METAVARS = {
     "fit": "fit|crop", "orientation": "auto|portrait|landscape", "preserve_color": "off|luminance|match",
     "optimizer": "NAME", "backbone": "vgg19|vgg16|resnet50", "pooling": "max|avg",
     "preprocessing": "auto|caffe|torchvision", "device": "DEVICE", "devices": "all|DEVICE,...",
-    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2", "average_iterates": "DECAY",
+    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2", "average_iterates": "DECAY", "mask": "FILE",
+    "region": "COLOUR=STYLE[:W]",
 }
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}

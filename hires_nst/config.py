@@ -31,9 +31,10 @@ VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
 
 
-def _opt(flag: str, help: str, default: Any = None, **kwargs: Any) -> Any:
-    """A config field that knows its command-line flag and help text."""
-    return field(default=default, metadata={"flag": flag, "help": help}, **kwargs)
+def _opt(flag: str, help: str, default: Any = None, whole: bool = False, **kwargs: Any) -> Any:
+    """A config field that knows its command-line flag and help text; ``whole``: a list of strings
+    whose items are never split at commas or colons (a single string is one item)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "whole": whole}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class LossConfig:
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
+    mask: str = _opt("--mask", "A mask image of the photo (resized to it): one region per colour, each styled as a "
+                     "--region COLOUR=STYLE says.", "")
+    region: tuple[str, ...] = _opt("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
+                                   "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
+                                   "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
+                                   "keep the photo. Unmasked places keep the photo.", (), whole=True)
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,8 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: unknown setting {section}.{key}; known in [{section}]: {', '.join(sorted(known))}")
     kind = get_type_hints(SECTIONS[section])[key]
     where = f"{source}: {section}.{key} ({flag_of(section, key)})"
+    if _field(section, key).metadata.get("whole") and isinstance(value, str):
+        value = [value]
     try:
         return _convert(kind, value)
     except (TypeError, ValueError):
@@ -345,6 +354,7 @@ def validate(config: RenderConfig) -> None:
 
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
+    _validate_regions(config)
     parse_tile_size(config.tiling.tile_size)
     if config.tiling.halo < 0:
         raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
@@ -409,6 +419,25 @@ def _validate_model(config: RenderConfig) -> None:
     if not backbone.tileable and config.tiling.size.pixels is not None:
         raise _fail("tiling", "tile_size", f"is not available with --backbone {model.backbone}: tiling is exact "
                     "only for VGG backbones (use auto or off: ResNet renders run untiled)", config.tiling.tile_size)
+
+
+def _validate_regions(config: RenderConfig) -> None:
+    """--mask and --region: their syntax (regionspec), and what they cannot be combined with."""
+    loss = config.loss
+    if not loss.mask and not loss.region:
+        return
+    from hires_nst.regionspec import parse_regions  # here: Pillow's colour names, which --help needs not
+
+    parse_regions(loss.mask, loss.region)
+    if loss.style_blend:
+        raise _fail("loss", "style_blend", "cannot be combined with --region (each region has its own style)",
+                    loss.style_blend)
+    if loss.style_loss != "gram":
+        raise _fail("loss", "style_loss", "must be gram with --region (regions with w2 are not built yet)",
+                    loss.style_loss)
+    if not get_backbone(config.model.backbone).tileable:
+        raise _fail("loss", "region", f"needs a VGG backbone (guides follow VGG's pooling), not "
+                    f"{config.model.backbone}", loss.region)
 
 
 def _validate_output(output: OutputConfig) -> None:

@@ -39,14 +39,19 @@ from hires_nst.tiling import TiledObjective, style_factors, tv_gradient
 
 
 def band_targets(targets: Targets, bounds: Rect) -> Targets:
-    """The targets one rank needs: content maps cropped to its bounds; Grams and norms as they are."""
+    """The targets one rank needs: content maps and region guides cropped to its bounds; Grams and
+    norms as they are."""
     content = {n: bounds.at_depth(POOLS_BEFORE[n]).crop(t).contiguous() for n, t in targets.content.items()}
-    return dataclasses.replace(targets, content=content)
+    guides = {n: bounds.at_depth(POOLS_BEFORE[n]).crop(g).contiguous() for n, g in targets.guides.items()}
+    return dataclasses.replace(targets, content=content, guides=guides)
 
 
-def image_areas(width: int, height: int, layers: Sequence[str]) -> dict[str, int]:
-    """Positions per layer of the whole image: what the cores' areas add up to over all ranks."""
-    return {n: (width >> POOLS_BEFORE[n]) * (height >> POOLS_BEFORE[n]) for n in layers}
+def image_areas(width: int, height: int, layers: Sequence[str], targets: Targets | None = None) -> dict[str, int | Tensor]:
+    """Positions per layer of the whole image: what the cores' areas add up to over all ranks
+    (a masked layer: its regions' guide masses, from the whole guide every rank holds)."""
+    guides = targets.guides if targets is not None else {}
+    return {n: guides[n].sum(dim=(-2, -1)) if n in guides else (width >> POOLS_BEFORE[n]) * (height >> POOLS_BEFORE[n])
+            for n in layers}
 
 
 class BandObjective:
@@ -66,7 +71,7 @@ class BandObjective:
                       if self.band else None)
         self.style_layers = list(weights.style_layers)
         self.content_layers = [n for n in weights.content_layers if n in targets.content]
-        self.areas = image_areas(width, height, self.style_layers)
+        self.areas = image_areas(width, height, self.style_layers, targets)
         self.padded = max(b.bounds.height for b in plan.bands), max(b.bounds.width for b in plan.bands)
 
     @property

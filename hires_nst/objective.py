@@ -22,6 +22,7 @@ from hires_nst import losses
 from hires_nst.backbones import FeatureExtractor
 from hires_nst.catalog import POOLS_BEFORE, alias
 from hires_nst.errors import ConfigError
+from hires_nst.guides import RegionGuide, guided_feature_sum, guided_gram_sum, layer_guides
 from hires_nst.placement import FP32, Precision
 from hires_nst.tileplan import Tile, TileGrid
 
@@ -79,6 +80,10 @@ class Targets:
     content_norms: dict[str, Tensor]  # layer -> |P|^2
     style_norms: dict[str, Tensor]  # layer -> |A|^2
     w2: dict[str, losses.W2Target] = field(default_factory=dict)  # style layer -> Gaussian fit (--style-loss w2)
+    # Regions (--mask / --region; guides.py): then ``style`` holds one Gram per region, (R, C, C),
+    # ``style_norms`` (R,), and each style layer has its guide and its regions' shares of the term.
+    guides: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (R, h, w) guide at its resolution
+    region_scale: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (R,) weight x area share
 
 
 @dataclass
@@ -86,21 +91,23 @@ class Statistics:
     """Pass 1 of an evaluation: the sums over the image that the loss needs, and nothing else.
 
     Sums, so that windows (``add_window``) and devices (``Statistics.total``) add theirs; the
-    untiled objective makes one from a single window with autograd attached.
+    untiled objective makes one from a single window with autograd attached. With regions every
+    style statistic has a leading region dimension: guide-weighted sums, and the guide's mass
+    (a (R,) tensor) as the area.
     """
 
     gram_sums: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (C, C) f32, sum of f f^T
-    areas: dict[str, int] = field(default_factory=dict)  # style layer -> positions summed (untiled H * W)
+    areas: dict[str, int | Tensor] = field(default_factory=dict)  # style layer -> positions summed (untiled H * W)
     content_errors: dict[str, Tensor] = field(default_factory=dict)  # content layer -> 0-d f32, sum (F - P)^2
     feature_sums: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (C,) f32, sum of f (w2 only)
 
     def grams(self) -> dict[str, Tensor]:
         """Position-averaged Grams, (C, C) per style layer."""
-        return {n: s / self.areas[n] for n, s in self.gram_sums.items()}
+        return {n: _per_position(s, self.areas[n]) for n, s in self.gram_sums.items()}
 
     def means(self) -> dict[str, Tensor]:
         """Position-averaged features, (C,) per style layer (only where ``feature_sums`` were taken)."""
-        return {n: s / self.areas[n] for n, s in self.feature_sums.items()}
+        return {n: _per_position(s, self.areas[n]) for n, s in self.feature_sums.items()}
 
     @staticmethod
     def total(parts: Sequence["Statistics"], device: torch.device) -> "Statistics":
@@ -108,12 +115,23 @@ class Statistics:
         first = parts[0]
         gram_sums = {n: sum((p.gram_sums[n].to(device) for p in parts[1:]), first.gram_sums[n].to(device))
                      for n in first.gram_sums}
-        areas = {n: sum(p.areas[n] for p in parts) for n in first.areas}
+        areas = {n: sum((_on(p.areas[n], device) for p in parts[1:]), _on(first.areas[n], device)) for n in first.areas}
         errors = {n: sum((p.content_errors[n].to(device) for p in parts[1:]), first.content_errors[n].to(device))
                   for n in first.content_errors}
         means = {n: sum((p.feature_sums[n].to(device) for p in parts[1:]), first.feature_sums[n].to(device))
                  for n in first.feature_sums}
         return Statistics(gram_sums, areas, errors, means)
+
+
+def _per_position(sums: Tensor, area: int | Tensor) -> Tensor:
+    """Sums over positions divided by their area; per region (a (R,) mass) with regions."""
+    if isinstance(area, Tensor):  # an empty region (none of it at this depth) has zero sums: keep them 0
+        area = area.clamp_min(torch.finfo(torch.float32).tiny).reshape(area.shape + (1,) * (sums.dim() - area.dim()))
+    return sums / area
+
+
+def _on(area: int | Tensor, device: torch.device) -> int | Tensor:
+    return area.to(device) if isinstance(area, Tensor) else area
 
 
 def core_features(feats: dict[str, Tensor], tile: Tile | None, name: str) -> Tensor:
@@ -130,6 +148,12 @@ def content_target(targets: Targets, tile: Tile | None, name: str) -> Tensor:
     return target if tile is None else tile.core.at_depth(POOLS_BEFORE[name]).crop(target)
 
 
+def core_guide(targets: Targets, tile: Tile | None, name: str) -> Tensor:
+    """A masked style layer's guide at the tile's core, (R, h, w): cropped like its features."""
+    guide = targets.guides[name]
+    return guide if tile is None else tile.core.at_depth(POOLS_BEFORE[name]).crop(guide)
+
+
 def add_window(stats: Statistics, feats: dict[str, Tensor], tile: Tile | None, style_layers: Sequence[str],
                content_layers: Sequence[str] = (), targets: Targets | None = None, low: bool = False,
                means: bool = False) -> None:
@@ -137,9 +161,19 @@ def add_window(stats: Statistics, feats: dict[str, Tensor], tile: Tile | None, s
 
     ``low``: Gram products of bf16/fp16 features as they are, summed in fp32 (CUDA; ``losses.gram_sum``).
     ``means``: also the feature sums (the Wasserstein style loss needs the features' means).
+    With regions (``targets.guides``) every style sum is guided, one per region.
     """
+    guided = targets.guides if targets is not None else {}
     for name in style_layers:
         core = core_features(feats, tile, name)  # (1, C, h, w)
+        if name in guided:
+            assert targets is not None
+            guide = core_guide(targets, tile, name)
+            _add(stats.gram_sums, name, guided_gram_sum(core, guide))
+            if means:
+                _add(stats.feature_sums, name, guided_feature_sum(core, guide))
+            _add(stats.areas, name, guide.sum(dim=(-2, -1)))  # type: ignore[arg-type]
+            continue
         _add(stats.gram_sums, name, losses.gram_sum(core, low))
         if means:
             _add(stats.feature_sums, name, losses.feature_sum(core))
@@ -175,7 +209,9 @@ def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tens
 
     ``gram``: each layer's relative squared Gram error. ``w2``: each layer's squared Wasserstein-2
     distance between Gaussian fits, relative to the target's ``E|f|^2`` (so that, like the Gram
-    error, it is scale-free across layers and weight sources).
+    error, it is scale-free across layers and weight sources). With regions (gram only, so far)
+    each region's relative error counts by its weight times its share of the layer's positions
+    (``Targets.region_scale``): one region over the whole image is the unmasked term.
     """
     t = targets
     grams = stats.grams()
@@ -183,8 +219,14 @@ def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tens
         means = stats.means()
         return sum((lw * losses.w2_distance(means[n], grams[n], t.w2[n]) / t.w2[n].norm
                     for n, lw in weights.style_layers.items()), zero)
-    return sum((lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
-                for n, lw in weights.style_layers.items()), zero)
+    total = zero
+    for n, lw in weights.style_layers.items():
+        if n in t.region_scale:
+            errors = (grams[n] - t.style[n]).square().sum(dim=(-2, -1)) / t.style_norms[n]
+            total = total + lw * (t.region_scale[n] * errors).sum()
+        else:
+            total = total + lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+    return total
 
 
 def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> LossTerms:
@@ -236,8 +278,11 @@ def feature_maps(extractor: FeatureExtractor, image: Tensor, tiles: Sequence[Til
 @torch.no_grad()
 def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Sequence[Tensor],
                  blend: Sequence[float], weights: Weights, precision: Precision = FP32,
-                 grid: TileGrid | None = None) -> Targets:
+                 grid: TileGrid | None = None, regions: RegionGuide | None = None) -> Targets:
     """Content features and blended style Grams; each style image is used at its own size.
+
+    With ``regions`` there is no blend: region ``r`` is pulled towards the Grams of
+    ``styles[regions.styles[r]]``, within its guide.
 
     Under the same ``precision`` as the optimisation, so that a perfect match scores zero. With a
     ``grid`` every image is cut like the stage (its own windows): a stage's content and style
@@ -249,17 +294,28 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     content_feats: dict[str, Tensor] = {}
     if content is not None and weights.content > 0 and weights.content_layers:
         content_feats = feature_maps(extractor, content, tiles(content), list(weights.content_layers), precision)
+    if regions is not None and weights.needs_means:
+        raise ConfigError("--region works with --style-loss gram only (so far)")
     per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision,
                                    weights.needs_means) for style in styles]
-    blend = list(blend) or [1.0] * len(styles)
-    style_grams = losses.blend_grams([s.grams() for s in per_style], blend)
-    w2 = {}
-    if weights.needs_means:  # the styles' mixture: its mean and E[f f^T] are the blends of theirs
-        style_means = losses.blend_grams([s.means() for s in per_style], blend)
-        w2 = {n: losses.w2_target(style_means[n], style_grams[n]) for n in style_grams}
+    w2: dict[str, losses.W2Target] = {}
+    guides: dict[str, Tensor] = {}
+    scale: dict[str, Tensor] = {}
+    if regions is None:
+        blend = list(blend) or [1.0] * len(styles)
+        style_grams = losses.blend_grams([s.grams() for s in per_style], blend)
+        if weights.needs_means:  # the styles' mixture: its mean and E[f f^T] are the blends of theirs
+            style_means = losses.blend_grams([s.means() for s in per_style], blend)
+            w2 = {n: losses.w2_target(style_means[n], style_grams[n]) for n in style_grams}
+    else:
+        grams = [s.grams() for s in per_style]
+        style_grams = {n: torch.stack([grams[i][n] for i in regions.styles]) for n in weights.style_layers}
+        guides = layer_guides(regions.guide, list(weights.style_layers))
+        region_weights = torch.tensor(regions.weights, dtype=torch.float32, device=regions.guide.device)
+        scale = {n: region_weights * g.sum(dim=(-2, -1)) / max(1, g.shape[-2] * g.shape[-1]) for n, g in guides.items()}
     return Targets(content_feats, style_grams,
                    {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum() for n, t in style_grams.items()}, w2)
+                   {n: t.square().sum(dim=(-2, -1)) for n, t in style_grams.items()}, w2, guides, scale)
 
 
 class Objective:

@@ -25,10 +25,12 @@ from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, St
 from hires_nst.bandplan import Spreader
 from hires_nst.distributed import BandObjective, same_start
 from hires_nst.errors import DeviceError, OutputError, classify
+from hires_nst.guides import RegionGuide
 from hires_nst.objective import Targets, make_targets
 from hires_nst.optimize import optimize_with_state, resize_adam_state
 from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
 from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
+from hires_nst.regions import Regions
 from hires_nst.schedule import Stage, fit_long_side, shortest_long_side
 from hires_nst.stageplan import RenderPlan, StagePlan, min_side
 from hires_nst.tiling import make_objective
@@ -40,6 +42,7 @@ class StageInputs:
 
     content: Tensor  # (1, 3, H, W) at the stage size
     styles: list[Tensor]  # each (1, 3, h, w) at its own stage size
+    regions: RegionGuide | None = None  # --mask / --region: the guides at the stage size
 
 
 def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: bool = False,
@@ -55,12 +58,13 @@ def style_size(style: np.ndarray, stage: Stage, style_scale: float, upscale: boo
 
 
 def stage_inputs(content: np.ndarray, styles: Sequence[np.ndarray], stage: Stage, config: RenderConfig,
-                 device: torch.device) -> StageInputs:
+                 device: torch.device, regions: Regions | None = None) -> StageInputs:
     scale, upscale, least = config.pyramid.style_scale, config.pyramid.style_upscale, min_side(config)
     content_t = images.to_tensor(images.resize(content, stage.width, stage.height)).to(device)
     style_ts = [images.to_tensor(images.resize(s, *style_size(s, stage, scale, upscale, least))).to(device)
                 for s in styles]
-    return StageInputs(content_t, style_ts)
+    guide = regions.at_stage(stage.width, stage.height, device) if regions is not None else None
+    return StageInputs(content_t, style_ts, guide)
 
 
 def initial_image(init: str | np.ndarray, inputs: StageInputs, seed: int) -> Tensor:
@@ -195,7 +199,8 @@ def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[
     """
     placement, weights = run.placement, run.plan.weights
     targets: Targets = make_targets(placement.extractor, inputs.content, inputs.styles,
-                                    run.config.loss.style_blend, weights, placement.precision, plan.grid)
+                                    run.config.loss.style_blend, weights, placement.precision, plan.grid,
+                                    inputs.regions)
     if plan.bands is not None:
         stage = plan.stage
         return BandObjective(placement.world, placement.extractor, targets, weights, plan.bands, stage.width,
@@ -324,9 +329,10 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
 
 
 def run_pyramid(run: Run, content: np.ndarray, styles: Sequence[np.ndarray], init: str | np.ndarray,
-                done: int = 0, went: int = 0) -> tuple[Tensor, list[dict[str, float]]]:
+                done: int = 0, went: int = 0, regions: Regions | None = None) -> tuple[Tensor, list[dict[str, float]]]:
     """Run the plan's stages after the first ``done`` (taken from the work dir), the first of them
-    from its progress saved after ``went`` iterations (``WorkDir.progress``), if any.
+    from its progress saved after ``went`` iterations (``WorkDir.progress``), if any; ``regions``
+    (at the content's size) say where each style goes.
 
     Returns the final image (1, 3, H, W) in [0, 1] and every stage's final losses.
     """
@@ -336,7 +342,7 @@ def run_pyramid(run: Run, content: np.ndarray, styles: Sequence[np.ndarray], ini
     for stage in schedule[done:]:
         if run.checkpointing is not None:
             run.checkpointing.workdir.set_status("running", stage=stage.index, stages=len(schedule))
-        inputs = stage_inputs(content, styles, stage, run.config, run.placement.main)
+        inputs = stage_inputs(content, styles, stage, run.config, run.placement.main, regions)
         result = _next_stage(run, stage, progress, inputs, init, went if stage.index == done else -1)
         progress = Progress(result.image, result.optimizer_state, [*progress.losses, result.losses])
         if run.checkpointing is not None:

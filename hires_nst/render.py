@@ -25,6 +25,7 @@ from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, te
 from hires_nst.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
 from hires_nst.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.pyramid import Checkpointing, Run, run_pyramid
+from hires_nst.regions import Regions, load_regions
 from hires_nst.renderjob import RenderJob, RenderResult
 from hires_nst.safety import (check_free_space, check_not_overwriting, deferred_interrupts, render_needs,
                               retrying_when_full)
@@ -38,7 +39,7 @@ from hires_nst.workdirs import find_work_dir, input_files, legacy_work_dir, work
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal", ("loss", "style_loss"): "gram",
-               ("optim", "average_iterates"): 0.0}
+               ("optim", "average_iterates"): 0.0, ("loss", "mask"): "", ("loss", "region"): ()}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Inputs:
     content: np.ndarray  # (H, W, 3) as loaded (centre-cropped for a print size with --fit crop)
     styles: list[np.ndarray]
     init: str | np.ndarray
+    regions: Regions | None = None  # --mask / --region, at the content's size
 
 
 def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
@@ -77,7 +79,8 @@ def load_inputs(job: RenderJob) -> Inputs:
     init = job.config.optim.init
     if init not in ("content", "noise"):
         init = images.load_image(init, "--init image", limit)
-    return Inputs(content, styles, init)
+    regions = load_regions(job.config.loss, job.styles, content.shape[1], content.shape[0], limit)
+    return Inputs(content, styles, init, regions)
 
 
 def working_images(inputs: Inputs, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -109,9 +112,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
             del settings[section][key]
     pyramid = settings.pop("pyramid")
     settings["style"] = {"style_scale": pyramid["style_scale"], "style_upscale": pyramid["style_upscale"]}
-    files = [job.content, *job.styles]
-    if job.config.optim.init not in ("content", "noise"):
-        files.append(Path(job.config.optim.init))
+    files = list(input_files(job).values())  # content, styles, --init image, masks
     # Through JSON once, so that it compares equal to the copy read back from settings.json.
     return json.loads(json.dumps({"inputs": [file_digest(p) for p in files], "settings": settings}))
 
@@ -182,7 +183,8 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
-        inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]])
+        inputs = dataclasses.replace(inputs, content=inputs.content[crop[1]:crop[3], crop[0]:crop[2]],
+                                     regions=inputs.regions.cropped(crop) if inputs.regions else None)
     if workdir is not None:
         _check_before_work(config, output, workdir, schedule)
     placement = make_placement(config, world)
@@ -223,7 +225,7 @@ def _render_silently(job: RenderJob, inputs: Inputs, plan: RenderPlan, placement
     config = job.config
     content, styles = working_images(inputs, config.loss.preserve_color)
     run = Run(config, plan, placement, null_sink, None, spreader)
-    _, stage_losses = run_pyramid(run, content, styles, inputs.init, done, went)
+    _, stage_losses = run_pyramid(run, content, styles, inputs.init, done, went, inputs.regions)
     last = plan.stages[-1].stage
     return RenderResult(output_path(job.output, config.output.format), Path(), last.width, last.height,
                         time.perf_counter() - began, stage_losses[-1], work_dir_of(job), done)
@@ -274,7 +276,7 @@ def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: Trac
     """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
     content, styles = working_images(inputs, run.config.loss.preserve_color)
     try:
-        return run_pyramid(run, content, styles, inputs.init, done, went)
+        return run_pyramid(run, content, styles, inputs.init, done, went, inputs.regions)
     except KeyboardInterrupt:
         raise _interrupted(workdir, job) from None
     except BaseException as exc:

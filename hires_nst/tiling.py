@@ -31,8 +31,9 @@ from torch import Tensor
 from hires_nst import losses
 from hires_nst.backbones import FeatureExtractor
 from hires_nst.errors import ConfigError
+from hires_nst.guides import guided_gradient
 from hires_nst.objective import (LossTerms, Objective, Statistics, Targets, Weights, add_window, content_target,
-                                 core_features, loss_terms, require_tileable, style_loss)
+                                 core_features, core_guide, loss_terms, require_tileable, style_loss)
 from hires_nst.placement import FP32, LossScale, Precision
 from hires_nst.tileplan import Tile
 
@@ -46,8 +47,8 @@ class StyleFactor:
     position's gradient is linear in its own features once the global statistics are known.
     """
 
-    matrix: Tensor  # (C, C) float32
-    offset: Tensor | None  # (C,) float32, or None when the loss does not read the feature sums
+    matrix: Tensor  # (C, C) float32; with regions (R, C, C), one per region
+    offset: Tensor | None  # (C,) float32 ((R, C) with regions), or None when the loss does not read the feature sums
 
 
 def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict[str, StyleFactor]:
@@ -69,7 +70,7 @@ def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict
     for name in grams:
         d_gram = by_name[("gram", name)]
         d_gram = torch.zeros_like(grams[name]) if d_gram is None else d_gram
-        factors[name] = StyleFactor(d_gram + d_gram.T, by_name.get(("mean", name)))
+        factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), by_name.get(("mean", name)))
     return factors
 
 
@@ -156,7 +157,10 @@ class TiledObjective:
         t, w = self.targets, self.weights
         channels = core.shape[1]
         grad: Tensor | None = None
-        if name in factors:
+        if name in factors and name in t.guides:  # regions: sum_r m_r(p) (matrix_r @ f + offset_r)
+            guide = core_guide(t, tile, name)
+            grad = guided_gradient(factors[name].matrix, factors[name].offset, core, guide)
+        elif name in factors:
             factor = factors[name].matrix
             if self.precision.low_precision_products(core.device) and scale == 1.0:
                 # bf16 features times the rounded factor, summed in fp32: no fp32 copy of the layer

@@ -14,6 +14,7 @@ from pathlib import Path
 from hires_nst.checkpoints import WorkDir
 from hires_nst.events import Message, Sink
 from hires_nst.outputs import output_path
+from hires_nst.regionspec import mask_files
 from hires_nst.renderjob import RenderJob
 
 LEGACY_WORK_ROOT = Path("outputs") / "work"  # relative to the current folder: the default before OUT.work
@@ -50,4 +51,4 @@ def input_files(job: RenderJob) -> dict[str, Path]:
     files = {"content image": job.content, **{f"style image {i + 1}": p for i, p in enumerate(job.styles)}}
     if job.config.optim.init not in ("content", "noise"):
         files["--init image"] = Path(job.config.optim.init)
-    return files
+    return {**files, **mask_files(job.config.loss.mask, job.config.loss.region)}
