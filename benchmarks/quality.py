@@ -165,15 +165,19 @@ def run(pairs: list[str], configs: list[str], size: int, iterations: int,
 
 
 def table(rows: list[dict], configs: list[str]) -> str:
-    """Per configuration: each measure's mean over the pairs, and over the portrait-style pairs."""
-    lines = ["| configuration | content | style | SSIM (all) | SSIM (The Scream pairs) | patch distance | s/render |",
-             "|---|---|---|---|---|---|---|"]
+    """One line per pair and configuration, then each configuration's means over the pairs that
+    every configuration rendered (so that the means compare like with like)."""
+    lines = ["| pair | configuration | content | style | SSIM | patch distance | s |", "|---|---|---|---|---|---|---|"]
+    order = {c: i for i, c in enumerate(configs)}
+    for row in sorted(rows, key=lambda r: (r["pair"], order.get(r["config"], len(order)))):
+        lines.append(f"| {row['pair']} | {row['config']} | {row['content']:.3f} | {row['style']:.4f} | "
+                     f"{row['ssim']:.3f} | {row['patch']:.4f} | {row['seconds']:.0f} |")
+    common = set.intersection(*({r["pair"] for r in rows if r["config"] == c} for c in configs))
     for name in configs:
-        mine = [r for r in rows if r["config"] == name]
-        portrait = [r for r in mine if r["pair"].endswith("the_scream")] or mine
-        mean = lambda key, rs=mine: sum(r[key] for r in rs) / len(rs)  # noqa: E731
-        lines.append(f"| {name} | {mean('content'):.3f} | {mean('style'):.4f} | {mean('ssim'):.3f} | "
-                     f"{mean('ssim', portrait):.3f} | {mean('patch'):.4f} | {mean('seconds'):.0f} |")
+        mine = [r for r in rows if r["config"] == name and r["pair"] in common]
+        mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
+        lines.append(f"| mean of {len(common)} | {name} | {mean('content'):.3f} | {mean('style'):.4f} | "
+                     f"{mean('ssim'):.3f} | {mean('patch'):.4f} | {mean('seconds'):.0f} |")
     return "\n".join(lines)
 
 
@@ -186,8 +190,13 @@ def main() -> None:
     parser.add_argument("--sheet", default="docs/quality.jpg")
     parser.add_argument("--json", default="")
     parser.add_argument("--out-dir", default="", help="also save every render here as PNG")
+    parser.add_argument("--table-from", nargs="*", default=[], help="only print the table of earlier --json files")
     args = parser.parse_args()
     configs, pairs = args.configs.split(","), args.pairs.split(",")
+    if args.table_from:  # runs split over several processes (or machines): one table
+        rows = [row for path in args.table_from for row in json.loads(Path(path).read_text())]
+        print(table(rows, [c for c in CONFIGS if any(r["config"] == c for r in rows)]))
+        return
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")

@@ -432,9 +432,6 @@ def _validate_regions(config: RenderConfig) -> None:
     if loss.style_blend:
         raise _fail("loss", "style_blend", "cannot be combined with --region (each region has its own style)",
                     loss.style_blend)
-    if loss.style_loss != "gram":
-        raise _fail("loss", "style_loss", "must be gram with --region (regions with w2 are not built yet)",
-                    loss.style_loss)
     if not get_backbone(config.model.backbone).tileable:
         raise _fail("loss", "region", f"needs a VGG backbone (guides follow VGG's pooling), not "
                     f"{config.model.backbone}", loss.region)

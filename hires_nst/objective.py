@@ -209,23 +209,25 @@ def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tens
 
     ``gram``: each layer's relative squared Gram error. ``w2``: each layer's squared Wasserstein-2
     distance between Gaussian fits, relative to the target's ``E|f|^2`` (so that, like the Gram
-    error, it is scale-free across layers and weight sources). With regions (gram only, so far)
-    each region's relative error counts by its weight times its share of the layer's positions
+    error, it is scale-free across layers and weight sources). With regions each region's
+    relative error (Gram or w2, from its own guided statistics) counts by its weight times its share of the layer's positions
     (``Targets.region_scale``): one region over the whole image is the unmasked term.
     """
     t = targets
     grams = stats.grams()
-    if weights.style_loss == "w2":
-        means = stats.means()
-        return sum((lw * losses.w2_distance(means[n], grams[n], t.w2[n]) / t.w2[n].norm
-                    for n, lw in weights.style_layers.items()), zero)
+    w2 = weights.style_loss == "w2"
+    means = stats.means() if w2 else {}
     total = zero
     for n, lw in weights.style_layers.items():
-        if n in t.region_scale:
+        if w2:
+            errors = losses.w2_distance(means[n], grams[n], t.w2[n]) / t.w2[n].norm  # () or per region (R,)
+        elif n in t.region_scale:
             errors = (grams[n] - t.style[n]).square().sum(dim=(-2, -1)) / t.style_norms[n]
-            total = total + lw * (t.region_scale[n] * errors).sum()
         else:
-            total = total + lw * losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+            errors = losses.relative_error(grams[n], t.style[n], t.style_norms[n])
+        if n in t.region_scale:
+            errors = t.region_scale[n] * errors
+        total = total + lw * errors.sum()
     return total
 
 
@@ -294,8 +296,6 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     content_feats: dict[str, Tensor] = {}
     if content is not None and weights.content > 0 and weights.content_layers:
         content_feats = feature_maps(extractor, content, tiles(content), list(weights.content_layers), precision)
-    if regions is not None and weights.needs_means:
-        raise ConfigError("--region works with --style-loss gram only (so far)")
     per_style = [window_statistics(extractor, style, tiles(style), list(weights.style_layers), precision,
                                    weights.needs_means) for style in styles]
     w2: dict[str, losses.W2Target] = {}
@@ -310,6 +310,10 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     else:
         grams = [s.grams() for s in per_style]
         style_grams = {n: torch.stack([grams[i][n] for i in regions.styles]) for n in weights.style_layers}
+        if weights.needs_means:  # one Gaussian fit per region, of its own painting
+            means = [s.means() for s in per_style]
+            w2 = {n: losses.w2_target(torch.stack([means[i][n] for i in regions.styles]), style_grams[n])
+                  for n in weights.style_layers}
         guides = layer_guides(regions.guide, list(weights.style_layers))
         region_weights = torch.tensor(regions.weights, dtype=torch.float32, device=regions.guide.device)
         scale = {n: region_weights * g.sum(dim=(-2, -1)) / max(1, g.shape[-2] * g.shape[-1]) for n, g in guides.items()}

@@ -7,17 +7,36 @@ network are not the point (exactness of tiling, plans, plumbing).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config import LossConfig
 from hires_nst.features import VGGFeatures
 from hires_nst.weights import VGGWeights, load_weights
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CONTENT, STYLE = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"
+
+
+# The paper's loss for tests of everything else: the default w2 loss costs ~0.2 s per evaluation
+# on these CPUs whatever the image size (eigendecompositions of 512 x 512 matrices), 5-10x a
+# 64 px VGG pass, which would multiply the time of the ~600 tests of resume, tiling, batches, the
+# CLI... that do not depend on the loss. The default loss itself runs in the tests marked
+# ``default_loss`` and in those that name it (tests/test_w2.py, tests/test_regions.py).
+PAPER_LOSS = {"style_loss": "gram", "style_layer_weights": "equal"}
+
+
+@pytest.fixture(autouse=True)
+def paper_loss_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("default_loss"):
+        return
+    names = [f.name for f in dataclasses.fields(LossConfig)]
+    defaults = dict(zip(names, LossConfig.__init__.__defaults__))  # every field has a default
+    monkeypatch.setattr(LossConfig.__init__, "__defaults__", tuple({**defaults, **PAPER_LOSS}[n] for n in names))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ def _config(**loss):
     return resolve(("test", {"loss": loss}))
 
 
+@pytest.mark.default_loss
 def test_descending_is_the_default_and_is_256_64_16_4_1_for_five_layers() -> None:
     config = _config()
     assert config.loss.style_layer_weights == "descending"
@@ -109,6 +110,7 @@ def test_layers_command_lists_names_channels_and_downsampling() -> None:
     assert bad.exit_code == 1 and "unknown backbone 'alexnet'" in bad.stderr
 
 
+@pytest.mark.default_loss
 def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(tmp_path: Path) -> None:
     from hires_nst.render import fingerprint
 

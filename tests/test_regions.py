@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -55,11 +56,13 @@ def photo(width: int = 64, height: int = 64) -> np.ndarray:
 _EXTRACTORS: dict = {}
 
 
-def problem(width: int, height: int, guide: torch.Tensor | None, region_styles=(0, 1), region_weights=(1.0, 2.0)):
+def problem(width: int, height: int, guide: torch.Tensor | None, region_styles=(0, 1), region_weights=(1.0, 2.0),
+            style_loss: str = "gram"):
     if not _EXTRACTORS:
         _EXTRACTORS["vgg"] = VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
     extractor = _EXTRACTORS["vgg"]
-    weights = Weights.equal_layers(1.0, 10.0, 0.0, CONTENT_LAYERS, STYLE_LAYERS)
+    weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, 0.0, CONTENT_LAYERS, STYLE_LAYERS),
+                                  style_loss=style_loss)
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, height, width, generator=g)
     styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]
@@ -93,19 +96,21 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_one_region_over_everything_is_the_unmasked_loss_and_gradient() -> None:
+@pytest.mark.parametrize("style_loss", ["gram", "w2"])
+def test_one_region_over_everything_is_the_unmasked_loss_and_gradient(style_loss: str) -> None:
     width, height = 56, 40
-    extractor, weights, plain, image = problem(width, height, None, (0,))
-    _, _, masked, _ = problem(width, height, torch.ones(1, height, width), (0,), (1.0,))
+    extractor, weights, plain, image = problem(width, height, None, (0,), style_loss=style_loss)
+    _, _, masked, _ = problem(width, height, torch.ones(1, height, width), (0,), (1.0,), style_loss=style_loss)
     expected, expected_grad = evaluate(Objective(extractor, plain, weights), image)
     got, grad = evaluate(Objective(extractor, masked, weights), image)
     assert_close(got, expected)
     assert expected["style"] > 0 and relative(grad, expected_grad) < 1e-5
 
 
-def test_a_masked_tiled_loss_and_gradient_equal_the_untiled_ones() -> None:
+@pytest.mark.parametrize("style_loss", ["gram", "w2"])
+def test_a_masked_tiled_loss_and_gradient_equal_the_untiled_ones(style_loss: str) -> None:
     width, height = 64, 48
-    extractor, weights, targets, image = problem(width, height, two_soft_regions(width, height))
+    extractor, weights, targets, image = problem(width, height, two_soft_regions(width, height), style_loss=style_loss)
     tiles = tiles_for(extractor, width, height, 32)
     assert len(tiles) == 4
     expected, expected_grad = evaluate(Objective(extractor, targets, weights), image)
@@ -113,7 +118,7 @@ def test_a_masked_tiled_loss_and_gradient_equal_the_untiled_ones() -> None:
     assert_close(got, expected)
     assert relative(grad, expected_grad) < 1e-5
     # The guides matter: the same image scores differently without them.
-    _, _, plain, _ = problem(width, height, None, (0,))
+    _, _, plain, _ = problem(width, height, None, (0,), style_loss=style_loss)
     assert abs(float(Objective(extractor, plain, weights).loss(image)["style"]) - expected["style"]) > 1e-3
 
 
@@ -215,8 +220,6 @@ def test_region_settings_are_parsed_and_name_their_paintings() -> None:
         resolve(("test", {"loss": {"mask": "m.png"}}))
     with pytest.raises(ConfigError, match="style_blend"):
         resolve(("test", {"loss": {"region": ["m.png:1"], "style_blend": [1.0]}}))
-    with pytest.raises(ConfigError, match="style-loss"):
-        resolve(("test", {"loss": {"region": ["m.png:1"], "style_loss": "w2"}}))
 
 
 def test_region_settings_round_trip_through_toml_and_the_settings_json(tmp_path: Path) -> None:
@@ -267,7 +270,12 @@ def test_a_mask_of_another_size_is_resized_to_the_photo_then_cropped_like_it(tmp
 
 
 @pytest.mark.slow
-def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path) -> None:
+# The default loss (w2, descending layer weights) paints harder at this size and reaches further into
+# the unstyled band: measured 0.056 there against 0.40 in a styled region (gram, equal: 0.019, 0.36).
+@pytest.mark.default_loss
+@pytest.mark.parametrize("loss, far, ratio", [({}, 0.08, 0.2), ({"style_loss": "gram", "style_layer_weights": "equal"}, 0.04, 0.1)])
+def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path, loss: dict, far: float,
+                                                                   ratio: float) -> None:
     """Left third red stripes, right third blue stripes, the middle keeps the photo."""
     width = height = 64
     content = save(tmp_path / "photo.png", photo(width, height))
@@ -283,7 +291,7 @@ def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path)
         # its styled positions would reach across the unstyled band (larger images have room).
         "loss": {"style_weight": 1e4, "mask": str(mask_path), "style_layers": ["conv1_1", "conv2_1", "conv3_1"],
                  "content_layers": ["conv3_1"],
-                 "region": ["red=red.png", "blue=blue.png", "white=photo"]},
+                 "region": ["red=red.png", "blue=blue.png", "white=photo"], **loss},
         "device": {"device": "cpu", "precision": "fp32"}, "output": {"work_dir": str(tmp_path / "work")}}))
     result = render(RenderJob(content, (red, blue), tmp_path / "out.png", config))
     out, original = images.load_image(result.output), images.load_image(content)
@@ -296,7 +304,7 @@ def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path)
     assert np.abs(right - blue_mean).sum() < 0.5 * np.abs(right - red_mean).sum(), (right, red_mean, blue_mean)
     middle = np.abs(out[:, 29:35] - original[:, 29:35]).mean()  # the photo's middle, away from the edges
     styled = np.abs(out[:, :21] - original[:, :21]).mean()
-    assert middle < 0.04 and middle < 0.1 * styled, (middle, styled)  # measured 0.019 and 0.36
+    assert middle < far and middle < ratio * styled, (middle, styled)
 
 
 def test_the_command_line_takes_repeated_regions_and_names_what_is_wrong(tmp_path: Path) -> None:

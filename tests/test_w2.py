@@ -152,8 +152,30 @@ def test_two_ranks_give_the_single_process_w2_loss_and_gradient() -> None:
         assert float((grad - single.grad).norm() / single.grad.norm()) < 1e-5, name
 
 
+@pytest.mark.default_loss
 def test_the_config_names_the_style_loss() -> None:
     assert loss_weights(resolve(("t", {"loss": {"style_loss": "w2"}}))).style_loss == "w2"
-    assert loss_weights(resolve()).style_loss == "gram"
+    assert loss_weights(resolve()).style_loss == "w2"  # the default
+    from hires_nst.presets import load_preset
+
+    assert loss_weights(load_preset("gatys").config()).style_loss == "gram"
     with pytest.raises(ConfigError, match="--style-loss"):
         resolve(("t", {"loss": {"style_loss": "sliced"}}))
+
+
+@pytest.mark.default_loss
+@pytest.mark.slow
+def test_a_default_two_stage_render_runs_the_w2_loss_and_keeps_the_photo(tmp_path, pair) -> None:
+    from hires_nst import images
+    from hires_nst.render import RenderJob, render
+
+    content, style = pair
+    config = resolve(("test", {"pyramid": {"max_size": 96, "min_size": 64, "scale_factor": 1.5, "iterations": [15, 8]},
+                               "device": {"device": "cpu", "precision": "fp32"},
+                               "output": {"work_dir": str(tmp_path / "work")}}))
+    assert config.loss.style_loss == "w2" and config.loss.style_layer_weights == "descending"
+    result = render(RenderJob(content, (style,), tmp_path / "out.png", config))
+    out = images.load_image(result.output)
+    photo = images.resize(images.load_image(content), out.shape[1], out.shape[0])
+    assert 0 < result.losses["style"] and result.losses["content"] < 0.6
+    assert 0.02 < float(abs(out - photo).mean()) < 0.25  # painted, not replaced
