@@ -65,12 +65,11 @@ def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict
         zero = next(iter(grams.values())).new_zeros(())
         loss = weights.style * style_loss(leaves, targets, weights, zero)
         found = torch.autograd.grad(loss, [*grams.values(), *sums.values()], allow_unused=True)
-    by_name = dict(zip([("gram", n) for n in grams] + [("mean", n) for n in sums], found))
+    d_sums = dict(zip(sums, found[len(grams):]))
     factors = {}
-    for name in grams:
-        d_gram = by_name[("gram", name)]
-        d_gram = torch.zeros_like(grams[name]) if d_gram is None else d_gram
-        factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), by_name.get(("mean", name)))
+    for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)]):
+        d_gram = torch.zeros_like(leaf) if d_gram is None else d_gram
+        factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), d_sums.get(name))
     return factors
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -134,9 +136,10 @@ def test_required_halo_is_exact_and_one_step_less_is_not(layer: str) -> None:
 
 
 def setup_objective(pooling: str, width: int, height: int, content_layers=DEFAULT_CONTENT_LAYERS,
-                    style_layers=DEFAULT_STYLE_LAYERS, tv: float = 0.1):
+                    style_layers=DEFAULT_STYLE_LAYERS, tv: float = 0.1, style_loss: str = "gram"):
     """Original weights, a seeded content image, two styles blended 0.7/0.3, a start image near the content."""
-    weights = Weights.equal_layers(1.0, 10.0, tv, content_layers, style_layers)
+    weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, tv, content_layers, style_layers),
+                                  style_loss=style_loss)
     extractor = VGGFeatures(load_weights("original"), tuple(content_layers) + tuple(style_layers), pooling)
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, height, width, generator=g)

@@ -20,6 +20,7 @@ from hires_nst.tileplan import align_for, required_halo
 from hires_nst.tiling import TiledObjective, make_objective
 from hires_nst.weights import load_weights
 from tests.synthetic import tiles_for
+from tests.test_tiling import setup_objective
 
 CONTENT_LAYERS = ("conv3_1",)
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1")
@@ -88,14 +89,7 @@ def test_w2_batches_over_leading_dimensions() -> None:
 
 
 def setup(width: int = 96, height: int = 64):
-    weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, 0.0, CONTENT_LAYERS, STYLE_LAYERS), style_loss="w2")
-    extractor = VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
-    g = torch.Generator().manual_seed(0)
-    content = torch.rand(1, 3, height, width, generator=g)
-    styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]
-    targets = make_targets(extractor, content, styles, [0.7, 0.3], weights)
-    image = (0.5 * content + 0.5 * torch.rand(1, 3, height, width, generator=g)).clamp(0, 1)
-    return extractor, targets, weights, image
+    return setup_objective("max", width, height, CONTENT_LAYERS, STYLE_LAYERS, tv=0.0, style_loss="w2")
 
 
 def test_the_style_images_own_statistics_score_zero() -> None:
