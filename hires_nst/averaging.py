@@ -76,9 +76,3 @@ def split_state(state: Mapping[str, Tensor] | None) -> tuple[dict[str, Tensor], 
     state = dict(state or {})
     average = {k: state.pop(k) for k in KEYS if k in state}
     return state, average if len(average) == len(KEYS) else {}
-
-
-def shown(image: Tensor, state: Mapping[str, Tensor] | None) -> Tensor:
-    """What a stage in progress would write: the average its ``state`` carries, else ``image``."""
-    _, average = split_state(state)
-    return average[SUM] / average[WEIGHT] if average else image

@@ -77,6 +77,10 @@ class OptimConfig:
     # Measured (benchmarks/adam_warm_start.py, 64->128->256, 60/30/15 its): carried moments ended at
     # total loss 1.44 vs 1.37 restarting, so restarting is the default.
     warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
+    tolerance: float = _opt("--tolerance", "End a stage early once its loss fell by less than this fraction over "
+                            "the last --patience iterations (its iteration count is then a cap); 0: run every "
+                            "iteration.", 0.001)
+    patience: int = _opt("--patience", "Iterations over which --tolerance is judged.", 50)
     average_iterates: float = _opt("--average-iterates", "Write (and hand on to the next stage) the moving average "
                                    "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "
                                    "iterate. Averaging cancels the steps' high-frequency jitter.", 0.0)
@@ -367,6 +371,10 @@ def validate(config: RenderConfig) -> None:
         raise _fail("optim", "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optim.optimizer)
     if optim.lr < 0:
         raise _fail("optim", "lr", "must be > 0 (or 0 for the default)", optim.lr)
+    if not 0 <= optim.tolerance < 1:  # also refuses nan
+        raise _fail("optim", "tolerance", "must be >= 0 and < 1 (0: never stop early)", optim.tolerance)
+    if optim.patience < 1:
+        raise _fail("optim", "patience", "must be >= 1", optim.patience)
     if not 0 <= optim.average_iterates < 1:  # also refuses nan
         raise _fail("optim", "average_iterates", "must be >= 0 and < 1 (0: off)", optim.average_iterates)
     if pyramid.max_size < 16:

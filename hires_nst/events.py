@@ -66,6 +66,7 @@ class StageFinished:
     height: int
     seconds: float
     losses: dict[str, float] = field(default_factory=dict)
+    iterations: int = 0  # iterations the stage ran (fewer than planned when it converged early)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,24 +1,31 @@
-"""L-BFGS whose every step stays on the device: no host read, so a GPU never waits for Python.
+"""L-BFGS that never goes uphill and never makes the host wait: every decision is taken on the device.
 
 torch.optim.LBFGS turns tensors into Python numbers inside its two-loop recursion (``alpha=-al[i]``,
 ``if ys > 1e-10``, ``min(1, 1 / |g|)``): about ``2 x history + 5`` host syncs per step, ~205 at 100
-pairs, so a GPU idles between a few hundred tiny kernels while the host waits. This one computes
-the same direction without a single read:
+pairs. Without a line search (``max_iter=1``, how it is used one evaluation per iteration) it is
+not a descent method either: on a style loss it climbs for hundreds of iterations (a 128 px stage
+went from 0.296 at iteration 150 to 1.41 at 500). This one does neither:
 
-* curvature pairs live in two ring buffers ``S``, ``Y`` of shape (m, N) in the image's dtype,
-  allocated at the first step (the whole history's memory is known before the first evaluation);
-* a pair that fails the curvature test (``y.s <= 1e-10``, as torch) is stored as zeros with
-  ``rho = 0`` (``torch.where``, no branch): it then leaves both loops unchanged. Unlike torch it
-  still takes a ring slot, so after a rejection the history holds one pair fewer for m steps;
-* the two loops are solved in closed form from the small matrix ``SY[i, j] = s_i . y_j``: the
-  first loop's ``alpha`` is one unit upper-triangular solve, the second loop's ``alpha - beta`` one
-  unit lower-triangular solve (derivation in ``_direction``). Four matrix-vector products over the
-  history plus two to keep ``SY`` current, ~20 kernels per step at any history size, against
-  4 x history kernels (and 2 x history syncs) for the literal loops.
+* **one evaluation per step, guarded.** ``step`` evaluates the *candidate* the previous step
+  proposed. It is accepted only where the loss fell enough (Armijo: ``f_c <= f + c1 g.(x_c - x)``,
+  and strictly below ``f``); then the curvature pair is stored and a new L-BFGS direction taken
+  from it. Otherwise the accepted point stays, and the step along the same direction shrinks to
+  the minimiser of the quadratic through ``f``, the slope and ``f_c`` (kept within [0.1, 0.5] of
+  the step that failed). Both outcomes are ``torch.where`` selects: no branch reads the device.
+  So the accepted point's loss never rises, and it is the lowest loss evaluated so far: the
+  stage hands it on (``accepted_image``), not the last candidate.
+* **bounds.** With ``bounds`` (the image's [0, 1]) the candidate is projected onto them before it
+  is evaluated, and the curvature pair is built from the change the image really made, after
+  the projection (``s = x_c - x``), so ``s`` and ``y`` describe the same move.
+* **no loops over the history.** Curvature pairs live in two ring buffers ``S``, ``Y`` of shape
+  (m, N), allocated at the first step; a pair that fails the curvature test (``y.s <= 1e-10``, as
+  torch), or belongs to a rejected candidate, is stored as zeros with ``rho = 0``, which leaves both
+  loops unchanged (it still takes a ring slot). The two loops are solved in closed form from the
+  small matrix ``SY[i, j] = s_i . y_j`` (``_direction``): ~20 kernels per step at any history size.
 
-Step rule as torch's with ``max_iter=1`` and no line search: the first step is
-``min(1, 1 / |g|_1) x lr`` along ``-g``, later ones ``lr`` along the L-BFGS direction; a direction
-that is not a descent one (``g.d >= 0``) takes no step.
+The first candidate is ``min(1, 1 / |g|_1) x lr`` along ``-g`` (as torch); after an accepted step
+the next one tries ``lr`` along the L-BFGS direction. A direction that does not descend at the
+accepted point (rounding, or pairs made stale by the bounds) is replaced by that first step.
 """
 
 from __future__ import annotations
@@ -29,68 +36,103 @@ import torch
 from torch import Tensor
 
 CURVATURE_EPS = 1e-10  # torch.optim.LBFGS' test for keeping a pair
+ARMIJO = 1e-4  # the usual sufficient-decrease constant (Nocedal & Wright, 3.1)
+SHRINK = (0.1, 0.5)  # a rejected step's successor lies within these fractions of it
 
 
 class DeviceLBFGS(torch.optim.Optimizer):
-    """L-BFGS over one tensor with ``history_size`` pairs; ``step(closure)`` evaluates once.
+    """Guarded L-BFGS over one tensor with ``history_size`` pairs; ``step(closure)`` evaluates once.
 
     ``closure()`` returns the loss (a tensor, not read here) and leaves the gradient in ``.grad``.
+    ``bounds`` (low, high): candidates are projected onto them. After a step the parameter holds
+    the next candidate; ``accepted_image()`` is the best point evaluated so far and
+    ``state[param]["accepted"]`` (a 0-d bool tensor) says whether the point just evaluated was taken.
     """
 
-    def __init__(self, params, lr: float = 1.0, history_size: int = 100) -> None:
+    def __init__(self, params, lr: float = 1.0, history_size: int = 100,
+                 bounds: tuple[float, float] | None = None) -> None:
         if history_size < 1:
             raise ValueError(f"history_size must be >= 1, got {history_size}")
         super().__init__(params, {"lr": lr, "history_size": history_size})
         tensors = [p for group in self.param_groups for p in group["params"]]
         if len(tensors) != 1:
             raise ValueError("DeviceLBFGS optimises exactly one tensor (the image)")
-        self._param = tensors[0]
+        self._param, self.bounds = tensors[0], bounds
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
         with torch.enable_grad():
             loss = closure()
-        param, group = self._param, self.param_groups[0]
-        grad = param.grad.reshape(-1)  # (N,), a view of the contiguous gradient
+        param, lr = self._param, self.param_groups[0]["lr"]
+        grad, point = param.grad.reshape(-1), param.detach().reshape(-1)  # (N,), of the candidate
         state = self.state[param]
         if not state:
-            _init_state(state, grad, group["history_size"])
-            direction = grad.neg()
-            scale = torch.clamp(grad.abs().sum().reciprocal(), max=1.0) * group["lr"]
+            _init_state(state, point, grad, loss, self.param_groups[0]["history_size"])
+            direction, scale = grad.neg(), _first_scale(grad, lr)
         else:
-            _remember_pair(state, grad)
-            direction = _direction(state, grad)
-            scale = torch.full((), group["lr"], dtype=grad.dtype, device=grad.device)
-        slope = grad.dot(direction)
-        # No step along a non-descent direction (NaN falls through, so a broken gradient still shows).
-        scale = torch.where(slope >= 0, torch.zeros_like(scale), scale)
-        param.view(-1).addcmul_(direction, scale)
-        state["direction"], state["scale"] = direction, scale
-        state["prev_grad"].copy_(grad)
+            direction, scale = _judge(state, point, grad, loss, lr)
+        slope = state["grad"].dot(direction)
+        descends = slope < 0  # False for NaN too: then the first step's rule, and NaN shows in the loss
+        state["direction"] = torch.where(descends, direction, state["grad"].neg())
+        state["scale"] = torch.where(descends, scale, _first_scale(state["grad"], lr))
+        candidate = torch.addcmul(state["point"], state["direction"], state["scale"])
+        if self.bounds is not None:
+            candidate.clamp_(*self.bounds)
+        param.copy_(candidate.view_as(param))
         return loss
 
+    def accepted_image(self) -> Tensor:
+        """The accepted point (the lowest loss evaluated), shaped like the parameter; before the
+        first step, the parameter itself."""
+        state = self.state[self._param]
+        return state["point"].view_as(self._param) if state else self._param.detach()
 
-def _init_state(state: dict, grad: Tensor, history: int) -> None:
-    """Zeroed ring buffers: an empty slot has s = y = 0 and rho = 0, which both loops pass over."""
+
+def _first_scale(grad: Tensor, lr: float) -> Tensor:
+    return torch.clamp(grad.abs().sum().reciprocal(), max=1.0) * lr
+
+
+def _init_state(state: dict, point: Tensor, grad: Tensor, loss: Tensor, history: int) -> None:
+    """The first point is accepted; zeroed ring buffers (an empty slot has s = y = 0, rho = 0)."""
     n = grad.numel()
     state["S"] = grad.new_zeros((history, n))  # steps s_i
     state["Y"] = grad.new_zeros((history, n))  # gradient changes y_i
     state["SY"] = grad.new_zeros((history, history))  # s_i . y_j
     state["rho"] = grad.new_zeros(history)  # 1 / (y_i . s_i), 0 for empty or rejected slots
     state["gamma"] = grad.new_ones(())  # initial inverse Hessian scale, y.s / y.y of the newest pair
-    state["prev_grad"] = grad.clone()
+    state["point"], state["grad"] = point.clone(), grad.clone()  # the accepted point and its gradient
+    state["loss"] = loss.detach().to(grad.dtype).clone()
+    state["accepted"] = torch.ones((), dtype=torch.bool, device=grad.device)
     state["pairs"] = 0  # slots written so far (a host count, never read from the device)
 
 
-def _remember_pair(state: dict, grad: Tensor) -> None:
-    """Store the last step's pair in the next ring slot, zeros if it fails the curvature test."""
+def _judge(state: dict, point: Tensor, grad: Tensor, loss: Tensor, lr: float) -> tuple[Tensor, Tensor]:
+    """Accept or reject the candidate ``point``; the next direction and step scale (device tensors)."""
+    loss = loss.detach().to(grad.dtype)
+    step = point - state["point"]  # the move the image really made, after the bounds
+    predicted = state["grad"].dot(step)  # < 0 for a descent step
+    accept = (loss <= state["loss"] + ARMIJO * predicted) & (loss < state["loss"])
+    # Rejected: the minimiser of the quadratic through f(0), f'(0) = predicted and f(1) = loss, as a
+    # fraction of the step that failed (NaN/inf losses give the smallest fraction).
+    fraction = torch.nan_to_num(-predicted / (2 * (loss - state["loss"] - predicted)),
+                                nan=SHRINK[0], posinf=SHRINK[0], neginf=SHRINK[0])
+    shrunk = state["scale"] * fraction.clamp(*SHRINK)
+    _remember_pair(state, step, grad - state["grad"], accept)
+    torch.where(accept, point, state["point"], out=state["point"])
+    torch.where(accept, grad, state["grad"], out=state["grad"])
+    state["loss"] = torch.where(accept, loss, state["loss"])
+    state["accepted"] = accept
+    direction = torch.where(accept, _direction(state, state["grad"]), state["direction"])
+    return direction, torch.where(accept, torch.full_like(shrunk, lr), shrunk)
+
+
+def _remember_pair(state: dict, s: Tensor, y: Tensor, accept: Tensor) -> None:
+    """Store the pair in the next ring slot; zeros if the step was rejected or fails the curvature test."""
     S, Y, SY, rho = state["S"], state["Y"], state["SY"], state["rho"]
     slot = state["pairs"] % S.shape[0]
-    y = grad - state["prev_grad"]
-    s = state["direction"] * state["scale"]
     ys = y.dot(s)
-    keep = ys > CURVATURE_EPS
-    zero = grad.new_zeros(())
+    keep = accept & (ys > CURVATURE_EPS)
+    zero = s.new_zeros(())
     torch.where(keep, s, zero, out=S[slot])
     torch.where(keep, y, zero, out=Y[slot])
     rho[slot] = torch.where(keep, ys.reciprocal(), zero)

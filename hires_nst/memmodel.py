@@ -61,12 +61,14 @@ TABLE: dict[tuple[str, bool, str], Coefficients] = {
 }
 
 # Optimiser state and step temporaries, bytes per image pixel (fp32 vectors of 12 B/px): L-BFGS
-# keeps the last gradient and direction, plus two vectors per pair (PAIR_BYTES); Adam two moments
-# and a temporary. "lbfgs" and a pair are measured (memmeasure.fit); the others are counted from
-# their torch.optim implementations.
+# keeps its accepted point, that point's gradient and the direction, plus two vectors per pair
+# (PAIR_BYTES); Adam two moments and a temporary. Every optimiser but ours also keeps the best
+# point it evaluated (optimize.Best: one vector more); ours keeps it as its accepted point.
+# "lbfgs" and a pair are measured (memmeasure.fit); the others are counted from their torch.optim
+# implementations.
 PAIR_BYTES = 2 * VECTOR
-OPTIMIZER_BYTES = {"lbfgs": 2 * VECTOR, "lbfgs-torch": 4 * VECTOR, "adam": 3 * VECTOR, "adamw": 3 * VECTOR,
-                   "sgd": 2 * VECTOR, "adagrad": 2 * VECTOR, "adadelta": 4 * VECTOR, "rmsprop": 2 * VECTOR}
+OPTIMIZER_BYTES = {"lbfgs": 3 * VECTOR, "lbfgs-torch": 5 * VECTOR, "adam": 4 * VECTOR, "adamw": 4 * VECTOR,
+                   "sgd": 3 * VECTOR, "adagrad": 3 * VECTOR, "adadelta": 5 * VECTOR, "rmsprop": 3 * VECTOR}
 DEFAULT_LAYER_SET = frozenset(DEFAULT_CONTENT_LAYERS) | frozenset(DEFAULT_STYLE_LAYERS)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hires_nst.averaging import IterateAverage, split_state
+from hires_nst.averaging import SUM, WEIGHT, IterateAverage, split_state
 from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.lbfgs import DeviceLBFGS
 from hires_nst.memmodel import lbfgs_history
@@ -30,8 +31,10 @@ SCALE_FREE = ("lbfgs", "lbfgs-torch", "adam", "adamw", "adagrad", "rmsprop")
 PIXEL_SCALED = ("sgd", "adadelta")
 ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry across stages
 # torch's L-BFGS steps inside step(): its step is projected onto [0, 1] before the next evaluation.
-# Every other optimiser (ours included) is clamped after its step, which is the same projection.
+# Ours projects its candidates itself (lbfgs.py: the curvature pairs need the projected step).
+# Every other optimiser is clamped after its step, which is the same projection.
 CLAMP_IN_CLOSURE = ("lbfgs-torch",)
+PROJECTS_ITSELF = ("lbfgs",)
 OPTIMIZER_NAMES = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")
 
 
@@ -39,7 +42,7 @@ def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer
     """The optimiser ``name`` over the one tensor ``image``, with this project's fixed settings."""
     params = [image]
     if name == "lbfgs":  # the same steps as torch's below, without a host read (lbfgs.py)
-        return DeviceLBFGS(params, lr=lr, history_size=lbfgs_history(image[0, 0].numel()))
+        return DeviceLBFGS(params, lr=lr, history_size=lbfgs_history(image[0, 0].numel()), bounds=(0.0, 1.0))
     if name == "lbfgs-torch":
         # One evaluation per step() so progress, checkpoints and Ctrl-C happen every iteration; the
         # curvature history lives in the optimiser state, so this equals one long L-BFGS run.
@@ -104,22 +107,83 @@ def _check_finite(values: dict[str, float], finite: bool, where: str) -> None:
                              "try a lower --lr or --style-weight")
 
 
+class Best:
+    """The lowest-loss point evaluated so far and its loss terms, kept on the device: no host read.
+
+    Every evaluation is offered; ``better`` (a 0-d bool tensor) decides with ``torch.where``.
+    Our L-BFGS keeps that point itself (its accepted point), so for it only the terms are kept here
+    (``image`` None) and its own acceptance is the decision.
+    """
+
+    def __init__(self, image: Tensor | None) -> None:
+        self.image = image  # (1, 3, H, W) buffer, or None
+        self.terms: LossTerms = {}
+
+    def offer(self, terms: LossTerms, point: Tensor | None = None, better: Tensor | None = None) -> None:
+        if not self.terms:  # the first evaluation is the best so far
+            self.terms = dict(terms)
+            if self.image is not None and point is not None:
+                self.image.copy_(point)
+            return
+        if better is None:
+            better = terms["total"] < self.terms["total"]  # NaN is never better
+        self.terms = {k: torch.where(better, v, self.terms[k]) for k, v in terms.items()}
+        if self.image is not None and point is not None:
+            torch.where(better, point, self.image, out=self.image)
+
+    def state(self) -> dict[str, Tensor]:
+        """For a progress checkpoint (``split_best`` takes it back out)."""
+        if self.image is None or not self.terms:
+            return {}
+        return {BEST_IMAGE: self.image, **{f"{BEST}{k}": v for k, v in self.terms.items()}}
+
+    def restore(self, saved: dict[str, Tensor]) -> None:
+        if self.image is not None and saved:
+            self.image.copy_(saved[BEST_IMAGE])
+            self.terms = {k[len(BEST):]: v.to(self.image.device) for k, v in saved.items() if k != BEST_IMAGE}
+
+
+BEST = "best."  # checkpoint keys of the best point: best.image and best.<term>
+BEST_IMAGE = BEST + "image"
+
+
+def split_best(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A checkpoint's state as (the rest, the best point's); older checkpoints have no best point."""
+    best = {k: v for k, v in state.items() if k.startswith(BEST)}
+    return {k: v for k, v in state.items() if not k.startswith(BEST)}, best
+
+
+def shown(image: Tensor, state: Mapping[str, Tensor] | None) -> Tensor:
+    """What a stage in progress would write: the average its ``state`` carries, else its best
+    point, else ``image``."""
+    rest, average = split_state(state)
+    if average:
+        return average[SUM] / average[WEIGHT]
+    return split_best(rest)[1].get(BEST_IMAGE, image)
+
+
 class Stepper:
     """One optimiser over one image, stepped one loss-and-gradient evaluation at a time.
 
     The loop of ``optimize_with_state`` and the memory measurement (``memmeasure``) both step
-    through this, so what is measured is what renders run. With ``average`` (a decay in (0, 1)) it
-    also keeps the iterates' moving average (averaging.py), which is then the stage's ``result``;
-    ``warm_state`` may carry that average's buffers (a resumed stage) beside Adam's moments.
+    through this, so what is measured is what renders run. ``result`` is the lowest-loss point
+    evaluated (``Best``; for our L-BFGS its accepted point), never a later, worse iterate. With
+    ``average`` (a decay in (0, 1)) it also keeps the iterates' moving average (averaging.py),
+    which is then the stage's ``result`` (the average is never evaluated, so it cannot be
+    compared); ``warm_state`` may carry that average's buffers and the best point (a resumed stage)
+    beside Adam's moments.
     """
 
     def __init__(self, image: Tensor, objective: Callable[[Tensor], LossTerms], optimizer: str, lr: float,
                  warm_state: dict[str, Tensor] | None = None, average: float = 0.0) -> None:
         warm_state, carried = split_state(warm_state)
+        warm_state, best = split_best(warm_state)
         self.image = image.detach().clone().requires_grad_(True)
         self.average = IterateAverage(average, self.image, carried) if average else None
         self.objective, self.optimizer = objective, optimizer
         self.opt = make_optimizer(optimizer, self.image, lr)
+        self.best = Best(None if isinstance(self.opt, DeviceLBFGS) else torch.empty_like(self.image.detach()))
+        self.best.restore(best)
         if warm_state and optimizer in ADAM_LIKE:
             # The step count stays where Adam keeps it (the CPU): on the device, each step would
             # read it back twice (bias corrections).
@@ -140,49 +204,92 @@ class Stepper:
         self.terms = self.objective(image)
         if self.grad_scale != 1.0 and image.grad is not None:
             image.grad.mul_(self.grad_scale)
+        if self.best.image is not None:  # before the step moves the image on
+            self.best.offer(self.terms, image.detach())
         return self.terms["total"]
 
     def step(self) -> None:
         self.opt.step(self._closure)
-        if self.optimizer not in CLAMP_IN_CLOSURE:  # project the step onto [0, 1]
+        if isinstance(self.opt, DeviceLBFGS):
+            self.best.offer(self.terms, better=self.opt.state[self.image]["accepted"])
+        if self.optimizer not in CLAMP_IN_CLOSURE + PROJECTS_ITSELF:  # project the step onto [0, 1]
             with torch.no_grad():
                 self.image.clamp_(0, 1)
         if self.average is not None:  # torch's L-BFGS projects at its next evaluation: average what it will see
             iterate = self.image.detach()
             self.average.update(iterate.clamp(0, 1) if self.optimizer in CLAMP_IN_CLOSURE else iterate)
 
+    def best_image(self) -> Tensor:
+        """The lowest-loss point evaluated so far (the start, before any step)."""
+        if isinstance(self.opt, DeviceLBFGS):
+            return self.opt.accepted_image()
+        return self.best.image if self.best.terms else self.image.detach()
+
     def result(self) -> Tensor:
-        """What the stage hands on and writes: the average of the iterates if kept, else the last one."""
+        """What the stage hands on and writes: the average of the iterates if kept, else the best point."""
         average = self.average
-        image = self.image.detach() if average is None or average.empty else average.value()
+        image = self.best_image() if average is None or average.empty else average.value()
         return image.clamp(0, 1)
+
+    def resume_image(self) -> Tensor:
+        """The image a resumed stage goes on from: the iterate that Adam's (or another's) state
+        belongs to; for our L-BFGS, whose history is not saved, its accepted point."""
+        return self.best_image() if isinstance(self.opt, DeviceLBFGS) else self.image.detach()
 
     def state(self) -> dict[str, Tensor]:
         """The optimiser's state that may go on to the next stage (Adam's moments; the average does not)."""
         return _live_state(self.opt, self.image, self.optimizer)
 
     def saved_state(self) -> dict[str, Tensor]:
-        """``state`` and the average's buffers: what a resume of this stage needs beside the iterate."""
-        return {**self.state(), **(self.average.state() if self.average is not None else {})}
+        """``state``, the average's buffers and the best point: what a resume of this stage needs
+        beside ``resume_image``."""
+        average = self.average.state() if self.average is not None else {}
+        return {**self.state(), **average, **self.best.state()}
+
+
+@dataclass
+class Convergence:
+    """Ends a stage early once its best loss fell by less than ``tolerance`` (a fraction of it)
+    over the last ``patience`` iterations. It sees the losses only at report points, which read
+    the device anyway: it adds no host read. ``tolerance`` 0: never."""
+
+    tolerance: float = 0.0
+    patience: int = 50
+    seen: list[tuple[int, float]] = field(default_factory=list)  # (iteration, best total) per report
+
+    def converged(self, iteration: int, total: float) -> bool:
+        if self.tolerance <= 0:
+            return False
+        self.seen.append((iteration, total))
+        earlier = [k for k, (at, _) in enumerate(self.seen) if at <= iteration - self.patience]
+        if not earlier:
+            return False
+        del self.seen[:earlier[-1]]  # keep the newest report at least ``patience`` iterations back
+        before = self.seen[0][1]
+        return before - total <= self.tolerance * abs(before)
 
 
 def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms], *, optimizer: str, lr: float,
                         iterations: int, on_step: StepCallback | None = None,
                         warm_state: dict[str, Tensor] | None = None, sync_every: int = 1,
                         done: int = 0, on_state: StateCallback | None = None,
-                        average: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+                        average: float = 0.0, stop: Convergence | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``optimize`` that also returns Adam's (or AdamW's) final state and may start from a previous one.
 
     ``warm_state`` (Adam, AdamW) must already have the image's size (see ``resize_adam_state``).
     Other optimisers return an empty state: L-BFGS' history belongs to one image size, and the
     others restart at each stage. ``done`` iterations of ``iterations`` already ran (a stage
     resumed from its saved progress): the loop runs the rest and numbers them on from ``done``.
-    ``on_state`` follows each ``on_step`` with the image and Adam's live state, for checkpoints.
+    ``on_state`` follows each ``on_step`` with the image to resume from and the state that goes
+    with it (Adam's moments, the average's buffers, the best point), for checkpoints.
+
+    The result is the lowest-loss point evaluated (``Stepper.result``), and the losses reported
+    are its losses: they never rise. ``stop`` (``Convergence``) may end the stage before
+    ``iterations``; the last iteration ``on_step`` saw is the one it ended at.
 
     ``average`` > 0 (``--average-iterates``): the result is the moving average of the iterates
-    (averaging.py), and ``on_step`` sees that average, what would be written; ``on_state`` sees the
-    iterate and, beside Adam's state, the average's buffers; ``warm_state`` may hold them (resume).
-    The losses reported are still those of the iterates (the average is never evaluated in the loop).
+    (averaging.py), and ``on_step`` sees that average, what would be written. The losses reported
+    are still those of the best iterate (the average is never evaluated in the loop).
 
     Losses are read back, checked for inf/NaN and reported every ``sync_every`` iterations and at
     the last: each read waits for the device, so on a GPU the loop otherwise runs ahead of it.
@@ -190,20 +297,22 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
     every step.)
     """
     stepper = Stepper(image, objective, optimizer, lr, warm_state, average)
-    sync_every = max(1, sync_every)
+    sync_every, stop = max(1, sync_every), stop or Convergence()
     start, reported = time.perf_counter(), done
     for iteration in range(done + 1, iterations + 1):
         stepper.step()
         if iteration % sync_every and iteration != iterations:
             continue
-        values, finite = _read_back(stepper.terms, stepper.image)  # one wait for the device, not five
+        values, finite = _read_back(stepper.best.terms, stepper.image)  # one wait for the device, not five
         _check_finite(values, finite, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
         if on_step is not None:
-            shown = stepper.image if stepper.average is None else stepper.result()
+            shown = stepper.best_image() if stepper.average is None else stepper.result()
             on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), shown)
         if on_state is not None:
-            on_state(iteration, stepper.image.detach(), stepper.saved_state())
+            on_state(iteration, stepper.resume_image(), stepper.saved_state())
         start, reported = time.perf_counter(), iteration
+        if stop.converged(iteration, values["total"]):
+            break
     state = stepper.state() if iterations > done else {}
     return stepper.result(), state
 

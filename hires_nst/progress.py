@@ -46,8 +46,9 @@ class ProgressDisplay:
             self.progress.update(self.stage_task, completed=event.iteration, info=info)
             self.progress.advance(self.overall, self.pixels * event.covered / 1e6)
         elif isinstance(event, StageFinished) and self.stage_task is not None:
+            ran = {"total": event.iterations, "completed": event.iterations} if event.iterations else {}
             self.progress.update(self.stage_task, info=f"loss {event.losses.get('total', 0):.4g} "
-                                                      f"done in {event.seconds:.1f}s")
+                                                      f"done in {event.seconds:.1f}s", **ran)
         elif isinstance(event, Message):
             self.console.print(f"[yellow]{event.text}[/]")
 

@@ -18,7 +18,6 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from hires_nst import images
-from hires_nst.averaging import shown
 from hires_nst.checkpoints import WorkDir
 from hires_nst.config import RenderConfig
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
@@ -27,7 +26,7 @@ from hires_nst.distributed import BandObjective, same_start
 from hires_nst.errors import DeviceError, OutputError, classify
 from hires_nst.guides import RegionGuide
 from hires_nst.objective import Targets, make_targets
-from hires_nst.optimize import optimize_with_state, resize_adam_state
+from hires_nst.optimize import Convergence, optimize_with_state, resize_adam_state, shown
 from hires_nst.placement import Placement, peak_memory_bytes, reset_peak_memory
 from hires_nst.preview import PREVIEW_SIZE, PreviewTimer
 from hires_nst.regions import Regions
@@ -223,9 +222,15 @@ def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
     result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
                                         iterations=stage.iterations, on_step=reporter,
                                         warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
-                                        on_state=saves, average=config.optim.average_iterates)
+                                        on_state=saves, average=config.optim.average_iterates,
+                                        stop=Convergence(config.optim.tolerance, config.optim.patience))
     final = {k: float(v) for k, v in objective.loss(result).items()}
-    run.sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final))
+    if reporter.reported < stage.iterations:
+        run.sink(Message(f"stage {stage.index + 1} converged after {reporter.reported} of {stage.iterations} "
+                         f"iterations (its loss fell by less than {config.optim.tolerance:g} over "
+                         f"{config.optim.patience})"))
+    run.sink(StageFinished(stage.index, stage.width, stage.height, time.perf_counter() - began, final,
+                           reporter.reported))
     return StageResult(result, final, state)
 
 

@@ -39,7 +39,8 @@ from hires_nst.workdirs import find_work_dir, input_files, legacy_work_dir, work
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal", ("loss", "style_loss"): "gram",
-               ("optim", "average_iterates"): 0.0, ("loss", "mask"): "", ("loss", "region"): ()}
+               ("optim", "average_iterates"): 0.0, ("loss", "mask"): "", ("loss", "region"): (),
+               ("optim", "tolerance"): 0.0, ("optim", "patience"): 50}
 
 
 @dataclass(frozen=True)

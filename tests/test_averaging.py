@@ -55,7 +55,8 @@ def test_three_sgd_iterates_are_averaged_with_the_bias_correction_by_hand() -> N
     last, _ = optimize_with_state(start, Quadratic(target), optimizer="sgd", lr=0.5, iterations=3)
     result, _ = optimize_with_state(start, Quadratic(target), optimizer="sgd", lr=0.5, iterations=3, average=0.5,
                                     on_step=lambda i, v, s, image: seen.append(float(image[0, 0, 0, 0])))
-    assert torch.allclose(last, torch.full_like(last, 0.892), atol=1e-6)
+    # without averaging the stage hands on its lowest-loss evaluated point, x2 (x3 is never evaluated)
+    assert torch.allclose(last, torch.full_like(last, 0.68), atol=1e-6)
     assert torch.allclose(result, torch.full_like(result, 0.666 / 0.875), atol=1e-6)
     # what the progress reports see is the average so far: x1, then (0.5 * 0.2 + 0.34) / 0.75, then the result
     assert seen == pytest.approx([0.4, 0.44 / 0.75, 0.666 / 0.875], abs=1e-6)
@@ -168,7 +169,8 @@ def test_a_resume_of_an_optimiser_without_saved_state_continues_the_saved_averag
     optimize_with_state(start, objective, optimizer=optimizer, lr=0.02, iterations=4, average=0.6,
                         on_state=lambda i, x, state: kept.update({i: (x.clone(), {k: v.clone() for k, v in state.items()})}))
     iterate, state = kept[2]
-    assert set(state) == set(averaging.KEYS)  # no optimiser state of these: only the average's buffers
+    # no optimiser state of these: the average's buffers, and (SGD) the best point so far
+    assert set(state) == set(averaging.KEYS) | ({"best.image", "best.total"} if optimizer == "sgd" else set())
     seen: list[Tensor] = []
     update = IterateAverage.update
     monkeypatch.setattr(IterateAverage, "update", lambda self, x: seen.append(x.clone()) or update(self, x))

@@ -12,7 +12,7 @@ from hires_nst import images
 from hires_nst.config import DEFAULT_LR, OPTIMIZERS, resolve
 from hires_nst.errors import ConfigError
 from hires_nst.events import StageFinished, Step
-from hires_nst.optimize import PIXEL_SCALED, make_optimizer, optimize, optimize_with_state
+from hires_nst.optimize import PIXEL_SCALED, Stepper, make_optimizer, optimize_with_state
 from hires_nst.render import RenderJob, render
 
 
@@ -97,18 +97,18 @@ def _constant_gradient(value: float):
 
 def test_sgd_steps_on_the_gradient_times_the_pixel_count() -> None:
     # 4x4 image: 16 pixels. SGD's first momentum step is lr * g; we hand it g * 16 (see PIXEL_SCALED).
-    start = torch.full((1, 3, 4, 4), 0.5)
-    result = optimize(start, _constant_gradient(0.001), optimizer="sgd", lr=1.0, iterations=1)
-    torch.testing.assert_close(result, torch.full((1, 3, 4, 4), 0.5 - 0.016))
+    stepper = Stepper(torch.full((1, 3, 4, 4), 0.5), _constant_gradient(0.001), "sgd", 1.0)
+    stepper.step()
+    torch.testing.assert_close(stepper.image.detach(), torch.full((1, 3, 4, 4), 0.5 - 0.016))
     assert set(PIXEL_SCALED) == {"sgd", "adadelta"}
 
 
 def test_first_order_optimizers_keep_the_image_in_range() -> None:
-    for name in ("sgd", "adagrad", "adadelta", "rmsprop", "adamw"):
-        seen = []
-        optimize(torch.full((1, 3, 4, 4), 0.01), _constant_gradient(10.0), optimizer=name, lr=10.0, iterations=3,
-                 on_step=lambda i, values, seconds, image: seen.append(float(image.detach().min())))
-        assert min(seen) >= 0.0, name
+    for name in ("sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs"):
+        stepper = Stepper(torch.full((1, 3, 4, 4), 0.01), _constant_gradient(10.0), name, 10.0)
+        for _ in range(3):
+            stepper.step()
+            assert float(stepper.image.detach().min()) >= 0.0, name
 
 
 def test_adamw_returns_its_moments_for_a_warm_start_like_adam() -> None:
