@@ -11,6 +11,8 @@ Layout of a work dir::
     current.png       the stage in progress, to look at
     trace.csv         one row of losses, time and memory per iteration (trace.py), flushed as it goes
     lock              held (flock) by the render using the dir; holds its pid (worklock.py)
+    .hires-nst-work   the marker: this folder is ours (writeplan.py); hires-nst works in no other
+                      non-empty folder, and deletes only the files named here
 
 A stage checkpoint may be reused only if the settings fingerprint matches and every stage up to
 it had the same size and iteration count, so raising --max-size on a finished render reuses
@@ -37,6 +39,7 @@ from hires_nst.errors import ConfigError, OutputError
 from hires_nst.safety import deferred_interrupts, retrying_when_full
 from hires_nst.schedule import Stage
 from hires_nst.worklock import WorkLock
+from hires_nst.writeplan import claim_work_dir
 
 _PARTIAL = re.compile(r"stage-(\d+)\.partial-\d+\.pt")
 
@@ -134,10 +137,7 @@ class WorkDir:
         if resume and restart:
             raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
                               "would continue); give one of them")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create work dir {self.path}: {exc.strerror or exc}") from None
+        claim_work_dir(self.path)  # refused if it holds a user's files; before the lock writes its file
         self.lock.acquire()  # before anything is read or deleted: another render may be using the dir
         for temp in images.temp_files(self.path):  # a killed process's half-written file; nobody else writes here
             temp.unlink(missing_ok=True)

@@ -329,6 +329,12 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 TEMP_SUFFIX = ".part"  # write_atomically's temp files: ``.NAME.XXXXXXXX.part`` beside NAME
+TEMP_RANDOM = 8  # the random letters mkstemp puts in a name (tests/test_writeplan.py checks it)
+
+
+def temp_name(name: str) -> str:
+    """The name of write_atomically's temp file for ``name``: it, not ``name``, must fit the filesystem."""
+    return f".{name}.{'X' * TEMP_RANDOM}{TEMP_SUFFIX}"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
