@@ -480,6 +480,39 @@ def test_a_batch_work_dir_of_an_earlier_version_is_taken_back(folder: Path) -> N
     assert (folder / "out" / "work" / "missing" / WORK_MARKER).is_file()
 
 
+class _Hung(BaseException):  # not an Exception: code that swallows those must not swallow this
+    pass
+
+
+@pytest.fixture
+def deadline():
+    """Fail a test that blocks (e.g. opening a FIFO nobody writes) instead of hanging the suite."""
+    def alarm(signum, frame):
+        raise _Hung("blocked for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_as_a_batch_photo_fails_its_job_at_once(folder: Path, deadline: None) -> None:
+    os.mkfifo(folder / "in" / "pipe.png")
+    body = THREE_JOBS.replace("in/nope.png", "in/pipe.png")
+    result = run_batch(load_batch(job_file(folder, body)))
+    assert [o.status for o in result.outcomes] == ["finished", "failed", "finished"]
+    assert result.outcomes[1].error == f"content image is not a file: {folder / 'in' / 'pipe.png'}"
+
+
+def test_a_fifo_as_the_job_file_is_refused_at_once(folder: Path, deadline: None) -> None:
+    os.mkfifo(folder / "jobs.toml")
+    result = runner.invoke(app, ["batch", str(folder / "jobs.toml"), "-q"])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == f"error: job file is not a file: {folder / 'jobs.toml'}"
+
+
 def test_a_second_batch_run_on_one_output_folder_is_refused_with_the_pid_and_the_first_finishes(
         folder: Path) -> None:
     body = "".join(f'\n[[job]]\nname = "j{i}"\ncontent = "in/a.png"\nstyles = "in/s.png"\n' for i in (1, 2))
