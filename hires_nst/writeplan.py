@@ -158,15 +158,17 @@ def _our_record(path: Path) -> bool:
 
 
 def _check_name_lengths(plan: WritePlan) -> None:
-    """Every name on the way to a file (and its temp file's) must fit the filesystem's limit."""
+    """Every name on the way to a file (and its temp file's) must fit the filesystem's limit; a work
+    dir's own name too (the files in it have short names of ours, settings.json stands for them)."""
     worst: tuple[int, str] | None = None
     limits: dict[Path, int] = {}
-    for path, what in plan.writes.items():
+    written = [*plan.writes.items(), *((folder / "settings.json", what) for folder, what in plan.work_dirs.items())]
+    for path, what in written:
         for name, limit, folder in _names_to_make(path, limits):
             excess = len(os.fsencode(name)) - limit
             if excess > 0 and (worst is None or excess > worst[0]):
                 worst = excess, (f"{what} {path}: a name too long to write here safely ({name!r} is {limit + excess} "
-                                 f"bytes, {folder} allows {limit}); choose a name at least {excess} characters shorter")
+                                 f"bytes, {folder} allows {limit}); choose a name at least {excess} character{'s' if excess > 1 else ''} shorter")
     if worst is not None:
         raise OutputError(worst[1])
 

@@ -191,6 +191,13 @@ def test_an_output_name_too_long_for_its_temp_file_is_refused_before_any_work(tm
     assert events == [] and not (tmp_path / "work").exists()
 
 
+def test_a_work_dir_name_too_long_is_refused_before_any_work(tmp_path: Path) -> None:
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    with pytest.raises(OutputError, match=r"work dir .*too long.*at least 1 character shorter"):
+        render(_job(tmp_path, work=tmp_path / "w" / ("x" * (limit + 1))))
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out.png").exists()
+
+
 def test_the_longest_name_that_fits_renders(tmp_path: Path) -> None:
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     longest = limit - len(".XXXXXXXX.part") - 1 - len(".trace.csv")  # the trace beside it is the longest name
