@@ -108,7 +108,7 @@ def own_files(folder: Path) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError:
         return []
-    return [Path(e.path) for e in entries if _own_name(e.name) and e.is_file(follow_symlinks=False)]
+    return [Path(e.path) for e in entries if own_name(e.name) and e.is_file(follow_symlinks=False)]
 
 
 def foreign_files(folder: Path) -> list[str]:
@@ -122,13 +122,14 @@ def foreign_files(folder: Path) -> list[str]:
     names = [e.name for e in entries]
     if WORK_MARKER in names:
         return []
-    strangers = [e.name for e in entries if not (_own_name(e.name) and e.is_file(follow_symlinks=False))]
+    strangers = [e.name for e in entries if not (own_name(e.name) and e.is_file(follow_symlinks=False))]
     if strangers or not entries or any(_our_record(Path(e.path)) for e in entries):
         return strangers
     return names  # our names, but no record of ours among them: a user's files that look like ours
 
 
-def _own_name(name: str) -> bool:
+def own_name(name: str) -> bool:
+    """Whether hires-nst writes files of this name into a work dir (temp files of those included)."""
     temp = OWN_TEMP.fullmatch(name)
     return name == WORK_MARKER or OWN_NAMES.fullmatch(temp.group("name") if temp else name) is not None
 

@@ -107,10 +107,13 @@ def test_restart_deletes_only_our_files_in_our_work_dir(tmp_path: Path) -> None:
     with pytest.raises(Interrupted):
         render(job, _stop_in_stage_two)
     work = tmp_path / "work"
-    (work / "notes.txt").write_text("mine")  # a user's file, put there later
+    (work / "notes.txt").write_text("mine")  # a user's files, put there later
+    (work / "stage-final.png").write_text("mine too")
+    (work / ".holiday.jpg.a1b2c3d4.part").write_text("and this")
     events: list = []
     render(_with(job, restart=True), events.append)
-    assert (work / "notes.txt").read_text() == "mine"
+    assert [(work / n).read_text() for n in ("notes.txt", "stage-final.png", ".holiday.jpg.a1b2c3d4.part")] == [
+        "mine", "mine too", "and this"]
     assert [e.stage for e in events if isinstance(e, StageStarted)] == [0, 1]  # the old stage was discarded
 
 
