@@ -3,6 +3,8 @@ otherwise, so that the same render resumed from another folder finds its checkpo
 
 Before ``OUT.work`` the default was ``outputs/work/<name>-<hash>`` under the folder a render was
 started from; ``--resume`` still goes on from such a dir when the new place holds nothing.
+
+Also what a render reads and writes (``input_files``, ``render_plan``), for ``writeplan.check_writes``.
 """
 
 from __future__ import annotations
