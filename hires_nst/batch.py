@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hires_nst.config import OUTPUT_FORMATS, SECTIONS, VIDEO_SUFFIXES, RenderConfig, load_toml, resolve
-from hires_nst.errors import ConfigError
+from hires_nst.errors import ConfigError, InputError
 from hires_nst.images import FORMATS
 from hires_nst.presets import load_preset
 from hires_nst.outputs import output_path
@@ -87,6 +87,8 @@ class Batch:
 def load_batch(path: str | Path, output_dir: str | Path | None = None) -> Batch:
     """Read a job file; ``output_dir`` (e.g. from the command line) overrides the file's."""
     path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever
+        raise InputError(f"job file is not a file: {path}")
     data = load_toml(path)
     _check_keys(data, TOP_KEYS, f"{path}")
     base = path.parent

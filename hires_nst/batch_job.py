@@ -15,10 +15,11 @@ from typing import Any, TextIO
 from hires_nst import images
 from hires_nst.batch import Batch, BatchJob
 from hires_nst.checkpoints import WorkDir
-from hires_nst.errors import DiskFullError, Interrupted, classify
+from hires_nst.errors import DiskFullError, HiresNSTError, Interrupted, classify
 from hires_nst.events import Event, Message, Planned, Sink, StageFinished, StageStarted, Step, null_sink
 from hires_nst.render import render
 from hires_nst.safety import deferred_interrupts
+from hires_nst.writeplan import claim_work_dir
 
 LOG = "job.log"
 
@@ -55,8 +56,10 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
     began = time.perf_counter()
     log_path = work.path / LOG
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        claim_work_dir(work.path)  # the batch checked it (batch_run.write_plan); made and marked here
         log = JobLog(log_path.open("a", encoding="utf-8", buffering=1))
+    except HiresNSTError as exc:
+        return Outcome(job.name, "failed", 0.0, error=str(exc), device=device)
     except OSError as exc:
         return Outcome(job.name, "failed", 0.0, error=f"cannot write the job log {log_path}: {exc.strerror or exc}",
                        device=device)

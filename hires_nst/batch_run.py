@@ -1,15 +1,17 @@
-"""Running a batch unattended: jobs one after another (or one worker process per device), the
-manifest rewritten after every change, failures recorded while the batch goes on, finished jobs
+"""Running a batch unattended: what it may write checked before anything runs, one run per output
+folder (a lock), jobs one after another (or one worker process per device), the manifest rewritten
+after every change, failures recorded while the batch goes on, finished jobs
 skipped and unfinished ones resumed from their last stage on a re-run, contact sheets for grids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink, null_sink
 from hires_nst.render import disk_needs
 from hires_nst.safety import check_free_space
+from hires_nst.workdirs import render_plan
+from hires_nst.worklock import BATCH_LOCK, batch_lock
+from hires_nst.writeplan import WritePlan, check_writes
 
 SHEET_CELL = 256  # contact-sheet row height in pixels
 NO_LIMIT = 2**62  # our own outputs are loaded for the contact sheet without the input pixel limit
@@ -49,22 +54,52 @@ def run_batch(batch: Batch, sink: Sink = null_sink, devices: Sequence[str] = (),
     """Run every job of ``batch`` that is not finished yet; ``devices`` runs them in parallel,
     one worker process per device, and ``runner`` elsewhere (``cluster.RayRunner``: on a Ray
     cluster). Errors in a job are recorded, not raised."""
-    previous = read_manifest(batch.manifest)
-    done = [job for job in batch.jobs if _finished_before(job, previous.get(job.name))]
-    todo = [job for job in batch.jobs if job not in done]
-    prepare(batch, todo)
-    ledger = Ledger(batch, previous, restart)
-    if runner is not None:
-        ran, stopped = runner(todo, ledger, sink)
-    elif devices:
-        ran, stopped = run_parallel(todo, ledger, sink, devices)
-    else:
-        ran, stopped = run_sequential(todo, ledger, sink)
-    outcomes = {job.name: _earlier(job, previous[job.name]) for job in done}
-    outcomes.update(ran)
-    outcomes = {job.name: outcomes.get(job.name, Outcome(job.name, "pending")) for job in batch.jobs}
-    sheets = () if stopped else write_sheets(batch, ledger, sink)
+    check_writes(write_plan(batch))
+    with open_output_dir(batch):
+        previous = read_manifest(batch.manifest)
+        done = [job for job in batch.jobs if _finished_before(job, previous.get(job.name))]
+        todo = [job for job in batch.jobs if job not in done]
+        prepare(batch, todo)
+        ledger = Ledger(batch, previous, restart)
+        if runner is not None:
+            ran, stopped = runner(todo, ledger, sink)
+        elif devices:
+            ran, stopped = run_parallel(todo, ledger, sink, devices)
+        else:
+            ran, stopped = run_sequential(todo, ledger, sink)
+        outcomes = {job.name: _earlier(job, previous[job.name]) for job in done}
+        outcomes.update(ran)
+        outcomes = {job.name: outcomes.get(job.name, Outcome(job.name, "pending")) for job in batch.jobs}
+        sheets = () if stopped else write_sheets(batch, ledger, sink)
     return BatchResult(tuple(outcomes.values()), batch.manifest, sheets, stopped)
+
+
+def write_plan(batch: Batch) -> WritePlan:
+    """Everything the batch writes and reads, every job's and grid's together, so that no output,
+    settings, trace, animation, contact sheet or work dir of one job is any job's input."""
+    plan = WritePlan()
+    for job in batch.jobs:
+        work = Path(job.render.config.output.work_dir)
+        plan.add(render_plan(job.render, job.render.output, work, f" of job {job.name!r}"))
+    for grid in batch.grids:
+        plan.write(grid.sheet, f"contact sheet of grid {grid.name!r}")
+    plan.write(batch.manifest, "manifest of the batch")
+    plan.write(batch.output_dir / BATCH_LOCK, "lock of the batch")
+    return plan
+
+
+@contextlib.contextmanager
+def open_output_dir(batch: Batch) -> Iterator[None]:
+    """Make the output folder, check it can be written, and hold its lock (one run at a time) meanwhile."""
+    try:
+        batch.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=batch.output_dir, prefix=".hires-nst-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to the batch's output folder {batch.output_dir}: "
+                          f"{exc.strerror or exc}") from None
+    with batch_lock(batch.output_dir):
+        yield
 
 
 def run_sequential(todo: Sequence[BatchJob], ledger: Ledger, sink: Sink) -> tuple[dict[str, Outcome], str]:
@@ -92,14 +127,7 @@ def run_sequential(todo: Sequence[BatchJob], ledger: Ledger, sink: Sink) -> tupl
 
 
 def prepare(batch: Batch, todo: Sequence[BatchJob]) -> None:
-    """Fail now, not at 3 a.m.: the output folder must be writable and hold every job's files."""
-    try:
-        batch.output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=batch.output_dir, prefix=".hires-nst-probe-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to the batch's output folder {batch.output_dir}: "
-                          f"{exc.strerror or exc}") from None
+    """Fail now, not at 3 a.m.: the output folder's disk must hold every job's files."""
     needs: dict[Path, int] = {}
     for job in todo:
         size = images.image_size(job.render.content)

@@ -11,6 +11,8 @@ Layout of a work dir::
     current.png       the stage in progress, to look at
     trace.csv         one row of losses, time and memory per iteration (trace.py), flushed as it goes
     lock              held (flock) by the render using the dir; holds its pid (worklock.py)
+    .hires-nst-work   the marker: this folder is ours (writeplan.py); hires-nst works in no other
+                      non-empty folder, and deletes only the files named here
 
 A stage checkpoint may be reused only if the settings fingerprint matches and every stage up to
 it had the same size and iteration count, so raising --max-size on a finished render reuses
@@ -37,6 +39,7 @@ from hires_nst.errors import ConfigError, OutputError
 from hires_nst.safety import deferred_interrupts, retrying_when_full
 from hires_nst.schedule import Stage
 from hires_nst.worklock import WorkLock
+from hires_nst.writeplan import claim_work_dir, own_name
 
 _PARTIAL = re.compile(r"stage-(\d+)\.partial-\d+\.pt")
 
@@ -134,15 +137,12 @@ class WorkDir:
         if resume and restart:
             raise ConfigError("--resume and --restart contradict each other (--restart discards what --resume "
                               "would continue); give one of them")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create work dir {self.path}: {exc.strerror or exc}") from None
+        claim_work_dir(self.path)  # refused if it holds a user's files; before the lock writes its file
         self.lock.acquire()  # before anything is read or deleted: another render may be using the dir
-        for temp in images.temp_files(self.path):  # a killed process's half-written file; nobody else writes here
+        for temp in self._own_temp_files():  # a killed process's half-written file; nobody else writes here
             temp.unlink(missing_ok=True)
         status = self.status() or {}
-        unfinished = bool(self._stage_files() or list(self.path.glob("stage-*.partial.json"))) and \
+        unfinished = bool(self._stage_files() or self._own("stage-*.partial.json")) and \
             status.get("state") != "finished"
         if restart:
             self.clear()
@@ -189,27 +189,34 @@ class WorkDir:
                               "use another --work-dir, or --restart to discard it")
 
     def _stage_files(self) -> list[Path]:
-        return sorted(self.path.glob("stage-*.pt"))
+        return self._own("stage-*.pt")
+
+    def _own(self, pattern: str) -> list[Path]:
+        """The files matching ``pattern`` that are ours: a user's ``stage-final.png`` is never touched."""
+        return sorted(p for p in self.path.glob(pattern) if own_name(p.name))
+
+    def _own_temp_files(self) -> list[Path]:
+        return [p for p in images.temp_files(self.path) if own_name(p.name)]
 
     def _drop_stale_progress(self, schedule: Sequence[Stage], done: int) -> None:
         """Progress files that no resume can use (kill -9 between a save and the removal of what it
         replaced): those of finished stages, and any file its stage's record does not name."""
         named = (self._read_json(f"stage-{done}.partial.json") or {}).get("file") if done < len(schedule) else None
-        for path in self.path.glob("stage-*.partial-*.pt"):
+        for path in self._own("stage-*.partial-*.pt"):
             match = _PARTIAL.fullmatch(path.name)
             if match is None or int(match.group(1)) != done or path.name != named:
                 path.unlink(missing_ok=True)
-        for path in self.path.glob("stage-*.partial.json"):
+        for path in self._own("stage-*.partial.json"):
             if path.name != f"stage-{done}.partial.json":
                 path.unlink(missing_ok=True)
 
     def finish(self) -> None:
         """A finished render needs no progress saves nor temp files: only its stages stay."""
-        for path in [*self.path.glob("stage-*.partial*"), *images.temp_files(self.path)]:
+        for path in [*self._own("stage-*.partial*"), *self._own_temp_files()]:
             path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        stage_files = self._stage_files() + sorted(self.path.glob("stage-*.png")) + sorted(self.path.glob("stage-*.json"))
+        stage_files = self._stage_files() + self._own("stage-*.png") + self._own("stage-*.json")
         for path in stage_files + [self._file("current.png"), self._file("status.json")]:
             path.unlink(missing_ok=True)
 
@@ -285,7 +292,7 @@ class WorkDir:
 
     def drop_progress(self, index: int) -> None:
         self._file(f"stage-{index}.partial.json").unlink(missing_ok=True)  # the record first
-        for path in self.path.glob(f"stage-{index}.partial-*.pt"):
+        for path in self._own(f"stage-{index}.partial-*.pt"):
             path.unlink(missing_ok=True)
 
     def load_stage(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:

@@ -24,7 +24,6 @@ Ray is imported only here, when ``--cluster`` is given: it is the optional ``clu
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from hires_nst.batch_job import LOG, Ledger, Outcome
 from hires_nst.cluster_task import MARKER, Reporter, TaskResources, run_task
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink
+from hires_nst.writeplan import WORK_MARKER, own_files
 
 CONNECT_SECONDS = 10.0  # how long the head may take to answer before --cluster gives up
 POLL_SECONDS = 0.5  # how often the driver drains the reporter while it waits for the tasks
@@ -203,9 +203,9 @@ def discard_work(job: BatchJob, sink: Sink) -> None:
     work = Path(job.render.config.output.work_dir)
     if not work.is_dir():
         return
-    for path in work.iterdir():
-        if path.name != LOG:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    for path in own_files(work):  # only what hires-nst wrote there (writeplan.py)
+        if path.name not in (LOG, WORK_MARKER):
+            path.unlink(missing_ok=True)
     sink(Message(f"{job.name}: changed since its checkpoints were made (or --restart): they were discarded"))
 
 

@@ -65,8 +65,11 @@ def load_image(path: str | os.PathLike, what: str = "image",
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from the file's header, without decoding; None if it cannot be read."""
+    """(width, height) from the file's header, without decoding; None if it cannot be read (a FIFO
+    or a device is never opened: nobody may be writing to it, and opening it would wait for ever)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with _no_pillow_pixel_limit(), Image.open(path) as img:
             return img.size
     except Exception:  # any unreadable file: the render itself reports it properly
@@ -329,6 +332,12 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 TEMP_SUFFIX = ".part"  # write_atomically's temp files: ``.NAME.XXXXXXXX.part`` beside NAME
+TEMP_RANDOM = 8  # the random letters mkstemp puts in a name (tests/test_writeplan.py checks it)
+
+
+def temp_name(name: str) -> str:
+    """The name of write_atomically's temp file for ``name``: it, not ``name``, must fit the filesystem."""
+    return f".{name}.{'X' * TEMP_RANDOM}{TEMP_SUFFIX}"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -37,18 +37,28 @@ def output_path(output: Path, fmt: str = "") -> Path:
     return output.with_name(output.name + OUTPUT_FORMATS.get(fmt.lower(), ".png"))
 
 
-def written_files(output: Path, config: RenderConfig) -> list[Path]:
-    """Every file a render writes outside its work dir: the image, its settings and trace, and if
-    asked the stage sheet and the animation."""
-    files = [output, settings_path(output), trace_path(output)]
+def stage_sheet_path(output: Path) -> Path:
+    """``--save-stages``: ``out.png`` -> ``out-stages.png``."""
+    return output.with_name(f"{output.stem}-stages.png")
+
+
+def animation_path(config: RenderConfig) -> Path | None:
+    return Path(config.output.animate).expanduser() if config.output.animate else None
+
+
+def written_files(output: Path, config: RenderConfig) -> dict[Path, str]:
+    """Every file a render writes outside its work dir, with what it is: the image, its settings and
+    trace, and if asked the stage sheet and the animation (its ``WritePlan``, and what the writers write)."""
+    files = {output: "output", settings_path(output): "settings", trace_path(output): "trace"}
     if config.output.save_stages:
-        files.append(output.with_name(f"{output.stem}-stages.png"))
-    if config.output.animate:
-        files.append(Path(config.output.animate).expanduser())
+        files[stage_sheet_path(output)] = "stage sheet"
+    animation = animation_path(config)
+    if animation is not None:
+        files[animation] = "animation"
     return files
 
 
-def sweep_temp_files(files: list[Path]) -> None:
+def sweep_temp_files(files: Iterable[Path]) -> None:
     """Remove what a killed render left of these files' atomic writes (``.NAME.XXXX.part``)."""
     for path in files:
         for temp in images.temp_files(path.parent, path.name):
@@ -69,7 +79,7 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
         animation.write()
     if config.output.save_stages:
         sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
-        images.save_image(output.with_name(f"{output.stem}-stages.png"), sheet)
+        images.save_image(stage_sheet_path(output), sheet)
     workdir.set_status("finished", output=str(output))
     workdir.finish()
     sweep_temp_files(written_files(output, config))

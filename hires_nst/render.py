@@ -27,14 +27,16 @@ from hires_nst.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.pyramid import Checkpointing, Run, run_pyramid
 from hires_nst.regions import Regions, load_regions
 from hires_nst.renderjob import RenderJob, RenderResult
-from hires_nst.safety import (check_free_space, check_not_overwriting, deferred_interrupts, render_needs,
-                              retrying_when_full)
+from hires_nst.safety import check_free_space, deferred_interrupts, render_needs, retrying_when_full
 from hires_nst.schedule import Stage
 from hires_nst.stageplan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
-from hires_nst.outputs import output_path, settings_record, sweep_temp_files, write_outputs, written_files
+from hires_nst.outputs import (animation_path, output_path, settings_record, sweep_temp_files, write_outputs,
+                               written_files)
 from hires_nst.trace import TraceWriter
 from hires_nst.weights import load_weights
 from hires_nst.workdirs import find_work_dir, input_files, legacy_work_dir, work_dir_of  # noqa: F401 (re-exported)
+from hires_nst.workdirs import render_plan
+from hires_nst.writeplan import check_writes
 
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.
@@ -180,7 +182,7 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     output = output_path(job.output, config.output.format)
     if workdir is not None:
         output = images.check_output_path(output)
-        check_not_overwriting(written_files(output, config), input_files(job))
+        check_writes(render_plan(job, output, workdir.path))
     inputs = load_inputs(job)
     schedule, crop = plan_schedule(config, inputs.content.shape[1], inputs.content.shape[0])
     if crop is not None:
@@ -296,8 +298,9 @@ def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> n
 
 def _check_animation_path(config: RenderConfig) -> None:
     """Fail before the work, not after it, when the animation's folder cannot exist."""
-    if config.output.animate:
-        folder = Path(config.output.animate).expanduser().parent
+    animation = animation_path(config)
+    if animation is not None:
+        folder = animation.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not folder.is_dir():
@@ -306,14 +309,14 @@ def _check_animation_path(config: RenderConfig) -> None:
 
 def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRecorder | None:
     """The recorder for ``--animate``; frames of a luminance-only render get the photo's chroma back."""
-    if not config.output.animate:
+    path = animation_path(config)
+    if path is None:
         return None
     transform = None
     if config.loss.preserve_color == "luminance":
         def transform(image: np.ndarray) -> np.ndarray:
             return color.with_chroma_of(image, images.resize(inputs.content, image.shape[1], image.shape[0]))
-    return AnimationRecorder(Path(config.output.animate).expanduser(), last.width, last.height,
-                             config.output.animate_size, transform)
+    return AnimationRecorder(path, last.width, last.height, config.output.animate_size, transform)
 
 
 def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement:

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 from hires_nst.errors import DiskFullError, OutputError
 from hires_nst.images import nearest_existing
@@ -36,22 +36,6 @@ def retrying_when_full(write: Callable[[], T], what: str, report: Callable[[str]
             report(f"could not write {what} ({exc}); trying again in {wait:g} s: free some disk space")
         time.sleep(wait)
     return write()
-
-
-def check_not_overwriting(outputs: Iterable[Path], inputs: Mapping[str, Path]) -> None:
-    """Raise OutputError if a file the render writes is (a link to, or the same file as) an input:
-    ``-o photo.jpg`` would replace the photo with the render."""
-    for output in outputs:
-        for what, path in inputs.items():
-            if _same_file(output, path):
-                raise OutputError(f"output {output} would overwrite the {what} {path}; choose another output name")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return os.path.abspath(a) == os.path.abspath(b)
 
 
 @contextlib.contextmanager

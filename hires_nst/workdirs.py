@@ -3,6 +3,8 @@ otherwise, so that the same render resumed from another folder finds its checkpo
 
 Before ``OUT.work`` the default was ``outputs/work/<name>-<hash>`` under the folder a render was
 started from; ``--resume`` still goes on from such a dir when the new place holds nothing.
+
+Also what a render reads and writes (``input_files``, ``render_plan``), for ``writeplan.check_writes``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 
 from hires_nst.checkpoints import WorkDir
 from hires_nst.events import Message, Sink
-from hires_nst.outputs import output_path
+from hires_nst.outputs import output_path, written_files
 from hires_nst.regionspec import mask_files
 from hires_nst.renderjob import RenderJob
+from hires_nst.writeplan import WritePlan
 
 LEGACY_WORK_ROOT = Path("outputs") / "work"  # relative to the current folder: the default before OUT.work
 
@@ -52,3 +55,15 @@ def input_files(job: RenderJob) -> dict[str, Path]:
     if job.config.optim.init not in ("content", "noise"):
         files["--init image"] = Path(job.config.optim.init)
     return {**files, **mask_files(job.config.loss.mask, job.config.loss.region)}
+
+
+def render_plan(job: RenderJob, output: Path, work_dir: Path, owner: str = "") -> WritePlan:
+    """What ``job`` writes (its output and the files beside it, its work dir) and reads, for
+    ``writeplan.check_writes``; ``owner`` (`` of job 'x'``) says whose, in a batch's plan."""
+    plan = WritePlan()
+    for path, what in written_files(output, job.config).items():
+        plan.write(path, f"{what}{owner}")
+    plan.work_dir(work_dir, f"work dir{owner}")
+    for what, path in input_files(job).items():
+        plan.read(path, f"{what}{owner}")
+    return plan

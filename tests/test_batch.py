@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from hires_nst.cli import app
 from hires_nst.contact_sheet import CAPTION, GAP
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
+from hires_nst.writeplan import WORK_MARKER
 from tests.synthetic import write_image
 
 runner = CliRunner()
@@ -385,3 +388,175 @@ def test_a_workers_job_runs_on_its_device_only_whatever_its_devices_say(folder: 
                                       'overrides = { device = { devices = "cpu,cpu" } }\n')).jobs[0]
     outcome = hires_nst.batch_job.run_job(job, False, device="cpu", label="cuda:1")
     assert seen[0].device == "cpu" and seen[0].devices == "" and outcome.device == "cuda:1"
+
+
+# --- issue 21: what a batch may write, decided before any job runs --------------------------------------
+
+
+def _in_place(folder: Path, body: str) -> Path:
+    """A job file whose outputs land beside it (``output_dir = "."``), among the user's images."""
+    path = folder / "jobs.toml"
+    path.write_text('output_dir = "."\n[defaults]\npreset = "tiny.toml"\n' + body)
+    return path
+
+
+WRITER = '\n[[job]]\nname = "x"\ncontent = "in/a.png"\nstyles = ["in/s.png"]\n{writes}\n'
+READER = '\n[[job]]\nname = "y"\ncontent = "{content}"\nstyles = ["{style}"]\n'
+
+
+@pytest.mark.parametrize("order", ["writer first", "reader first"])
+@pytest.mark.parametrize("written, writes", [
+    ("style.png", 'output = "style.png"'),
+    ("x.png.json", ""),  # the settings beside job x's output
+    ("anim/x.gif", 'overrides.output = { animate = "anim/{name}.gif" }'),
+])
+def test_a_batch_never_writes_over_any_jobs_input_in_either_order(folder: Path, render_calls: list[str],
+                                                                   order: str, written: str, writes: str) -> None:
+    painting = folder / written
+    painting.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(write_image(folder / "painting.png", 40, 40, 5), painting)  # a PNG, whatever its name says
+    before = painting.read_bytes()
+    jobs = [WRITER.format(writes=writes), READER.format(content="in/b.png", style=written)]
+    path = _in_place(folder, "".join(jobs if order == "writer first" else jobs[::-1]))
+
+    with pytest.raises(OutputError) as caught:
+        run_batch(load_batch(path))
+
+    message = str(caught.value)
+    assert str(painting) in message and "job 'y'" in message and "\n" not in message
+    assert render_calls == [] and painting.read_bytes() == before
+    assert not (folder / "manifest.json").exists() and not (folder / "work" / "x" / "job.log").exists()
+
+
+def test_a_stage_image_of_a_batch_job_may_not_be_another_jobs_input(folder: Path, render_calls: list[str]) -> None:
+    path = _in_place(folder, WRITER.format(writes=""))
+    run_batch(load_batch(path))
+    stage = folder / "work" / "x" / "stage-0.png"
+    before = stage.read_bytes()
+    path.write_text(path.read_text() + READER.format(content="in/b.png", style="work/x/stage-0.png"))
+    with pytest.raises(OutputError, match=r"style image 1 of job 'y' .*stage-0.png is inside the work dir of job 'x'"):
+        run_batch(load_batch(path), restart=True)
+    assert render_calls == ["a.png"] and stage.read_bytes() == before
+
+
+def test_a_grid_contact_sheet_never_overwrites_a_photo(folder: Path, render_calls: list[str]) -> None:
+    write_image(folder / "g-sheet.png", 48, 40, 6)
+    before = (folder / "g-sheet.png").read_bytes()
+    path = _in_place(folder, '\n[[grid]]\nname = "g"\ncontents = ["g-sheet.png"]\nstyles = ["in/s.png"]\n')
+    result = runner.invoke(app, ["batch", str(path), "-q"])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert "contact sheet of grid 'g'" in line and "would overwrite" in line
+    assert render_calls == [] and (folder / "g-sheet.png").read_bytes() == before
+
+
+def test_a_batch_output_name_too_long_for_its_temp_file_is_refused_before_rendering(
+        folder: Path, render_calls: list[str]) -> None:
+    limit = os.pathconf(folder, "PC_NAME_MAX")
+    name = "x" * (limit - 14) + ".png"  # a legal name; its ".NAME.XXXXXXXX.part" is not
+    body = THREE_JOBS + f'\n[[job]]\nname = "long"\ncontent = "in/a.png"\nstyles = "in/s.png"\noutput = "{name}"\n'
+    with pytest.raises(OutputError, match=r"job 'long'.*too long.*shorter"):
+        run_batch(load_batch(job_file(folder, body)))
+    assert render_calls == []
+
+
+def test_a_batch_work_dir_holding_foreign_files_is_refused(folder: Path, render_calls: list[str]) -> None:
+    (folder / "out" / "work" / "first").mkdir(parents=True)
+    (folder / "out" / "work" / "first" / "thesis.tex").write_text("four years")
+    with pytest.raises(ConfigError, match=r"work dir .*first holds files hires-nst did not write \(thesis.tex\)"):
+        run_batch(load_batch(job_file(folder, THREE_JOBS)))
+    assert render_calls == [] and (folder / "out" / "work" / "first" / "thesis.tex").read_text() == "four years"
+
+
+def test_a_batch_work_dir_of_an_earlier_version_is_taken_back(folder: Path) -> None:
+    """Before the marker, a job whose photo was missing left a work dir holding only its log."""
+    result = run_batch(load_batch(job_file(folder, THREE_JOBS)))
+    assert [o.status for o in result.outcomes] == ["finished", "failed", "finished"]
+    for marker in (folder / "out" / "work").glob(f"*/{WORK_MARKER}"):
+        marker.unlink()
+    write_image(folder / "in" / "nope.png", 40, 40, 3)
+    again = run_batch(load_batch(folder / "jobs.toml"))
+    assert [o.status for o in again.outcomes] == ["finished"] * 3
+    assert (folder / "out" / "work" / "missing" / WORK_MARKER).is_file()
+
+
+class _Hung(BaseException):  # not an Exception: code that swallows those must not swallow this
+    pass
+
+
+@pytest.fixture
+def deadline():
+    """Fail a test that blocks (e.g. opening a FIFO nobody writes) instead of hanging the suite."""
+    def alarm(signum, frame):
+        raise _Hung("blocked for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_as_a_batch_photo_fails_its_job_at_once(folder: Path, deadline: None) -> None:
+    os.mkfifo(folder / "in" / "pipe.png")
+    body = THREE_JOBS.replace("in/nope.png", "in/pipe.png")
+    result = run_batch(load_batch(job_file(folder, body)))
+    assert [o.status for o in result.outcomes] == ["finished", "failed", "finished"]
+    assert result.outcomes[1].error == f"content image is not a file: {folder / 'in' / 'pipe.png'}"
+
+
+def test_a_fifo_as_the_job_file_is_refused_at_once(folder: Path, deadline: None) -> None:
+    os.mkfifo(folder / "jobs.toml")
+    result = runner.invoke(app, ["batch", str(folder / "jobs.toml"), "-q"])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == f"error: job file is not a file: {folder / 'jobs.toml'}"
+
+
+def test_a_second_batch_run_on_one_output_folder_is_refused_with_the_pid_and_the_first_finishes(
+        folder: Path) -> None:
+    body = "".join(f'\n[[job]]\nname = "j{i}"\ncontent = "in/a.png"\nstyles = "in/s.png"\n' for i in (1, 2))
+    path = job_file(folder, body)
+    refused: list[Exception] = []
+
+    def second_run_during_the_first(event) -> None:
+        if isinstance(event, JobStarted) and event.name == "j1":
+            with pytest.raises(OutputError) as caught:
+                run_batch(load_batch(path))
+            refused.append(caught.value)
+
+    first = run_batch(load_batch(path), second_run_during_the_first)
+
+    assert len(refused) == 1 and f"another batch run (pid {os.getpid()})" in str(refused[0])
+    assert [o.status for o in first.outcomes] == ["finished", "finished"]
+    assert [r["status"] for r in manifest(folder).values()] == ["finished", "finished"]
+    assert run_batch(load_batch(path)).outcomes[0].skipped  # the lock went with the first run
+
+
+def test_a_second_batch_command_is_one_line_naming_the_holder(folder: Path) -> None:
+    from hires_nst.worklock import BATCH_LOCK
+
+    path = job_file(folder, THREE_JOBS)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder / "out"), BATCH_LOCK],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = runner.invoke(app, ["batch", str(path), "-q"])
+        assert result.exit_code == 1
+        [line] = result.stderr.splitlines()
+        assert f"in use by another batch run (pid {holder.pid})" in line
+        assert not (folder / "out" / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLDER = """
+import fcntl, os, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+handle = open(os.path.join(sys.argv[1], sys.argv[2]), "a+")
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+handle.seek(0); handle.truncate(); handle.write(str(os.getpid())); handle.flush()
+print("locked", flush=True)
+time.sleep(120)
+"""

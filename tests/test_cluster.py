@@ -228,7 +228,8 @@ def test_jobs_ask_for_a_gpu_where_the_cluster_has_them_else_cpus() -> None:
         cluster.plan_resources(gpu_nodes, None, 32, 3)
 
 
-def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log(tmp_path: Path) -> None:
+def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log_and_what_is_not_ours(
+        tmp_path: Path) -> None:
     from hires_nst.batch import BatchJob
     from hires_nst.config import RenderConfig, OutputConfig
     from hires_nst.render import RenderJob
@@ -243,8 +244,8 @@ def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log(tmp_
 
     cluster.discard_work(job, messages.append)  # a retry must resume, so the task itself never discards
 
-    assert [p.name for p in work.iterdir()] == ["job.log"]
-    assert "discarded" in messages[0].text
+    assert sorted(p.name for p in work.iterdir()) == ["frames", "job.log"]  # frames/: hires-nst never wrote it
+    assert (work / "frames" / "1.png").is_file() and "discarded" in messages[0].text
 
 
 def test_a_lost_cluster_records_the_running_jobs_as_interrupted(folder: Path) -> None:
