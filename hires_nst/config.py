@@ -51,9 +51,12 @@ class LossConfig:
     # painting, equal weights and Gram matrices painted its objects over the photo's subject.
     style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: descending (each a quarter "
                                     "of the one before: 256:64:16:4:1 for the default five), equal (Gatys et al.), or "
-                                    "one number per style layer, e.g. 16:8:4:2:1 (normalised to sum 1).", "descending")
+                                    "one number per style layer, e.g. 16:8:4:2:1 (normalised to sum 1). Per pyramid "
+                                    "stage: values separated by /, coarse to fine, the last for every finer stage "
+                                    "(e.g. equal/descending).", "descending")
     style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
-                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default).", "w2")
+                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default). Per "
+                           "stage like --style-layer-weights (e.g. gram/w2).", "w2")
     style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
     preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
                                "only) or match (recolour the style to the photo's palette).", "off")
@@ -248,6 +251,19 @@ def _default_layers(merged: dict[str, dict[str, Any]]) -> None:
 
 
 DESCENDING_RATIO = 4.0  # --style-layer-weights descending: each layer weighs a quarter of the one before
+STAGE_SEPARATOR = "/"  # --style-layer-weights equal/descending: one value per pyramid stage, coarse to fine
+
+
+def at_stage(text: str, stage: int) -> str:
+    """A per-stage setting's value at ``stage`` (0-based): ``a/b/c`` gives a, b, then c for every
+    later stage; a value without ``/`` holds for all."""
+    parts = [p.strip() for p in text.split(STAGE_SEPARATOR)]
+    return parts[min(stage, len(parts) - 1)]
+
+
+def stage_parts(text: str) -> list[str]:
+    """Every value a per-stage setting names (for validation)."""
+    return [p.strip() for p in text.split(STAGE_SEPARATOR)]
 
 
 def parse_layer_weights(text: str, layers: Sequence[str]) -> tuple[float, ...] | None:
@@ -349,9 +365,11 @@ def validate(config: RenderConfig) -> None:
     _validate_model(config)
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
-    parse_layer_weights(loss.style_layer_weights, loss.style_layers)
-    if loss.style_loss not in STYLE_LOSSES:
-        raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)}", loss.style_loss)
+    for part in stage_parts(loss.style_layer_weights):
+        parse_layer_weights(part, loss.style_layers)
+    if any(part not in STYLE_LOSSES for part in stage_parts(loss.style_loss)):
+        raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)} (or one per stage, e.g. "
+                    "gram/w2)", loss.style_loss)
     if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
         raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none

@@ -196,7 +196,7 @@ def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[
 
     Targets once per stage on every rank, whole; a rank's band objective crops what it reads.
     """
-    placement, weights = run.placement, run.plan.weights
+    placement, weights = run.placement, run.plan.weights[plan.stage.index]
     targets: Targets = make_targets(placement.extractor, inputs.content, inputs.styles,
                                     run.config.loss.style_blend, weights, placement.precision, plan.grid,
                                     inputs.regions)

@@ -23,7 +23,7 @@ import torch
 
 from hires_nst import losses
 from hires_nst.catalog import VGG_BLOCKS, alias, get_backbone
-from hires_nst.config import RenderConfig, TileSize, parse_layer_weights
+from hires_nst.config import RenderConfig, TileSize, at_stage, parse_layer_weights
 from hires_nst.errors import DeviceError
 from hires_nst.objective import Weights
 from hires_nst.memmodel import whole_image_bytes_per_pixel
@@ -66,20 +66,22 @@ def raised_first_stage(config: RenderConfig, schedule: Sequence[Stage]) -> str:
             f"the network needs a short side of at least {min_side(config)} px")
 
 
-def loss_weights(config: RenderConfig) -> Weights:
-    """The loss weights; style layers weighted by ``--style-layer-weights`` (equal by default)."""
+def loss_weights(config: RenderConfig, stage: int = 0) -> Weights:
+    """The loss weights of pyramid stage ``stage`` (0-based): style layers weighted, and style
+    statistics compared, as ``--style-layer-weights`` and ``--style-loss`` say for that stage."""
     loss = config.loss
-    layer_weights = parse_layer_weights(loss.style_layer_weights, loss.style_layers)
+    layer_weights = parse_layer_weights(at_stage(loss.style_layer_weights, stage), loss.style_layers)
+    style_loss = at_stage(loss.style_loss, stage)
     if layer_weights is None:
         equal = Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
                                      loss.content_layers, loss.style_layers)
-        return dataclasses.replace(equal, style_loss=loss.style_loss)
+        return dataclasses.replace(equal, style_loss=style_loss)
     style: dict[str, float] = {}
     for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
         style[alias(name)] = style.get(alias(name), 0.0) + weight
     content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
     return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style),
-                   loss.style_loss)
+                   style_loss)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class RenderPlan:
 
     stages: tuple[StagePlan, ...]
     crop: Crop | None
-    weights: Weights
+    weights: tuple[Weights, ...]  # per stage (--style-layer-weights and --style-loss may differ by stage)
     rules: Rules
 
     @property
@@ -217,4 +219,5 @@ class RenderPlan:
 def make_plan(config: RenderConfig, schedule: Sequence[Stage], crop: Crop | None, placement: Placement) -> RenderPlan:
     """The render plan of ``schedule`` (from ``plan_schedule``) on ``placement``."""
     rules = tiling_rules(config, placement)
-    return RenderPlan(tuple(rules.plan(stage) for stage in schedule), crop, loss_weights(config), rules)
+    return RenderPlan(tuple(rules.plan(stage) for stage in schedule), crop,
+                      tuple(loss_weights(config, stage.index) for stage in schedule), rules)

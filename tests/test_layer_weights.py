@@ -130,3 +130,19 @@ def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(t
     assert settings(loss={"style_layer_weights": "4:3:2:1:1"})["loss"]["style_layer_weights"] == "4:3:2:1:1"
     assert settings(model={"backbone": "vgg16", "weights": "random"})["model"]["backbone"] == "vgg16"
     assert settings(output={"animate": str(tmp_path / "a.gif")}) == default  # an animation changes no pixel
+
+
+def test_per_stage_values_run_coarse_to_fine_and_the_last_holds_for_finer_stages() -> None:
+    config = _config(style_layer_weights="equal/16:8:4:2:1/descending", style_loss="gram/w2")
+    by_stage = [loss_weights(config, i) for i in range(5)]
+    assert by_stage[0].style_layers == {name: pytest.approx(0.2) for name in STYLE}
+    assert by_stage[1].style_layers["conv1_1"] == pytest.approx(16 / 31)
+    assert [w.style_layers["conv1_1"] for w in by_stage[2:]] == [pytest.approx(256 / 341)] * 3
+    assert [w.style_loss for w in by_stage] == ["gram", "w2", "w2", "w2", "w2"]
+
+
+@pytest.mark.parametrize("loss, message", [({"style_layer_weights": "equal/steep"}, "--style-layer-weights"),
+                                           ({"style_loss": "w2/gramm"}, "--style-loss")])
+def test_a_bad_value_for_any_stage_is_refused(loss: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(**loss)
