@@ -8,6 +8,7 @@ nested mapping ``{section: {key: value}}``; ``resolve`` merges the layers, rejec
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -297,7 +298,7 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         value = [value]
     try:
         return _convert(kind, value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ConfigError(f"{where} must be {_describe(kind)}, got {value!r}") from None
 
 
@@ -336,20 +337,49 @@ def _fail(section: str, key: str, message: str, value: Any) -> ConfigError:
     return ConfigError(f"{flag_of(section, key)} ({section}.{key}) {message}, got {value!r}")
 
 
+# Numbers: every float finite, every int a 64-bit one (torch and numpy take them), unless named here.
+INT64 = (-(2**63), 2**63 - 1)
+INT_RANGES = {("optim", "seed"): (-(2**63), 2**64 - 1)}  # torch.manual_seed's range
+MAX_LOSS_WEIGHT = 1e12  # the losses are relative (content 1, style 10 by default): far beyond any use
+MAX_STYLE_SCALE = 16.0  # a painting 16x the stage's long side holds 256x its pixels
+
+
+def _check_numbers(config: RenderConfig) -> None:
+    """Every number of every section, found by type (a field added later is covered too)."""
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            value = getattr(getattr(config, section), f.name)
+            for number in value if isinstance(value, tuple) else (value,):
+                if isinstance(number, bool) or hints[f.name] is bool:
+                    continue
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise _fail(section, f.name, "must be a finite number", value)
+                low, high = INT_RANGES.get((section, f.name), INT64)
+                if isinstance(number, int) and not low <= number <= high:
+                    raise _fail(section, f.name, f"must be between {low} and {high}", value)
+
+
+def _check_loss_numbers(loss: LossConfig) -> None:
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if not 0 <= getattr(loss, key) <= MAX_LOSS_WEIGHT:
+            raise _fail("loss", key, f"must be >= 0 and at most {MAX_LOSS_WEIGHT:g}", getattr(loss, key))
+    blend = loss.style_blend
+    if any(w < 0 for w in blend) or (blend and not 0 < sum(blend) < math.inf):
+        raise _fail("loss", "style_blend", "needs finite weights >= 0 with a positive sum", blend)
+
+
 def validate(config: RenderConfig) -> None:
     """Range checks that no type can express. Raises ConfigError naming the flag."""
     loss, optim, pyramid, model = config.loss, config.optim, config.pyramid, config.model
-    for key in ("content_weight", "style_weight", "tv_weight"):
-        if getattr(loss, key) < 0:
-            raise _fail("loss", key, "must be >= 0", getattr(loss, key))
+    _check_numbers(config)
+    _check_loss_numbers(loss)
     _validate_model(config)
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
     parse_layer_weights(loss.style_layer_weights, loss.style_layers)
     if loss.style_loss not in STYLE_LOSSES:
         raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)}", loss.style_loss)
-    if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
-        raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none
 
     if loss.preserve_color not in COLOR_MODES:
@@ -376,8 +406,8 @@ def validate(config: RenderConfig) -> None:
     check_pyramid(pyramid.min_size, pyramid.max_size, pyramid.scale_factor)  # again with a print size's max
     if any(n < 1 for n in pyramid.iterations):
         raise _fail("pyramid", "iterations", "must be >= 1", pyramid.iterations)
-    if pyramid.style_scale <= 0:
-        raise _fail("pyramid", "style_scale", "must be > 0", pyramid.style_scale)
+    if not 0 < pyramid.style_scale <= MAX_STYLE_SCALE:
+        raise _fail("pyramid", "style_scale", f"must be > 0 and at most {MAX_STYLE_SCALE:g}", pyramid.style_scale)
     if model.pooling not in POOLINGS:
         raise _fail("model", "pooling", f"must be one of {', '.join(POOLINGS)}", model.pooling)
     if model.preprocessing not in ("auto", "caffe", "torchvision"):

@@ -154,7 +154,7 @@ def test_presets_show_prints_the_resolved_values_marking_the_presets(tmp_path: P
 def test_presets_show_of_a_bad_file_is_one_line(tmp_path: Path) -> None:
     path = write_preset(tmp_path, "[loss]\nstyle_wieght = 1.0\n", "bad.toml")
     result = runner.invoke(app, ["presets", "show", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("error: preset ") and "style_wieght" in line
 
