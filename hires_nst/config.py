@@ -8,6 +8,7 @@ nested mapping ``{section: {key: value}}``; ``resolve`` merges the layers, rejec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -347,7 +348,7 @@ MAX_STYLE_SCALE = 16.0  # a painting 16x the stage's long side holds 256x its pi
 def _check_numbers(config: RenderConfig) -> None:
     """Every number of every section, found by type (a field added later is covered too)."""
     for section, cls in SECTIONS.items():
-        hints = get_type_hints(cls)
+        hints = _hints(cls)
         for f in fields(cls):
             value = getattr(getattr(config, section), f.name)
             for number in value if isinstance(value, tuple) else (value,):
@@ -358,6 +359,11 @@ def _check_numbers(config: RenderConfig) -> None:
                 low, high = INT_RANGES.get((section, f.name), INT64)
                 if isinstance(number, int) and not low <= number <= high:
                     raise _fail(section, f.name, f"must be between {low} and {high}", value)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
 
 
 def _check_loss_numbers(loss: LossConfig) -> None:
