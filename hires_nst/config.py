@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, get_type_hints
 from hires_nst.errors import ConfigError
 from hires_nst.catalog import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, STYLE_LOSSES,
                                get_backbone)
-from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
+from hires_nst.printsize import FITS, MAX_DPI, ORIENTATIONS, paper_pixels
 from hires_nst.schedule import check_pyramid
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs-torch")
@@ -428,8 +428,8 @@ def _validate_files(config: RenderConfig) -> None:
         raise _fail("output", "format", "must be png, tif or jpg", output.format)
     if output.bit_depth not in (8, 16):
         raise _fail("output", "bit_depth", "must be 8 or 16", output.bit_depth)
-    if not 1 <= printing.dpi <= 10_000:
-        raise _fail("print", "dpi", "must be between 1 and 10000", printing.dpi)
+    if not 1 <= printing.dpi <= MAX_DPI:
+        raise _fail("print", "dpi", f"must be between 1 and {MAX_DPI}", printing.dpi)
     if printing.fit not in FITS:
         raise _fail("print", "fit", f"must be one of {', '.join(FITS)}", printing.fit)
     if printing.orientation not in ORIENTATIONS:

@@ -69,6 +69,9 @@ def _version(path: Path) -> int:
 
 def render_state(work_dir: Path) -> dict[str, Any]:
     """What the page shows of one render, from its work dir."""
+    if not work_dir.is_dir():
+        return {"work_dir": str(work_dir), "state": "gone", "curve": [],
+                "error": f"the work dir {work_dir} no longer exists (deleted, or moved)"}
     status = _read_json(work_dir / "status.json") or {}
     schedule = (_read_json(work_dir / "settings.json") or {}).get("schedule") or []
     rows = _trace_rows(work_dir / "trace.csv")
@@ -165,7 +168,11 @@ def watched_path(path: Path) -> Path:
         raise InputError(f"{path} is neither a render's work dir (status.json) nor a batch folder ({MANIFEST})")
     record = _read_json(path.with_name(path.name + ".json")) if path.suffix != ".json" else _read_json(path)
     if isinstance(record, dict) and record.get("work_dir"):
-        return Path(record["work_dir"])
+        work_dir = Path(record["work_dir"])
+        if not work_dir.is_dir():
+            raise InputError(f"the work dir of {path}, {work_dir}, no longer exists (deleted, or moved): "
+                             "nothing to watch")
+        return work_dir
     raise InputError(f"nothing to watch at {path}: give a work dir, a batch output folder or a finished output")
 
 

@@ -100,6 +100,7 @@ def test_a_page_open_to_the_network_is_said_loudly_and_paths_are_checked(tmp_pat
         watched_path(tmp_path)
     output = tmp_path / "out.png"
     (tmp_path / "out.png.json").write_text(json.dumps({"work_dir": str(tmp_path / "w")}))
+    (tmp_path / "w").mkdir()
     assert watched_path(output) == tmp_path / "w"  # a finished output: its record names the work dir
 
 
@@ -235,3 +236,18 @@ def test_a_port_in_use_is_said_without_naming_another_command(tmp_path: Path) ->
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
     assert line.startswith("error: cannot listen on 127.0.0.1:") and "--web" not in line and "--port" in line
+
+
+def test_a_finished_output_whose_work_dir_was_deleted_says_it_is_gone(tmp_path: Path) -> None:
+    output = tmp_path / "out.png"
+    (tmp_path / "out.png.json").write_text(json.dumps({"work_dir": str(tmp_path / "deleted")}))
+    with pytest.raises(InputError, match=r"work dir .*deleted.* no longer exists"):
+        watched_path(output)
+    work = _work_dir(tmp_path / "work")
+    watched = Watched(work)
+    assert watched.state()["state"] == "running"
+    for child in work.iterdir():
+        child.unlink()
+    work.rmdir()  # removed while the page is open
+    state = watched.state()
+    assert state["state"] == "gone" and "no longer exists" in state["error"]
