@@ -240,7 +240,8 @@ def test_unknown_precision_is_a_config_error_naming_the_flag() -> None:
         resolve_precision("half", [CPU])
 
 
-def test_device_lists() -> None:
+def test_device_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: 4)
     assert resolve_devices("", "cpu") == (CPU,)
     assert resolve_devices("cpu,cpu") == (CPU, CPU)
     assert resolve_devices(" cpu , cpu ,cpu") == (CPU, CPU, CPU)
@@ -302,3 +303,15 @@ def test_sync_every_n_reports_every_n_steps_and_the_last_and_changes_no_pixel(ex
     assert [i for i, _ in runs[1][1]] == list(range(1, 8))
     assert torch.equal(runs[1][0], runs[3][0])
     assert dict(runs[3][1]) == {i: v for i, v in runs[1][1] if i in (3, 6, 7)}
+
+
+@pytest.mark.parametrize("cores,most", [(2, 2), (1, 2), (8, 8)])
+def test_more_cpu_ranks_than_cores_are_refused(monkeypatch: pytest.MonkeyPatch, cores: int, most: int) -> None:
+    from hires_nst.batch_parallel import run_parallel
+
+    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: cores)
+    assert resolve_devices(",".join(["cpu"] * most)) == (CPU,) * most  # two always: cpu,cpu tests the logic
+    for refused in (lambda: resolve_devices(",".join(["cpu"] * (most + 1))),
+                    lambda: run_parallel([], None, print, ["cpu"] * (most + 1))):  # type: ignore[arg-type]
+        with pytest.raises(DeviceError, match=f"{most + 1} CPU ranks .*{cores} core.*at most {most}"):
+            refused()
