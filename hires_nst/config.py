@@ -378,7 +378,6 @@ def _check_loss_numbers(loss: LossConfig) -> None:
 def validate(config: RenderConfig) -> None:
     """Range checks that no type can express. Raises ConfigError naming the flag."""
     loss, optim, pyramid, model = config.loss, config.optim, config.pyramid, config.model
-    _check_numbers(config)
     _check_loss_numbers(loss)
     _validate_model(config)
     if not loss.style_layers:
@@ -419,6 +418,7 @@ def validate(config: RenderConfig) -> None:
     if model.preprocessing not in ("auto", "caffe", "torchvision"):
         raise _fail("model", "preprocessing", "must be auto, caffe or torchvision", model.preprocessing)
     _validate_files(config)
+    _check_numbers(config)  # last: the checks above say a number's range where they know it
 
 
 def _validate_files(config: RenderConfig) -> None:
