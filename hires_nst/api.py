@@ -34,7 +34,8 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
             **settings: Any) -> Image.Image | np.ndarray:
     """Render ``content`` in the style of ``styles`` and return the result.
 
-    ``content``, ``styles``: file paths, PIL images or arrays ((H, W, 3) uint8, or float in [0, 1]).
+    ``content``, ``styles``: file paths, PIL images or arrays ((H, W, 3) uint8, or float in [0, 1]:
+    other floats, NaN and empty arrays are refused with an InputError).
     ``preset``: a built-in preset name or a .toml file; ``settings`` override it (``max_size=1024``).
     ``progress``: show progress bars (in a notebook too); ``callback``: receives every engine event
     (``hires_nst.events``: Planned, StageStarted, Step, Preview with the image in progress, ...).
@@ -46,12 +47,14 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     from hires_nst.render import render
     from hires_nst.renderjob import RenderJob
 
+    if callback is not None and not callable(callback):  # before any work: not at the first event
+        raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")
     style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
     layers = [*_preset_layers(preset), ("stylize()", _settings_layer(settings))]
     with _folder(work_dir) as folder:
         inputs = folder / "inputs"
         content_path = _as_file(content, inputs, "content")
-        style_paths = tuple(_as_file(s, inputs, f"style-{i + 1}") for i, s in enumerate(style_list))
+        style_paths = tuple(_as_file(s, inputs, f"style {i + 1}") for i, s in enumerate(style_list))
         config = resolve(*layers, ("stylize()", {"output": {"work_dir": str(folder / "work"), "bit_depth": 16}}))
         job = RenderJob(content_path, style_paths, folder / OUTPUT_NAME, config, resume=resume)
         with _progress(progress) as shown:
@@ -94,12 +97,18 @@ def _folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
-def _as_file(image: ImageLike, folder: Path, name: str) -> Path:
-    """A path for the engine: paths as given; images written losslessly (float arrays at 16 bits)."""
+def _as_file(image: ImageLike, folder: Path, what: str) -> Path:
+    """A path for the engine: paths as given; images written losslessly (float arrays at 16 bits).
+    ``what`` ("content", "style 1") names the image in errors."""
     if isinstance(image, (str, os.PathLike)):
         return Path(image).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    name = what.replace(" ", "-")
     if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise InputError(f"stylize(): the {what} image is empty ({image.width}x{image.height} pixels)")
+        if image.mode == "F":
+            _check_finite(np.asarray(image), what)
         if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
             path = folder / f"{name}.png"
             image.save(path, icc_profile=image.info.get("icc_profile"), exif=image.getexif())
@@ -108,24 +117,48 @@ def _as_file(image: ImageLike, folder: Path, name: str) -> Path:
             image.save(path, icc_profile=image.info.get("icc_profile"))
         return path
     if isinstance(image, np.ndarray):
-        return _array_file(image, folder / f"{name}.png")
-    raise InputError(f"stylize(): {name} must be a path, a PIL image or an array, got {type(image).__name__}")
+        return _array_file(image, folder / f"{name}.png", what)
+    raise InputError(f"stylize(): {what} must be a path, a PIL image or an array, got {type(image).__name__}")
 
 
-def _array_file(array: np.ndarray, path: Path) -> Path:
+# A float array may miss [0, 1] by half an 8-bit step (a caller's own rounding): that is clipped.
+UNIT_RANGE_SLACK = 1 / 512
+
+
+def _array_file(array: np.ndarray, path: Path, what: str) -> Path:
     from hires_nst import images
 
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise InputError(f"stylize(): an image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+        raise InputError(f"stylize(): an image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape} "
+                         f"for the {what}")
+    if 0 in array.shape[:2]:
+        raise InputError(f"stylize(): the {what} array is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     if array.dtype == np.uint8:
         Image.fromarray(array).save(path)
         return path
     if not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"stylize(): an image array must be uint8 or float in [0, 1], got {array.dtype}")
+        raise InputError(f"stylize(): an image array must be uint8 or float in [0, 1], got {array.dtype} "
+                         f"for the {what}")
+    _check_unit_range(array, what)
     rgb = array[..., :3] if array.shape[2] == 3 else array[..., :3] * array[..., 3:] + (1 - array[..., 3:])
     return images.save_image(path, np.clip(rgb, 0, 1).astype(np.float32), bit_depth=16)
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        raise InputError(f"stylize(): the {what} holds values that are not finite (NaN or infinity)")
+
+
+def _check_unit_range(array: np.ndarray, what: str) -> None:
+    """Floats are read as [0, 1]: anything else would be clipped to black or white, so it is refused."""
+    _check_finite(array, f"{what} array")
+    low, high = float(array.min()), float(array.max())
+    if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+        hint = "; values in 0..255 are an 8-bit image: divide it by 255, or pass it as uint8" if high > 1 else ""
+        raise InputError(f"stylize(): float image arrays must hold values in [0, 1]; the {what} array holds "
+                         f"{low:g} to {high:g}{hint}")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from hires_nst.batch import BatchJob
 from hires_nst.batch_job import Ledger, Outcome, run_job
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Sink
-from hires_nst.placement import resolve_device
+from hires_nst.placement import check_cpu_ranks, resolve_device
 
 POLL_SECONDS = 0.5
 JOIN_SECONDS = 60.0  # how long a stopping worker may take to finish its checkpoint write
@@ -30,6 +30,7 @@ def run_parallel(todo: Sequence[BatchJob], ledger: Ledger, sink: Sink,
     """Run ``todo`` on one worker per entry of ``devices``; returns outcomes and a stop message (or "")."""
     for device in devices:
         resolve_device(device)  # an unknown or absent device fails the batch before anything starts
+    check_cpu_ranks(devices, f"--devices {','.join(devices)}")
     if not todo:
         return {}, ""
     context = multiprocessing.get_context("spawn")

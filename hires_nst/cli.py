@@ -246,8 +246,8 @@ def compare(
     for run in summaries:
         peak = f"{run.peak_memory_mb:.0f}" if run.peak_memory_mb is not None else "-"
         losses = (f"{run.losses.get(k, float('nan')):.4g}" for k in ("total", "content", "style"))
-        table.add_row(run.run, run.backbone, run.optimizer, f"{run.lr:g}", f"{run.width}x{run.height}",
-                      str(run.iterations), *losses, f"{run.seconds:.1f}", peak)
+        table.add_row(escape(run.run), escape(run.backbone), escape(run.optimizer), f"{run.lr:g}",  # paths: [x]
+                      f"{run.width}x{run.height}", str(run.iterations), *losses, f"{run.seconds:.1f}", peak)
     Console(highlight=False, soft_wrap=True, width=200).print(table)
 
 

@@ -8,6 +8,8 @@ nested mapping ``{section: {key: value}}``; ``resolve`` merges the layers, rejec
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Mapping, Sequence, get_type_hints
 from hires_nst.errors import ConfigError
 from hires_nst.catalog import (BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, STYLE_LOSSES,
                                get_backbone)
-from hires_nst.printsize import FITS, ORIENTATIONS, paper_pixels
+from hires_nst.printsize import FITS, MAX_DPI, ORIENTATIONS, paper_pixels
 from hires_nst.schedule import check_pyramid
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs-torch")
@@ -317,7 +319,7 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         value = [value]
     try:
         return _convert(kind, value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ConfigError(f"{where} must be {_describe(kind)}, got {value!r}") from None
 
 
@@ -356,12 +358,47 @@ def _fail(section: str, key: str, message: str, value: Any) -> ConfigError:
     return ConfigError(f"{flag_of(section, key)} ({section}.{key}) {message}, got {value!r}")
 
 
+# Numbers: every float finite, every int a 64-bit one (torch and numpy take them), unless named here.
+INT64 = (-(2**63), 2**63 - 1)
+INT_RANGES = {("optim", "seed"): (-(2**63), 2**64 - 1)}  # torch.manual_seed's range
+MAX_LOSS_WEIGHT = 1e12  # the losses are relative (content 1, style 10 by default): far beyond any use
+MAX_STYLE_SCALE = 16.0  # a painting 16x the stage's long side holds 256x its pixels
+
+
+def _check_numbers(config: RenderConfig) -> None:
+    """Every number of every section, found by type (a field added later is covered too)."""
+    for section, cls in SECTIONS.items():
+        hints = _hints(cls)
+        for f in fields(cls):
+            value = getattr(getattr(config, section), f.name)
+            for number in value if isinstance(value, tuple) else (value,):
+                if isinstance(number, bool) or hints[f.name] is bool:
+                    continue
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise _fail(section, f.name, "must be a finite number", value)
+                low, high = INT_RANGES.get((section, f.name), INT64)
+                if isinstance(number, int) and not low <= number <= high:
+                    raise _fail(section, f.name, f"must be between {low} and {high}", value)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _check_loss_numbers(loss: LossConfig) -> None:
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if not 0 <= getattr(loss, key) <= MAX_LOSS_WEIGHT:
+            raise _fail("loss", key, f"must be >= 0 and at most {MAX_LOSS_WEIGHT:g}", getattr(loss, key))
+    blend = loss.style_blend
+    if any(w < 0 for w in blend) or (blend and not 0 < sum(blend) < math.inf):
+        raise _fail("loss", "style_blend", "needs finite weights >= 0 with a positive sum", blend)
+
+
 def validate(config: RenderConfig) -> None:
     """Range checks that no type can express. Raises ConfigError naming the flag."""
     loss, optim, pyramid, model = config.loss, config.optim, config.pyramid, config.model
-    for key in ("content_weight", "style_weight", "tv_weight"):
-        if getattr(loss, key) < 0:
-            raise _fail("loss", key, "must be >= 0", getattr(loss, key))
+    _check_loss_numbers(loss)
     _validate_model(config)
     if not loss.style_layers:
         raise _fail("loss", "style_layers", "needs at least one layer", loss.style_layers)
@@ -370,8 +407,6 @@ def validate(config: RenderConfig) -> None:
     if any(part not in STYLE_LOSSES for part in stage_parts(loss.style_loss)):
         raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)} (or one per stage, e.g. "
                     "gram/w2)", loss.style_loss)
-    if any(w < 0 for w in loss.style_blend) or (loss.style_blend and sum(loss.style_blend) <= 0):
-        raise _fail("loss", "style_blend", "needs weights >= 0 with a positive sum", loss.style_blend)
     from hires_nst.color import MODES as COLOR_MODES  # here: color loads numpy, --help needs none
 
     if loss.preserve_color not in COLOR_MODES:
@@ -402,13 +437,14 @@ def validate(config: RenderConfig) -> None:
     check_pyramid(pyramid.min_size, pyramid.max_size, pyramid.scale_factor)  # again with a print size's max
     if any(n < 1 for n in pyramid.iterations):
         raise _fail("pyramid", "iterations", "must be >= 1", pyramid.iterations)
-    if pyramid.style_scale <= 0:
-        raise _fail("pyramid", "style_scale", "must be > 0", pyramid.style_scale)
+    if not 0 < pyramid.style_scale <= MAX_STYLE_SCALE:
+        raise _fail("pyramid", "style_scale", f"must be > 0 and at most {MAX_STYLE_SCALE:g}", pyramid.style_scale)
     if model.pooling not in POOLINGS:
         raise _fail("model", "pooling", f"must be one of {', '.join(POOLINGS)}", model.pooling)
     if model.preprocessing not in ("auto", "caffe", "torchvision"):
         raise _fail("model", "preprocessing", "must be auto, caffe or torchvision", model.preprocessing)
     _validate_files(config)
+    _check_numbers(config)  # last: the checks above say a number's range where they know it
 
 
 def _validate_files(config: RenderConfig) -> None:
@@ -418,8 +454,8 @@ def _validate_files(config: RenderConfig) -> None:
         raise _fail("output", "format", "must be png, tif or jpg", output.format)
     if output.bit_depth not in (8, 16):
         raise _fail("output", "bit_depth", "must be 8 or 16", output.bit_depth)
-    if not 1 <= printing.dpi <= 10_000:
-        raise _fail("print", "dpi", "must be between 1 and 10000", printing.dpi)
+    if not 1 <= printing.dpi <= MAX_DPI:
+        raise _fail("print", "dpi", f"must be between 1 and {MAX_DPI}", printing.dpi)
     if printing.fit not in FITS:
         raise _fail("print", "fit", f"must be one of {', '.join(FITS)}", printing.fit)
     if printing.orientation not in ORIENTATIONS:

@@ -49,7 +49,7 @@ class DiskFullError(OutputError):
 
 # --------------------------------------------------------------------------- classifying failures
 
-EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 1, 70, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130  # EXIT_USAGE: a setting is wrong (as click's)
 # What torch's allocators say when memory runs out, besides torch.OutOfMemoryError: the CPU
 # allocator, and cuBLAS / cuDNN failing to allocate their workspaces (a RuntimeError each).
 OUT_OF_MEMORY_MARKS = ("out of memory", "can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED",
@@ -61,7 +61,7 @@ class Failure(NamedTuple):
 
     status: str  # "interrupted" or "failed" (a batch's job status)
     message: str  # one line; for a bug, "Type: first line" (the caller says where the traceback is)
-    exit_code: int  # EXIT_ERROR, EXIT_BUG or EXIT_INTERRUPTED
+    exit_code: int  # EXIT_ERROR, EXIT_USAGE, EXIT_BUG or EXIT_INTERRUPTED
     out_of_memory: bool = False
 
     @property
@@ -92,7 +92,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, KeyboardInterrupt):
         return Failure("interrupted", "interrupted", EXIT_INTERRUPTED)
     if isinstance(exc, HiresNSTError):
-        return Failure("failed", " ".join(str(exc).split("\n")), EXIT_ERROR)
+        code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_ERROR
+        return Failure("failed", " ".join(str(exc).split("\n")), code)
     if is_out_of_memory(exc):
         detail = first_line(exc)
         where = "memory" if isinstance(exc, MemoryError) or "can't allocate" in detail else "device memory"

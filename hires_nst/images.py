@@ -98,6 +98,7 @@ def _decode(handle: BinaryIO, path: Path, what: str, max_pixels: int) -> Image.I
             raise InputError(f"{what} is too large to load safely: {path} is {width}x{height} "
                              f"({_count(width * height)}), above the limit of {_count(max_pixels)}; "
                              "if you trust the file, raise --max-input-pixels")
+        _check_memory_to_decode(img, path, what)
         img.load()
         return img
     except UnidentifiedImageError:
@@ -106,6 +107,39 @@ def _decode(handle: BinaryIO, path: Path, what: str, max_pixels: int) -> Image.I
         raise
     except Exception as exc:  # a damaged file makes Pillow's decoders raise OSError, EOFError, struct.error...
         raise InputError(f"{what} is truncated or corrupt: {path} ({_one_line(exc)})") from None
+
+
+# Bytes per pixel of Pillow's decoded image, by mode (8-bit colour is stored as 4 bytes a pixel).
+DECODED_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "PA": 4, "I;16": 2, "I;16B": 2, "I;16L": 2}
+# Besides the decoded image, loading holds a converted 8-bit copy and two float32 RGB(A) arrays.
+WORKING_BYTES_PER_PIXEL = 4 + 2 * 16
+
+
+def host_available_bytes() -> int:
+    """Memory the host can give without swapping (Linux's MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_memory_to_decode(img: Image.Image, path: Path, what: str) -> None:
+    """Refuse, before decoding, an image whose pixels would not fit in the free memory: a file of a
+    few hundred kB can hold a canvas that takes gigabytes once decoded."""
+    width, height = img.size
+    needed = width * height * (DECODED_BYTES.get(img.mode, 4) + WORKING_BYTES_PER_PIXEL)
+    available = host_available_bytes()
+    if needed > available:
+        img.close()
+        raise InputError(f"{what} {path.name} is {width}x{height} ({_count(width * height)}): loading it takes "
+                         f"about {_bytes(needed)} of memory and {_bytes(available)} is available; free some memory "
+                         f"or give a smaller copy of {path}")
+
+
+def _bytes(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB" if size < 10 * 2**30 else f"{size / 2**30:,.1f} GB"
 
 
 def _count(pixels: int) -> str:

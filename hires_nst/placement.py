@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from hires_nst import memmodel
 from hires_nst.catalog import PRECISIONS
 from hires_nst.errors import ConfigError, DeviceError
+from hires_nst.images import host_available_bytes
 from hires_nst.ranks import World, single
 
 
@@ -67,7 +68,29 @@ def resolve_devices(devices: str = "", device: str = "auto") -> tuple[torch.devi
     cuda = [d for d in resolved if d.type == "cuda"]
     if len(set(cuda)) < len(cuda):
         raise DeviceError(f"--devices {spec}: a CUDA device is listed twice")
+    check_cpu_ranks(resolved, f"--devices {spec}")
     return tuple(resolved)
+
+
+MIN_CPU_RANKS = 2  # cpu,cpu runs the multi-device logic on any machine (the tests do)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_cpu_ranks(devices: Sequence[torch.device | str], what: str) -> None:
+    """One process per CPU entry, each with its own network: more of them than cores only share the
+    same cores (slower) and multiply the memory, so that is refused."""
+    cpus = sum(1 for d in devices if torch.device(d).type == "cpu")
+    most = max(MIN_CPU_RANKS, usable_cores())
+    if cpus > most:
+        raise DeviceError(f"{what}: {cpus} CPU ranks on a machine with {usable_cores()} core(s); each is a process "
+                          f"with its own copy of the network: list at most {most} (one cpu is the fastest)")
 
 
 # --------------------------------------------------------------------------- precision
@@ -287,12 +310,7 @@ def available_bytes(device: torch.device) -> int:
     """Free memory where the network runs: CUDA's free memory, or the host's MemAvailable."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return host_available_bytes()
 
 
 def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16, *,

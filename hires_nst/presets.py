@@ -8,6 +8,7 @@ between the defaults and the command line: dataclass defaults < preset < flags.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,14 +55,24 @@ def find_preset(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if "/" in text or "\\" in text or text.endswith(SUFFIX):
         path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"preset file not found: {path}")
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise ConfigError(f"preset file not found: {path}") from None
+        if not stat.S_ISREG(mode):  # never opened: a named pipe would wait for a writer forever
+            raise ConfigError(f"preset {path} is {_kind(mode)}, not a settings file")
         return path
     path = builtin_dir() / f"{text}{SUFFIX}"
     if not path.is_file():
         raise ConfigError(f"unknown preset {text!r}; built-in presets: {', '.join(builtin_names())} "
                           "(or give a path to a .toml file)")
     return path
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def load_preset(name_or_path: str | Path) -> Preset:

@@ -27,6 +27,7 @@ PAPER_SIZES_MM: dict[str, tuple[float, float]] = {
 }
 UNITS_MM = {"mm": 1.0, "cm": 10.0, "in": MM_PER_INCH}
 FITS = ("fit", "crop")
+MAX_DPI = 10_000  # config's range of --dpi
 ORIENTATIONS = ("auto", "portrait", "landscape")
 _CUSTOM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[x×]\s*(\d+(?:\.\d+)?)\s*(mm|cm|in)\s*$", re.IGNORECASE)
 

@@ -108,6 +108,7 @@ class ProgressSaves:
     def __init__(self, checkpointing: Checkpointing, stage: Stage, done: int = 0, sink: Sink = null_sink) -> None:
         self.checkpointing, self.stage, self.sink = checkpointing, stage, sink
         self.at, self.time = done, time.monotonic()
+        self.failing = False  # said once when saves start failing, once when they work again
 
     def due(self, iteration: int) -> bool:
         every, minutes = self.checkpointing.save_every, self.checkpointing.save_minutes
@@ -125,8 +126,14 @@ class ProgressSaves:
             workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
             workdir.save_current(shown(image, optimizer_state).clamp(0, 1))  # what would be written
         except OutputError as exc:
-            self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
-                              f"({exc}); the render goes on and tries again later"))
+            if not self.failing:
+                self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
+                                  f"({exc}); the render goes on and tries again at each save"))
+            self.failing = True
+            return
+        if self.failing:
+            self.sink(Message(f"stage {self.stage.index + 1}'s progress saved again at iteration {iteration}"))
+        self.failing = False
 
 
 def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot:

@@ -201,11 +201,15 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
         return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
     sweep_temp_files(written_files(output, config))
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
-    animation = _animation(config, schedule[-1], inputs)
-    sink = tee(sink, trace, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
-    _announce(plan, placement, workdir, output, config, sink)
-    if job.resume and not done and not went:
-        sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
+    try:  # until _run owns it: a sink that fails at the first event must not leave the trace open
+        animation = _animation(config, schedule[-1], inputs)
+        sink = tee(sink, trace, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
+        _announce(plan, placement, workdir, output, config, sink)
+        if job.resume and not done and not went:
+            sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
+    except BaseException:
+        trace.close()
+        raise
     run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None), spreader)
     image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
     result = _final_image(image, inputs, config)

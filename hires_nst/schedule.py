@@ -42,8 +42,8 @@ def check_pyramid(min_size: int, max_size: int, factor: float) -> None:
     size actually rendered, which --print-size may set). ``min_size`` 0 means the default."""
     if min_size > max_size:
         raise ConfigError(f"--min-size {min_size} is larger than --max-size {max_size}")
-    if factor <= 1:
-        raise ConfigError(f"--scale-factor must be > 1, got {factor}")
+    if not 1 < factor < math.inf:  # also refuses nan
+        raise ConfigError(f"--scale-factor must be a finite number > 1, got {factor}")
 
 
 def stage_long_sides(min_size: int, max_size: int, factor: float) -> list[int]:

@@ -24,13 +24,13 @@ import torch
 from hires_nst import losses
 from hires_nst.catalog import VGG_BLOCKS, alias, get_backbone
 from hires_nst.config import RenderConfig, TileSize, at_stage, parse_layer_weights
-from hires_nst.errors import DeviceError
+from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.objective import Weights
 from hires_nst.memmodel import whole_image_bytes_per_pixel
 from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size, available_bytes,
                                   estimate_stage_bytes)
-from hires_nst.printsize import print_plan
-from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule
+from hires_nst.printsize import MAX_DPI, PrintPlan, print_plan
+from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule, shortest_long_side
 from hires_nst.bands import Band, BandPlan
 from hires_nst.tileplan import Tile, TileGrid
 
@@ -43,12 +43,34 @@ def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[S
     pyramid, printing = config.pyramid, config.print
     crop, max_size = None, pyramid.max_size
     if printing.print_size:
-        plan = print_plan(printing.print_size, printing.dpi, printing.fit, printing.orientation, width, height)
+        plan = _print_plan_for_the_network(config, width, height)
         width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
     schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
                              factor=pyramid.scale_factor, iterations=pyramid.iterations,
                              fit_iterations=pyramid.fit_iterations, min_short=min_side(config))
     return schedule, crop
+
+
+def _print_plan_for_the_network(config: RenderConfig, width: int, height: int) -> PrintPlan:
+    """The print plan, refused when its output is too thin for the network; the advice names the
+    knob that sizes it: --dpi (or the paper), never --max-size, which --print-size overrides."""
+    printing = config.print
+
+    def plan_at(dpi: int) -> PrintPlan:
+        return print_plan(printing.print_size, dpi, printing.fit, printing.orientation, width, height)
+
+    def thick_enough(plan: PrintPlan) -> bool:
+        return shortest_long_side(plan.width, plan.height, min_side(config)) <= max(plan.width, plan.height)
+
+    plan = plan_at(printing.dpi)
+    if thick_enough(plan):
+        return plan
+    dpi = printing.dpi + 1
+    while dpi < MAX_DPI and not thick_enough(plan_at(dpi)):
+        dpi += 1
+    raise ConfigError(f"--print-size {printing.print_size} at --dpi {printing.dpi} makes a {plan.width}x{plan.height} "
+                      f"px output, too thin for the network: its short side must be at least {min_side(config)} px; "
+                      f"use --dpi {dpi} or more, or a larger --print-size")
 
 
 def min_side(config: RenderConfig) -> int:

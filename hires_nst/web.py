@@ -8,7 +8,10 @@ from the process that renders (``watch`` works on a render started elsewhere, or
     batch folder  manifest.json (every job with its status and work dir)
 
 The server is the standard library's threading HTTP server, bound to 127.0.0.1 unless told
-otherwise; the page (``live.html``) is one static file that polls ``state.json`` once a second.
+otherwise (IPv6 too: ``--host ::1``); the page (``live.html``) is one static file that polls
+``state.json`` once a second. It answers only requests whose Host header names this machine (a web
+page the person visits could otherwise read it through DNS rebinding); opened to the network
+(``--host`` not loopback), it lives under a random key in its URL, which only the printed link holds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +32,7 @@ from hires_nst.errors import InputError, OutputError
 from hires_nst.events import Event, Planned, Sink, null_sink
 from hires_nst.logprogress import WorkLeft
 from hires_nst.preview import PREVIEW_NAME
+from hires_nst.webaccess import Access, check_address, is_loopback
 
 DEFAULT_PORT = 8765
 LOCAL_HOST = "127.0.0.1"
@@ -61,6 +67,9 @@ def _version(path: Path) -> int:
 
 def render_state(work_dir: Path) -> dict[str, Any]:
     """What the page shows of one render, from its work dir."""
+    if not work_dir.is_dir():
+        return {"work_dir": str(work_dir), "state": "gone", "curve": [],
+                "error": f"the work dir {work_dir} no longer exists (deleted, or moved)"}
     status = _read_json(work_dir / "status.json") or {}
     schedule = (_read_json(work_dir / "settings.json") or {}).get("schedule") or []
     rows = _trace_rows(work_dir / "trace.csv")
@@ -157,41 +166,66 @@ def watched_path(path: Path) -> Path:
         raise InputError(f"{path} is neither a render's work dir (status.json) nor a batch folder ({MANIFEST})")
     record = _read_json(path.with_name(path.name + ".json")) if path.suffix != ".json" else _read_json(path)
     if isinstance(record, dict) and record.get("work_dir"):
-        return Path(record["work_dir"])
+        work_dir = Path(record["work_dir"])
+        if not work_dir.is_dir():
+            raise InputError(f"the work dir of {path}, {work_dir}, no longer exists (deleted, or moved): "
+                             "nothing to watch")
+        return work_dir
     raise InputError(f"nothing to watch at {path}: give a work dir, a batch output folder or a finished output")
+
+
+_THUMB = re.compile(r"/thumb/([0-9]{1,6})\.jpg")  # ASCII digits only: str.isdigit() takes "²" too
 
 
 def _handler(watched: Watched) -> type[BaseHTTPRequestHandler]:
     page = resources.files("hires_nst").joinpath("live.html").read_bytes()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
-            route = self.path.split("?", 1)[0]
-            if route == "/":
-                self._send(page, "text/html; charset=utf-8")
-            elif route == "/state.json":
-                self._send(json.dumps(watched.state()).encode(), "application/json")
-            elif route == "/preview.jpg" or route.startswith("/thumb/"):
-                index = route[len("/thumb/"):].removesuffix(".jpg") if route.startswith("/thumb/") else None
-                image = watched.image(int(index) if index and index.isdigit() else None)
-                try:
-                    data = image.read_bytes() if image else None
-                except OSError:
-                    data = None
-                if data is None:
-                    self.send_error(HTTPStatus.NOT_FOUND, "no image yet")
-                else:
-                    self._send(data, "image/jpeg")
-            else:
-                self.send_error(HTTPStatus.NOT_FOUND)
+        server_version = "hires-nst"
 
-        def _send(self, data: bytes, kind: str) -> None:
+        def version_string(self) -> str:  # no Python version in the Server header
+            return self.server_version
+
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(body=False)
+
+        def _answer(self, body: bool) -> None:
+            access: Access = self.server.access  # type: ignore[attr-defined]
+            if not access.allows(self.headers.get("Host")):
+                self.send_error(HTTPStatus.MISDIRECTED_REQUEST, "this page answers to its own address only")
+                return
+            route = access.route(self.path)
+            content = self._content(route) if route is not None else None
+            if content is None:
+                self.send_error(HTTPStatus.NOT_FOUND)
+            else:
+                self._send(*content, body=body)
+
+        def _content(self, route: str) -> tuple[bytes, str] | None:
+            if route == "/":
+                return page, "text/html; charset=utf-8"
+            if route == "/state.json":
+                return json.dumps(watched.state()).encode(), "application/json"
+            thumb = _THUMB.fullmatch(route)
+            if route != "/preview.jpg" and not thumb:
+                return None
+            image = watched.image(int(thumb.group(1)) if thumb else None)
+            try:
+                return (image.read_bytes(), "image/jpeg") if image else None
+            except OSError:
+                return None  # no image yet
+
+        def _send(self, data: bytes, kind: str, body: bool) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(data)
+            if body:
+                self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:  # requests are not worth a line each
             pass
@@ -199,23 +233,44 @@ def _handler(watched: Watched) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    access: Access
+
+
+class _Server6(_Server):
+    """IPv6 (``--host ::1``); ``::`` takes IPv4 too where the system allows."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class LiveServer:
     """The page's HTTP server on a daemon thread; ``port`` 0 takes any free one (see ``url``)."""
 
     def __init__(self, watched: Watched, host: str = LOCAL_HOST, port: int = DEFAULT_PORT) -> None:
+        check_address(host, port)
+        host = host.strip().strip("[]")
         try:
-            self.server = ThreadingHTTPServer((host, port), _handler(watched))
+            self.server = (_Server6 if ":" in host else _Server)((host, port), _handler(watched))
         except OSError as exc:
-            raise OutputError(f"--web: cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                              "try another port, or 0 for any free one") from None
-        self.server.daemon_threads = True
-        self.watched = watched
+            raise OutputError(f"cannot listen on {_netloc(host, port)} ({exc.strerror or exc}); "
+                              "try another --port, or 0 for any free one") from None
+        self.server.access = Access(host, self.server.server_address[1])
+        self.host, self.watched = host, watched
         self.thread = threading.Thread(target=self.server.serve_forever, name="hires-nst-web", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{_netloc(self.host, self.server.server_address[1])}{self.server.access.prefix}/"
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()
@@ -228,10 +283,10 @@ class LiveServer:
 
 def exposure_warning(host: str) -> str | None:
     """The loud line for a page opened past this machine (None when it is local only)."""
-    if host in (LOCAL_HOST, "localhost", "::1"):
+    if is_loopback(host):
         return None
-    return (f"WARNING: the live page listens on {host}, not only on this machine: anyone who can reach it sees "
-            "the image in progress and the paths of your files (there is no password)")
+    return (f"WARNING: the live page listens on {host}, not only on this machine: anyone who can reach it and "
+            "has its link (the random key in it) sees the image in progress and the paths of your files")
 
 
 @contextlib.contextmanager

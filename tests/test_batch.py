@@ -560,3 +560,42 @@ handle.seek(0); handle.truncate(); handle.write(str(os.getpid())); handle.flush(
 print("locked", flush=True)
 time.sleep(120)
 """
+
+
+@pytest.mark.parametrize("value", ["5", "true", "[\"out\"]", "{ a = 1 }"])
+def test_an_output_dir_that_is_no_string_is_a_usage_error_naming_it(folder: Path, value: str) -> None:
+    path = folder / "jobs.toml"
+    path.write_text(f'output_dir = {value}\n[[job]]\ncontent = "in/a.png"\nstyles = "in/s.png"\n')
+    with pytest.raises(ConfigError, match=f"{path}: output_dir must be a folder name"):
+        load_batch(path)
+    result = CliRunner().invoke(app, ["batch", str(path), "-q"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "output_dir" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+class _CountingList(list):
+    """A list that counts the items every pass over it visits."""
+
+    visits = 0
+
+    def __iter__(self):
+        for item in super().__iter__():
+            _CountingList.visits += 1
+            yield item
+
+
+def test_reading_a_job_file_checks_names_in_linear_time(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hires_nst.batch
+
+    real_init = hires_nst.batch._Reader.__init__
+
+    def counting_init(self, *args) -> None:
+        real_init(self, *args)
+        self.jobs, self.grids = _CountingList(), _CountingList()
+
+    monkeypatch.setattr(hires_nst.batch._Reader, "__init__", counting_init)
+    monkeypatch.setattr(_CountingList, "visits", 0)
+    jobs = 120
+    body = "".join(f'\n[[job]]\nname = "j{i}"\ncontent = "in/a.png"\nstyles = "in/s.png"\n' for i in range(jobs))
+    assert len(load_batch(job_file(folder, body)).jobs) == jobs
+    assert _CountingList.visits <= 3 * jobs  # each job looked at a few times, not once per other job

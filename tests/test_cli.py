@@ -138,7 +138,7 @@ def test_quiet_prints_nothing_and_default_prints_one_summary_line(fake_render: l
     assert loud.stderr.count("\n") == 1 and "wrote" in loud.stderr and "out[1].png" in loud.stderr
 
 
-# --- mistakes: one line on stderr, exit 1, nothing written -----------------------------------------
+# --- mistakes: one line on stderr, exit 1 (2 for a setting), nothing written -----------------------------------------
 
 
 def _truncated_png(path: Path) -> None:
@@ -174,9 +174,15 @@ MISTAKES = {
 }
 
 
+# Settings out of range are usage errors (ConfigError): exit 2, as click's own for a wrong type.
+USAGE_MISTAKES = {"negative max size", "zero max size", "zero iterations", "negative style weight",
+                  "negative content weight", "min size above max size", "scale factor one", "unknown optimizer",
+                  "unknown pooling", "style blend count", "unknown layer (long message)"}
+
+
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress"])
 @pytest.mark.parametrize("mistake", MISTAKES)
-def test_mistake_gives_one_line_exit_1_and_writes_nothing(tmp_path: Path, inputs: tuple[Path, Path],
+def test_mistake_gives_one_line_exit_1_or_2_and_writes_nothing(tmp_path: Path, inputs: tuple[Path, Path],
                                                           mistake: str, quiet: bool) -> None:
     folder = inputs[0].parent
     (folder / "text.png").write_text("not an image\n")
@@ -188,7 +194,7 @@ def test_mistake_gives_one_line_exit_1_and_writes_nothing(tmp_path: Path, inputs
 
     result = runner.invoke(app, ["render", *args] + (["--quiet"] if quiet else []))
 
-    assert result.exit_code == 1, (result.exception, result.output)
+    assert result.exit_code == (2 if mistake in USAGE_MISTAKES else 1), (result.exception, result.output)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

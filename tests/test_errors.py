@@ -15,8 +15,8 @@ from hires_nst.batch_job import run_job
 from hires_nst.cli import app
 from hires_nst.config import resolve
 
-from hires_nst.errors import (EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, DeviceError, Failure, Interrupted,
-                              classify)
+from hires_nst.errors import (EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DeviceError, Failure,
+                              Interrupted, classify)
 from hires_nst.renderjob import RenderJob
 from tests.synthetic import write_image
 
@@ -43,7 +43,7 @@ def test_host_memory_failures_say_memory_without_device() -> None:
 
 def test_engine_errors_keep_their_message_on_one_line() -> None:
     failure = classify(ConfigError("--tile-size must be\nauto"))
-    assert failure == Failure("failed", "--tile-size must be auto", EXIT_ERROR)
+    assert failure == Failure("failed", "--tile-size must be auto", EXIT_USAGE)  # a setting: a usage error
     # A DeviceError that mentions memory is the engine's own verdict (the retry gave up), not a retry case.
     assert not classify(DeviceError("out of memory at stage 1 even with 64 px tiles")).out_of_memory
 

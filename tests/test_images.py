@@ -446,3 +446,20 @@ def test_check_output_path_rejects_a_folder_that_is_a_file(tmp_path: Path, below
         images.check_output_path(blocker / below)
 
     assert str(blocker) in str(caught.value) and "not a folder" in str(caught.value)
+
+
+def test_an_image_too_large_for_the_free_memory_is_refused_before_it_is_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1000, 800)).save(path)  # a few kB on disk, 0.8 MP to decode
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or real_load(self))
+    monkeypatch.setattr(images, "host_available_bytes", lambda: 10 * 2**20)
+
+    with pytest.raises(InputError, match=r"content image big\.png is 1000x800 \(0\.8 MP\).*about \d+ MB of memory"
+                                         r".*10 MB .*available"):
+        images.load_image(path, "content image")
+    assert decoded == []
+    monkeypatch.setattr(images, "host_available_bytes", lambda: 2**30)
+    assert images.load_image(path).shape == (800, 1000, 3)

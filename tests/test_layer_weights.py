@@ -107,7 +107,7 @@ def test_layers_command_lists_names_channels_and_downsampling() -> None:
     assert "layer3_6" in row and "1024" in row and "1/16" in row
     assert "never tiled" in resnet.stdout
     bad = runner.invoke(app, ["layers", "--backbone", "alexnet"])
-    assert bad.exit_code == 1 and "unknown backbone 'alexnet'" in bad.stderr
+    assert bad.exit_code == 2 and "unknown backbone 'alexnet'" in bad.stderr
 
 
 @pytest.mark.default_loss

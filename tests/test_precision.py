@@ -240,7 +240,8 @@ def test_unknown_precision_is_a_config_error_naming_the_flag() -> None:
         resolve_precision("half", [CPU])
 
 
-def test_device_lists() -> None:
+def test_device_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: 4)
     assert resolve_devices("", "cpu") == (CPU,)
     assert resolve_devices("cpu,cpu") == (CPU, CPU)
     assert resolve_devices(" cpu , cpu ,cpu") == (CPU, CPU, CPU)
@@ -266,7 +267,7 @@ runner = CliRunner()
     (["--devices", "cpu,tpu"], "--devices: unknown device 'tpu'"),
     (["--sync-every", "-1"], "--sync-every (device.sync_every) must be >= 0"),
 ] + ([] if torch.cuda.is_available() else [(["--devices", "cuda:0,cuda:1"], "CUDA is not available")]))
-def test_bad_device_flags_are_one_line_and_exit_1(tmp_path: Path, flags: list[str], expected: str) -> None:
+def test_bad_device_flags_are_one_line_and_exit_1_or_2(tmp_path: Path, flags: list[str], expected: str) -> None:
     from PIL import Image
 
     for name in ("c.png", "s.png"):
@@ -274,7 +275,7 @@ def test_bad_device_flags_are_one_line_and_exit_1(tmp_path: Path, flags: list[st
     result = runner.invoke(app, ["render", str(tmp_path / "c.png"), str(tmp_path / "s.png"), "-o",
                                  str(tmp_path / "out.png"), "--work-dir", str(tmp_path / "work"), *flags])
 
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == (2 if "(device." in expected else 1), result.output  # a setting's range: usage
     [line] = result.stderr.splitlines()
     assert line.startswith("error: ") and expected in line
     assert not (tmp_path / "out.png").exists()
@@ -302,3 +303,15 @@ def test_sync_every_n_reports_every_n_steps_and_the_last_and_changes_no_pixel(ex
     assert [i for i, _ in runs[1][1]] == list(range(1, 8))
     assert torch.equal(runs[1][0], runs[3][0])
     assert dict(runs[3][1]) == {i: v for i, v in runs[1][1] if i in (3, 6, 7)}
+
+
+@pytest.mark.parametrize("cores,most", [(2, 2), (1, 2), (8, 8)])
+def test_more_cpu_ranks_than_cores_are_refused(monkeypatch: pytest.MonkeyPatch, cores: int, most: int) -> None:
+    from hires_nst.batch_parallel import run_parallel
+
+    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: cores)
+    assert resolve_devices(",".join(["cpu"] * most)) == (CPU,) * most  # two always: cpu,cpu tests the logic
+    for refused in (lambda: resolve_devices(",".join(["cpu"] * (most + 1))),
+                    lambda: run_parallel([], None, print, ["cpu"] * (most + 1))):  # type: ignore[arg-type]
+        with pytest.raises(DeviceError, match=f"{most + 1} CPU ranks .*{cores} core.*at most {most}"):
+            refused()

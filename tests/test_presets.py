@@ -154,7 +154,7 @@ def test_presets_show_prints_the_resolved_values_marking_the_presets(tmp_path: P
 def test_presets_show_of_a_bad_file_is_one_line(tmp_path: Path) -> None:
     path = write_preset(tmp_path, "[loss]\nstyle_wieght = 1.0\n", "bad.toml")
     result = runner.invoke(app, ["presets", "show", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("error: preset ") and "style_wieght" in line
 
@@ -170,3 +170,15 @@ def test_the_readme_preset_example_is_valid(tmp_path: Path) -> None:
     block = text[text.index("### Presets"):].split("```toml\n", 1)[1].split("```", 1)[0]
     config = load_preset(write_preset(tmp_path, block, "soft.toml")).config()
     assert (config.pyramid.max_size, config.loss.tv_weight, config.output.bit_depth) == (3000, 0.001, 16)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_preset_that_is_no_regular_file_says_what_it_is(tmp_path: Path, kind: str) -> None:
+    import os
+
+    path = tmp_path / "p.toml"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(ConfigError) as error:
+        load_preset(str(path))  # a FIFO is never opened: that would wait for a writer forever
+    assert "not found" not in str(error.value) and str(path) in str(error.value)
+    assert ("named pipe" if kind == "fifo" else "folder") in str(error.value)

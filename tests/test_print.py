@@ -247,3 +247,16 @@ def test_an_output_without_extension_takes_the_format() -> None:
     assert output_path(Path("out/a3"), "tif") == Path("out/a3.tif")
     assert output_path(Path("out/a3"), "") == Path("out/a3.png")
     assert output_path(Path("out/a3.jpg"), "tif") == Path("out/a3.jpg")  # the extension given wins
+
+
+def test_a_print_too_small_for_the_network_advises_the_dpi_not_max_size() -> None:
+    config = resolve(("test", {"print": {"print_size": "1x1in", "dpi": 16}}))
+    with pytest.raises(ConfigError) as error:
+        plan_schedule(config, 48, 40)
+    message = str(error.value)
+    assert "--max-size" not in message and "--print-size 1x1in at --dpi 16" in message
+    needed = int(message.split("use --dpi ")[1].split()[0])
+    schedule, _ = plan_schedule(resolve(("test", {"print": {"print_size": "1x1in", "dpi": needed}})), 48, 40)
+    assert min(schedule[-1].width, schedule[-1].height) >= 16  # the advice works, and is the least that does
+    with pytest.raises(ConfigError):
+        plan_schedule(resolve(("test", {"print": {"print_size": "1x1in", "dpi": needed - 1}})), 48, 40)

@@ -217,3 +217,30 @@ def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
     content = images.resize(images.load_image(CONTENT), out.shape[1], out.shape[0])
     chroma_error = np.abs(color.rgb_to_yiq(out)[..., 1:] - color.rgb_to_yiq(content)[..., 1:])
     assert chroma_error.mean() < 0.01  # 8-bit rounding and gamut clipping only
+
+
+def test_a_full_disk_at_every_progress_save_is_said_once_per_change(tmp_path: Path) -> None:
+    from hires_nst.errors import DiskFullError
+    from hires_nst.events import Message
+    from hires_nst.pyramid import Checkpointing, ProgressSaves
+    from hires_nst.schedule import Stage
+
+    class Disk:  # the work dir's progress saves: full at iterations 2-5 and 8-9
+        def save_progress(self, stage, schedule, iteration, image, state) -> None:
+            if iteration in (2, 3, 4, 5, 8, 9):
+                raise DiskFullError("cannot write stage-0.partial.pt: No space left on device")
+
+        def save_current(self, image) -> None:
+            pass
+
+    said: list[str] = []
+    stage = Stage(0, 8, 8, 20)
+    saves = ProgressSaves(Checkpointing(Disk(), save_every=1, schedule=(stage,)), stage,  # type: ignore[arg-type]
+                          sink=lambda e: said.append(e.text) if isinstance(e, Message) else None)
+    for iteration in range(1, 10):  # a render that ends while the disk is still full
+        saves(iteration, torch.zeros(1, 3, 8, 8), {})
+
+    assert len(said) == 3, said
+    assert "at iteration 2" in said[0] and "No space left" in said[0]
+    assert "saved again at iteration 6" in said[1]
+    assert "at iteration 8" in said[2]

@@ -138,3 +138,16 @@ def _empty(tmp_path: Path) -> Path:
     folder = tmp_path / "empty"
     folder.mkdir()
     return folder
+
+
+def test_compare_shows_brackets_in_paths_and_names_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hires_nst.trace
+    from hires_nst.trace import RunSummary
+
+    run = RunSummary("dir [red]x[/red]/out [b].png", "[bold]vgg19", "lbfgs", 1.0, 64, 48, 8, {"total": 1.5}, 2.0, None)
+    monkeypatch.setattr(hires_nst.trace, "compare_runs", lambda paths: [run])
+
+    printed = CliRunner().invoke(app, ["compare", str(tmp_path)])
+
+    assert printed.exit_code == 0, printed.output
+    assert "dir [red]x[/red]/out [b].png" in printed.stdout and "[bold]vgg19" in printed.stdout
