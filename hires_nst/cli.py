@@ -162,6 +162,8 @@ def render(
     lr: Annotated[Optional[float], _opt("lr")] = None,
     warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
     average_iterates: Annotated[Optional[float], _opt("average_iterates")] = None,
+    tolerance: Annotated[Optional[float], _opt("tolerance")] = None,
+    patience: Annotated[Optional[int], _opt("patience")] = None,
     backbone: Annotated[Optional[str], _opt("backbone")] = None,
     weights: Annotated[Optional[str], _opt("weights")] = None,
     pooling: Annotated[Optional[str], _opt("pooling")] = None,

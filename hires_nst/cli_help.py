@@ -21,7 +21,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     ESSENTIALS: ("output", "preset", "max_size", "iterations", "print_size"),
     "Style and loss": ("style_weight", "content_weight", "tv_weight", "style_loss", "style_blend", "preserve_color",
                        "mask", "region", "style_scale", "style_upscale", "init", "seed"),
-    "Pyramid": ("min_size", "scale_factor", "fit_iterations"),
+    "Pyramid": ("min_size", "scale_factor", "fit_iterations", "tolerance", "patience"),
     "Print and output": ("format", "bit_depth", "dpi", "fit", "orientation", "save_stages", "animate",
                          "animate_every", "animate_size", "max_input_pixels"),
     "Devices and speed": ("device", "devices", "precision", "sync_every", "tile_size", "halo"),
@@ -37,7 +37,7 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 METAVARS = {
     "max_size": "PX", "min_size": "PX", "animate_size": "PX", "halo": "PX", "tile_size": "auto|off|PX",
     "iterations": "N[,N...]", "style_blend": "W,W...", "content_layers": "LAYER[,...]",
-    "style_layers": "LAYER[,...]", "style_layer_weights": "descending|equal|W:W...", "scale_factor": "X",
+    "style_layers": "LAYER[,...]", "style_layer_weights": "descending|equal|W:W...[/...]", "scale_factor": "X",
     "style_scale": "X", "content_weight": "W", "style_weight": "W", "tv_weight": "W", "lr": "X",
     "seed": "N", "sync_every": "N", "save_every": "N", "save_minutes": "MIN", "animate_every": "N",
     "bit_depth": "8|16", "dpi": "DPI", "max_input_pixels": "N", "print_size": "PAPER", "work_dir": "DIR",
@@ -45,8 +45,8 @@ METAVARS = {
     "fit": "fit|crop", "orientation": "auto|portrait|landscape", "preserve_color": "off|luminance|match",
     "optimizer": "NAME", "backbone": "vgg19|vgg16|resnet50", "pooling": "max|avg",
     "preprocessing": "auto|caffe|torchvision", "device": "DEVICE", "devices": "all|DEVICE,...",
-    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2", "average_iterates": "DECAY", "mask": "FILE",
-    "region": "COLOUR=STYLE[:W]",
+    "precision": "auto|fp32|bf16|fp16", "style_loss": "gram|w2[/...]", "average_iterates": "DECAY", "mask": "FILE",
+    "region": "COLOUR=STYLE[:W]", "tolerance": "FRACTION", "patience": "N",
 }
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}

@@ -173,8 +173,10 @@ name = "sweep"
 contents = ["in/a.png", "in/b.png"]
 styles = ["in/s.png"]
 vary = { "loss.style_weight" = [1.0, 1000.0] }
-overrides.pyramid = { max_size = 32 }  # one stage: 32x27 and 27x32
+overrides.pyramid = { max_size = 32, iterations = [4] }  # one stage: 32x27 and 27x32
 """
+# Four iterations: a stage hands on the best point it evaluated, and two evaluate only one step,
+# which L-BFGS may reject (then both weights would hand on the photo).
 
 
 def test_a_grid_of_two_contents_by_two_style_weights_makes_four_outputs_and_a_contact_sheet(folder: Path) -> None:
