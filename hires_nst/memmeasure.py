@@ -20,7 +20,7 @@ import functools
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -173,7 +173,6 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
     start image, the extractor's weights, the targets, the optimiser and its state.
     """
     content_layers, style_layers = scenario.layers
-    weights = scenario_weights(scenario)
     precision = CudaLikePrecision(scenario.precision, channels_last=CHANNELS_LAST)
     target = torch.device(device)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -185,21 +184,14 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
                 if param is not None:  # a fresh copy inside the tracker, so that the weights count
                     module._parameters[name] = nn.Parameter(param.clone(memory_format=torch.preserve_format),
                                                             requires_grad=False)
-        shape = (1, 3, scenario.height, scenario.width)
-        content, start = torch.rand(shape, device=target), torch.rand(shape, device=target)
-        styles = [torch.rand(shape, device=target) for _ in range(max(1, scenario.regions))]
-        regions = _regions(scenario, target)
-        grid = TileGrid.for_layers([*content_layers, *style_layers], scenario.tile)
-        targets = make_targets(extractor, content, styles, [], weights, precision, grid, regions)
-        objective = make_objective(extractor, targets, weights, grid.tiles(scenario.width, scenario.height), precision)
-        stepper = Stepper(start, objective, scenario.optimizer, 1.0, average=scenario.average)
+        stage = build_stage(scenario, extractor, precision, target)
         for _ in range(scenario.iterations - 1):
-            stepper.step()
+            stage.stepper.step()
         with HostCounter() as counter:
-            stepper.step()
+            stage.stepper.step()
         # Not run: the stage's closing objective.loss, a no-grad pass over what iteration 2 held
         # with its gradients: it cannot be the peak.
-        tiles = getattr(objective, "tiles", None)
+        tiles = getattr(stage.objective, "tiles", None)
         peak = tracker.peak
     if tiles:
         window = max(((t.window.width, t.window.height) for t in tiles), key=lambda wh: wh[0] * wh[1])
@@ -208,25 +200,79 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
     return Measured(peak, len(tiles) if tiles else 1, window, tuple(tracker.at_peak), counter.ops, counter.syncs)
 
 
+@dataclass
+class BuiltStage:
+    """A stage ready to step, and what a render keeps alive beside it for the whole stage: the
+    content, the paintings and the start image (``pyramid.StageInputs``, ``run_stage``'s start)."""
+
+    stepper: Stepper
+    objective: Callable[[Tensor], dict[str, Tensor]]
+    inputs: tuple[Tensor, ...]
+
+
+def build_stage(scenario: Scenario, extractor: nn.Module, precision: Precision, device: torch.device) -> BuiltStage:
+    """The stage as ``pyramid.run_stage`` builds it, from random images at the stage's size: the
+    targets, the objective and the optimiser stepping it. The one builder of the fake measurement
+    and of the real runs on a GPU (benchmarks/gpu_model.py, benchmarks/gpu_check.py)."""
+    content_layers, style_layers = scenario.layers
+    weights = scenario_weights(scenario)
+    shape = (1, 3, scenario.height, scenario.width)
+    content, start = torch.rand(shape, device=device), torch.rand(shape, device=device)
+    styles = [torch.rand(shape, device=device) for _ in range(max(1, scenario.regions))]
+    regions = scenario_regions(scenario, device)
+    grid = TileGrid.for_layers([*content_layers, *style_layers], scenario.tile)
+    targets = make_targets(extractor, content, styles, [], weights, precision, grid, regions)
+    objective = make_objective(extractor, targets, weights, grid.tiles(scenario.width, scenario.height), precision)
+    stepper = Stepper(start, objective, scenario.optimizer, 1.0, average=scenario.average)
+    guide = () if regions is None else (regions.guide,)
+    return BuiltStage(stepper, objective, (content, start, *styles, *guide))
+
+
 def scenario_weights(scenario: Scenario) -> Weights:
-    """The loss weights a render with ``scenario.loss`` would use (``stageplan.loss_weights``):
-    the default settings, or a built-in preset's, over the scenario's layers."""
+    """The loss weights a render with ``scenario.loss`` would use over the scenario's layers."""
+    return settings_weights(scenario.loss, *scenario.layers)
+
+
+def settings_weights(loss: str = "default", content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
+                     style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS) -> Weights:
+    """The loss weights of a render (``stageplan.loss_weights``) with the default settings
+    (``loss`` "default") or a built-in preset's (e.g. "gatys"), over these layers."""
     from hires_nst.config import resolve
     from hires_nst.presets import load_preset
     from hires_nst.stageplan import loss_weights
 
-    layers = [] if scenario.loss == "default" else [(scenario.loss, load_preset(scenario.loss).layer)]
+    layers = [] if loss == "default" else [(loss, load_preset(loss).layer)]
+    chosen = {"loss": {"content_layers": tuple(content_layers), "style_layers": tuple(style_layers)}}
+    return loss_weights(resolve(*layers, ("layers", chosen)))
+
+
+def model_settings(scenario: Scenario) -> dict[str, Any]:
+    """What ``memmodel.estimate`` is told about ``scenario`` besides its size and tiling."""
     content_layers, style_layers = scenario.layers
-    chosen = {"loss": {"content_layers": content_layers, "style_layers": style_layers}}
-    return loss_weights(resolve(*layers, ("scenario", chosen)))
+    return {"precision": scenario.precision, "optimizer": scenario.optimizer,
+            "layers": (*content_layers, *style_layers), "style_loss": scenario_weights(scenario).style_loss,
+            "average": scenario.average > 0, "regions": scenario.regions}
 
 
-def _regions(scenario: Scenario, device: torch.device) -> RegionGuide | None:
-    """``scenario.regions`` guides that split the image between them, region r styled by painting r."""
+def estimated(scenario: Scenario) -> int:
+    """The model's peak for ``scenario`` (``memmodel.estimate``), with the halo and alignment its layers need."""
+    from hires_nst.memmodel import estimate
+
+    settings = model_settings(scenario)
+    halo, align = required_halo(settings["layers"]), align_for(settings["layers"])
+    return estimate(scenario.width, scenario.height, scenario.tile, halo, align, **settings)
+
+
+def scenario_regions(scenario: Scenario, device: torch.device) -> RegionGuide | None:
+    """``scenario.regions`` guides at its size (None without regions)."""
     if not scenario.regions:
         return None
-    count = scenario.regions
-    guide = torch.rand(count, scenario.height, scenario.width, device=device)
+    return random_regions(scenario.regions, scenario.width, scenario.height, device)
+
+
+def random_regions(count: int, width: int, height: int, device: torch.device) -> RegionGuide:
+    """``count`` soft guides over a ``width`` x ``height`` image, region r styled by painting r."""
+    guide = torch.rand(count, height, width, device=device)
     return RegionGuide(guide, tuple(range(count)), (1.0,) * count)
 
 

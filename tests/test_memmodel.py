@@ -13,7 +13,8 @@ import torch
 from hires_nst import guides, losses, memmodel
 from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.config import resolve
-from hires_nst.memmeasure import Scenario, measure, optimizer_bytes, pair_bytes_per_pixel, scenario_weights
+from hires_nst.memmeasure import (Scenario, estimated, measure, optimizer_bytes, pair_bytes_per_pixel,
+                                  scenario_weights)
 from hires_nst.memmodel import estimate, lbfgs_history, plan_tile
 from hires_nst.placement import Placement
 from hires_nst.stageplan import styled_regions, tiling_rules
@@ -85,11 +86,8 @@ CASES = [
 def test_the_estimate_covers_the_default_loss_averaging_guides_and_small_sizes(
         width: int, height: int, tile: int | None, precision: str, settings: dict) -> None:
     scenario = Scenario(width, height, tile, precision, **settings)
-    measured = measure(scenario).peak
-    estimated = estimate(width, height, tile, HALO, ALIGN, precision=precision, layers=LAYERS,
-                         style_loss=scenario_weights(scenario).style_loss, average=scenario.average > 0,
-                         regions=scenario.regions)
-    assert measured <= estimated <= 1.25 * measured, (measured / GiB, estimated / GiB)
+    measured, model = measure(scenario).peak, estimated(scenario)
+    assert measured <= model <= 1.25 * measured, (measured / GiB, model / GiB)
 
 
 def test_the_measured_loss_is_the_renders_default_and_the_presets() -> None:
