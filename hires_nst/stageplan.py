@@ -23,13 +23,14 @@ import torch
 
 from hires_nst import losses
 from hires_nst.catalog import VGG_BLOCKS, alias, get_backbone
-from hires_nst.config import RenderConfig, TileSize, at_stage, parse_layer_weights
+from hires_nst.config import RenderConfig, TileSize, at_stage, parse_layer_weights, stage_parts
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.objective import Weights
 from hires_nst.memmodel import whole_image_bytes_per_pixel
 from hires_nst.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size, available_bytes,
                                   estimate_stage_bytes)
 from hires_nst.printsize import MAX_DPI, PrintPlan, print_plan
+from hires_nst.regionspec import parse_regions
 from hires_nst.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule, shortest_long_side
 from hires_nst.bands import Band, BandPlan
 from hires_nst.tileplan import Tile, TileGrid
@@ -143,15 +144,19 @@ class Rules:
     devices: tuple[torch.device, ...]
     backbone: str
     # What the memory model (memmodel) needs besides sizes: the precision as sized on this rank's
-    # device, the optimiser, the layers.
+    # device, the optimiser, the layers, the style loss, iterate averaging, the styled regions.
     precision: str = "fp32"
     optimizer: str = "lbfgs"
     layers: tuple[str, ...] = ()
     share: int = 1  # CPU ranks of one local launch share the host's memory
+    style_loss: str = "w2"
+    average: bool = False
+    regions: int = 0
 
     def _model(self) -> dict:
         return {"precision": self.precision, "optimizer": self.optimizer,
-                **({"layers": self.layers} if self.layers else {})}
+                **({"layers": self.layers} if self.layers else {}),
+                "style_loss": self.style_loss, "average": self.average, "regions": self.regions}
 
     def _budget(self) -> int:
         """Bytes this rank's device may use: its free memory with a margin, shared by the CPU ranks
@@ -192,6 +197,13 @@ class Rules:
         return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), memory, budget)
 
 
+def styled_regions(mask: str, regions: Sequence[str]) -> int:
+    """How many regions of --mask/--region have a style (each a guide and Gaussian fits): 0 without."""
+    if not mask and not regions:
+        return 0
+    return sum(spec.style is not None for spec in parse_regions(mask, regions))
+
+
 def tiling_rules(config: RenderConfig, placement: Placement) -> Rules:
     """The per-render constants of every stage's tiling: decided once from the config."""
     backbone = get_backbone(config.model.backbone)
@@ -201,8 +213,11 @@ def tiling_rules(config: RenderConfig, placement: Placement) -> Rules:
         grid = TileGrid.for_layers(layers, None, config.tiling.halo, VGG_BLOCKS[backbone.name])
     main, world = placement.main, placement.world
     share = world.local_size if main.type == "cpu" else 1
+    loss = config.loss
+    style_loss = "w2" if "w2" in stage_parts(loss.style_loss) else "gram"  # any stage's w2: size all for it
     return Rules(config.tiling.size, grid, placement.devices, backbone.name, placement.precision.memory_precision(main),
-                 config.optim.optimizer, (*config.loss.content_layers, *config.loss.style_layers), share)
+                 config.optim.optimizer, (*loss.content_layers, *loss.style_layers), share, style_loss,
+                 config.optim.average_iterates > 0, styled_regions(loss.mask, loss.region))
 
 
 @dataclass(frozen=True)
