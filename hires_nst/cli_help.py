@@ -37,7 +37,7 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 METAVARS = {
     "max_size": "PX", "min_size": "PX", "animate_size": "PX", "halo": "PX", "tile_size": "auto|off|PX",
     "iterations": "N[,N...]", "style_blend": "W,W...", "content_layers": "LAYER[,...]",
-    "style_layers": "LAYER[,...]", "style_layer_weights": "descending|equal|W:W...[/...]", "scale_factor": "X",
+    "style_layers": "LAYER[,...]", "style_layer_weights": "halving|descending|equal|W:W...[/...]", "scale_factor": "X",
     "style_scale": "X", "content_weight": "W", "style_weight": "W", "tv_weight": "W", "lr": "X",
     "seed": "N", "sync_every": "N", "save_every": "N", "save_minutes": "MIN", "animate_every": "N",
     "bit_depth": "8|16", "dpi": "DPI", "max_input_pixels": "N", "print_size": "PAPER", "work_dir": "DIR",
@@ -51,7 +51,7 @@ METAVARS = {
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
 # Defaults that depend on something else: said in words.
-_SAID = {"min_size": "256", "iterations": "500,200,100,50...", "lr": "per optimizer", "sync_every": "1 CPU, 10 CUDA",
+_SAID = {"min_size": "128", "iterations": "500,200,100,50...", "lr": "per optimizer", "sync_every": "1 CPU, 10 CUDA",
          "halo": "exact minimum", "content_layers": "backbone's",
          "style_layers": "backbone's"}
 

@@ -42,20 +42,21 @@ def _opt(flag: str, help: str, default: Any = None, whole: bool = False, **kwarg
 @dataclass(frozen=True)
 class LossConfig:
     content_weight: float = _opt("--content-weight", "Weight of the content loss.", 1.0)
-    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 10.0)
+    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 15.0)
     tv_weight: float = _opt("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0)
     content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers, e.g. conv4_2 or conv4_2,conv5_2; "
                                            "the backbone's default if not given (`hires-nst layers`).",
                                            DEFAULT_CONTENT_LAYERS)
     style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
                                          "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
-    # Defaults chosen by benchmarks/quality.py (README, "The default loss"): with a portrait as the
-    # painting, equal weights and Gram matrices painted its objects over the photo's subject.
-    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: descending (each a quarter "
-                                    "of the one before: 256:64:16:4:1 for the default five), equal (Gatys et al.), or "
-                                    "one number per style layer, e.g. 16:8:4:2:1 (normalised to sum 1). Per pyramid "
-                                    "stage: values separated by /, coarse to fine, the last for every finer stage "
-                                    "(e.g. equal/descending).", "descending")
+    # Defaults chosen by sweeps scored with the independent scorer (README, "The default render"):
+    # halving paints the painting's motifs (Starry Night's swirls) and keeps the photo's subject;
+    # descending (issue 17's default) kept the subject but painted no motif, equal painted over it.
+    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: halving (each half the "
+                                    "one before: 16:8:4:2:1 for the default five; the default), descending (each a "
+                                    "quarter: 256:64:16:4:1), equal (Gatys et al.), or one number per style layer "
+                                    "(normalised to sum 1). Per pyramid stage: values separated by /, coarse to "
+                                    "fine, the last for every finer stage (e.g. equal/descending).", "halving")
     style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
                            "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default). Per "
                            "stage like --style-layer-weights (e.g. gram/w2).", "w2")
@@ -94,7 +95,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class PyramidConfig:
     max_size: int = _opt("--max-size", "Long side of the output in pixels (--print-size, when given, overrides it).", 512)
-    min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 256 (or max-size if smaller).", 0)
+    min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 128 (or max-size if smaller).", 0)
     scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
     iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
     fit_iterations: bool = _opt("--fit-iterations", "Fit an --iterations list to any number of stages: stages past "
@@ -252,7 +253,8 @@ def _default_layers(merged: dict[str, dict[str, Any]]) -> None:
     merged["loss"].setdefault("style_layers", backbone.style_layers)
 
 
-DESCENDING_RATIO = 4.0  # --style-layer-weights descending: each layer weighs a quarter of the one before
+# --style-layer-weights by name: each layer weighs this fraction of the one before it (equal: 1).
+LAYER_RATIOS = {"descending": 4.0, "halving": 2.0}
 STAGE_SEPARATOR = "/"  # --style-layer-weights equal/descending: one value per pyramid stage, coarse to fine
 
 
@@ -271,18 +273,20 @@ def stage_parts(text: str) -> list[str]:
 def parse_layer_weights(text: str, layers: Sequence[str]) -> tuple[float, ...] | None:
     """``--style-layer-weights``: None for ``equal``, else one weight >= 0 per layer (positive sum).
 
-    ``descending`` is crowsonkb's 256:64:16:4:1 for the default five layers, and the same ratio
-    for any other number of them.
+    ``halving`` is 16:8:4:2:1 for the default five layers, ``descending`` crowsonkb's 256:64:16:4:1,
+    and the same ratios for any other number of them.
     """
     if text.strip() == "equal":
         return None
-    if text.strip() == "descending":
-        return tuple(DESCENDING_RATIO ** (len(layers) - 1 - i) for i in range(len(layers)))
+    if text.strip() in LAYER_RATIOS:
+        ratio = LAYER_RATIOS[text.strip()]
+        return tuple(ratio ** (len(layers) - 1 - i) for i in range(len(layers)))
     flag = "--style-layer-weights"
     try:
         weights = tuple(float(v) for v in text.replace(":", ",").split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{flag} must be 'descending', 'equal' or numbers like 256:64:16:4:1, got {text!r}") from None
+        raise ConfigError(f"{flag} must be 'halving', 'descending', 'equal' or numbers like 16:8:4:2:1, "
+                          f"got {text!r}") from None
     if len(weights) != len(layers):
         raise ConfigError(f"{flag} has {len(weights)} weights for {len(layers)} style layers ({', '.join(layers)})")
     if any(not w >= 0 for w in weights) or sum(weights) <= 0 or sum(weights) == float("inf"):

@@ -22,15 +22,16 @@ def _config(**loss):
 
 
 @pytest.mark.default_loss
-def test_descending_is_the_default_and_is_256_64_16_4_1_for_five_layers() -> None:
+def test_halving_is_the_default_and_is_16_8_4_2_1_for_five_layers() -> None:
     config = _config()
-    assert config.loss.style_layer_weights == "descending"
+    assert config.loss.style_layer_weights == "halving" and config.loss.style_weight == 15.0
+    assert parse_layer_weights("halving", STYLE) == (16.0, 8.0, 4.0, 2.0, 1.0)
     assert parse_layer_weights("descending", STYLE) == (256.0, 64.0, 16.0, 4.0, 1.0)
-    assert loss_weights(config).style_layers == loss_weights(_config(style_layer_weights="256:64:16:4:1")).style_layers
+    assert loss_weights(config).style_layers == loss_weights(_config(style_layer_weights="16:8:4:2:1")).style_layers
     assert loss_weights(config).content_layers == {"conv4_2": 1.0}
     # Any other number of layers keeps the ratio (a fixed list would not fit them).
     assert loss_weights(_config(style_layers="conv1_1,conv3_1")).style_layers == {
-        "conv1_1": pytest.approx(0.8), "conv3_1": pytest.approx(0.2)}
+        "conv1_1": pytest.approx(2 / 3), "conv3_1": pytest.approx(1 / 3)}
 
 
 def test_equal_gives_each_layer_a_fifth() -> None:
@@ -64,11 +65,11 @@ def test_several_content_layers_share_the_content_weight_equally() -> None:
 @pytest.mark.parametrize("loss, message", [
     ({"style_layer_weights": "1:2"}, "--style-layer-weights has 2 weights for 5 style layers \\(conv1_1, conv2_1, "),
     ({"style_layer_weights": "1:2:3:4:5:6"}, "has 6 weights for 5 style layers"),
-    ({"style_layer_weights": "1:x:1:1:1"}, "must be 'descending', 'equal' or numbers like 256:64:16:4:1, got '1:x:1:1:1'"),
+    ({"style_layer_weights": "1:x:1:1:1"}, "must be 'halving', 'descending', 'equal' or numbers like 16:8:4:2:1, got '1:x:1:1:1'"),
     ({"style_layer_weights": "1:-1:1:1:1"}, "finite weights >= 0 with a positive sum"),
     ({"style_layer_weights": "0:0:0:0:0"}, "positive sum"),
     ({"style_layer_weights": "nan:1:1:1:1"}, "finite weights"),
-    ({"style_layer_weights": "equals"}, "must be 'descending', 'equal' or numbers"),
+    ({"style_layer_weights": "equals"}, "must be 'halving', 'descending', 'equal' or numbers"),
     ({"content_layers": "conv6_1"}, "unknown layer 'conv6_1' for vgg19; valid layers: conv1_1, conv1_2, "),
     ({"style_layers": "pool1"}, "unknown layer 'pool1'"),
 ])
@@ -126,7 +127,7 @@ def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(t
     # The loss of older work dirs (the gatys preset's) leaves them out; today's default loss differs.
     gatys = settings(loss={"style_layer_weights": "equal", "style_loss": "gram"})
     assert "style_layer_weights" not in gatys["loss"] and "style_loss" not in gatys["loss"]
-    assert default["loss"]["style_layer_weights"] == "descending" and default["loss"]["style_loss"] == "w2"
+    assert default["loss"]["style_layer_weights"] == "halving" and default["loss"]["style_loss"] == "w2"
     assert settings(loss={"style_layer_weights": "4:3:2:1:1"})["loss"]["style_layer_weights"] == "4:3:2:1:1"
     assert settings(model={"backbone": "vgg16", "weights": "random"})["model"]["backbone"] == "vgg16"
     assert settings(output={"animate": str(tmp_path / "a.gif")}) == default  # an animation changes no pixel

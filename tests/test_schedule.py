@@ -14,8 +14,8 @@ def sizes(schedule):
 
 def test_doubles_from_min_size_and_lands_exactly_on_max_size() -> None:
     schedule = make_schedule(1024, 768, max_size=3000)
-    assert sizes(schedule) == [(256, 192), (512, 384), (1024, 768), (2048, 1536), (3000, 2250)]
-    assert [s.iterations for s in schedule] == [500, 200, 100, 50, 50]
+    assert sizes(schedule) == [(128, 96), (256, 192), (512, 384), (1024, 768), (2048, 1536), (3000, 2250)]
+    assert [s.iterations for s in schedule] == [500, 200, 100, 50, 50, 50]
 
 
 def test_keeps_the_aspect_ratio_of_a_portrait_image_at_every_stage() -> None:
@@ -43,6 +43,7 @@ def test_min_equal_to_max_is_a_single_stage() -> None:
 
 def test_default_min_size_shrinks_to_a_small_max_size() -> None:
     assert sizes(make_schedule(1024, 768, max_size=128)) == [(128, 96)]
+    assert sizes(make_schedule(1024, 768, max_size=100)) == [(100, 75)]
 
 
 def test_other_scale_factors() -> None:
@@ -51,19 +52,19 @@ def test_other_scale_factors() -> None:
 
 
 def test_iterations_one_number_or_one_per_stage() -> None:
-    assert [s.iterations for s in make_schedule(800, 600, max_size=1024, iterations=[30])] == [30, 30, 30]
-    schedule = make_schedule(800, 600, max_size=1024, iterations=[500, 200, 100])
+    assert [s.iterations for s in make_schedule(800, 600, max_size=1024, min_size=256, iterations=[30])] == [30, 30, 30]
+    schedule = make_schedule(800, 600, max_size=1024, min_size=256, iterations=[500, 200, 100])
     assert [s.iterations for s in schedule] == [500, 200, 100]
 
 
 def test_iteration_list_of_the_wrong_length_is_an_error() -> None:
     with pytest.raises(ConfigError, match="3 stages.*--fit-iterations"):
-        make_schedule(800, 600, max_size=1024, iterations=[500, 200])
+        make_schedule(800, 600, max_size=1024, min_size=256, iterations=[500, 200])
 
 
 def test_a_fitted_list_repeats_its_last_value_or_keeps_its_first_ones() -> None:
     def counts(max_size: int) -> list[int]:
-        return [s.iterations for s in make_schedule(800, 600, max_size=max_size, iterations=[100, 40],
+        return [s.iterations for s in make_schedule(800, 600, max_size=max_size, min_size=256, iterations=[100, 40],
                                                      fit_iterations=True)]
 
     assert counts(512) == [100, 40]

@@ -167,7 +167,7 @@ def test_a_default_two_stage_render_runs_the_w2_loss_and_keeps_the_photo(tmp_pat
     config = resolve(("test", {"pyramid": {"max_size": 96, "min_size": 64, "scale_factor": 1.5, "iterations": [15, 8]},
                                "device": {"device": "cpu", "precision": "fp32"},
                                "output": {"work_dir": str(tmp_path / "work")}}))
-    assert config.loss.style_loss == "w2" and config.loss.style_layer_weights == "descending"
+    assert config.loss.style_loss == "w2" and config.loss.style_layer_weights == "halving"
     result = render(RenderJob(content, (style,), tmp_path / "out.png", config))
     out = images.load_image(result.output)
     photo = images.resize(images.load_image(content), out.shape[1], out.shape[0])
