@@ -55,16 +55,63 @@ def test_w2_of_gaussians_with_commuting_covariances_matches_the_closed_form() ->
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_trace_sqrt_gradient_checks_in_float64_with_repeated_eigenvalues() -> None:
+@pytest.fixture(params=losses.SQRT_METHODS)
+def sqrt_method(request: pytest.FixtureRequest):
+    """Each square-root method on this CPU: Newton-Schulz is the CUDA path."""
+    with losses.forced_sqrt_method(request.param):
+        yield request.param
+
+
+def test_the_square_root_method_follows_the_device() -> None:
+    assert losses.sqrt_method(torch.device("cpu")) == "eigh"  # LAPACK: ~10x faster here, no host read to avoid
+    assert losses.sqrt_method(torch.device("cuda", 0)) == "newton-schulz"  # cuSOLVER's eigh waits for the device
+    with losses.forced_sqrt_method("newton-schulz"):
+        assert losses.sqrt_method(torch.device("cpu")) == "newton-schulz"
+    with pytest.raises(ValueError, match="square-root method"):
+        with losses.forced_sqrt_method("svd"):
+            pass
+
+
+def test_trace_sqrt_gradient_checks_in_float64_on_both_methods(sqrt_method: str) -> None:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)
     generic = (a @ a.T + 0.1 * torch.eye(6, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(losses.trace_sqrt, (generic,))
+    between = losses.matrix_sqrt(generic.detach() + torch.eye(6, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda m: losses.trace_sqrt(m, between=between), (generic,))
     # Autograd through eigh divides by eigenvalue gaps: a scaled identity would give inf/nan.
     repeated = (2.0 * torch.eye(6, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(losses.trace_sqrt, (repeated,))
     (grad,) = torch.autograd.grad(losses.trace_sqrt(repeated), repeated)
-    assert torch.allclose(grad, torch.eye(6, dtype=torch.float64) * 0.5 / 2.0**0.5)
+    torch.testing.assert_close(grad, torch.eye(6, dtype=torch.float64) * 0.5 / 2.0**0.5, rtol=1e-12, atol=0)
+
+
+def test_newton_schulz_equals_eigh_at_the_conditioning_the_ridge_allows() -> None:
+    # Eigenvalues from 1 down to 1e-11 of the largest: the worst case the w2 ridge allows at
+    # C = 512 (losses.NS_FLOOR), here at C = 64; batched, with a leading dimension.
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(2, 64, 64, generator=g, dtype=torch.float64))
+    values = torch.logspace(0, -11, 64, dtype=torch.float64)
+    matrix = (q * values) @ q.mT
+    root, inv_root = losses.newton_schulz(matrix)
+    exact = (q * values.sqrt()) @ q.mT
+    assert float((root - exact).norm() / exact.norm()) < 1e-10
+    # The inverse root reaches 1 / sqrt(1e-11): float64 rounding of the matrix, amplified, leaves
+    # 4.4e-7 relative (the same from 19 to 25 iterations).
+    exact_inv = (q / values.sqrt()) @ q.mT
+    assert float((inv_root - exact_inv).norm() / exact_inv.norm()) < 1e-6
+    with losses.forced_sqrt_method("newton-schulz"):
+        assert torch.allclose(losses.trace_sqrt(matrix), values.sqrt().sum().expand(2), rtol=1e-11)
+        assert torch.allclose(losses.matrix_sqrt(matrix), exact, rtol=0, atol=1e-11)
+
+
+def test_float32_newton_schulz_diverges_where_float64_converges() -> None:
+    # Why W2_DTYPE is float64 on the Newton-Schulz path too (docs/experiments.md, "w2 square root").
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))
+    matrix = (q * torch.logspace(0, -9, 64, dtype=torch.float64)) @ q.T
+    assert not bool(torch.isfinite(losses.newton_schulz(matrix.float(), iterations=40)[0]).all())
+    assert bool(torch.isfinite(losses.newton_schulz(matrix, iterations=40)[0]).all())
 
 
 def test_w2_gradient_with_respect_to_the_features_checks_in_float64() -> None:
@@ -73,6 +120,14 @@ def test_w2_gradient_with_respect_to_the_features_checks_in_float64() -> None:
     # 12 positions for 8 channels: a nearly singular covariance, which the ridge keeps finite.
     features = torch.rand(8, 12, generator=g, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda f: losses.w2_distance(*moments(f), target), (features,))
+
+
+def test_w2_gradient_checks_in_float64_on_the_newton_schulz_path() -> None:
+    g = torch.Generator().manual_seed(2)
+    with losses.forced_sqrt_method("newton-schulz"):
+        target = losses.w2_target(*moments(torch.rand(8, 40, generator=g, dtype=torch.float64)))
+        features = torch.rand(8, 12, generator=g, dtype=torch.float64).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda f: losses.w2_distance(*moments(f), target), (features,))
 
 
 def test_w2_batches_over_leading_dimensions() -> None:
@@ -144,6 +199,19 @@ def test_two_ranks_give_the_single_process_w2_loss_and_gradient() -> None:
     for name, (terms, grad) in got.items():
         assert terms["style"] == pytest.approx(float(expected["style"]), rel=1e-5), name
         assert float((grad - single.grad).norm() / single.grad.norm()) < 1e-5, name
+
+
+def test_the_newton_schulz_path_gives_the_eigh_paths_loss_and_gradient() -> None:
+    # The CUDA code path (targets' roots and the per-evaluation square roots by matmuls), on this CPU.
+    out = {}
+    for method in losses.SQRT_METHODS:
+        with losses.forced_sqrt_method(method):
+            extractor, targets, weights, image = setup()
+            leaf = image.clone()
+            out[method] = Objective(extractor, targets, weights)(leaf), leaf.grad
+    (eigh, eigh_grad), (newton, newton_grad) = out["eigh"], out["newton-schulz"]
+    assert float(newton["style"]) == pytest.approx(float(eigh["style"]), rel=1e-6)
+    assert float((newton_grad - eigh_grad).norm() / eigh_grad.norm()) < 1e-5
 
 
 @pytest.mark.default_loss
