@@ -35,7 +35,7 @@ from hires_nst.objective import LossTerms, Statistics, Targets, Weights, add_win
 from hires_nst.placement import Precision
 from hires_nst.ranks import World, all_gather, all_reduce, broadcast, broadcast_object
 from hires_nst.tileplan import Rect
-from hires_nst.tiling import TiledObjective, style_factors, tv_gradient
+from hires_nst.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
 
 
 def band_targets(targets: Targets, bounds: Rect) -> Targets:
@@ -138,14 +138,14 @@ class BandObjective:
             bounds.crop(grad).add_(got[..., :bounds.height, :bounds.width])
         return grad
 
-    def _band_gradient(self, crop: Tensor, kept: tuple[Tensor, Tensor] | None, stats: Statistics,
+    def _band_gradient(self, crop: Tensor, kept: tuple[Tensor, Tensor] | None, factors: dict[str, StyleFactor],
                        scale: float) -> Tensor:
         """d(loss)/d(bounds) of this rank's band, (1, 3, h, w) float32 (empty without a band),
-        backpropagated at loss scale ``scale`` (fp16) and divided by it again."""
+        backpropagated at loss scale ``scale`` (fp16) and divided by it again. ``factors``: pass 2's
+        style factors (``tiling.style_factors``) when the band has several windows."""
         if self.local is None:
             return crop.new_zeros((1, 3, 0, 0), dtype=torch.float32)
         if kept is None:
-            factors = style_factors(stats, self.targets, self.weights) if self.weights.style else {}
             return self.local.gradient(crop, factors, scale)
         leaf, total = kept
         # fp16 may need this backward again at a lower scale: keep the graph for it then.
@@ -163,21 +163,22 @@ class BandObjective:
 
     def __call__(self, image: Tensor) -> LossTerms:
         """Loss terms, with d(total)/d(image) written to ``image.grad``; the same on every rank."""
-        crop, kept = self._crop(image), None
+        crop, kept, factors = self._crop(image), None, {}
         if self.one_window:
             with torch.enable_grad():
                 leaf = crop.clone().requires_grad_(True)
                 stats = self._global(self._with_graph(leaf), image.device)
                 terms = loss_terms(stats, self.targets, self.weights, image.detach())
             kept = (leaf, terms["total"])
-        else:
+        else:  # the style term and its factors from one evaluation, before any fp16 retry of pass 2
             local = self.local.statistics(crop) if self.local else Statistics()
             stats = self._global(local, image.device)
-            terms = loss_terms(stats, self.targets, self.weights, image.detach())
+            style, factors = style_once(stats, self.targets, self.weights)
+            terms = loss_terms(stats, self.targets, self.weights, image.detach(), style)
 
         def backward(scale: float) -> Tensor:  # the gathered gradient: an overflow shows on every rank
             with torch.enable_grad():
-                part = self._band_gradient(crop, kept, stats, scale)
+                part = self._band_gradient(crop, kept, factors, scale)
             return self._gather(part, image)
 
         grad = self.loss_scale.run(backward)

@@ -17,6 +17,8 @@ into global totals; the normalised functions are those sums divided once.
 
 from __future__ import annotations
 
+import functools
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
@@ -144,35 +146,152 @@ def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
         return torch.linalg.eigh((matrix + matrix.mT) / 2)
 
 
-class _TraceSqrt(torch.autograd.Function):
-    """``tr(M^(1/2))`` of symmetric positive semi-definite matrices ``M`` (..., C, C), by eigendecomposition.
+# ---------------------------------------------------------------- square roots: eigh or matmuls
 
-    The gradient of a trace function ``tr f(M)`` is ``f'(M) = V diag(1 / (2 sqrt(l))) V^T``: no
-    eigenvector derivatives, so it stays stable where eigenvalues repeat (autograd through ``eigh``
-    divides by their differences). Eigenvalues below ``floor`` (rounding) count as ``floor``.
+SQRT_METHODS = ("eigh", "newton-schulz")
+_forced_methods: list[str] = []
+
+
+def sqrt_method(device: torch.device) -> str:
+    """How ``trace_sqrt`` and ``matrix_sqrt`` work on ``device``.
+
+    ``eigh`` (float64 LAPACK) on a CPU: 48-65 ms at C = 512 on the dev CPU, one thread, against
+    7-9x that for the Newton-Schulz iteration's 59 matmuls (``benchmarks/w2_sqrt.py``), and a host
+    read costs nothing there. ``newton-schulz`` elsewhere: CUDA's ``eigh`` ends with ATen's error check
+    (``infos.any().item()``), a wait for the device per call; matmuls queue without one.
+    ``forced_sqrt_method`` overrides the choice (tests run the CUDA path on a CPU).
+    """
+    if _forced_methods:
+        return _forced_methods[-1]
+    return "eigh" if device.type == "cpu" else "newton-schulz"
+
+
+@contextmanager
+def forced_sqrt_method(method: str) -> Iterator[None]:
+    """Within the block, ``sqrt_method`` answers ``method`` on every device."""
+    if method not in SQRT_METHODS:
+        raise ValueError(f"unknown square-root method {method!r}; use one of {SQRT_METHODS}")
+    _forced_methods.append(method)
+    try:
+        yield
+    finally:
+        _forced_methods.pop()
+
+
+# Newton-Schulz is built for matrices whose eigenvalues, over their Frobenius norm, are >= NS_FLOOR**2.
+# The w2 ridge bounds the cross product's from below by ridge**2 / |M|_F: 5e-10 at worst on the
+# bundled pair (photo or noise against the painting, 128-512 px, conv1_1..conv5_1), sqrt: 2e-5;
+# the worst case the ridge allows at C = 512 with the image's variance up to 4x the painting's
+# is ~4e-12, sqrt 2e-6. Smaller eigenvalues still converge, only later: no failure, a lag.
+NS_FLOOR = 1e-6
+# Iterations: the worst relative error of the w2 loss over 45 layers of the bundled pair (photo,
+# noise, the painting near the optimum; 128-512 px) falls from 3e-2 (17) to 7e-7 (18) and 4e-10
+# (19, float64's floor against eigh), the gradient's from 1e-3 (17) to 3e-8 (18 on) (docs/experiments.md,
+# "The w2 square root"); one more than that for the margin.
+NS_ITERATIONS = 20
+
+
+@functools.lru_cache(maxsize=None)
+def _ns_scales(floor: float, iterations: int) -> tuple[float, ...]:
+    """Per iteration, the scale ``a`` of Chen & Chow's scaled Newton-Schulz step (2014).
+
+    The unscaled step maps a normalised singular value ``x`` to ``x (3 - x^2) / 2``: ~1.5x per step
+    while ``x`` is small: 30-40 steps to converge on VGG's statistics (measured). Scaling ``x`` by
+    ``a = sqrt(3 / (1 + l + l^2))`` first, for the interval [l, 1] the values are known to lie in,
+    maps its two ends to the same point, so the smallest grows ~2.6x per step, and the interval's
+    new bottom is computable in advance: the schedule depends on ``floor`` alone, not on the data.
+    """
+    scales, low = [], floor
+    for _ in range(iterations):
+        scale = math.sqrt(3.0 / (1.0 + low + low * low))
+        scales.append(scale)
+        low = scale * low * (3.0 - (scale * low) ** 2) / 2.0
+    return tuple(scales)
+
+
+def newton_schulz(matrix: Tensor, iterations: int | None = None, floor: float | None = None) -> tuple[Tensor, Tensor]:
+    """``(M^(1/2), M^(-1/2))`` of symmetric positive definite matrices (..., C, C), by matmuls only.
+
+    The coupled iteration ``T = a (3 I - a^2 Z Y) / 2; Y <- Y T; Z <- T Z`` from ``Y = M / |M|_F``,
+    ``Z = I`` (scales ``a``: ``_ns_scales``): a fixed number of steps, no eigendecomposition, no
+    host read, no branch on the data, so a GPU runs it without waiting. Float64: in float32 it
+    diverges at VGG's conditioning (1e8-1e9, beyond float32's 1e-7 rounding; docs/experiments.md).
+    ``iterations`` and ``floor`` default to ``NS_ITERATIONS`` and ``NS_FLOOR`` (``floor`` 1: the
+    unscaled iteration).
+    """
+    for y, z, norm in _ns_steps(matrix, NS_ITERATIONS if iterations is None else iterations,
+                                NS_FLOOR if floor is None else floor):
+        pass  # only the last iterates are kept
+    root_norm = norm.sqrt()
+    return y * root_norm, z / root_norm
+
+
+def _ns_steps(matrix: Tensor, iterations: int, floor: float) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``newton_schulz``'s iterates ``(Y_k, Z_k)`` after each step, with the norm ``M`` was divided by
+    (``benchmarks/w2_sqrt.py`` reads them all from one run)."""
+    norm = torch.linalg.matrix_norm(matrix, keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)  # (..., 1, 1)
+    y, z = matrix / norm, None
+    for scale in _ns_scales(floor, iterations):
+        t = (y if z is None else z @ y) * (-0.5 * scale**3)  # Z = I at the first step: Z Y = Y
+        t.diagonal(dim1=-2, dim2=-1).add_(1.5 * scale)
+        y, z = y @ t, (t if z is None else t @ z)
+        yield y, z, norm
+
+
+class _TraceSqrt(torch.autograd.Function):
+    """``tr((B M B)^(1/2))`` of symmetric positive semi-definite ``M`` (..., C, C), ``B`` a symmetric
+    constant (the identity when None), differentiable in ``M``.
+
+    The gradient of a trace function ``tr f(X)`` is ``f'(X) = X^(-1/2) / 2``, which both methods
+    give without differentiating through them: ``eigh`` as ``V diag(1 / (2 sqrt(l))) V^T`` (no
+    eigenvector derivatives, so it stays stable where eigenvalues repeat; autograd through ``eigh``
+    divides by their differences; eigenvalues below ``floor`` count as ``floor``), Newton-Schulz
+    as its second iterate ``Z`` (``newton_schulz``), for free. With ``B`` the gradient in ``M`` is
+    ``B f'(BMB) B``: for ``eigh`` ``(B V) diag (B V)^T``, two matmuls where autograd through the
+    product took three (one 512 x 512 float64 matmul is ~10 ms on the dev CPU).
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, floor: float) -> Tensor:  # type: ignore[override]
-        values, vectors = _eigh(matrix)
-        roots = values.clamp_min(floor).sqrt()
-        ctx.save_for_backward(vectors, roots)
-        return roots.sum(-1)
+    def forward(ctx, matrix: Tensor, between: Tensor | None, floor: float,  # type: ignore[override]
+                method: str) -> Tensor:
+        product = matrix if between is None else between @ matrix @ between
+        ctx.method, ctx.has_between = method, between is not None
+        outer = () if between is None else (between,)
+        if method == "eigh":
+            values, vectors = _eigh(product)
+            roots = values.clamp_min(floor).sqrt()
+            ctx.save_for_backward(vectors, roots, *outer)
+            return roots.sum(-1)
+        root, inv_root = newton_schulz(product)
+        ctx.save_for_backward(inv_root, *outer)
+        return root.diagonal(dim1=-2, dim2=-1).sum(-1)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        vectors, roots = ctx.saved_tensors
-        derivative = (vectors * (0.5 / roots).unsqueeze(-2)) @ vectors.mT
-        return grad[..., None, None] * derivative, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        between = saved[-1] if ctx.has_between else None
+        if ctx.method == "eigh":
+            vectors, roots = saved[:2]
+            outer = vectors if between is None else between @ vectors
+            derivative = (outer * (0.5 / roots).unsqueeze(-2)) @ outer.mT
+        else:
+            derivative = 0.5 * saved[0]
+            if between is not None:
+                derivative = between @ derivative @ between
+        return grad[..., None, None] * derivative, None, None, None
 
 
-def trace_sqrt(matrix: Tensor, floor: float = 1e-30) -> Tensor:
-    """``tr(M^(1/2))`` per matrix of (..., C, C), differentiable (``_TraceSqrt``)."""
-    return _TraceSqrt.apply(matrix, floor)
+def trace_sqrt(matrix: Tensor, floor: float = 1e-30, between: Tensor | None = None) -> Tensor:
+    """``tr(M^(1/2))`` per matrix of (..., C, C), differentiable (``_TraceSqrt``), by ``sqrt_method``;
+    with ``between`` (a symmetric (..., C, C) constant, no gradient) ``tr((B M B)^(1/2))``."""
+    return _TraceSqrt.apply(matrix, between, floor, sqrt_method(matrix.device))
 
 
 def matrix_sqrt(matrix: Tensor) -> Tensor:
-    """The symmetric square root of symmetric positive semi-definite matrices (..., C, C)."""
+    """The symmetric square root of symmetric positive semi-definite matrices (..., C, C), by
+    ``sqrt_method`` (Newton-Schulz needs them definite: the w2 covariances carry a ridge)."""
+    if sqrt_method(matrix.device) == "newton-schulz":
+        return newton_schulz(matrix)[0]
     values, vectors = _eigh(matrix)
     return (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.mT
 
@@ -182,11 +301,15 @@ def matrix_sqrt(matrix: Tensor) -> Tensor:
 # 256 positions, 512 channels), the square root's gradient grows as 1 / sqrt(eigenvalue), and
 # the fp32 statistics carry rounding of ~1e-7 of the largest eigenvalue, which this ridge exceeds.
 W2_RIDGE = 1e-3
+# The covariances, their product and its square root: float64 by measurement, on both methods
+# (float32 eigh made the gradient 1e5 times too large; float32 Newton-Schulz diverges).
+W2_DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
 class W2Target:
-    """A style layer's Gaussian fit, precomputed once per stage for ``w2_distance`` (float64)."""
+    """A style layer's Gaussian fit, precomputed once per stage for ``w2_distance`` (``W2_DTYPE``):
+    on the Newton-Schulz path its square root is one more matmul iteration, no ``eigh`` at all."""
 
     mean: Tensor  # (..., C)
     cov: Tensor  # (..., C, C), ridge included
@@ -198,7 +321,7 @@ class W2Target:
 def w2_target(mean: Tensor, second_moment: Tensor) -> W2Target:
     """The target of ``w2_distance`` from a style's feature mean (..., C) and ``E[f f^T]`` (..., C, C)."""
     norm = _wide(second_moment).diagonal(dim1=-2, dim2=-1).sum(-1)
-    mean, second_moment = mean.double(), second_moment.double()
+    mean, second_moment = mean.to(W2_DTYPE), second_moment.to(W2_DTYPE)
     cov = second_moment - mean.unsqueeze(-1) * mean.unsqueeze(-2)
     channels = cov.shape[-1]
     ridge = (W2_RIDGE * cov.diagonal(dim1=-2, dim2=-1).sum(-1) / channels).clamp_min(1e-12)[..., None, None]
@@ -214,19 +337,20 @@ def w2_distance(mean: Tensor, second_moment: Tensor, target: W2Target) -> Tensor
     divided by their count, so tiles and ranks add into them (crowsonkb's style-transfer-pytorch
     uses this loss since 2023). Zero for equal statistics; leading dimensions are batches.
 
-    The statistics come in as float32; the covariance, the product and its eigendecomposition
-    run in float64, once per layer per evaluation on (C, C) matrices: the product's eigenvalues
+    The statistics come in as float32; the covariance, the product and its square root
+    (``trace_sqrt``: ``eigh`` on a CPU, Newton-Schulz elsewhere, ``sqrt_method``) run in float64
+    (``W2_DTYPE``), once per layer per evaluation on (C, C) matrices: the product's eigenvalues
     span ~1e9 at VGG's layers, and in fp32 the small ones drown in rounding, which made the
     gradient ~1e5 times too large (45037 vs 0.30 on a 96 x 64 test image).
     """
     dtype = _wide(second_moment).dtype
-    mean, second_moment = mean.double(), second_moment.double()
+    mean, second_moment = mean.to(W2_DTYPE), second_moment.to(W2_DTYPE)
     channels = second_moment.shape[-1]
     cov = second_moment - mean.unsqueeze(-1) * mean.unsqueeze(-2)
     cov = cov + target.ridge * torch.eye(channels, dtype=cov.dtype, device=cov.device)
-    cross = target.root @ cov @ target.root
     trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1) + target.cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return ((mean - target.mean).square().sum(-1) + trace - 2 * trace_sqrt(cross)).to(dtype)
+    cross = trace_sqrt(cov, between=target.root)  # tr((S_t^(1/2) S S_t^(1/2))^(1/2))
+    return ((mean - target.mean).square().sum(-1) + trace - 2 * cross).to(dtype)
 
 
 def tv_loss(image: Tensor) -> Tensor:

@@ -188,16 +188,19 @@ def _add(sums: dict[str, Tensor], name: str, part: Tensor) -> None:
     sums[name] = sums[name] + part if name in sums else part
 
 
-def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Tensor) -> LossTerms:
+def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Tensor,
+               style: Tensor | None = None) -> LossTerms:
     """The loss terms of every objective, from the statistics of the whole image (pass 1).
 
     Each layer's term is a relative squared error (``losses``); ``image`` gives the TV term.
+    ``style``: the style term when the caller has it already (``tiling.style_factors`` computes
+    it with its derivatives; the w2 term's square roots are the evaluation's dearest part).
     """
     t, w = targets, weights
     zero = image.new_zeros((), dtype=torch.promote_types(image.dtype, torch.float32))
     content = sum((lw * (stats.content_errors[n] / t.content_norms[n])
                    for n, lw in w.content_layers.items() if n in t.content), zero)
-    style = style_loss(stats, targets, weights, zero)
+    style = style_loss(stats, targets, weights, zero) if style is None else style
     tv = losses.tv_loss(image) if w.tv > 0 else zero
     return combine(w, content, style, tv)
 

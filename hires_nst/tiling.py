@@ -51,26 +51,35 @@ class StyleFactor:
     offset: Tensor | None  # (C,) float32 ((R, C) with regions), or None when the loss does not read the feature sums
 
 
-def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> dict[str, StyleFactor]:
-    """Per style layer, the derivative of ``weights.style * style_loss`` with respect to the sums.
+def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> tuple[Tensor, dict[str, StyleFactor]]:
+    """The style term (``style_loss``, detached) and, per style layer, the derivative of
+    ``weights.style * style_loss`` with respect to the sums: both from ONE evaluation of the term.
 
     By autograd over the small (C, C) statistics, so that any style loss written as a function of
     them (``objective.style_loss``: Gram, Wasserstein) is tiled exactly without a hand-derived
     gradient. For the relative Gram loss this is ``4 s (G - A) / M``, ``s = weight / |A|^2``.
+    The value comes from the same evaluation (``loss_terms(..., style=)``): the w2 term's square
+    roots (one per layer) are the dearest part of the loss, and ran twice per evaluation before.
     """
     with torch.enable_grad():
         grams = {n: g.detach().float().requires_grad_(True) for n, g in stats.gram_sums.items()}
         sums = {n: m.detach().float().requires_grad_(True) for n, m in stats.feature_sums.items()}
         leaves = Statistics(grams, dict(stats.areas), {}, sums)
         zero = next(iter(grams.values())).new_zeros(())
-        loss = weights.style * style_loss(leaves, targets, weights, zero)
-        found = torch.autograd.grad(loss, [*grams.values(), *sums.values()], allow_unused=True)
+        style = style_loss(leaves, targets, weights, zero)
+        found = torch.autograd.grad(weights.style * style, [*grams.values(), *sums.values()], allow_unused=True)
     d_sums = dict(zip(sums, found[len(grams):]))
     factors = {}
     for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)]):
         d_gram = torch.zeros_like(leaf) if d_gram is None else d_gram
         factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), d_sums.get(name))
-    return factors
+    return style.detach(), factors
+
+
+def style_once(stats: Statistics, targets: Targets, weights: Weights) -> tuple[Tensor | None, dict[str, StyleFactor]]:
+    """``style_factors`` where the style term has a weight; else no factors, and the term is left
+    to ``loss_terms`` (None): nothing to differentiate."""
+    return style_factors(stats, targets, weights) if weights.style else (None, {})
 
 
 def tv_gradient(image: Tensor, weight: float) -> Tensor:
@@ -87,8 +96,8 @@ def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weight
 
     With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
     """
-    terms = loss_terms(stats, targets, weights, image.detach())
-    factors = style_factors(stats, targets, weights) if weights.style else {}
+    style, factors = style_once(stats, targets, weights)
+    terms = loss_terms(stats, targets, weights, image.detach(), style)
     grad = loss_scale.run(lambda scale: backward(factors, scale))
     if weights.tv > 0:
         grad += tv_gradient(image, weights.tv)
