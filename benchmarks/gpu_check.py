@@ -20,9 +20,9 @@ It prints three markdown tables (ready for the README) and writes them as JSON t
    The model leaves out cuDNN workspaces (the planner keeps a margin for them): model/real
    below 1 by a few % is that, by more is a bug in the model.
 2. **square roots**: a float64 ``torch.linalg.eigh`` of a 512 x 512 SPD matrix (condition 1e4,
-   what the w2 ridge allows) against a coupled Newton-Schulz square root with matmuls only (20
-   iterations, fp32 and fp64; written here, and the one in ``hires_nst.losses`` when it has one),
-   with each root's error against eigh's.
+   what the w2 ridge allows) against the w2 loss's scaled coupled Newton-Schulz square root
+   (``hires_nst.losses.newton_schulz``: matmuls only, float64, 20 iterations), with its error
+   against eigh's.
 3. **render**: a full default render of the bundled pair (examples/tubingen.jpg x
    examples/starry_night.jpg) to 2048 px through ``hires_nst.stylize``: wall time per stage.
 
@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import gc
 import importlib.util
-import inspect
 import json
 import platform
 import sys
@@ -56,6 +55,7 @@ import torch  # noqa: E402
 
 from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
 from hires_nst.hostsync import HostCounter  # noqa: E402
+from hires_nst.losses import newton_schulz  # noqa: E402
 from hires_nst.memmeasure import Scenario, build_stage, estimated, measure  # noqa: E402
 from hires_nst.placement import Precision, resolve_precision  # noqa: E402
 
@@ -156,44 +156,9 @@ def spd_matrix(size: int, condition: float, device: torch.device, seed: int = 0)
     return ((q * values) @ q.T).to(device)
 
 
-def newton_schulz_sqrt(matrix: torch.Tensor, iterations: int = 20) -> torch.Tensor:
-    """The coupled Newton-Schulz iteration for ``matrix^(1/2)`` (C, C): matmuls only, no host read.
-
-    On ``A / |A|_F`` (eigenvalues in (0, 1]): ``T = (3 I - Z Y) / 2``, ``Y <- Y T``, ``Z <- T Z``;
-    Y goes to the root and Z to the inverse root of the normalised matrix."""
-    norm = torch.linalg.matrix_norm(matrix)
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    y, z = matrix / norm, eye
-    for _ in range(iterations):
-        t = 1.5 * eye - 0.5 * (z @ y)
-        y, z = y @ t, t @ z
-    return y * norm.sqrt()
-
-
 def eigh_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(matrix)
     return (vectors * values.clamp_min(0).sqrt()) @ vectors.mT
-
-
-def project_sqrt() -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """The matmul square root of ``hires_nst.losses`` (issue 25's w2 work), if this checkout has one:
-    a function named for Newton-Schulz, or ``matrix_sqrt`` with a method parameter."""
-    from hires_nst import losses
-
-    for name, function in vars(losses).items():
-        if callable(function) and not name.startswith("_") and ("newton" in name.lower() or "schulz" in name.lower()):
-            return f"losses.{name}", function
-    parameters = inspect.signature(losses.matrix_sqrt).parameters
-    method = next((p for p in parameters if "method" in p), None)
-    if method is None:
-        return None
-    for value in ("newton-schulz", "newton_schulz", "ns", "newton"):
-        try:
-            losses.matrix_sqrt(torch.eye(4, dtype=torch.float64), **{method: value})
-        except (ValueError, KeyError, TypeError, NotImplementedError):
-            continue
-        return f"losses.matrix_sqrt({method}={value!r})", lambda m: losses.matrix_sqrt(m, **{method: value})
-    return None
 
 
 def sqrt_rows(size: int, iterations: int, repeats: int, device: torch.device) -> list[dict[str, Any]]:
@@ -202,14 +167,10 @@ def sqrt_rows(size: int, iterations: int, repeats: int, device: torch.device) ->
     reference = eigh_sqrt(matrix.cpu())
     candidates: list[tuple[str, torch.device, Callable[[], torch.Tensor]]] = [
         ("eigh fp64", device, lambda: eigh_sqrt(matrix)),
-        (f"Newton-Schulz fp32, {iterations} its", device, lambda: newton_schulz_sqrt(matrix.float(), iterations)),
-        (f"Newton-Schulz fp64, {iterations} its", device, lambda: newton_schulz_sqrt(matrix, iterations))]
+        (f"losses.newton_schulz fp64, {iterations} its", device, lambda: newton_schulz(matrix, iterations)[0])]
     if device.type == "cuda":
         host = matrix.cpu()
         candidates.insert(1, ("eigh fp64 (CPU, 1 thread)", torch.device("cpu"), lambda: _one_thread(eigh_sqrt, host)))
-    found = project_sqrt()
-    if found is not None:
-        candidates.append((found[0], device, lambda: found[1](matrix)))
     rows = []
     for label, where, compute in candidates:
         root = compute()  # warm-up (cuSOLVER handles, kernels)
@@ -217,8 +178,6 @@ def sqrt_rows(size: int, iterations: int, repeats: int, device: torch.device) ->
         error = (root.double().cpu() - reference).norm() / reference.norm()
         rows.append({"method": label, "device": str(where), "size": size, "ms": round(seconds * 1e3, 3),
                      "relative_error": float(f"{error.item():.2e}")})
-    if found is None:
-        rows.append({"method": "losses: no Newton-Schulz function in this checkout", "device": "-", "size": size})
     return rows
 
 

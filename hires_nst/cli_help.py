@@ -51,7 +51,7 @@ METAVARS = {
 
 _DEFAULTS = {f.name: f.default for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
 # Defaults that depend on something else: said in words.
-_SAID = {"min_size": "128", "iterations": "500,200,100,50...", "lr": "per optimizer", "sync_every": "1 CPU, 10 CUDA",
+_SAID = {"min_size": "128", "iterations": "300,150,80,50...", "lr": "per optimizer", "sync_every": "1 CPU, 10 CUDA",
          "halo": "exact minimum", "content_layers": "backbone's",
          "style_layers": "backbone's"}
 

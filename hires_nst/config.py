@@ -85,7 +85,7 @@ class OptimConfig:
     warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
     tolerance: float = _opt("--tolerance", "End a stage early once its loss fell by less than this fraction over "
                             "the last --patience iterations (its iteration count is then a cap); 0: run every "
-                            "iteration.", 0.001)
+                            "iteration.", 0.005)
     patience: int = _opt("--patience", "Iterations over which --tolerance is judged.", 50)
     average_iterates: float = _opt("--average-iterates", "Write (and hand on to the next stage) the moving average "
                                    "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "

@@ -151,7 +151,7 @@ class Scenario:
     history: int | None = None  # L-BFGS pairs; None: what the render would keep (optimize.lbfgs_history)
     layers: tuple[tuple[str, ...], tuple[str, ...]] = DEFAULT_LAYERS  # content layers, style layers
     iterations: int = 2
-    loss: str = "default"  # "default": the render's (w2, descending layer weights); or a preset's name ("gatys")
+    loss: str = "default"  # "default": the render's (w2, halving layer weights); or a preset's name ("gatys")
     average: float = 0.0  # --average-iterates: the decay of the iterates' moving average (0: none)
     regions: int = 0  # styled regions (--mask/--region): a guide and a painting of its own each
 

@@ -9,8 +9,10 @@ from typing import Sequence
 from hires_nst.errors import ConfigError
 
 DEFAULT_MIN_SIZE = 128  # crowsonkb's too: the painting's motifs are laid out where conv5_1 sees the whole image
-# Most iterations where pixels are cheap: as the multires recipes of neural-style (500, 200, 100, 50).
-DEFAULT_ITERATIONS = (500, 200, 100, 50)
+# Caps per stage (coarse to fine); a stage ends sooner once it converged (--tolerance). Set from
+# benchmarks/convergence.py on the bundled pair (docs/experiments.md, "The default render"): the
+# scores stop moving after ~150 iterations at 128 px, ~100-150 at 256 and ~50-100 at 512.
+DEFAULT_ITERATIONS = (300, 150, 80, 50)
 SINGLE_STAGE_ITERATIONS = 500
 MAX_STAGES = 32  # far beyond any useful pyramid (256 -> 7016 px is 6 stages at the default factor 2)
 

@@ -1,5 +1,5 @@
 """The memory model against fake-tensor measurements of the real stage (memmeasure): never under,
-at most a quarter over, for the default loss (w2, descending layer weights), the paper's, iterate
+at most a quarter over, for the default loss (w2, halving layer weights), the paper's, iterate
 averaging, region guides and small odd sizes; and the default plans of the goal sizes fit the goal cards."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_the_estimate_covers_the_default_loss_averaging_guides_and_small_sizes(
 def test_the_measured_loss_is_the_renders_default_and_the_presets() -> None:
     default = scenario_weights(Scenario(256, 256))
     assert default.style_loss == "w2"
-    assert list(default.style_layers.values()) == pytest.approx([256 / 341, 64 / 341, 16 / 341, 4 / 341, 1 / 341])
+    assert list(default.style_layers.values()) == pytest.approx([16 / 31, 8 / 31, 4 / 31, 2 / 31, 1 / 31])
     gatys = scenario_weights(Scenario(256, 256, loss="gatys"))
     assert gatys.style_loss == "gram" and set(gatys.style_layers.values()) == {0.2}
 

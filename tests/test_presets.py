@@ -85,12 +85,12 @@ def test_flags_override_the_preset_which_overrides_the_defaults(tmp_path: Path, 
 def test_a_built_in_preset_by_name(tmp_path: Path, fake_render: list[RenderJob]) -> None:
     result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", "preview", "-q"])
     assert result.exit_code == 0, result.output
-    assert fake_render[0].config.pyramid.iterations == (100, 40)
+    assert fake_render[0].config.pyramid.iterations == (100, 40, 20)
 
 
 @pytest.mark.parametrize("preset, max_size, expected", [
-    ("preview", "1024", [100, 40, 40]), ("preview", "256", [100]),
-    ("screen", "3840", [500, 200, 100, 50, 50]), ("screen", "1024", [500, 200, 100]),
+    ("preview", "1024", [100, 40, 20, 20]), ("preview", "256", [100, 40]),
+    ("screen", "3840", [300, 150, 80, 50, 50, 50]), ("screen", "1024", [300, 150, 80, 50]),
 ])
 def test_a_preset_iteration_list_fits_another_max_size(preset: str, max_size: str, expected: list[int],
                                                        tmp_path: Path, fake_render: list[RenderJob]) -> None:
@@ -106,7 +106,7 @@ def test_no_fit_iterations_makes_a_list_exact_again(tmp_path: Path, fake_render:
     result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", "preview",
                                  "--max-size", "1024", "--iterations", "9,8", "--no-fit-iterations", "-q"])
     assert result.exit_code == 0, result.output
-    with pytest.raises(ConfigError, match="lists 2 values but the pyramid has 3 stages"):
+    with pytest.raises(ConfigError, match="lists 2 values but the pyramid has 4 stages"):
         hires_nst.stageplan.plan_schedule(fake_render[0].config, 800, 600)
 
 

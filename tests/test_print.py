@@ -64,7 +64,7 @@ def test_print_size_sets_the_schedule_and_overrides_max_size() -> None:
     layers = {"print": {"print_size": "A4", "dpi": 300, "fit": "crop"}, "pyramid": {"max_size": 512}}
     schedule, crop = plan_schedule(resolve(("test", layers)), 768, 1024)
     assert (schedule[-1].width, schedule[-1].height) == (2480, 3508)
-    assert [s.height for s in schedule] == [256, 512, 1024, 2048, 3508]
+    assert [s.height for s in schedule] == [128, 256, 512, 1024, 2048, 3508]
     assert crop == (22, 0, 746, 1024)  # the 3:4 photo is a little wider than A4: 724 of 768 columns kept
     layers["print"]["fit"] = "fit"
     schedule, crop = plan_schedule(resolve(("test", layers)), 768, 1024)

@@ -89,7 +89,7 @@ def test_a_damaged_checkpoint_is_not_reused_and_its_stage_runs_again(tmp_path: P
 def test_resume_with_other_settings_is_refused_with_the_difference(tmp_path: Path) -> None:
     render(job(tmp_path))
     changed = job(tmp_path, loss={"style_weight": 3.0})
-    with pytest.raises(ConfigError, match="style_weight was 10.0, now 3.0"):
+    with pytest.raises(ConfigError, match="style_weight was 15.0, now 3.0"):
         render(RenderJob(**{**changed.__dict__, "resume": True}))
 
 

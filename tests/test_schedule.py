@@ -15,7 +15,7 @@ def sizes(schedule):
 def test_doubles_from_min_size_and_lands_exactly_on_max_size() -> None:
     schedule = make_schedule(1024, 768, max_size=3000)
     assert sizes(schedule) == [(128, 96), (256, 192), (512, 384), (1024, 768), (2048, 1536), (3000, 2250)]
-    assert [s.iterations for s in schedule] == [500, 200, 100, 50, 50, 50]
+    assert [s.iterations for s in schedule] == [300, 150, 80, 50, 50, 50]
 
 
 def test_keeps_the_aspect_ratio_of_a_portrait_image_at_every_stage() -> None:

@@ -39,7 +39,8 @@ def _job(tmp_path: Path, name: str = "out", optimizer: str = "lbfgs", **kwargs) 
 
 
 def test_trace_has_one_row_per_iteration_of_the_schedule_beside_the_settings(tmp_path: Path) -> None:
-    result = render(_job(tmp_path))
+    job = _job(tmp_path)
+    result = render(job)
     beside = tmp_path / "out.png.trace.csv"
     with open(beside, newline="") as handle:
         assert next(csv.reader(handle)) == EXPECTED_COLUMNS == list(COLUMNS)
@@ -52,7 +53,8 @@ def test_trace_has_one_row_per_iteration_of_the_schedule_beside_the_settings(tmp
     assert elapsed == sorted(elapsed) and elapsed[-1] == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.01)
     assert all(float(r["peak_memory_mb"]) > 10 for r in rows)  # the process's peak RSS on the CPU
     for r in rows:
-        assert float(r["total"]) == pytest.approx(float(r["content"]) + 10 * float(r["style"]), rel=1e-6)
+        weight = job.config.loss.style_weight
+        assert float(r["total"]) == pytest.approx(float(r["content"]) + weight * float(r["style"]), rel=1e-6)
 
 
 def test_trace_rows_are_on_disk_as_soon_as_the_step_is(tmp_path: Path) -> None:
