@@ -1,6 +1,8 @@
 """The README's Regions figure: Tübingen's sky in the style of The Starry Night, the town in The Scream's.
 
-Usage: python docs/regions_figure.py [--size 384] [--iterations 200,100] [--mask-only]
+Usage: python docs/regions_figure.py [--size 384] [--iterations 300,150,80] [--mask-only]
+
+The render uses the default settings (loss, pyramid, iteration caps) at ``--size``.
 
 1. Makes ``examples/tubingen_sky.png`` from ``examples/tubingen.jpg`` by a fixed rule: the sky is
    the blue pixels (blue above red by 40 levels and above green) connected to the top edge, closed
@@ -50,7 +52,7 @@ def sky_mask(photo: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=384)
-    parser.add_argument("--iterations", default="200,100")
+    parser.add_argument("--iterations", default="", help="caps per stage; empty: the default table")
     parser.add_argument("--mask-only", action="store_true")
     args = parser.parse_args()
     photo = images.load_image(PHOTO)
@@ -61,8 +63,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         config = resolve(("regions_figure", {
-            "pyramid": {"max_size": args.size, "min_size": args.size // 2,
-                        "iterations": [int(n) for n in args.iterations.split(",")]},
+            "pyramid": {"max_size": args.size,
+                        "iterations": [int(n) for n in args.iterations.split(",") if n.strip()]},
             "loss": {"mask": str(MASK), "region": ["white=starry_night.jpg", "black=the_scream.jpg"]},
             "output": {"work_dir": str(Path(folder) / "work")}}))
         began = time.perf_counter()
