@@ -58,7 +58,7 @@ def test_a_render_with_stderr_to_a_file_writes_progress_lines_while_it_runs(tmp_
     log = tmp_path / "log"
     command = [sys.executable, "-m", "hires_nst", "render", str(EXAMPLES / "tubingen.jpg"),
                str(EXAMPLES / "starry_night.jpg"), "-o", str(tmp_path / "out.png"), "--max-size", "64",
-               "--min-size", "32", "--iterations", "200,30", "--log-every", "0.2",
+               "--min-size", "32", "--iterations", "200,30", "--log-every", "0.2", "--tolerance", "0",
                "--work-dir", str(tmp_path / "work")]
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stderr=handle, stdout=subprocess.DEVNULL, cwd=tmp_path)

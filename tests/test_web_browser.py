@@ -34,7 +34,7 @@ def _start_render(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     log = tmp_path / "log"
     command = [sys.executable, "-m", "hires_nst", "render", str(EXAMPLES / "tubingen.jpg"),
                str(EXAMPLES / "starry_night.jpg"), "-o", str(tmp_path / "out.png"), "--max-size", "128",
-               "--min-size", "64", "--iterations", "400,200", "--web", "--port", "0",
+               "--min-size", "64", "--iterations", "400,200", "--tolerance", "0", "--web", "--port", "0",
                "--work-dir", str(tmp_path / "work")]
     process = subprocess.Popen(command, stderr=open(log, "w"), stdout=subprocess.DEVNULL, cwd=tmp_path)
     deadline = time.monotonic() + 120
