@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hires_nst.config import resolve
+from hires_nst.config.settings import resolve
 from hires_nst.events import StageFinished, Step
-from hires_nst.render import RenderJob, render
+from hires_nst.engine.render import RenderJob, render
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 

@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hires_nst import images
-from hires_nst.averaging import IterateAverage
-from hires_nst.config import resolve
-from hires_nst.losses import tv_loss
-from hires_nst.objective import Objective, make_targets
-from hires_nst.optimize import Stepper
-from hires_nst.pyramid import style_size
-from hires_nst.placement import resolve_precision
-from hires_nst.render import build_extractor
-from hires_nst.schedule import Stage, fit_long_side
-from hires_nst.stageplan import loss_weights
+from hires_nst.io import images
+from hires_nst.core.averaging import IterateAverage
+from hires_nst.config.settings import resolve
+from hires_nst.core.losses import tv_loss
+from hires_nst.engine.objective import Objective, make_targets
+from hires_nst.engine.optimize import Stepper
+from hires_nst.engine.pyramid import style_size
+from hires_nst.runtime.placement import resolve_precision
+from hires_nst.engine.render import build_extractor
+from hires_nst.config.schedule import Stage, fit_long_side
+from hires_nst.engine.plan import loss_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"

@@ -65,14 +65,14 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     """Build one configuration, run ``iterations`` objective calls and measure them."""
     import torch
 
-    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
-    from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Weights
-    from hires_nst.objective import make_targets
-    from hires_nst.tileplan import TileGrid
-    from hires_nst.tiling import TiledObjective, make_objective
-    from hires_nst.weights import load_weights
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.engine.objective import Weights
+    from hires_nst.engine.objective import make_targets
+    from hires_nst.core.tiles import TileGrid
+    from hires_nst.engine.tiling import TiledObjective, make_objective
+    from hires_nst.model.weights import load_weights
 
     device = torch.device(device_name)
     width, height = (size, round(size / aspect)) if aspect >= 1 else (round(size * aspect), size)
@@ -128,7 +128,7 @@ def available_mb() -> float | None:
 
 def run_one(args: argparse.Namespace, size: int, tile: int | None) -> dict:
     """One configuration in a fresh interpreter; a skip or failure comes back as a row with ``error``."""
-    from hires_nst.placement import estimate_stage_bytes
+    from hires_nst.runtime.placement import estimate_stage_bytes
 
     mode = "untiled" if tile is None else f"tile {tile}"
     estimate_mb = estimate_stage_bytes(size, size) / MB if tile is None else 0.0

@@ -63,7 +63,7 @@ def best_of(fn, repeats: int, sync=lambda: None, clock=time.thread_time) -> floa
 
 def load(path: Path, side: float):
     """(1, 3, h, w) of the image at long side ``side``."""
-    from hires_nst import images
+    from hires_nst.io import images
 
     array = images.load_image(path)
     height, width = array.shape[:2]
@@ -78,7 +78,7 @@ def statistics(extractor, image) -> dict:
     """Per layer, float64 mean (C,) and E[f f^T] (C, C), from float32 sums as the renderer takes them."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with torch.no_grad():
         feats = extractor(image)
@@ -93,8 +93,8 @@ def cases(examples: Path) -> list[tuple[str, dict, dict]]:
     """(label, image statistics, target statistics) per image kind x side."""
     import torch
 
-    from hires_nst.features import VGGFeatures
-    from hires_nst.weights import load_weights
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
 
     extractor = VGGFeatures(load_weights("original"), LAYERS)
     out = []
@@ -113,7 +113,7 @@ def reference(mean, second, target):
     pieces the Newton-Schulz rows reuse (covariance with the ridge, the target's root)."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with losses.forced_sqrt_method("eigh"):
         fit = losses.w2_target(*target)
@@ -154,7 +154,7 @@ def errors(loss, cross, grad, ref) -> tuple[float, float, float, float]:
 def accuracy(examples: Path, counts: list[int]) -> list[dict]:
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     variants = [("plain NS", 1.0), ("scaled NS", losses.NS_FLOOR)]
     worst: dict[tuple, list] = {}
@@ -213,7 +213,7 @@ def print_accuracy(rows: list[dict]) -> None:
 def times(device, repeats: int) -> list[dict]:
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -245,14 +245,14 @@ def evaluation(examples: Path, repeats: int) -> list[dict]:
     """Per size: seconds per evaluation of the default loss and of --preset gatys, and the w2 term's parts."""
     import torch
 
-    from hires_nst import images
-    from hires_nst.config import resolve
-    from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Objective, make_targets
-    from hires_nst.placement import resolve_precision
-    from hires_nst.presets import load_preset
-    from hires_nst.stageplan import loss_weights
-    from hires_nst.weights import load_weights
+    from hires_nst.io import images
+    from hires_nst.config.settings import resolve
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.engine.objective import Objective, make_targets
+    from hires_nst.runtime.placement import resolve_precision
+    from hires_nst.config.presets import load_preset
+    from hires_nst.engine.plan import loss_weights
+    from hires_nst.model.weights import load_weights
 
     precision = resolve_precision("fp32", [torch.device("cpu")])
     weights = {"default": loss_weights(resolve()), "gatys": loss_weights(load_preset("gatys").config())}
@@ -287,7 +287,7 @@ def w2_parts(extractor, targets, image, repeats: int) -> dict:
     """The w2 term alone, forward and backward on this image's statistics, and the eigh of each cross product."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with torch.no_grad():
         feats = extractor(image)
@@ -342,7 +342,7 @@ def main() -> None:
         out["accuracy"] = accuracy(examples, [int(c) for c in args.counts.split(",")])
         print_accuracy(out["accuracy"])
     if "times" in sections:
-        from hires_nst import losses
+        from hires_nst.core import losses
 
         out["times"] = times(torch.device(args.device), args.repeats)
         print_times(out["times"], losses.NS_ITERATIONS)

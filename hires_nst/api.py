@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from hires_nst.config import SECTIONS, resolve
+from hires_nst.config.settings import SECTIONS, resolve
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Event, null_sink, tee
 
@@ -43,9 +43,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     later call with ``resume=True`` goes on from them; without it nothing stays on disk.
     Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
     """
-    from hires_nst import images
-    from hires_nst.render import render
-    from hires_nst.renderjob import RenderJob
+    from hires_nst.io import images
+    from hires_nst.engine.render import render
+    from hires_nst.config.renderjob import RenderJob
 
     if callback is not None and not callable(callback):  # before any work: not at the first event
         raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")
@@ -68,7 +68,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
 def _preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
     if preset is None:
         return []
-    from hires_nst.presets import load_preset
+    from hires_nst.config.presets import load_preset
 
     loaded = load_preset(preset)
     return [(loaded.source, loaded.layer)]
@@ -126,7 +126,7 @@ UNIT_RANGE_SLACK = 1 / 512
 
 
 def _array_file(array: np.ndarray, path: Path, what: str) -> Path:
-    from hires_nst import images
+    from hires_nst.io import images
 
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -168,7 +168,7 @@ def _progress(show: bool) -> Iterator[Callable[[Event], None]]:
         return
     from rich.console import Console
 
-    from hires_nst.progress import ProgressDisplay
+    from hires_nst.cli.progress import ProgressDisplay
 
     with ProgressDisplay(Console(stderr=True)) as display:
         yield display

@@ -13,7 +13,7 @@ ENV = "HIRES_NST_TEST_CRASH"
 
 
 def install() -> None:
-    import hires_nst.batch_job as batch_job
+    import hires_nst.batch.job as batch_job
     from hires_nst.events import Step
 
     real = batch_job.render

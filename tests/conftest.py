@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.config import LossConfig
-from hires_nst.features import VGGFeatures
-from hires_nst.weights import VGGWeights, load_weights
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.settings import LossConfig
+from hires_nst.model.features import VGGFeatures
+from hires_nst.model.weights import VGGWeights, load_weights
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CONTENT, STYLE = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"

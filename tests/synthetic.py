@@ -18,8 +18,8 @@ def write_image(path: Path, width: int = 48, height: int = 40, seed: int = 0) ->
 
 def tiles_for(extractor, width: int, height: int, tile: int | None) -> list:
     """The windows a stage plan would give an image of this size on ``extractor``'s layers."""
-    from hires_nst.catalog import BLOCK_SIZES
-    from hires_nst.tileplan import TileGrid
+    from hires_nst.config.catalog import BLOCK_SIZES
+    from hires_nst.core.tiles import TileGrid
 
     grid = TileGrid.for_layers(extractor.layers, tile, block_sizes=getattr(extractor, "block_sizes", BLOCK_SIZES))
     return grid.tiles(width, height)

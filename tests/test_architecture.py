@@ -87,7 +87,7 @@ def test_config_depends_on_nothing_that_runs_the_network() -> None:
 
 def test_every_module_imports_in_a_fresh_interpreter_and_config_leaves_torch_out() -> None:
     names = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__")
-    code = ("import sys; import hires_nst.config; assert 'torch' not in sys.modules, 'config imported torch'; "
+    code = ("import sys; import hires_nst.config.settings; assert 'torch' not in sys.modules, 'config imported torch'; "
             + "; ".join(f"import hires_nst.{n}" for n in names) + "; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=PACKAGE.parent)

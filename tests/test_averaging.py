@@ -12,19 +12,22 @@ import pytest
 import torch
 from torch import Tensor
 
-from hires_nst import averaging, images, pyramid, ranks
-from hires_nst.averaging import IterateAverage, split_state
-from hires_nst.batch import load_batch
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.config import load_toml, resolve
+from hires_nst.core import averaging
+from hires_nst.io import images
+from hires_nst.engine import pyramid
+from hires_nst.runtime import ranks
+from hires_nst.core.averaging import IterateAverage, split_state
+from hires_nst.batch.jobs import load_batch
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.settings import load_toml, resolve
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageFinished
-from hires_nst.features import VGGFeatures
-from hires_nst.hostsync import HostCounter
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.optimize import OPTIMIZER_NAMES, optimize_with_state
-from hires_nst.render import RenderJob, fingerprint, render
-from hires_nst.weights import load_weights
+from hires_nst.model.features import VGGFeatures
+from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.optimize import OPTIMIZER_NAMES, optimize_with_state
+from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.model.weights import load_weights
 from tests.conftest import CONTENT, STYLE
 from tests.test_pyramid import interrupt_at, job
 
@@ -221,9 +224,9 @@ def test_a_tiled_averaged_render_equals_the_untiled_one(tmp_path: Path) -> None:
 def _averaged_on_ranks(world: ranks.World) -> dict:
     """Every rank: 4 averaged Adam steps over the shared objective, then the same run broken after 2
     and continued from rank 0's saved state alone (as a resume does, through ``same_start``)."""
-    from hires_nst.bands import BandPlan, plan_bands
-    from hires_nst.distributed import BandObjective, same_start
-    from hires_nst.placement import FP32
+    from hires_nst.core.bands import BandPlan, plan_bands
+    from hires_nst.engine.distributed import BandObjective, same_start
+    from hires_nst.runtime.placement import FP32
     from tests.test_distributed import ALIGN, HALO, problem
 
     extractor, weights, targets, image = problem()

@@ -19,15 +19,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import hires_nst.batch_job
-from hires_nst import images
-from hires_nst.batch import load_batch
-from hires_nst.batch_run import run_batch
-from hires_nst.cli import app
-from hires_nst.contact_sheet import CAPTION, GAP
+import hires_nst.batch.job
+from hires_nst.io import images
+from hires_nst.batch.jobs import load_batch
+from hires_nst.batch.run import run_batch
+from hires_nst.cli.main import app
+from hires_nst.io.contact_sheet import CAPTION, GAP
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
-from hires_nst.writeplan import WORK_MARKER
+from hires_nst.io.writeplan import WORK_MARKER
 from tests.synthetic import write_image
 
 runner = CliRunner()
@@ -84,13 +84,13 @@ def manifest(folder: Path) -> dict[str, dict]:
 def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The content image of every render the batch starts."""
     calls: list[str] = []
-    real = hires_nst.batch_job.render
+    real = hires_nst.batch.job.render
 
     def counting(job, sink):
         calls.append(job.content.name)
         return real(job, sink)
 
-    monkeypatch.setattr(hires_nst.batch_job, "render", counting)
+    monkeypatch.setattr(hires_nst.batch.job, "render", counting)
     return calls
 
 
@@ -340,7 +340,7 @@ def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports() -> None:
-    from hires_nst.batch_job import _log_line
+    from hires_nst.batch.job import _log_line
 
     def logged(iterations: int, every: int) -> list[int]:
         reports = [*range(every, iterations, every), iterations]
@@ -353,7 +353,7 @@ def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports(
 
 
 def test_a_job_left_running_by_a_dead_run_is_recorded_as_interrupted(folder: Path) -> None:
-    from hires_nst.batch_job import Ledger
+    from hires_nst.batch.job import Ledger
 
     batch = load_batch(job_file(folder, '\n[[job]]\nname = "j"\ncontent = "in/a.png"\nstyles = "in/s.png"\n'))
     [job] = batch.jobs
@@ -369,7 +369,7 @@ def test_a_grid_sheet_may_not_overwrite_a_job_output(folder: Path) -> None:
 
 
 def test_a_worker_pins_its_gpu_so_a_job_cannot_reach_the_others() -> None:
-    from hires_nst.batch_parallel import pin_device
+    from hires_nst.batch.parallel import pin_device
 
     env: dict[str, str] = {}
     assert pin_device("cuda:1", env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "1"
@@ -384,11 +384,11 @@ def test_a_worker_pins_its_gpu_so_a_job_cannot_reach_the_others() -> None:
 def test_a_workers_job_runs_on_its_device_only_whatever_its_devices_say(folder: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    monkeypatch.setattr(hires_nst.batch_job, "render", lambda job, sink: seen.append(job.config.device) or
+    monkeypatch.setattr(hires_nst.batch.job, "render", lambda job, sink: seen.append(job.config.device) or
                         (_ for _ in ()).throw(ConfigError("stop here")))
     job = load_batch(job_file(folder, '[[job]]\nname = "x"\ncontent = "in/a.png"\nstyles = ["in/s.png"]\n'
                                       'overrides = { device = { devices = "cpu,cpu" } }\n')).jobs[0]
-    outcome = hires_nst.batch_job.run_job(job, False, device="cpu", label="cuda:1")
+    outcome = hires_nst.batch.job.run_job(job, False, device="cpu", label="cuda:1")
     assert seen[0].device == "cpu" and seen[0].devices == "" and outcome.device == "cuda:1"
 
 
@@ -536,7 +536,7 @@ def test_a_second_batch_run_on_one_output_folder_is_refused_with_the_pid_and_the
 
 
 def test_a_second_batch_command_is_one_line_naming_the_holder(folder: Path) -> None:
-    from hires_nst.worklock import BATCH_LOCK
+    from hires_nst.io.worklock import BATCH_LOCK
 
     path = job_file(folder, THREE_JOBS)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder / "out"), BATCH_LOCK],
@@ -587,15 +587,15 @@ class _CountingList(list):
 
 
 def test_reading_a_job_file_checks_names_in_linear_time(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.batch
+    import hires_nst.batch.jobs
 
-    real_init = hires_nst.batch._Reader.__init__
+    real_init = hires_nst.batch.jobs._Reader.__init__
 
     def counting_init(self, *args) -> None:
         real_init(self, *args)
         self.jobs, self.grids = _CountingList(), _CountingList()
 
-    monkeypatch.setattr(hires_nst.batch._Reader, "__init__", counting_init)
+    monkeypatch.setattr(hires_nst.batch.jobs._Reader, "__init__", counting_init)
     monkeypatch.setattr(_CountingList, "visits", 0)
     jobs = 120
     body = "".join(f'\n[[job]]\nname = "j{i}"\ncontent = "in/a.png"\nstyles = "in/s.png"\n' for i in range(jobs))

@@ -14,11 +14,11 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-import hires_nst.render
-from hires_nst.cli import app
-from hires_nst.config import SECTIONS, RenderConfig, flag_of
+import hires_nst.engine.render
+from hires_nst.cli.main import app
+from hires_nst.config.settings import SECTIONS, RenderConfig, flag_of
 from hires_nst.errors import InputError, Interrupted
-from hires_nst.render import RenderJob, RenderResult
+from hires_nst.engine.render import RenderJob, RenderResult
 from tests.synthetic import write_image
 
 runner = CliRunner()
@@ -80,7 +80,7 @@ def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
         return RenderResult(output=job.output, settings=Path(f"{job.output}.json"), width=48, height=40,
                             seconds=0.1, losses={"total": 1.0}, work_dir=Path("work"))
 
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     return jobs
 
 
@@ -237,7 +237,7 @@ def test_interrupted_render_is_one_line_with_exit_130(monkeypatch: pytest.Monkey
     def interrupted(job: RenderJob, sink: object = None) -> RenderResult:
         raise Interrupted("interrupted during stage 2/3; run the same command with --resume to continue")
 
-    monkeypatch.setattr(hires_nst.render, "render", interrupted)
+    monkeypatch.setattr(hires_nst.engine.render, "render", interrupted)
     result = runner.invoke(app, ["render", str(inputs[0]), str(inputs[1]), "-o", str(tmp_path / "o.png")])
 
     assert result.exit_code == 130
@@ -250,7 +250,7 @@ def test_engine_bug_is_one_internal_error_line_with_exit_70(monkeypatch: pytest.
     def broken(job: RenderJob, sink: object = None) -> RenderResult:
         raise KeyError("stage\nsecond line")
 
-    monkeypatch.setattr(hires_nst.render, "render", broken)
+    monkeypatch.setattr(hires_nst.engine.render, "render", broken)
     result = runner.invoke(app, ["render", str(inputs[0]), str(inputs[1]), "-o", str(tmp_path / "o.png")])
 
     assert result.exit_code == 70

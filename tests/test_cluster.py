@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hires_nst import images
-from hires_nst.batch import load_batch
-from hires_nst.batch_run import run_batch
-from hires_nst.cli import app
+from hires_nst.io import images
+from hires_nst.batch.jobs import load_batch
+from hires_nst.batch.run import run_batch
+from hires_nst.cli.main import app
 from hires_nst.errors import DeviceError
 from tests import cluster_hooks
 from tests.synthetic import write_image
 
 ray = pytest.importorskip("ray")
-from hires_nst import cluster  # noqa: E402  (needs Ray)
+from hires_nst.batch import cluster  # noqa: E402  (needs Ray)
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,9 +230,9 @@ def test_jobs_ask_for_a_gpu_where_the_cluster_has_them_else_cpus() -> None:
 
 def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log_and_what_is_not_ours(
         tmp_path: Path) -> None:
-    from hires_nst.batch import BatchJob
-    from hires_nst.config import RenderConfig, OutputConfig
-    from hires_nst.render import RenderJob
+    from hires_nst.batch.jobs import BatchJob
+    from hires_nst.config.settings import RenderConfig, OutputConfig
+    from hires_nst.engine.render import RenderJob
 
     work = tmp_path / "work" / "j"
     (work / "frames").mkdir(parents=True)
@@ -249,7 +249,7 @@ def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log_and_
 
 
 def test_a_lost_cluster_records_the_running_jobs_as_interrupted(folder: Path) -> None:
-    from hires_nst.batch_job import Ledger
+    from hires_nst.batch.job import Ledger
 
     batch = load_batch(job_file(folder, job("j1", "a") + job("j2", "b")))
     (folder / "out").mkdir()

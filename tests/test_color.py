@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hires_nst import color
+from hires_nst.core import color
 
 
 def random_image(seed: int, shape=(24, 32, 3), tint=(1.0, 1.0, 1.0)) -> np.ndarray:

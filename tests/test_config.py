@@ -10,9 +10,9 @@ from typing import Any, get_type_hints
 import pytest
 from typer.testing import CliRunner
 
-import hires_nst.render
-from hires_nst.cli import app
-from hires_nst.config import SECTIONS, flag_of, resolve
+import hires_nst.engine.render
+from hires_nst.cli.main import app
+from hires_nst.config.settings import SECTIONS, flag_of, resolve
 from hires_nst.errors import EXIT_USAGE, ConfigError, classify
 from tests.synthetic import write_image
 
@@ -84,7 +84,7 @@ def test_a_bad_number_is_one_line_exit_2_before_any_model_load(flag: str, value:
     def no_model(*args: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(hires_nst.render, "build_extractor", no_model)
+    monkeypatch.setattr(hires_nst.engine.render, "build_extractor", no_model)
     before = set(tmp_path.rglob("*"))
 
     result = CliRunner().invoke(app, ["render", str(inputs[0]), str(inputs[1]), "-o", str(tmp_path / "o.png"),

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hires_nst.config import resolve
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.features import VGGFeatures
-from hires_nst.hostsync import HostCounter
-from hires_nst.lbfgs import DeviceLBFGS
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.optimize import optimize_with_state
-from hires_nst.render import RenderJob, render
-from hires_nst.weights import load_weights
+from hires_nst.config.settings import resolve
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.model.features import VGGFeatures
+from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.core.lbfgs import DeviceLBFGS
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.optimize import optimize_with_state
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.model.weights import load_weights
 
 LAYERS = [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS]
 
@@ -170,7 +170,7 @@ def test_a_rejected_candidate_leaves_the_accepted_point_and_shrinks_the_step() -
 
 
 def test_convergence_stops_only_after_a_flat_window() -> None:
-    from hires_nst.optimize import Convergence
+    from hires_nst.engine.optimize import Convergence
 
     stop = Convergence(tolerance=0.01, patience=20)
     totals = {10: 1.0, 20: 0.9, 30: 0.8, 40: 0.795, 50: 0.794, 60: 0.793}

@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from hires_nst import __version__
-from hires_nst.cli import app
-from hires_nst.cli_help import ARGUMENTS, PANELS
+from hires_nst.cli.main import app
+from hires_nst.cli.help import ARGUMENTS, PANELS
 
 runner = CliRunner()
 
@@ -56,7 +56,7 @@ def test_version() -> None:
 
 def test_the_command_line_loads_without_torch() -> None:
     """torch and torchvision take seconds to import; --help must not wait for them."""
-    code = ("import sys, hires_nst.cli, hires_nst.web, hires_nst\n"
+    code = ("import sys, hires_nst.cli.main, hires_nst.web.server, hires_nst\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hires_nst import losses
-from hires_nst.hostsync import HostCounter
+from hires_nst.core import losses
+from hires_nst.runtime.hostsync import HostCounter
 
 
 def spd(channels: int = 8) -> torch.Tensor:

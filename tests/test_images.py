@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from hires_nst import images
+from hires_nst.io import images
 from hires_nst.errors import InputError, OutputError
 
 ORIENTATION = 0x0112

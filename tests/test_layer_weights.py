@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hires_nst.render
-from hires_nst.cli import app
-from hires_nst.config import parse_layer_weights, resolve
+import hires_nst.engine.render
+from hires_nst.cli.main import app
+from hires_nst.config.settings import parse_layer_weights, resolve
 from hires_nst.errors import ConfigError
-from hires_nst.stageplan import loss_weights
-from hires_nst.render import RenderJob, RenderResult
+from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.render import RenderJob, RenderResult
 
 STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
@@ -85,7 +85,7 @@ def test_layer_options_reach_the_engine(tmp_path: Path, monkeypatch: pytest.Monk
         jobs.append(job)
         return RenderResult(job.output, Path(f"{job.output}.json"), 8, 8, 0.1, {"total": 1.0}, Path("work"))
 
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     args = ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--content-layers", "conv5_2",
             "--style-layers", "conv1_1:conv3_1", "--style-layer-weights", "4:1", "--backbone", "vgg16",
             "--weights", "random", "-q"]
@@ -113,7 +113,7 @@ def test_layers_command_lists_names_channels_and_downsampling() -> None:
 
 @pytest.mark.default_loss
 def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(tmp_path: Path) -> None:
-    from hires_nst.render import fingerprint
+    from hires_nst.engine.render import fingerprint
 
     for name in ("c.png", "s.png"):
         (tmp_path / name).write_bytes(b"x")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hires_nst.events import Message, Planned, PlannedStage, StageFinished, StageStarted, Step
-from hires_nst.logprogress import LogProgress, WorkLeft, clock_text
+from hires_nst.io.logprogress import LogProgress, WorkLeft, clock_text
 
 LOSSES = {"total": 2.5, "content": 1.0, "style": 0.15, "tv": 0.0}
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

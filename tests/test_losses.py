@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hires_nst import losses
-from hires_nst.objective import Statistics, Targets, Weights, loss_terms
+from hires_nst.core import losses
+from hires_nst.engine.objective import Statistics, Targets, Weights, loss_terms
 
 # Channel 0 = [[1, 2], [3, 4]], channel 1 = [[0, 1], [-1, 2]]; flattened c0 = (1, 2, 3, 4), c1 = (0, 1, -1, 2):
 # c0.c0 = 30, c0.c1 = 0 + 2 - 3 + 8 = 7, c1.c1 = 0 + 1 + 1 + 4 = 6.

@@ -10,15 +10,15 @@ import warnings
 import pytest
 import torch
 
-from hires_nst import guides, losses, memmodel
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.config import resolve
-from hires_nst.memmeasure import (Scenario, estimated, measure, optimizer_bytes, pair_bytes_per_pixel,
+from hires_nst.core import guides, losses, memmodel
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.settings import resolve
+from hires_nst.engine.memmeasure import (Scenario, estimated, measure, optimizer_bytes, pair_bytes_per_pixel,
                                   scenario_weights)
-from hires_nst.memmodel import estimate, lbfgs_history, plan_tile
-from hires_nst.placement import Placement
-from hires_nst.stageplan import styled_regions, tiling_rules
-from hires_nst.tileplan import align_for, required_halo, round_up
+from hires_nst.core.memmodel import estimate, lbfgs_history, plan_tile
+from hires_nst.runtime.placement import Placement
+from hires_nst.engine.plan import styled_regions, tiling_rules
+from hires_nst.core.tiles import align_for, required_halo, round_up
 
 GiB = 2**30
 LAYERS = (*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from hires_nst import losses
-from hires_nst.pooling import RecomputingMaxPool2d
+from hires_nst.core import losses
+from hires_nst.model.pooling import RecomputingMaxPool2d
 
 
 def test_index_free_max_pooling_gives_the_same_values_and_gradients_ties_included() -> None:

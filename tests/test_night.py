@@ -19,16 +19,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import hires_nst.render
-from hires_nst import images, trace
-from hires_nst.batch import load_batch
-from hires_nst.batch_run import run_batch
-from hires_nst.cli import app
-from hires_nst.config import resolve
+import hires_nst.engine.render
+from hires_nst.io import images, trace
+from hires_nst.batch.jobs import load_batch
+from hires_nst.batch.run import run_batch
+from hires_nst.cli.main import app
+from hires_nst.config.settings import resolve
 from hires_nst.errors import ConfigError, HiresNSTError, InputError, Interrupted, OutputError, WeightsError
 from hires_nst.events import Message, StageStarted, Step
-from hires_nst.render import RenderJob, RenderResult, render, work_dir_of
-from hires_nst.schedule import make_schedule, stage_long_sides
+from hires_nst.engine.render import RenderJob, RenderResult, render, work_dir_of
+from hires_nst.config.schedule import make_schedule, stage_long_sides
 from tests.synthetic import write_image
 
 runner = CliRunner()
@@ -102,13 +102,13 @@ class _Disk:
 
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> _Disk:
-    import hires_nst.safety
+    import hires_nst.io.safety
 
     disk = _Disk()
     real_open, real_fdopen = open, os.fdopen
     monkeypatch.setattr(trace, "open", lambda *a, **k: disk.wrap(real_open(*a, **k)), raising=False)
     monkeypatch.setattr(images.os, "fdopen", lambda *a, **k: disk.wrap(real_fdopen(*a, **k)))
-    monkeypatch.setattr(hires_nst.safety, "DISK_FULL_WAITS", (0.0, 0.0), raising=False)
+    monkeypatch.setattr(hires_nst.io.safety, "DISK_FULL_WAITS", (0.0, 0.0), raising=False)
     return disk
 
 
@@ -149,7 +149,7 @@ def test_a_full_disk_mid_render_stops_with_exit_1_the_resume_command_and_a_settl
     monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "c.png", 48, 40, 0)
     write_image(tmp_path / "s.png", 40, 40, 1)
-    real = hires_nst.render.render
+    real = hires_nst.engine.render.render
 
     def filling(job, sink):
         def watch(event):
@@ -158,7 +158,7 @@ def test_a_full_disk_mid_render_stops_with_exit_1_the_resume_command_and_a_settl
             sink(event)
         return real(job, watch)
 
-    monkeypatch.setattr(hires_nst.render, "render", filling)
+    monkeypatch.setattr(hires_nst.engine.render, "render", filling)
     args = ["render", "c.png", "s.png", "-o", "out.png", "--min-size", "32", "--max-size", "48",
             "--iterations", "3,2", "--content-layers", "conv2_1", "--style-layers", "conv1_1,conv2_1", "-q"]
     result = runner.invoke(app, args)
@@ -173,7 +173,7 @@ def test_a_full_disk_mid_render_stops_with_exit_1_the_resume_command_and_a_settl
     assert not list(work.glob(".*.part")) and not (tmp_path / "out.png").exists()
 
     disk.full = False
-    monkeypatch.setattr(hires_nst.render, "render", real)
+    monkeypatch.setattr(hires_nst.engine.render, "render", real)
     events: list = []
     again = real(_with(_job(tmp_path, tmp_path / "out.png", work=False), resume=True), events.append)
     assert again.stages_reused == 1 and _started(events) == [1]
@@ -216,7 +216,7 @@ def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path,
 
 def test_resume_goes_on_from_an_older_default_work_dir_under_outputs_work(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from hires_nst.render import legacy_work_dir
+    from hires_nst.engine.render import legacy_work_dir
 
     monkeypatch.chdir(tmp_path)
     job = _job(tmp_path, tmp_path / "out.png", work=False)
@@ -263,7 +263,7 @@ def test_the_cli_hands_the_engine_an_absolute_resume_command(tmp_path: Path, mon
         jobs.append(job)
         return RenderResult(job.output, Path(f"{job.output}.json"), 48, 40, 0.1, {"total": 1.0}, Path("w"))
 
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "my photo.png")
     result = runner.invoke(app, ["render", "my photo.png", "my photo.png", "-o", "o.png", "--restart", "-q"])
@@ -426,7 +426,7 @@ def test_temp_files_and_stale_progress_are_cleaned_on_open_and_at_the_end(tmp_pa
 def test_a_pickled_weights_file_is_refused_without_torchs_advice_or_warnings(tmp_path: Path) -> None:
     import warnings
 
-    from hires_nst.weights import load_weights
+    from hires_nst.model.weights import load_weights
 
     torch.save({"model": torch.nn.Conv2d(3, 4, 3)}, tmp_path / "model.pth")
     with warnings.catch_warnings():
@@ -438,7 +438,7 @@ def test_a_pickled_weights_file_is_refused_without_torchs_advice_or_warnings(tmp
 
 
 def test_weights_with_nan_are_refused_when_loaded(tmp_path: Path) -> None:
-    from hires_nst.weights import load_weights
+    from hires_nst.model.weights import load_weights
 
     state = {f"features.{k}": v.clone() for k, v in load_weights("random").state_dict.items()}
     state["features.0.weight"][0, 0, 0, 0] = float("nan")

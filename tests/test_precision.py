@@ -8,17 +8,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hires_nst import losses, placement
-from hires_nst.cli import app
-from hires_nst.config import resolve
+from hires_nst.core import losses
+from hires_nst.runtime import placement
+from hires_nst.cli.main import app
+from hires_nst.config.settings import resolve
 from hires_nst.errors import ConfigError, DeviceError
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.features import VGGFeatures
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.optimize import optimize, optimize_with_state
-from hires_nst.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.model.features import VGGFeatures
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.optimize import optimize, optimize_with_state
+from hires_nst.runtime.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,
                                  resolve_precision)
-from hires_nst.tiling import make_objective
+from hires_nst.engine.tiling import make_objective
 from tests.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)
@@ -241,7 +242,7 @@ def test_unknown_precision_is_a_config_error_naming_the_flag() -> None:
 
 
 def test_device_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: 4)
+    monkeypatch.setattr("hires_nst.runtime.placement.usable_cores", lambda: 4)
     assert resolve_devices("", "cpu") == (CPU,)
     assert resolve_devices("cpu,cpu") == (CPU, CPU)
     assert resolve_devices(" cpu , cpu ,cpu") == (CPU, CPU, CPU)
@@ -307,9 +308,9 @@ def test_sync_every_n_reports_every_n_steps_and_the_last_and_changes_no_pixel(ex
 
 @pytest.mark.parametrize("cores,most", [(2, 2), (1, 2), (8, 8)])
 def test_more_cpu_ranks_than_cores_are_refused(monkeypatch: pytest.MonkeyPatch, cores: int, most: int) -> None:
-    from hires_nst.batch_parallel import run_parallel
+    from hires_nst.batch.parallel import run_parallel
 
-    monkeypatch.setattr("hires_nst.placement.usable_cores", lambda: cores)
+    monkeypatch.setattr("hires_nst.runtime.placement.usable_cores", lambda: cores)
     assert resolve_devices(",".join(["cpu"] * most)) == (CPU,) * most  # two always: cpu,cpu tests the logic
     for refused in (lambda: resolve_devices(",".join(["cpu"] * (most + 1))),
                     lambda: run_parallel([], None, print, ["cpu"] * (most + 1))):  # type: ignore[arg-type]

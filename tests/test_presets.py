@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hires_nst.render
-import hires_nst.stageplan
-from hires_nst.cli import app
-from hires_nst.config import RenderConfig
+import hires_nst.engine.render
+import hires_nst.engine.plan
+from hires_nst.cli.main import app
+from hires_nst.config.settings import RenderConfig
 from hires_nst.errors import ConfigError
-from hires_nst.presets import builtin_dir, builtin_names, load_preset, output_size
-from hires_nst.render import RenderJob, RenderResult
+from hires_nst.config.presets import builtin_dir, builtin_names, load_preset, output_size
+from hires_nst.engine.render import RenderJob, RenderResult
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_print_presets_write_16_bit_tiffs() -> None:
 def test_top_level_presets_folder_is_the_packaged_one_and_ships_in_the_wheel() -> None:
     assert (ROOT / "presets").resolve() == builtin_dir().resolve()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "presets/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["hires_nst"]
+    assert "preset_files/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["hires_nst.config"]
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
         jobs.append(job)
         return RenderResult(job.output, Path(f"{job.output}.json"), 1, 1, 0.1, {"total": 1.0}, Path("work"))
 
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     return jobs
 
 
@@ -97,7 +97,7 @@ def test_a_preset_iteration_list_fits_another_max_size(preset: str, max_size: st
     result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", preset,
                                  "--max-size", max_size, "-q"])
     assert result.exit_code == 0, result.output
-    schedule, _ = hires_nst.stageplan.plan_schedule(fake_render[0].config, 800, 600)
+    schedule, _ = hires_nst.engine.plan.plan_schedule(fake_render[0].config, 800, 600)
     assert [stage.iterations for stage in schedule] == expected
     assert schedule[-1].long_side == int(max_size)
 
@@ -107,7 +107,7 @@ def test_no_fit_iterations_makes_a_list_exact_again(tmp_path: Path, fake_render:
                                  "--max-size", "1024", "--iterations", "9,8", "--no-fit-iterations", "-q"])
     assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError, match="lists 2 values but the pyramid has 4 stages"):
-        hires_nst.stageplan.plan_schedule(fake_render[0].config, 800, 600)
+        hires_nst.engine.plan.plan_schedule(fake_render[0].config, 800, 600)
 
 
 @pytest.mark.parametrize("text, expected", [

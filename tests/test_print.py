@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from hires_nst import images, safety
-from hires_nst.config import resolve
-from hires_nst.encode16 import to_uint16
+from hires_nst.io import images, safety
+from hires_nst.config.settings import resolve
+from hires_nst.io.encode16 import to_uint16
 from hires_nst.errors import ConfigError, InputError, Interrupted, OutputError
 from hires_nst.events import StageStarted
-from hires_nst.printsize import paper_pixels, print_plan
-from hires_nst.render import RenderJob, render
-from hires_nst.stageplan import plan_schedule
+from hires_nst.config.printsize import paper_pixels, print_plan
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.engine.plan import plan_schedule
 from tests.synthetic import write_image
 
 
@@ -219,9 +219,9 @@ def test_print_render_crops_to_the_paper_and_writes_a_16bit_tiff_at_its_dpi(tmp_
 def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import hires_nst.render
-    from hires_nst.cli import app
-    from hires_nst.render import RenderResult
+    import hires_nst.engine.render
+    from hires_nst.cli.main import app
+    from hires_nst.engine.render import RenderResult
 
     jobs: list[RenderJob] = []
 
@@ -229,7 +229,7 @@ def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pyte
         jobs.append(job)
         return RenderResult(job.output, Path("s.json"), 1, 1, 0.1, {"total": 1.0}, Path("work"))
 
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     result = CliRunner().invoke(app, [
         "render", "c.png", "s.png", "-o", str(tmp_path / "print"), "--print-size", "30x40cm", "--dpi", "150",
         "--fit", "crop", "--orientation", "landscape", "--bit-depth", "16", "--format", "tif",
@@ -242,7 +242,7 @@ def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pyte
 
 
 def test_an_output_without_extension_takes_the_format() -> None:
-    from hires_nst.outputs import output_path
+    from hires_nst.engine.outputs import output_path
 
     assert output_path(Path("out/a3"), "tif") == Path("out/a3.tif")
     assert output_path(Path("out/a3"), "") == Path("out/a3.png")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst import color, images
-from hires_nst.config import resolve
+from hires_nst.core import color
+from hires_nst.io import images
+from hires_nst.config.settings import resolve
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageStarted, Step
-from hires_nst.render import RenderJob, render
+from hires_nst.engine.render import RenderJob, render
 from tests.conftest import CONTENT, STYLE
 
 
@@ -133,9 +134,9 @@ def interrupt_at(stage: int, iteration: int):
 
 
 def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.pyramid as pyramid
-    from hires_nst.checkpoints import WorkDir
-    from hires_nst.schedule import Stage
+    import hires_nst.engine.pyramid as pyramid
+    from hires_nst.io.checkpoints import WorkDir
+    from hires_nst.config.schedule import Stage
 
     clock = {"now": 1000.0}
     monkeypatch.setattr(pyramid.time, "monotonic", lambda: clock["now"])
@@ -155,11 +156,11 @@ def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monke
 
 def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render_go_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.pyramid as pyramid
-    from hires_nst.checkpoints import WorkDir
+    import hires_nst.engine.pyramid as pyramid
+    from hires_nst.io.checkpoints import WorkDir
     from hires_nst.errors import OutputError
     from hires_nst.events import Message
-    from hires_nst.schedule import Stage
+    from hires_nst.config.schedule import Stage
 
     stage = Stage(0, 8, 6, 100)
     workdir = WorkDir(tmp_path / "work")
@@ -222,8 +223,8 @@ def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
 def test_a_full_disk_at_every_progress_save_is_said_once_per_change(tmp_path: Path) -> None:
     from hires_nst.errors import DiskFullError
     from hires_nst.events import Message
-    from hires_nst.pyramid import Checkpointing, ProgressSaves
-    from hires_nst.schedule import Stage
+    from hires_nst.engine.pyramid import Checkpointing, ProgressSaves
+    from hires_nst.config.schedule import Stage
 
     class Disk:  # the work dir's progress saves: full at iterations 2-5 and 8-9
         def save_progress(self, stage, schedule, iteration, image, state) -> None:

@@ -11,21 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from hires_nst import images, ranks
-from hires_nst.bands import BandPlan, plan_bands
-from hires_nst.config import LossConfig, RenderConfig, load_toml, resolve
-from hires_nst.distributed import BandObjective
+from hires_nst.io import images
+from hires_nst.runtime import ranks
+from hires_nst.core.bands import BandPlan, plan_bands
+from hires_nst.config.settings import LossConfig, RenderConfig, load_toml, resolve
+from hires_nst.engine.distributed import BandObjective
 from hires_nst.errors import ConfigError
-from hires_nst.features import VGGFeatures
-from hires_nst.guides import RegionGuide, colour_guides, layer_guides
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.placement import FP32
-from hires_nst.regions import load_regions
-from hires_nst.regionspec import parse_regions, style_index
-from hires_nst.render import RenderJob, fingerprint, render
-from hires_nst.tileplan import align_for, required_halo
-from hires_nst.tiling import TiledObjective
-from hires_nst.weights import load_weights
+from hires_nst.model.features import VGGFeatures
+from hires_nst.core.guides import RegionGuide, colour_guides, layer_guides
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.runtime.placement import FP32
+from hires_nst.engine.regions import load_regions
+from hires_nst.config.regionspec import parse_regions, style_index
+from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.core.tiles import align_for, required_halo
+from hires_nst.engine.tiling import TiledObjective
+from hires_nst.model.weights import load_weights
 from tests.synthetic import tiles_for
 
 CONTENT_LAYERS, STYLE_LAYERS = ("conv3_1",), ("conv1_1", "conv2_1", "conv3_1", "conv4_1")
@@ -310,7 +311,7 @@ def test_two_styled_regions_and_an_unstyled_one_in_a_64px_render(tmp_path: Path,
 def test_the_command_line_takes_repeated_regions_and_names_what_is_wrong(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from hires_nst.cli import app
+    from hires_nst.cli.main import app
 
     content = save(tmp_path / "photo.png", photo(32, 32))
     red = save(tmp_path / "red.png", stripes((0.9, 0.1, 0.1), (0.6, 0.0, 0.05), 32))
@@ -338,7 +339,7 @@ def test_stylize_takes_regions_as_settings(tmp_path: Path) -> None:
 
 
 def test_a_batch_job_carries_its_regions_with_masks_relative_to_the_job_file(tmp_path: Path) -> None:
-    from hires_nst.batch import load_batch
+    from hires_nst.batch.jobs import load_batch
 
     (tmp_path / "jobs.toml").write_text(
         'output_dir = "out"\n'

@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from hires_nst import images
-from hires_nst.config import resolve
-from hires_nst.objective import Objective
-from hires_nst.pyramid import stage_inputs
-from hires_nst.stageplan import loss_weights
-from hires_nst.render import RenderJob, build_extractor, render
-from hires_nst.schedule import Stage
+from hires_nst.io import images
+from hires_nst.config.settings import resolve
+from hires_nst.engine.objective import Objective
+from hires_nst.engine.pyramid import stage_inputs
+from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.render import RenderJob, build_extractor, render
+from hires_nst.config.schedule import Stage
 from tests.conftest import CONTENT, STYLE
 
 
 
 def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float]:
     """Losses of an image (or of the content init) against the render's own targets at its size."""
-    from hires_nst.objective import make_targets
+    from hires_nst.engine.objective import make_targets
 
     content = images.load_image(CONTENT)
     style = images.load_image(STYLE)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from hires_nst import encode16, images
+from hires_nst.io import encode16, images
 
 
 def _gradient(height: int = 40, width: int = 56) -> np.ndarray:
@@ -54,9 +54,9 @@ def test_pixels_past_the_classic_limit_are_written_as_bigtiff(tmp_path: Path,
 
 def test_an_output_named_without_extension_is_recorded_under_the_name_written(tmp_path: Path) -> None:
     """``-o small --format tif`` writes small.tif: the settings must say so (they said ``small``)."""
-    from hires_nst.config import resolve
-    from hires_nst.render import RenderJob, render
-    from hires_nst.trace import compare_runs
+    from hires_nst.config.settings import resolve
+    from hires_nst.engine.render import RenderJob, render
+    from hires_nst.io.trace import compare_runs
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     config = resolve(("test", {"pyramid": {"max_size": 32, "iterations": [2]}, "output": {

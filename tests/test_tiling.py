@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES
-from hires_nst.features import VGGFeatures
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.optimize import optimize
-from hires_nst.tileplan import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
-from hires_nst.tiling import TiledObjective, make_objective
-from hires_nst.weights import load_weights
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES
+from hires_nst.model.features import VGGFeatures
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.optimize import optimize
+from hires_nst.core.tiles import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
+from hires_nst.engine.tiling import TiledObjective, make_objective
+from hires_nst.model.weights import load_weights
 from tests.synthetic import tiles_for
 
 SIZES = [(160, 224), (157, 203), (224, 160), (17, 5), (64, 64), (300, 33)]  # width, height

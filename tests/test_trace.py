@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hires_nst import images
-from hires_nst.cli import app
-from hires_nst.config import resolve
+from hires_nst.io import images
+from hires_nst.cli.main import app
+from hires_nst.config.settings import resolve
 from hires_nst.errors import Interrupted, InputError
 from hires_nst.events import StageStarted, Step
-from hires_nst.render import RenderJob, render
-from hires_nst.trace import COLUMNS, TraceWriter, compare_runs, read_trace
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.io.trace import COLUMNS, TraceWriter, compare_runs, read_trace
 
 EXPECTED_COLUMNS = ["stage", "width", "height", "iteration", "total", "content", "style", "tv", "seconds", "elapsed",
                     "peak_memory_mb"]
@@ -143,11 +143,11 @@ def _empty(tmp_path: Path) -> Path:
 
 
 def test_compare_shows_brackets_in_paths_and_names_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.trace
-    from hires_nst.trace import RunSummary
+    import hires_nst.io.trace
+    from hires_nst.io.trace import RunSummary
 
     run = RunSummary("dir [red]x[/red]/out [b].png", "[bold]vgg19", "lbfgs", 1.0, 64, 48, 8, {"total": 1.5}, 2.0, None)
-    monkeypatch.setattr(hires_nst.trace, "compare_runs", lambda paths: [run])
+    monkeypatch.setattr(hires_nst.io.trace, "compare_runs", lambda paths: [run])
 
     printed = CliRunner().invoke(app, ["compare", str(tmp_path)])
 

@@ -7,20 +7,21 @@ import dataclasses
 import pytest
 import torch
 
-from hires_nst import losses, ranks
-from hires_nst.bands import BandPlan, plan_bands
-from hires_nst.config import resolve
-from hires_nst.distributed import BandObjective
+from hires_nst.core import losses
+from hires_nst.runtime import ranks
+from hires_nst.core.bands import BandPlan, plan_bands
+from hires_nst.config.settings import resolve
+from hires_nst.engine.distributed import BandObjective
 from hires_nst.errors import ConfigError
-from hires_nst.features import VGGFeatures
-from hires_nst.hostsync import HostCounter
-from hires_nst.objective import Objective, Statistics, Weights, make_targets, style_loss
-from hires_nst.optimize import optimize_with_state
-from hires_nst.placement import FP32
-from hires_nst.stageplan import loss_weights
-from hires_nst.tileplan import align_for, required_halo
-from hires_nst.tiling import TiledObjective, make_objective
-from hires_nst.weights import load_weights
+from hires_nst.model.features import VGGFeatures
+from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.engine.objective import Objective, Statistics, Weights, make_targets, style_loss
+from hires_nst.engine.optimize import optimize_with_state
+from hires_nst.runtime.placement import FP32
+from hires_nst.engine.plan import loss_weights
+from hires_nst.core.tiles import align_for, required_halo
+from hires_nst.engine.tiling import TiledObjective, make_objective
+from hires_nst.model.weights import load_weights
 from tests.synthetic import tiles_for
 from tests.test_tiling import setup_objective
 
@@ -248,7 +249,7 @@ def test_every_objective_takes_one_square_root_per_style_layer(method: str, monk
 def default_problem(pair, width: int, height: int, tile: int | None):
     """The default settings (w2, descending layer weights, L-BFGS) on the bundled pair at a small
     size: objective (tiled with ``tile``), start image, learning rate."""
-    from hires_nst import images
+    from hires_nst.io import images
 
     config = resolve()
     weights = loss_weights(config)
@@ -310,7 +311,7 @@ def test_the_default_loss_on_the_cuda_path_reads_the_host_only_at_reports(pair, 
 def test_the_config_names_the_style_loss() -> None:
     assert loss_weights(resolve(("t", {"loss": {"style_loss": "w2"}}))).style_loss == "w2"
     assert loss_weights(resolve()).style_loss == "w2"  # the default
-    from hires_nst.presets import load_preset
+    from hires_nst.config.presets import load_preset
 
     assert loss_weights(load_preset("gatys").config()).style_loss == "gram"
     with pytest.raises(ConfigError, match="--style-loss"):
@@ -320,8 +321,8 @@ def test_the_config_names_the_style_loss() -> None:
 @pytest.mark.default_loss
 @pytest.mark.slow
 def test_a_default_two_stage_render_runs_the_w2_loss_and_keeps_the_photo(tmp_path, pair) -> None:
-    from hires_nst import images
-    from hires_nst.render import RenderJob, render
+    from hires_nst.io import images
+    from hires_nst.engine.render import RenderJob, render
 
     content, style = pair
     config = resolve(("test", {"pyramid": {"max_size": 96, "min_size": 64, "scale_factor": 1.5, "iterations": [15, 8]},

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hires_nst import images
+from hires_nst.io import images
 from hires_nst.errors import InputError
 from hires_nst.events import Planned, PlannedStage
-from hires_nst.trace import COLUMNS
-from hires_nst.web import LiveServer, Watched, exposure_warning, live_page, watched_path
+from hires_nst.io.trace import COLUMNS
+from hires_nst.web.server import LiveServer, Watched, exposure_warning, live_page, watched_path
 
 
 def _get(url: str) -> tuple[str, bytes]:
@@ -107,10 +107,10 @@ def test_a_page_open_to_the_network_is_said_loudly_and_paths_are_checked(tmp_pat
 def test_render_web_and_watch_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import hires_nst.cli
-    import hires_nst.render
-    from hires_nst.cli import app
-    from hires_nst.render import RenderResult
+    import hires_nst.cli.main
+    import hires_nst.engine.render
+    from hires_nst.cli.main import app
+    from hires_nst.engine.render import RenderResult
 
     said: list[str] = []
     seen: list[str] = []
@@ -122,8 +122,8 @@ def test_render_web_and_watch_on_the_command_line(tmp_path: Path, monkeypatch: p
         seen.append(json.loads(_get(url + "state.json")[1])["state"])
         return RenderResult(job.output, tmp_path / "o.json", 8, 8, 0.1, {"total": 1.0}, work)
 
-    monkeypatch.setattr(hires_nst.cli, "say_line", said.append)
-    monkeypatch.setattr(hires_nst.render, "render", fake)
+    monkeypatch.setattr(hires_nst.cli.main, "say_line", said.append)
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
     runner = CliRunner()
     result = runner.invoke(app, ["render", str(tmp_path / "c.png"), str(tmp_path / "c.png"), "-o",
                                  str(tmp_path / "o.png"), "--web", "--port", "0"])
@@ -206,10 +206,10 @@ def test_a_bad_port_or_host_is_one_usage_line(command: str, flags: list[str], ex
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import hires_nst.render
-    from hires_nst.cli import app
+    import hires_nst.engine.render
+    from hires_nst.cli.main import app
 
-    monkeypatch.setattr(hires_nst.render, "render", lambda job, sink: pytest.fail("the render started"))
+    monkeypatch.setattr(hires_nst.engine.render, "render", lambda job, sink: pytest.fail("the render started"))
     work = _work_dir(tmp_path / "work")
     images.save_image(tmp_path / "c.png", np.full((20, 20, 3), 0.5, np.float32))
     args = (["render", str(tmp_path / "c.png"), str(tmp_path / "c.png"), "-o", str(tmp_path / "o.png"), "--web"]
@@ -227,7 +227,7 @@ def test_a_bad_port_or_host_is_one_usage_line(command: str, flags: list[str], ex
 def test_a_port_in_use_is_said_without_naming_another_command(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from hires_nst.cli import app
+    from hires_nst.cli.main import app
 
     work = _work_dir(tmp_path / "work")
     with LiveServer(Watched(work), port=0) as busy:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hires_nst.cli import app
-from hires_nst.config import resolve
+from hires_nst.cli.main import app
+from hires_nst.config.settings import resolve
 from hires_nst.errors import ConfigError, Interrupted, OutputError, classify
 from hires_nst.events import StageStarted, Step
-from hires_nst.render import RenderJob, render
-from hires_nst.writeplan import WORK_MARKER, WritePlan, check_writes
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.io.writeplan import WORK_MARKER, WritePlan, check_writes
 from tests.synthetic import write_image
 
 runner = CliRunner()
@@ -210,7 +210,7 @@ def test_the_longest_name_that_fits_renders(tmp_path: Path) -> None:
 
 
 def test_the_temp_name_rule_is_the_one_write_atomically_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hires_nst import images
+    from hires_nst.io import images
 
     made: list[str] = []
     real = images.tempfile.mkstemp

