@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from hires_nst.config.settings import resolve
-from hires_nst.events import StageFinished, Step
 from hires_nst.engine.render import RenderJob, render
+from hires_nst.events import StageFinished, Step
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 

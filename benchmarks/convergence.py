@@ -45,8 +45,8 @@ def stop_iteration(totals: list[float], tolerance: float, patience: int) -> int:
 def render_traced(content: Path, style: Path, settings: dict, every: int, folder: Path) -> tuple[dict, list[dict]]:
     """Per stage the loss of every iteration; snapshots (saved as PNG) with the CPU-seconds by then."""
     from hires_nst import stylize
-    from hires_nst.io import images
     from hires_nst.events import Snapshot, Step
+    from hires_nst.io import images
 
     losses: dict[int, list[float]] = {}
     shots: list[dict] = []

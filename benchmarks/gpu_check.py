@@ -44,9 +44,10 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one
@@ -54,9 +55,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one
 import torch  # noqa: E402
 
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
-from hires_nst.runtime.hostsync import HostCounter  # noqa: E402
 from hires_nst.core.losses import newton_schulz  # noqa: E402
 from hires_nst.engine.memmeasure import Scenario, build_stage, estimated, measure  # noqa: E402
+from hires_nst.runtime.hostsync import HostCounter  # noqa: E402
 from hires_nst.runtime.placement import Precision, resolve_precision  # noqa: E402
 
 GiB = 2**30

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from hires_nst.engine.memmeasure import Scenario, build_stage, estimated, measure, model_settings  # noqa: E402
 from hires_nst.core.memmodel import lbfgs_history, plan_tile  # noqa: E402
-from hires_nst.runtime.placement import MEMORY_MARGIN  # noqa: E402
 from hires_nst.core.tiles import align_for, plan_tiles, required_halo  # noqa: E402
+from hires_nst.engine.memmeasure import Scenario, build_stage, estimated, measure, model_settings  # noqa: E402
+from hires_nst.runtime.placement import MEMORY_MARGIN  # noqa: E402
 
 GiB = 2**30
 CONTEXT_GIB = 1.0  # CUDA context and cuDNN handles: not free for tensors
@@ -50,8 +50,8 @@ def budget_for(card_gib: float) -> int:
 def cuda_run(scenario: Scenario, iterations: int) -> tuple[int, float]:
     """Real peak (max_memory_allocated) and seconds per iteration of the stage on cuda:0."""
     from hires_nst.model.features import VGGFeatures
-    from hires_nst.runtime.placement import CHANNELS_LAST, Precision
     from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import CHANNELS_LAST, Precision
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True

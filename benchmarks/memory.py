@@ -66,12 +66,10 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     import torch
 
     from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-
-    from hires_nst.model.features import VGGFeatures
-    from hires_nst.engine.objective import Weights
-    from hires_nst.engine.objective import make_targets
     from hires_nst.core.tiles import TileGrid
+    from hires_nst.engine.objective import Weights, make_targets
     from hires_nst.engine.tiling import TiledObjective, make_objective
+    from hires_nst.model.features import VGGFeatures
     from hires_nst.model.weights import load_weights
 
     device = torch.device(device_name)

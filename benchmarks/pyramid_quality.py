@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from hires_nst.io import images
+from hires_nst.config.schedule import fit_long_side
 from hires_nst.config.settings import RenderConfig, resolve
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.render import RenderJob, build_extractor, render
-from hires_nst.config.schedule import fit_long_side
+from hires_nst.io import images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 CONTENT, STYLE = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"

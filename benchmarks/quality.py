@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hires_nst.io import images
 from hires_nst.api import stylize
-from hires_nst.io.contact_sheet import grid_sheet
+from hires_nst.config.schedule import fit_long_side
+from hires_nst.config.settings import resolve
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.render import build_extractor
-from hires_nst.config.settings import resolve
-from hires_nst.config.schedule import fit_long_side
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import grid_sheet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 PAIRS = ("tubingen:the_scream", "hoovertowernight:the_scream", "tubingen:starry_night", "hoovertowernight:shipwreck")

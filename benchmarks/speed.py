@@ -99,16 +99,16 @@ def _win_variants(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, 
 def measure(size: int, args: argparse.Namespace, variants: list) -> list[dict]:
     """Build each variant's objective once, then time them in interleaved rounds."""
     import torch
-
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
+
     from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-    from hires_nst.model.features import VGGFeatures
-    from hires_nst.engine.memmeasure import random_regions, settings_weights
-    from hires_nst.runtime.placement import Precision
-    from hires_nst.engine.objective import make_targets
     from hires_nst.core.tiles import TileGrid
+    from hires_nst.engine.memmeasure import random_regions, settings_weights
+    from hires_nst.engine.objective import make_targets
     from hires_nst.engine.tiling import TiledObjective, make_objective
+    from hires_nst.model.features import VGGFeatures
     from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import Precision
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.cudnn_off
@@ -199,15 +199,15 @@ def quality(args: argparse.Namespace) -> list[dict]:
     """fp32 and bf16 renders of the shared pair at 128 px, both scored by the fp32 objective."""
     import torch
 
-    from hires_nst.io import images
+    from hires_nst.config.schedule import Stage, fit_long_side
     from hires_nst.config.settings import RenderConfig
     from hires_nst.engine.objective import Objective, make_targets
     from hires_nst.engine.optimize import optimize
-    from hires_nst.runtime.placement import FP32, resolve_precision
-    from hires_nst.engine.pyramid import stage_inputs
     from hires_nst.engine.plan import loss_weights
+    from hires_nst.engine.pyramid import stage_inputs
     from hires_nst.engine.render import build_extractor
-    from hires_nst.config.schedule import Stage, fit_long_side
+    from hires_nst.io import images
+    from hires_nst.runtime.placement import FP32, resolve_precision
 
     device = torch.device(args.device)
     config = RenderConfig()
@@ -239,11 +239,10 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
     """A full default pyramid render of the shared pair to ``--render`` px: wall time per stage."""
     import torch
 
-    from hires_nst.config.settings import resolve
-    from hires_nst.events import StageFinished
-    from hires_nst.engine.render import RenderJob, render
-
     from hires_nst.config.presets import load_preset
+    from hires_nst.config.settings import resolve
+    from hires_nst.engine.render import RenderJob, render
+    from hires_nst.events import StageFinished
 
     out = ROOT / "outputs" / f"speed-render-{args.render}.png"
     loss = args.losses.split(",")[0]  # the render's settings, or the first loss's preset
@@ -327,13 +326,12 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     import torch
 
     from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-
-    from hires_nst.model.features import VGGFeatures
     from hires_nst.engine.memmeasure import settings_weights
     from hires_nst.engine.objective import Objective, make_targets
     from hires_nst.engine.optimize import optimize_with_state
-    from hires_nst.runtime.placement import resolve_precision
+    from hires_nst.model.features import VGGFeatures
     from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import resolve_precision
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"

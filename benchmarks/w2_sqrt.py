@@ -245,14 +245,14 @@ def evaluation(examples: Path, repeats: int) -> list[dict]:
     """Per size: seconds per evaluation of the default loss and of --preset gatys, and the w2 term's parts."""
     import torch
 
-    from hires_nst.io import images
-    from hires_nst.config.settings import resolve
-    from hires_nst.model.features import VGGFeatures
-    from hires_nst.engine.objective import Objective, make_targets
-    from hires_nst.runtime.placement import resolve_precision
     from hires_nst.config.presets import load_preset
+    from hires_nst.config.settings import resolve
+    from hires_nst.engine.objective import Objective, make_targets
     from hires_nst.engine.plan import loss_weights
+    from hires_nst.io import images
+    from hires_nst.model.features import VGGFeatures
     from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import resolve_precision
 
     precision = resolve_precision("fp32", [torch.device("cpu")])
     weights = {"default": loss_weights(resolve()), "gatys": loss_weights(load_preset("gatys").config())}

@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
@@ -43,9 +44,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     later call with ``resume=True`` goes on from them; without it nothing stays on disk.
     Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
     """
-    from hires_nst.io import images
-    from hires_nst.engine.render import render
     from hires_nst.config.renderjob import RenderJob
+    from hires_nst.engine.render import render
+    from hires_nst.io import images
 
     if callback is not None and not callable(callback):  # before any work: not at the first event
         raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")

@@ -6,8 +6,9 @@ and ``null_sink`` drops them (``--quiet``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:  # only in annotations: the command line loads this module without numpy
     import numpy as np

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hires_nst.core import color
-from hires_nst.io import images
-from hires_nst.io.animation import AnimationRecorder, frame_size
 from hires_nst.config.settings import resolve
+from hires_nst.core import color
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import Snapshot
-from hires_nst.engine.render import RenderJob, render
+from hires_nst.io import images
+from hires_nst.io.animation import AnimationRecorder, frame_size
 
 
 def _job(tmp_path: Path, animate: str, iterations=(5, 3), every: int = 2, size: int = 512, **loss) -> RenderJob:

@@ -12,22 +12,22 @@ import pytest
 import torch
 from torch import Tensor
 
-from hires_nst.core import averaging
-from hires_nst.io import images
-from hires_nst.engine import pyramid
-from hires_nst.runtime import ranks
-from hires_nst.core.averaging import IterateAverage, split_state
 from hires_nst.batch.jobs import load_batch
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.config.settings import load_toml, resolve
-from hires_nst.errors import ConfigError, Interrupted
-from hires_nst.events import StageFinished
-from hires_nst.model.features import VGGFeatures
-from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.core import averaging
+from hires_nst.core.averaging import IterateAverage, split_state
+from hires_nst.engine import pyramid
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import OPTIMIZER_NAMES, optimize_with_state
 from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.errors import ConfigError, Interrupted
+from hires_nst.events import StageFinished
+from hires_nst.io import images
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.hostsync import HostCounter
 from tests.conftest import CONTENT, STYLE
 from tests.test_pyramid import interrupt_at, job
 

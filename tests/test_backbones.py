@@ -13,21 +13,21 @@ import torchvision
 from torch import nn
 from torchvision.models import ResNet50_Weights, VGG16_Weights
 
-from hires_nst.io import images
-from hires_nst.engine import plan as stageplan
-from hires_nst.model.backbones import ResNetFeatures, build_extractor
 from hires_nst.config.catalog import BACKBONES, VGG_BLOCKS, alias, get_backbone
+from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import resolve
+from hires_nst.core.tiles import plan_tiles, required_halo
+from hires_nst.engine import plan as stageplan
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.errors import ConfigError, DeviceError, WeightsError
 from hires_nst.events import Step
+from hires_nst.io import images
+from hires_nst.model.backbones import ResNetFeatures, build_extractor
 from hires_nst.model.features import VGGFeatures
-from hires_nst.engine.objective import Objective, Weights, make_targets
-from hires_nst.runtime.placement import Placement
-from hires_nst.engine.render import RenderJob, render
-from hires_nst.config.schedule import Stage
-from hires_nst.core.tiles import plan_tiles, required_halo
-from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime.placement import Placement
 from tests.synthetic import tiles_for
 
 

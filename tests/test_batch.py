@@ -20,13 +20,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import hires_nst.batch.job
-from hires_nst.io import images
 from hires_nst.batch.jobs import load_batch
 from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
-from hires_nst.io.contact_sheet import CAPTION, GAP
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import CAPTION, GAP
 from hires_nst.io.writeplan import WORK_MARKER
 from tests.synthetic import write_image
 

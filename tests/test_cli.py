@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 import hires_nst.engine.render
 from hires_nst.cli.main import app
 from hires_nst.config.settings import SECTIONS, RenderConfig, flag_of
-from hires_nst.errors import InputError, Interrupted
 from hires_nst.engine.render import RenderJob, RenderResult
+from hires_nst.errors import InputError, Interrupted
 from tests.synthetic import write_image
 
 runner = CliRunner()

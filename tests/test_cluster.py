@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hires_nst.io import images
 from hires_nst.batch.jobs import load_batch
 from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
 from hires_nst.errors import DeviceError
+from hires_nst.io import images
 from tests import cluster_hooks
 from tests.synthetic import write_image
 
@@ -231,7 +231,7 @@ def test_jobs_ask_for_a_gpu_where_the_cluster_has_them_else_cpus() -> None:
 def test_a_changed_job_has_its_work_discarded_by_the_driver_keeping_its_log_and_what_is_not_ours(
         tmp_path: Path) -> None:
     from hires_nst.batch.jobs import BatchJob
-    from hires_nst.config.settings import RenderConfig, OutputConfig
+    from hires_nst.config.settings import OutputConfig, RenderConfig
     from hires_nst.engine.render import RenderJob
 
     work = tmp_path / "work" / "j"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hires_nst.config.settings import resolve
-from hires_nst.events import StageFinished, Step
 from hires_nst.engine.render import RenderJob, render
+from hires_nst.events import StageFinished, Step
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

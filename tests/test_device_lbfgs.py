@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hires_nst.config.settings import resolve
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.model.features import VGGFeatures
-from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.config.settings import resolve
 from hires_nst.core.lbfgs import DeviceLBFGS
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import optimize_with_state
 from hires_nst.engine.render import RenderJob, render
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime.hostsync import HostCounter
 
 LAYERS = [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS]
 

@@ -19,22 +19,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hires_nst.io import images
-from hires_nst.runtime import ranks
-from hires_nst.engine.bandplan import Costs, Line, spread_pays
-from hires_nst.core.bands import balanced_cuts, band_tiles, plan_bands
 from hires_nst.cli.main import app
 from hires_nst.config.settings import resolve
-from hires_nst.core.bands import BandPlan
+from hires_nst.core.bands import BandPlan, balanced_cuts, band_tiles, plan_bands
+from hires_nst.core.tiles import Rect, align_for, required_halo
+from hires_nst.engine.bandplan import Costs, Line, spread_pays
 from hires_nst.engine.distributed import BandObjective
-from hires_nst.events import Message
-from hires_nst.model.features import VGGFeatures
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import optimize_with_state
-from hires_nst.runtime.placement import FP32, resolve_devices
 from hires_nst.engine.render import RenderJob, render
-from hires_nst.core.tiles import Rect, align_for, required_halo
+from hires_nst.events import Message
+from hires_nst.io import images
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.placement import FP32, resolve_devices
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]

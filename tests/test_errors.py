@@ -10,14 +10,22 @@ from typer.testing import CliRunner
 
 import hires_nst.batch.job
 import hires_nst.engine.render
-from hires_nst.batch.jobs import BatchJob
 from hires_nst.batch.job import run_job
+from hires_nst.batch.jobs import BatchJob
 from hires_nst.cli.main import app
-from hires_nst.config.settings import resolve
-
-from hires_nst.errors import (EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DeviceError, Failure,
-                              Interrupted, classify)
 from hires_nst.config.renderjob import RenderJob
+from hires_nst.config.settings import resolve
+from hires_nst.errors import (
+    EXIT_BUG,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ConfigError,
+    DeviceError,
+    Failure,
+    Interrupted,
+    classify,
+)
 from tests.synthetic import write_image
 
 

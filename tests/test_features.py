@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES, canonical_layer
+from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.model.features import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, VGGFeatures
 from hires_nst.model.pooling import RecomputingMaxPool2d
 from hires_nst.model.weights import VGGWeights, load_weights

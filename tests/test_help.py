@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from hires_nst import __version__
-from hires_nst.cli.main import app
 from hires_nst.cli.help import ARGUMENTS, PANELS
+from hires_nst.cli.main import app
 
 runner = CliRunner()
 

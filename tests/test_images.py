@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from hires_nst.io import images
 from hires_nst.errors import InputError, OutputError
+from hires_nst.io import images
 
 ORIENTATION = 0x0112
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 import hires_nst.engine.render
 from hires_nst.cli.main import app
 from hires_nst.config.settings import parse_layer_weights, resolve
-from hires_nst.errors import ConfigError
 from hires_nst.engine.plan import loss_weights
 from hires_nst.engine.render import RenderJob, RenderResult
+from hires_nst.errors import ConfigError
 
 STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 

@@ -10,15 +10,21 @@ import warnings
 import pytest
 import torch
 
-from hires_nst.core import guides, losses, memmodel
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.config.settings import resolve
-from hires_nst.engine.memmeasure import (Scenario, estimated, measure, optimizer_bytes, pair_bytes_per_pixel,
-                                  scenario_weights)
+from hires_nst.core import guides, losses, memmodel
 from hires_nst.core.memmodel import estimate, lbfgs_history, plan_tile
-from hires_nst.runtime.placement import Placement
-from hires_nst.engine.plan import styled_regions, tiling_rules
 from hires_nst.core.tiles import align_for, required_halo, round_up
+from hires_nst.engine.memmeasure import (
+    Scenario,
+    estimated,
+    measure,
+    optimizer_bytes,
+    pair_bytes_per_pixel,
+    scenario_weights,
+)
+from hires_nst.engine.plan import styled_regions, tiling_rules
+from hires_nst.runtime.placement import Placement
 
 GiB = 2**30
 LAYERS = (*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS)
@@ -29,7 +35,7 @@ SIZES = [(2048, 2048), (4096, 3072), (4096, 4096), (8192, 8192)]
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.default_loss]
 
 
-@functools.lru_cache(maxsize=None)  # the 24 GB plans are measured by the first test already
+@functools.cache  # the 24 GB plans are measured by the first test already
 def _measure(width: int, height: int, tile: int | None, precision: str) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

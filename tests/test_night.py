@@ -14,21 +14,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import hires_nst.engine.render
-from hires_nst.io import images, trace
 from hires_nst.batch.jobs import load_batch
 from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
-from hires_nst.config.settings import resolve
-from hires_nst.errors import ConfigError, HiresNSTError, InputError, Interrupted, OutputError, WeightsError
-from hires_nst.events import Message, StageStarted, Step
-from hires_nst.engine.render import RenderJob, RenderResult, render, work_dir_of
 from hires_nst.config.schedule import make_schedule, stage_long_sides
+from hires_nst.config.settings import resolve
+from hires_nst.engine.render import RenderJob, RenderResult, render, work_dir_of
+from hires_nst.errors import ConfigError, HiresNSTError, Interrupted, OutputError, WeightsError
+from hires_nst.events import Message, StageStarted, Step
+from hires_nst.io import images, trace
 from tests.synthetic import write_image
 
 runner = CliRunner()

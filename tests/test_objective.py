@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from hires_nst.core import losses
-from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.model.features import VGGFeatures
+from hires_nst.core import losses
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import make_optimizer, optimize
+from hires_nst.errors import ConfigError, NumericalError
+from hires_nst.model.features import VGGFeatures
 
 
 def _content(height: int = 32, width: int = 32) -> torch.Tensor:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst.io import images
 from hires_nst.config.settings import DEFAULT_LR, OPTIMIZERS, resolve
-from hires_nst.errors import ConfigError
-from hires_nst.events import StageFinished, Step
 from hires_nst.engine.optimize import PIXEL_SCALED, Stepper, make_optimizer, optimize_with_state
 from hires_nst.engine.render import RenderJob, render
+from hires_nst.errors import ConfigError
+from hires_nst.events import StageFinished, Step
+from hires_nst.io import images
 
 
 def _write_pair(folder: Path) -> tuple[Path, Path]:

@@ -8,18 +8,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hires_nst.core import losses
-from hires_nst.runtime import placement
 from hires_nst.cli.main import app
-from hires_nst.config.settings import resolve
-from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.model.features import VGGFeatures
+from hires_nst.config.settings import resolve
+from hires_nst.core import losses
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import optimize, optimize_with_state
-from hires_nst.runtime.placement import (FP32, LossScale, Precision, default_sync_every, resolve_devices,
-                                 resolve_precision)
 from hires_nst.engine.tiling import make_objective
+from hires_nst.errors import ConfigError, DeviceError
+from hires_nst.model.features import VGGFeatures
+from hires_nst.runtime import placement
+from hires_nst.runtime.placement import (
+    FP32,
+    LossScale,
+    Precision,
+    default_sync_every,
+    resolve_devices,
+    resolve_precision,
+)
 from tests.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)

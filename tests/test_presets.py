@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hires_nst.engine.render
 import hires_nst.engine.plan
+import hires_nst.engine.render
 from hires_nst.cli.main import app
-from hires_nst.config.settings import RenderConfig
-from hires_nst.errors import ConfigError
 from hires_nst.config.presets import builtin_dir, builtin_names, load_preset, output_size
+from hires_nst.config.settings import RenderConfig
 from hires_nst.engine.render import RenderJob, RenderResult
+from hires_nst.errors import ConfigError
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

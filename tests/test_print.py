@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
@@ -16,16 +16,15 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from hires_nst.io import images, safety
+from hires_nst.config.printsize import paper_pixels, print_plan
 from hires_nst.config.settings import resolve
-from hires_nst.io.encode16 import to_uint16
+from hires_nst.engine.plan import plan_schedule
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, InputError, Interrupted, OutputError
 from hires_nst.events import StageStarted
-from hires_nst.config.printsize import paper_pixels, print_plan
-from hires_nst.engine.render import RenderJob, render
-from hires_nst.engine.plan import plan_schedule
+from hires_nst.io import images, safety
+from hires_nst.io.encode16 import to_uint16
 from tests.synthetic import write_image
-
 
 Usage = collections.namedtuple("Usage", "total used free")
 

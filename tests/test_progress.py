@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from hires_nst.events import JobStarted, Planned, PlannedStage, StageStarted, Step
 from hires_nst.cli.progress import BatchDisplay, ProgressDisplay
+from hires_nst.events import JobStarted, Planned, PlannedStage, StageStarted, Step
 
 LOSSES = {"total": 1.0, "content": 0.5, "style": 0.05, "tv": 0.0}
 PLAN = Planned((PlannedStage(1000, 1000, 100, 0), PlannedStage(2000, 1000, 50, 0)), "cpu", "original")

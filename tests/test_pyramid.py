@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst.core import color
-from hires_nst.io import images
 from hires_nst.config.settings import resolve
+from hires_nst.core import color
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageStarted, Step
-from hires_nst.engine.render import RenderJob, render
+from hires_nst.io import images
 from tests.conftest import CONTENT, STYLE
-
 
 
 def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -> RenderJob:
@@ -135,8 +134,8 @@ def interrupt_at(stage: int, iteration: int):
 
 def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hires_nst.engine.pyramid as pyramid
-    from hires_nst.io.checkpoints import WorkDir
     from hires_nst.config.schedule import Stage
+    from hires_nst.io.checkpoints import WorkDir
 
     clock = {"now": 1000.0}
     monkeypatch.setattr(pyramid.time, "monotonic", lambda: clock["now"])
@@ -157,10 +156,10 @@ def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monke
 def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render_go_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hires_nst.engine.pyramid as pyramid
-    from hires_nst.io.checkpoints import WorkDir
+    from hires_nst.config.schedule import Stage
     from hires_nst.errors import OutputError
     from hires_nst.events import Message
-    from hires_nst.config.schedule import Stage
+    from hires_nst.io.checkpoints import WorkDir
 
     stage = Stage(0, 8, 6, 100)
     workdir = WorkDir(tmp_path / "work")
@@ -221,10 +220,10 @@ def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_at_every_progress_save_is_said_once_per_change(tmp_path: Path) -> None:
+    from hires_nst.config.schedule import Stage
+    from hires_nst.engine.pyramid import Checkpointing, ProgressSaves
     from hires_nst.errors import DiskFullError
     from hires_nst.events import Message
-    from hires_nst.engine.pyramid import Checkpointing, ProgressSaves
-    from hires_nst.config.schedule import Stage
 
     class Disk:  # the work dir's progress saves: full at iterations 2-5 and 8-9
         def save_progress(self, stage, schedule, iteration, image, state) -> None:

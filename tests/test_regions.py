@@ -11,22 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from hires_nst.io import images
-from hires_nst.runtime import ranks
-from hires_nst.core.bands import BandPlan, plan_bands
-from hires_nst.config.settings import LossConfig, RenderConfig, load_toml, resolve
-from hires_nst.engine.distributed import BandObjective
-from hires_nst.errors import ConfigError
-from hires_nst.model.features import VGGFeatures
-from hires_nst.core.guides import RegionGuide, colour_guides, layer_guides
-from hires_nst.engine.objective import Objective, Weights, make_targets
-from hires_nst.runtime.placement import FP32
-from hires_nst.engine.regions import load_regions
 from hires_nst.config.regionspec import parse_regions, style_index
-from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.config.settings import LossConfig, RenderConfig, load_toml, resolve
+from hires_nst.core.bands import BandPlan, plan_bands
+from hires_nst.core.guides import RegionGuide, colour_guides, layer_guides
 from hires_nst.core.tiles import align_for, required_halo
+from hires_nst.engine.distributed import BandObjective
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.regions import load_regions
+from hires_nst.engine.render import RenderJob, fingerprint, render
 from hires_nst.engine.tiling import TiledObjective
+from hires_nst.errors import ConfigError
+from hires_nst.io import images
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.placement import FP32
 from tests.synthetic import tiles_for
 
 CONTENT_LAYERS, STYLE_LAYERS = ("conv3_1",), ("conv1_1", "conv2_1", "conv3_1", "conv4_1")

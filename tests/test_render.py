@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from hires_nst.io import images
+from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import resolve
 from hires_nst.engine.objective import Objective
-from hires_nst.engine.pyramid import stage_inputs
 from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.pyramid import stage_inputs
 from hires_nst.engine.render import RenderJob, build_extractor, render
-from hires_nst.config.schedule import Stage
+from hires_nst.io import images
 from tests.conftest import CONTENT, STYLE
-
 
 
 def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hires_nst.errors import ConfigError
 from hires_nst.config.schedule import make_schedule, stage_long_sides
+from hires_nst.errors import ConfigError
 
 
 def sizes(schedule):

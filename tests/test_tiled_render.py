@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst.io import images
-from hires_nst.engine import pyramid, plan as stageplan
+from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import resolve
+from hires_nst.engine import plan as stageplan
+from hires_nst.engine import pyramid
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import DeviceError
 from hires_nst.events import Message, Planned
+from hires_nst.io import images
 from hires_nst.runtime.placement import Placement, auto_tile_size, estimate_stage_bytes
-from hires_nst.engine.render import RenderJob, render
-from hires_nst.config.schedule import Stage
 
 
 def test_auto_tile_is_untiled_when_the_image_fits() -> None:

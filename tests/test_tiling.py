@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LAYER_NAMES
-from hires_nst.model.features import VGGFeatures
+from hires_nst.core.tiles import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import optimize
-from hires_nst.core.tiles import Rect, Tile, TileGrid, align_for, plan_tiles, required_halo
 from hires_nst.engine.tiling import TiledObjective, make_objective
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from tests.synthetic import tiles_for
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hires_nst.io import images
 from hires_nst.cli.main import app
 from hires_nst.config.settings import resolve
-from hires_nst.errors import Interrupted, InputError
-from hires_nst.events import StageStarted, Step
 from hires_nst.engine.render import RenderJob, render
+from hires_nst.errors import InputError, Interrupted
+from hires_nst.events import StageStarted, Step
+from hires_nst.io import images
 from hires_nst.io.trace import COLUMNS, TraceWriter, compare_runs, read_trace
 
 EXPECTED_COLUMNS = ["stage", "width", "height", "iteration", "total", "content", "style", "tv", "seconds", "elapsed",

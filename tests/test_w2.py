@@ -7,21 +7,21 @@ import dataclasses
 import pytest
 import torch
 
-from hires_nst.core import losses
-from hires_nst.runtime import ranks
-from hires_nst.core.bands import BandPlan, plan_bands
 from hires_nst.config.settings import resolve
+from hires_nst.core import losses
+from hires_nst.core.bands import BandPlan, plan_bands
+from hires_nst.core.tiles import align_for, required_halo
 from hires_nst.engine.distributed import BandObjective
-from hires_nst.errors import ConfigError
-from hires_nst.model.features import VGGFeatures
-from hires_nst.runtime.hostsync import HostCounter
 from hires_nst.engine.objective import Objective, Statistics, Weights, make_targets, style_loss
 from hires_nst.engine.optimize import optimize_with_state
-from hires_nst.runtime.placement import FP32
 from hires_nst.engine.plan import loss_weights
-from hires_nst.core.tiles import align_for, required_halo
 from hires_nst.engine.tiling import TiledObjective, make_objective
+from hires_nst.errors import ConfigError
+from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.runtime.placement import FP32
 from tests.synthetic import tiles_for
 from tests.test_tiling import setup_objective
 
@@ -321,8 +321,8 @@ def test_the_config_names_the_style_loss() -> None:
 @pytest.mark.default_loss
 @pytest.mark.slow
 def test_a_default_two_stage_render_runs_the_w2_loss_and_keeps_the_photo(tmp_path, pair) -> None:
-    from hires_nst.io import images
     from hires_nst.engine.render import RenderJob, render
+    from hires_nst.io import images
 
     content, style = pair
     config = resolve(("test", {"pyramid": {"max_size": 96, "min_size": 64, "scale_factor": 1.5, "iterations": [15, 8]},

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hires_nst.io import images
 from hires_nst.errors import InputError
 from hires_nst.events import Planned, PlannedStage
+from hires_nst.io import images
 from hires_nst.io.trace import COLUMNS
 from hires_nst.web.server import LiveServer, Watched, exposure_warning, live_page, watched_path
 

@@ -12,10 +12,9 @@ import torch
 import torchvision
 from torchvision.models import VGG19_Weights
 
-from hires_nst.model import weights as weights_mod
 from hires_nst.errors import WeightsError
-from hires_nst.model.weights import vgg19_body
-from hires_nst.model.weights import CONV_INDICES, KERAS_NAMES, load_weights
+from hires_nst.model import weights as weights_mod
+from hires_nst.model.weights import CONV_INDICES, KERAS_NAMES, load_weights, vgg19_body
 
 
 def _torchvision_model_state(device: str = "meta") -> dict[str, torch.Tensor]:

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from hires_nst.cli.main import app
 from hires_nst.config.settings import resolve
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, Interrupted, OutputError, classify
 from hires_nst.events import StageStarted, Step
-from hires_nst.engine.render import RenderJob, render
 from hires_nst.io.writeplan import WORK_MARKER, WritePlan, check_writes
 from tests.synthetic import write_image
 

@@ -28,13 +28,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from hires_nst.batch.jobs import BatchJob
-from hires_nst.batch.job import LOG, Ledger, Outcome
 from hires_nst.batch.cluster_task import MARKER, Reporter, TaskResources, run_task
+from hires_nst.batch.job import LOG, Ledger, Outcome
+from hires_nst.batch.jobs import BatchJob
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink
 from hires_nst.io.writeplan import WORK_MARKER, own_files

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from hires_nst.events import Event, Message, StageStarted, Step
 
 if TYPE_CHECKING:
-    from hires_nst.batch.jobs import BatchJob
     from hires_nst.batch.job import Outcome
+    from hires_nst.batch.jobs import BatchJob
 
 MARKER = ".hires-nst-cluster"  # written by the driver into the output folder; each task checks it sees it
 

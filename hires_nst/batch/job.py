@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from hires_nst.io import images
 from hires_nst.batch.jobs import Batch, BatchJob
-from hires_nst.io.checkpoints import WorkDir
+from hires_nst.engine.render import render
 from hires_nst.errors import DiskFullError, HiresNSTError, Interrupted, classify
 from hires_nst.events import Event, Message, Planned, Sink, StageFinished, StageStarted, Step, null_sink
-from hires_nst.engine.render import render
+from hires_nst.io import images
+from hires_nst.io.checkpoints import WorkDir
 from hires_nst.io.safety import deferred_interrupts
 from hires_nst.io.writeplan import claim_work_dir
 
@@ -100,7 +100,7 @@ class JobLog:
             pass
 
 
-def _attempt(name: str, job: Any, sink: Sink, log: "JobLog", device: str) -> Outcome:
+def _attempt(name: str, job: Any, sink: Sink, log: JobLog, device: str) -> Outcome:
     try:
         result = render(job, sink)
     except (KeyboardInterrupt, Exception) as exc:  # one job fails, the night goes on
@@ -116,7 +116,7 @@ def _attempt(name: str, job: Any, sink: Sink, log: "JobLog", device: str) -> Out
                    stages_reused=result.stages_reused, device=device)
 
 
-def _tee(sink: Sink, log: "JobLog") -> Sink:
+def _tee(sink: Sink, log: JobLog) -> Sink:
     def both(event: Event) -> None:
         line = _log_line(event)
         if line:
@@ -150,7 +150,7 @@ def _tenth_passed(step: Step) -> bool:
     return step.iteration == step.iterations or (step.iteration - step.covered) // tenth < step.iteration // tenth
 
 
-def _log(log: "JobLog", text: str) -> None:
+def _log(log: JobLog, text: str) -> None:
     log.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {text}\n")
 
 

@@ -22,17 +22,18 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from hires_nst.config.settings import OUTPUT_FORMATS, SECTIONS, VIDEO_SUFFIXES, RenderConfig, load_toml, resolve
-from hires_nst.errors import ConfigError, InputError
-from hires_nst.io.images import FORMATS
 from hires_nst.config.presets import load_preset
-from hires_nst.engine.outputs import output_path
 from hires_nst.config.regionspec import mask_files
 from hires_nst.config.renderjob import RenderJob
+from hires_nst.config.settings import OUTPUT_FORMATS, SECTIONS, VIDEO_SUFFIXES, RenderConfig, load_toml, resolve
+from hires_nst.engine.outputs import output_path
+from hires_nst.errors import ConfigError, InputError
+from hires_nst.io.images import FORMATS
 
 TOP_KEYS = ("output_dir", "defaults", "job", "grid")
 JOB_KEYS = ("name", "content", "styles", "preset", "output", "overrides")

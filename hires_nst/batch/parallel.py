@@ -13,10 +13,11 @@ import multiprocessing
 import os
 import queue
 import signal
-from typing import Any, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
-from hires_nst.batch.jobs import BatchJob
 from hires_nst.batch.job import Ledger, Outcome, run_job
+from hires_nst.batch.jobs import BatchJob
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Sink
 from hires_nst.runtime.placement import check_cpu_ranks, resolve_device

@@ -9,22 +9,23 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from hires_nst.io import images
-from hires_nst.batch.jobs import Batch, BatchJob
 from hires_nst.batch.job import Ledger, Outcome, run_job
+from hires_nst.batch.jobs import Batch, BatchJob
 from hires_nst.batch.parallel import run_parallel
-from hires_nst.io.contact_sheet import labelled_grid
+from hires_nst.engine.render import disk_needs
+from hires_nst.engine.workdirs import render_plan
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink, null_sink
-from hires_nst.engine.render import disk_needs
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import labelled_grid
 from hires_nst.io.safety import check_free_space
-from hires_nst.engine.workdirs import render_plan
 from hires_nst.io.worklock import BATCH_LOCK, batch_lock
 from hires_nst.io.writeplan import WritePlan, check_writes
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -78,21 +79,21 @@ def batch_sink(quiet: bool) -> Iterator[Sink]:
 def batch(
     jobs: Annotated[Path, typer.Argument(help="The job file (TOML): \\[\\[job]] and \\[\\[grid]] entries.",
                                          show_default=False)],
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", help="Where outputs, work dirs and "
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where outputs, work dirs and "
                           "manifest.json go; default: the job file's output_dir, or <job file>-out beside it.",
                           show_default=False)] = None,
-    devices: Annotated[Optional[str], typer.Option("--devices", help="Run jobs in parallel, one worker "
+    devices: Annotated[str | None, typer.Option("--devices", help="Run jobs in parallel, one worker "
                        "process per device, e.g. cuda:0,cuda:1 (default: one job at a time).",
                        show_default=False)] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the checkpoints of unfinished jobs "
                                           "instead of resuming them.")] = False,
-    cluster: Annotated[Optional[str], typer.Option("--cluster", help="Run every job as a task on a Ray cluster: "
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Run every job as a task on a Ray cluster: "
                        "ray://HEAD:10001 (Ray Client), HEAD:6379 or auto (this machine is a node), local (a Ray "
                        "instance here). The output folder and inputs must be on a filesystem every node shares.",
                        show_default=False)] = None,
-    gpus_per_job: Annotated[Optional[float], typer.Option("--gpus-per-job", help="With --cluster: GPUs per job "
+    gpus_per_job: Annotated[float | None, typer.Option("--gpus-per-job", help="With --cluster: GPUs per job "
                             "(default 1 where the cluster has GPUs, else 0: CPUs only).", show_default=False)] = None,
-    cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="With --cluster: CPUs per job "
+    cpus_per_job: Annotated[int | None, typer.Option("--cpus-per-job", help="With --cluster: CPUs per job "
                             "(default 1; on a cluster without GPUs also the job's torch threads).",
                             show_default=False)] = None,
     max_retries: Annotated[int, typer.Option("--max-retries", help="With --cluster: how often Ray runs a job again "

@@ -6,8 +6,9 @@ import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -114,64 +115,64 @@ def render(
                                                  metavar="PAINTING")],
     output: Annotated[Path, _own("output", "--output", "-o", metavar="FILE",
                                  help="Output image (.png, .jpg, .tif; none: --format's, PNG by default).")],
-    preset: Annotated[Optional[str], _own("preset", "--preset", metavar="NAME|FILE",
+    preset: Annotated[str | None, _own("preset", "--preset", metavar="NAME|FILE",
                                           help="Start from a preset: a built-in name (see `hires-nst presets`) or a "
                                           ".toml file; options given here override its values.")] = None,
-    max_size: Annotated[Optional[int], _opt("max_size")] = None,
-    iterations: Annotated[Optional[str], _opt("iterations")] = None,
-    print_size: Annotated[Optional[str], _opt("print_size")] = None,
-    style_weight: Annotated[Optional[float], _opt("style_weight")] = None,
-    content_weight: Annotated[Optional[float], _opt("content_weight")] = None,
-    tv_weight: Annotated[Optional[float], _opt("tv_weight")] = None,
-    style_blend: Annotated[Optional[str], _opt("style_blend")] = None,
-    preserve_color: Annotated[Optional[str], _opt("preserve_color")] = None,
-    mask: Annotated[Optional[str], _opt("mask")] = None,
-    region: Annotated[Optional[list[str]], _opt("region")] = None,
-    style_scale: Annotated[Optional[float], _opt("style_scale")] = None,
-    style_upscale: Annotated[Optional[bool], _opt("style_upscale")] = None,
-    init: Annotated[Optional[str], _opt("init")] = None,
-    seed: Annotated[Optional[int], _opt("seed")] = None,
-    min_size: Annotated[Optional[int], _opt("min_size")] = None,
-    scale_factor: Annotated[Optional[float], _opt("scale_factor")] = None,
-    fit_iterations: Annotated[Optional[bool], _opt("fit_iterations")] = None,
-    format: Annotated[Optional[str], _opt("format")] = None,
-    bit_depth: Annotated[Optional[int], _opt("bit_depth")] = None,
-    dpi: Annotated[Optional[int], _opt("dpi")] = None,
-    fit: Annotated[Optional[str], _opt("fit")] = None,
-    orientation: Annotated[Optional[str], _opt("orientation")] = None,
-    save_stages: Annotated[Optional[bool], _opt("save_stages")] = None,
-    animate: Annotated[Optional[str], _opt("animate")] = None,
-    animate_every: Annotated[Optional[int], _opt("animate_every")] = None,
-    animate_size: Annotated[Optional[int], _opt("animate_size")] = None,
-    max_input_pixels: Annotated[Optional[int], _opt("max_input_pixels")] = None,
-    device: Annotated[Optional[str], _opt("device")] = None,
-    devices: Annotated[Optional[str], _opt("devices")] = None,
-    precision: Annotated[Optional[str], _opt("precision")] = None,
-    sync_every: Annotated[Optional[int], _opt("sync_every")] = None,
-    tile_size: Annotated[Optional[str], _opt("tile_size")] = None,
-    halo: Annotated[Optional[int], _opt("halo")] = None,
-    work_dir: Annotated[Optional[str], _opt("work_dir")] = None,
+    max_size: Annotated[int | None, _opt("max_size")] = None,
+    iterations: Annotated[str | None, _opt("iterations")] = None,
+    print_size: Annotated[str | None, _opt("print_size")] = None,
+    style_weight: Annotated[float | None, _opt("style_weight")] = None,
+    content_weight: Annotated[float | None, _opt("content_weight")] = None,
+    tv_weight: Annotated[float | None, _opt("tv_weight")] = None,
+    style_blend: Annotated[str | None, _opt("style_blend")] = None,
+    preserve_color: Annotated[str | None, _opt("preserve_color")] = None,
+    mask: Annotated[str | None, _opt("mask")] = None,
+    region: Annotated[list[str] | None, _opt("region")] = None,
+    style_scale: Annotated[float | None, _opt("style_scale")] = None,
+    style_upscale: Annotated[bool | None, _opt("style_upscale")] = None,
+    init: Annotated[str | None, _opt("init")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    min_size: Annotated[int | None, _opt("min_size")] = None,
+    scale_factor: Annotated[float | None, _opt("scale_factor")] = None,
+    fit_iterations: Annotated[bool | None, _opt("fit_iterations")] = None,
+    format: Annotated[str | None, _opt("format")] = None,
+    bit_depth: Annotated[int | None, _opt("bit_depth")] = None,
+    dpi: Annotated[int | None, _opt("dpi")] = None,
+    fit: Annotated[str | None, _opt("fit")] = None,
+    orientation: Annotated[str | None, _opt("orientation")] = None,
+    save_stages: Annotated[bool | None, _opt("save_stages")] = None,
+    animate: Annotated[str | None, _opt("animate")] = None,
+    animate_every: Annotated[int | None, _opt("animate_every")] = None,
+    animate_size: Annotated[int | None, _opt("animate_size")] = None,
+    max_input_pixels: Annotated[int | None, _opt("max_input_pixels")] = None,
+    device: Annotated[str | None, _opt("device")] = None,
+    devices: Annotated[str | None, _opt("devices")] = None,
+    precision: Annotated[str | None, _opt("precision")] = None,
+    sync_every: Annotated[int | None, _opt("sync_every")] = None,
+    tile_size: Annotated[str | None, _opt("tile_size")] = None,
+    halo: Annotated[int | None, _opt("halo")] = None,
+    work_dir: Annotated[str | None, _opt("work_dir")] = None,
     resume: Annotated[bool, _own("resume", "--resume", help="Continue an interrupted render from its finished "
                                  "stages in the work dir (same inputs and settings).")] = False,
     restart: Annotated[bool, _own("restart", "--restart", help="Discard what the work dir holds and start "
                                   "over.")] = False,
-    save_every: Annotated[Optional[int], _opt("save_every")] = None,
-    save_minutes: Annotated[Optional[float], _opt("save_minutes")] = None,
-    keep_checkpoints: Annotated[Optional[bool], _opt("keep_checkpoints")] = None,
-    optimizer: Annotated[Optional[str], _opt("optimizer")] = None,
-    lr: Annotated[Optional[float], _opt("lr")] = None,
-    warm_start: Annotated[Optional[bool], _opt("warm_start")] = None,
-    average_iterates: Annotated[Optional[float], _opt("average_iterates")] = None,
-    tolerance: Annotated[Optional[float], _opt("tolerance")] = None,
-    patience: Annotated[Optional[int], _opt("patience")] = None,
-    backbone: Annotated[Optional[str], _opt("backbone")] = None,
-    weights: Annotated[Optional[str], _opt("weights")] = None,
-    pooling: Annotated[Optional[str], _opt("pooling")] = None,
-    preprocessing: Annotated[Optional[str], _opt("preprocessing")] = None,
-    content_layers: Annotated[Optional[str], _opt("content_layers")] = None,
-    style_layers: Annotated[Optional[str], _opt("style_layers")] = None,
-    style_layer_weights: Annotated[Optional[str], _opt("style_layer_weights")] = None,
-    style_loss: Annotated[Optional[str], _opt("style_loss")] = None,
+    save_every: Annotated[int | None, _opt("save_every")] = None,
+    save_minutes: Annotated[float | None, _opt("save_minutes")] = None,
+    keep_checkpoints: Annotated[bool | None, _opt("keep_checkpoints")] = None,
+    optimizer: Annotated[str | None, _opt("optimizer")] = None,
+    lr: Annotated[float | None, _opt("lr")] = None,
+    warm_start: Annotated[bool | None, _opt("warm_start")] = None,
+    average_iterates: Annotated[float | None, _opt("average_iterates")] = None,
+    tolerance: Annotated[float | None, _opt("tolerance")] = None,
+    patience: Annotated[int | None, _opt("patience")] = None,
+    backbone: Annotated[str | None, _opt("backbone")] = None,
+    weights: Annotated[str | None, _opt("weights")] = None,
+    pooling: Annotated[str | None, _opt("pooling")] = None,
+    preprocessing: Annotated[str | None, _opt("preprocessing")] = None,
+    content_layers: Annotated[str | None, _opt("content_layers")] = None,
+    style_layers: Annotated[str | None, _opt("style_layers")] = None,
+    style_layer_weights: Annotated[str | None, _opt("style_layer_weights")] = None,
+    style_loss: Annotated[str | None, _opt("style_loss")] = None,
     web: Annotated[bool, _own("web", "--web", help="Serve a live page of the render (image in progress, loss "
                               "curve, time left) while it runs.")] = False,
     port: Annotated[int, _own("port", "--port", metavar="PORT", shown=str(DEFAULT_PORT),
@@ -187,8 +188,8 @@ def render(
 ) -> None:
     """Render PHOTO in the style of PAINTING(s), coarse to fine up to --max-size (or --print-size)."""
     from hires_nst.cli.resume import resume_command
-    from hires_nst.engine.render import render as run_render
     from hires_nst.config.renderjob import RenderJob
+    from hires_nst.engine.render import render as run_render
 
     with reporting(debug):
         config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
@@ -258,8 +259,8 @@ def info() -> None:
     """Show versions, devices with memory, available weights and cache locations."""
     import torch
 
-    from hires_nst.runtime.placement import describe_devices
     from hires_nst.model.weights import original_weights_path
+    from hires_nst.runtime.placement import describe_devices
 
     console = Console(highlight=False, markup=False, soft_wrap=True)
     console.print(f"hires-nst {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
@@ -279,4 +280,4 @@ def main() -> None:
     app()
 
 
-from hires_nst.cli import jobs as cli_jobs, watch as cli_watch  # noqa: E402,F401  (register the presets, batch and watch commands, after ours)
+from hires_nst.cli import jobs as cli_jobs  # noqa: E402,F401  (register the presets, batch and watch commands, after ours)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from hires_nst.events import Event, JobFinished, JobStarted, Message, Planned, StageFinished, StageStarted, Step
 
@@ -25,7 +32,7 @@ class ProgressDisplay:
         self.pixels = 0
         self.work: list[float] = []  # megapixel-iterations of each planned stage
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         self.progress.start()
         return self
 
@@ -93,7 +100,7 @@ class BatchDisplay:
         self.pixels = 0
         self.work: list[float] = []
 
-    def __enter__(self) -> "BatchDisplay":
+    def __enter__(self) -> BatchDisplay:
         self.progress.start()
         return self
 

@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hires_nst.config.printsize import describe
 from hires_nst.config.settings import SECTIONS, RenderConfig, load_toml, resolve
 from hires_nst.errors import ConfigError
-from hires_nst.config.printsize import describe
 
 SUFFIX = ".toml"
 

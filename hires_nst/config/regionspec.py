@@ -19,9 +19,9 @@ No torch or numpy here: ``config.validate`` checks the syntax; ``regions`` reads
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from hires_nst.errors import ConfigError
 

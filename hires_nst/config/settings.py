@@ -11,15 +11,24 @@ import dataclasses
 import functools
 import math
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence, get_type_hints
+from typing import Any, get_type_hints
 
-from hires_nst.errors import ConfigError
-from hires_nst.config.catalog import (BACKBONES, COLOR_MODES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, PRECISIONS, STYLE_LOSSES,
-                               get_backbone)
+from hires_nst.config.catalog import (
+    BACKBONES,
+    COLOR_MODES,
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    POOLINGS,
+    PRECISIONS,
+    STYLE_LOSSES,
+    get_backbone,
+)
 from hires_nst.config.printsize import FITS, MAX_DPI, ORIENTATIONS, paper_pixels
 from hires_nst.config.schedule import check_pyramid
+from hires_nst.errors import ConfigError
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs-torch")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /

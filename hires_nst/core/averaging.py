@@ -22,7 +22,7 @@ in progress carries both buffers (``state``), so a resume continues the same ave
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

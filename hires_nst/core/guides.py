@@ -14,8 +14,8 @@ guide with the same ``Rect`` as its features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hires_nst.config.catalog import POOLS_BEFORE
-from hires_nst.errors import ConfigError
 from hires_nst.config.regionspec import Colour, hex_colour
+from hires_nst.errors import ConfigError
 
 # A pixel this close to a named colour (Euclidean, 0-255 RGB) is that colour: JPEG noise.
 COLOUR_TOLERANCE = 48

@@ -30,7 +30,7 @@ accepted point (rounding, or pairs made stale by the bounds) is replaced by that
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

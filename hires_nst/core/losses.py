@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -191,7 +191,7 @@ NS_FLOOR = 1e-6
 NS_ITERATIONS = 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ns_scales(floor: float, iterations: int) -> tuple[float, ...]:
     """Per iteration, the scale ``a`` of Chen & Chow's scaled Newton-Schulz step (2014).
 

@@ -27,8 +27,8 @@ workspaces or fragmentation: the planner's budget keeps a margin for those
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from hires_nst.config.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.core.tiles import plan_tiles, round_up

@@ -11,13 +11,13 @@ Several ranks share a stage in ``bands`` (each rank's band, tiled with ``plan_ti
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from torch import Tensor
 
-from hires_nst.errors import ConfigError
 from hires_nst.config.catalog import BLOCK_SIZES, POOLS_BEFORE, canonical_layer
+from hires_nst.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class Rect:
     def height(self) -> int:
         return self.bottom - self.top
 
-    def shifted(self, dx: int, dy: int) -> "Rect":
+    def shifted(self, dx: int, dy: int) -> Rect:
         return Rect(self.left + dx, self.top + dy, self.right + dx, self.bottom + dy)
 
-    def at_depth(self, depth: int) -> "Rect":
+    def at_depth(self, depth: int) -> Rect:
         """This rectangle on a feature map after ``depth`` 2x2 poolings.
 
         Exact for an aligned left/top; a right/bottom edge that is the image border floors exactly
@@ -144,7 +144,7 @@ class TileGrid:
 
     @classmethod
     def for_layers(cls, layers: Iterable[str], tile: int | None, halo: int = 0,
-                   block_sizes: Sequence[int] = BLOCK_SIZES) -> "TileGrid":
+                   block_sizes: Sequence[int] = BLOCK_SIZES) -> TileGrid:
         """The grid that keeps ``layers`` exact: ``halo`` if given (> 0), else ``required_halo``."""
         layers = list(layers)
         return cls(tile, halo or required_halo(layers, block_sizes), align_for(layers))

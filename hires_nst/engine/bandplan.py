@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
 from hires_nst.core.bands import Band, BandPlan, band_tiles, plan_bands
+from hires_nst.core.tiles import plan_tiles
+from hires_nst.engine.plan import Rules, StagePlan
 from hires_nst.runtime.placement import Placement
 from hires_nst.runtime.ranks import World, all_gather, gather_floats
-from hires_nst.engine.plan import Rules, StagePlan
-from hires_nst.core.tiles import plan_tiles
 
 # Spread only when the model promises at least this speed-up: it leaves out the ranks' jitter.
 SPREAD_MARGIN = 1.1
@@ -45,7 +45,7 @@ class Line:
         return self.fixed + self.per_unit * units
 
     @classmethod
-    def through(cls, a: tuple[float, float], b: tuple[float, float]) -> "Line":
+    def through(cls, a: tuple[float, float], b: tuple[float, float]) -> Line:
         """The line through two (units, seconds) measurements, with no negative part."""
         slope = max(0.0, (b[1] - a[1]) / (b[0] - a[0]))
         return cls(max(0.0, a[1] - slope * a[0]), slope)
@@ -65,7 +65,7 @@ class Costs:
                 self.link.fixed, self.link.per_unit, float(self.stats_bytes)]
 
     @classmethod
-    def from_floats(cls, v: Sequence[float]) -> "Costs":
+    def from_floats(cls, v: Sequence[float]) -> Costs:
         return cls(Line(v[0], v[1]), Line(v[2], v[3]), Line(v[4], v[5]), int(v[6]))
 
 

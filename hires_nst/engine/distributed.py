@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from hires_nst.core.bands import BandPlan, band_tiles
 from hires_nst.config.catalog import POOLS_BEFORE
+from hires_nst.core.bands import BandPlan, band_tiles
+from hires_nst.core.tiles import Rect
 from hires_nst.engine.objective import LossTerms, Statistics, Targets, Weights, add_window, loss_terms
+from hires_nst.engine.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
 from hires_nst.runtime.placement import Precision
 from hires_nst.runtime.ranks import World, all_gather, all_reduce, broadcast, broadcast_object
-from hires_nst.core.tiles import Rect
-from hires_nst.engine.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
 
 
 def band_targets(targets: Targets, bounds: Rect) -> Targets:

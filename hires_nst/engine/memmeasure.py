@@ -19,8 +19,9 @@ import copy
 import functools
 import math
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,14 +31,14 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.model.features import VGGFeatures
 from hires_nst.core.guides import RegionGuide
-from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.core.tiles import TileGrid, align_for, plan_tiles, required_halo
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.engine.optimize import Stepper
-from hires_nst.runtime.placement import CHANNELS_LAST, Precision
-from hires_nst.core.tiles import TileGrid, align_for, plan_tiles, required_halo
 from hires_nst.engine.tiling import make_objective
+from hires_nst.model.features import VGGFeatures
+from hires_nst.runtime.hostsync import HostCounter
+from hires_nst.runtime.placement import CHANNELS_LAST, Precision
 
 BLOCK = 512  # CUDA caching allocator: every allocation is rounded up to a multiple of 512 bytes
 DEFAULT_LAYERS = (tuple(DEFAULT_CONTENT_LAYERS), tuple(DEFAULT_STYLE_LAYERS))
@@ -237,8 +238,8 @@ def settings_weights(loss: str = "default", content_layers: Sequence[str] = DEFA
                      style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS) -> Weights:
     """The loss weights of a render (``stageplan.loss_weights``) with the default settings
     (``loss`` "default") or a built-in preset's (e.g. "gatys"), over these layers."""
-    from hires_nst.config.settings import resolve
     from hires_nst.config.presets import load_preset
+    from hires_nst.config.settings import resolve
     from hires_nst.engine.plan import loss_weights
 
     layers = [] if loss == "default" else [(loss, load_preset(loss).layer)]

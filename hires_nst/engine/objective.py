@@ -12,19 +12,19 @@ here) or was assembled tile by tile.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from hires_nst.core import losses
-from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.config.catalog import POOLS_BEFORE, alias
-from hires_nst.errors import ConfigError
+from hires_nst.core import losses
 from hires_nst.core.guides import RegionGuide, guided_feature_sum, guided_gram_sum, layer_guides
-from hires_nst.runtime.placement import FP32, Precision
 from hires_nst.core.tiles import Tile, TileGrid
+from hires_nst.errors import ConfigError
+from hires_nst.model.backbones import FeatureExtractor
+from hires_nst.runtime.placement import FP32, Precision
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
@@ -54,7 +54,7 @@ class Weights:
 
     @classmethod
     def equal_layers(cls, content: float, style: float, tv: float,
-                     content_layers: Sequence[str], style_layers: Sequence[str]) -> "Weights":
+                     content_layers: Sequence[str], style_layers: Sequence[str]) -> Weights:
         # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
         content_names = dict.fromkeys(alias(n) for n in content_layers)
         style_names = dict.fromkeys(alias(n) for n in style_layers)
@@ -110,7 +110,7 @@ class Statistics:
         return {n: _per_position(s, self.areas[n]) for n, s in self.feature_sums.items()}
 
     @staticmethod
-    def total(parts: Sequence["Statistics"], device: torch.device) -> "Statistics":
+    def total(parts: Sequence[Statistics], device: torch.device) -> Statistics:
         """Per-device statistics summed on ``device``, in device order (deterministic)."""
         first = parts[0]
         gram_sums = {n: sum((p.gram_sums[n].to(device) for p in parts[1:]), first.gram_sums[n].to(device))

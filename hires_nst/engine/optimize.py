@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hires_nst.core.averaging import SUM, WEIGHT, IterateAverage, split_state
-from hires_nst.errors import ConfigError, NumericalError
 from hires_nst.core.lbfgs import DeviceLBFGS
 from hires_nst.core.memmodel import lbfgs_history
 from hires_nst.engine.objective import LossTerms
+from hires_nst.errors import ConfigError, NumericalError
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
 # iteration, image (the iterate), Adam's state (or {}) and the average's buffers (averaging.KEYS)

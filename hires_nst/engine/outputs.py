@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 import hires_nst
-from hires_nst.io import images
-from hires_nst.io.animation import AnimationRecorder
-from hires_nst.model.backbones import FeatureExtractor
-from hires_nst.io.checkpoints import WorkDir
-from hires_nst.config.settings import OUTPUT_FORMATS, RenderConfig
-from hires_nst.io.contact_sheet import contact_sheet
-from hires_nst.runtime.placement import Placement
 from hires_nst.config.renderjob import RenderJob
 from hires_nst.config.schedule import Stage
+from hires_nst.config.settings import OUTPUT_FORMATS, RenderConfig
 from hires_nst.engine.plan import Crop
+from hires_nst.io import images
+from hires_nst.io.animation import AnimationRecorder
+from hires_nst.io.checkpoints import WorkDir
+from hires_nst.io.contact_sheet import contact_sheet
 from hires_nst.io.trace import trace_path
+from hires_nst.model.backbones import FeatureExtractor
+from hires_nst.runtime.placement import Placement
 
 
 def settings_path(output: Path) -> Path:

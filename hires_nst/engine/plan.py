@@ -16,24 +16,30 @@ plan's ``at_start`` measures it again when a stage starts (the one lazy decision
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from hires_nst.core import losses
 from hires_nst.config.catalog import VGG_BLOCKS, alias, get_backbone
-from hires_nst.config.settings import RenderConfig, TileSize, at_stage, parse_layer_weights, stage_parts
-from hires_nst.errors import ConfigError, DeviceError
-from hires_nst.engine.objective import Weights
-from hires_nst.core.memmodel import whole_image_bytes_per_pixel
-from hires_nst.runtime.placement import (MEMORY_MARGIN, MIN_TILE, Placement, auto_tile_size, available_bytes,
-                                  estimate_stage_bytes)
 from hires_nst.config.printsize import MAX_DPI, PrintPlan, print_plan
 from hires_nst.config.regionspec import parse_regions
 from hires_nst.config.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule, shortest_long_side
+from hires_nst.config.settings import RenderConfig, TileSize, at_stage, parse_layer_weights, stage_parts
+from hires_nst.core import losses
 from hires_nst.core.bands import Band, BandPlan
+from hires_nst.core.memmodel import whole_image_bytes_per_pixel
 from hires_nst.core.tiles import Tile, TileGrid
+from hires_nst.engine.objective import Weights
+from hires_nst.errors import ConfigError, DeviceError
+from hires_nst.runtime.placement import (
+    MEMORY_MARGIN,
+    MIN_TILE,
+    Placement,
+    auto_tile_size,
+    available_bytes,
+    estimate_stage_bytes,
+)
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom) in content pixels
 

@@ -8,31 +8,30 @@ inputs, area-downsampled to the stage's size.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-import torch.nn.functional as F
-
-from hires_nst.io import images
-from hires_nst.io.checkpoints import WorkDir
+from hires_nst.config.schedule import Stage, fit_long_side, shortest_long_side
 from hires_nst.config.settings import RenderConfig
-from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
+from hires_nst.core.guides import RegionGuide
 from hires_nst.engine.bandplan import Spreader
 from hires_nst.engine.distributed import BandObjective, same_start
-from hires_nst.errors import DeviceError, OutputError, classify
-from hires_nst.core.guides import RegionGuide
 from hires_nst.engine.objective import Targets, make_targets
 from hires_nst.engine.optimize import Convergence, optimize_with_state, resize_adam_state, shown
-from hires_nst.runtime.placement import Placement, peak_memory_bytes, reset_peak_memory
-from hires_nst.io.preview import PREVIEW_SIZE, PreviewTimer
-from hires_nst.engine.regions import Regions
-from hires_nst.config.schedule import Stage, fit_long_side, shortest_long_side
 from hires_nst.engine.plan import RenderPlan, StagePlan, min_side
+from hires_nst.engine.regions import Regions
 from hires_nst.engine.tiling import make_objective
+from hires_nst.errors import DeviceError, OutputError, classify
+from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
+from hires_nst.io import images
+from hires_nst.io.checkpoints import WorkDir
+from hires_nst.io.preview import PREVIEW_SIZE, PreviewTimer
+from hires_nst.runtime.placement import Placement, peak_memory_bytes, reset_peak_memory
 
 
 @dataclass

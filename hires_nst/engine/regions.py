@@ -9,18 +9,18 @@ resizes the guides again (``Regions.at_stage``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from hires_nst.io import images
-from hires_nst.config.settings import LossConfig
-from hires_nst.errors import ConfigError
-from hires_nst.core.guides import RegionGuide, colour_guides, grey_guide, resize_guides
 from hires_nst.config.regionspec import RegionSpec, parse_regions, style_index
+from hires_nst.config.settings import LossConfig
+from hires_nst.core.guides import RegionGuide, colour_guides, grey_guide, resize_guides
+from hires_nst.errors import ConfigError
+from hires_nst.io import images
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Regions:
     styles: tuple[int, ...]  # region r's painting (index into the render's style images)
     weights: tuple[float, ...]
 
-    def cropped(self, crop: tuple[int, int, int, int]) -> "Regions":
+    def cropped(self, crop: tuple[int, int, int, int]) -> Regions:
         """Cut like the content for a print size: ``crop`` is (left, top, right, bottom)."""
         left, top, right, bottom = crop
         return dataclasses.replace(self, guide=np.ascontiguousarray(self.guide[:, top:bottom, left:right]))

@@ -13,32 +13,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from hires_nst.core import color
-from hires_nst.io import images
-from hires_nst.runtime import ranks
-from hires_nst.io.animation import AnimationRecorder
-from hires_nst.model.backbones import FeatureExtractor, build_extractor as make_extractor
-from hires_nst.engine.bandplan import Spreader
 from hires_nst.config.catalog import alias
-from hires_nst.io.checkpoints import WorkDir, file_digest
+from hires_nst.config.renderjob import RenderJob, RenderResult
+from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import RenderConfig
-from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
-from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
-from hires_nst.runtime.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
-from hires_nst.io.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
+from hires_nst.core import color
+from hires_nst.engine.bandplan import Spreader
+from hires_nst.engine.outputs import (
+    animation_path,
+    output_path,
+    settings_record,
+    sweep_temp_files,
+    write_outputs,
+    written_files,
+)
+from hires_nst.engine.plan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
 from hires_nst.engine.pyramid import Checkpointing, Run, run_pyramid
 from hires_nst.engine.regions import Regions, load_regions
-from hires_nst.config.renderjob import RenderJob, RenderResult
+from hires_nst.engine.workdirs import find_work_dir, input_files, legacy_work_dir, render_plan, work_dir_of  # noqa: F401 (re-exported)
+from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
+from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
+from hires_nst.io import images
+from hires_nst.io.animation import AnimationRecorder
+from hires_nst.io.checkpoints import WorkDir, file_digest
+from hires_nst.io.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.io.safety import check_free_space, deferred_interrupts, render_needs, retrying_when_full
-from hires_nst.config.schedule import Stage
-from hires_nst.engine.plan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
-from hires_nst.engine.outputs import (animation_path, output_path, settings_record, sweep_temp_files, write_outputs,
-                               written_files)
 from hires_nst.io.trace import TraceWriter
-from hires_nst.model.weights import load_weights
-from hires_nst.engine.workdirs import find_work_dir, input_files, legacy_work_dir, work_dir_of  # noqa: F401 (re-exported)
-from hires_nst.engine.workdirs import render_plan
 from hires_nst.io.writeplan import check_writes
+from hires_nst.model.backbones import FeatureExtractor
+from hires_nst.model.backbones import build_extractor as make_extractor
+from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
 
 # Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
 # defaults, so a render started before they existed can still be resumed.

@@ -22,20 +22,32 @@ Three rules keep tiled == untiled up to float rounding:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from hires_nst.core import losses
-from hires_nst.model.backbones import FeatureExtractor
-from hires_nst.errors import ConfigError
 from hires_nst.core.guides import guided_gradient
-from hires_nst.engine.objective import (LossTerms, Objective, Statistics, Targets, Weights, add_window, content_target,
-                                 core_features, core_guide, loss_terms, require_tileable, style_loss)
-from hires_nst.runtime.placement import FP32, LossScale, Precision
 from hires_nst.core.tiles import Tile
+from hires_nst.engine.objective import (
+    LossTerms,
+    Objective,
+    Statistics,
+    Targets,
+    Weights,
+    add_window,
+    content_target,
+    core_features,
+    core_guide,
+    loss_terms,
+    require_tileable,
+    style_loss,
+)
+from hires_nst.errors import ConfigError
+from hires_nst.model.backbones import FeatureExtractor
+from hires_nst.runtime.placement import FP32, LossScale, Precision
 
 
 @dataclass(frozen=True)

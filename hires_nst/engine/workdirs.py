@@ -13,11 +13,11 @@ import hashlib
 import os
 from pathlib import Path
 
-from hires_nst.io.checkpoints import WorkDir
-from hires_nst.events import Message, Sink
-from hires_nst.engine.outputs import output_path, written_files
 from hires_nst.config.regionspec import mask_files
 from hires_nst.config.renderjob import RenderJob
+from hires_nst.engine.outputs import output_path, written_files
+from hires_nst.events import Message, Sink
+from hires_nst.io.checkpoints import WorkDir
 from hires_nst.io.writeplan import WritePlan
 
 LEGACY_WORK_ROOT = Path("outputs") / "work"  # relative to the current folder: the default before OUT.work

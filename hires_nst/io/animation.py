@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from hires_nst.io import images
+from hires_nst.config.schedule import fit_long_side
 from hires_nst.errors import OutputError
 from hires_nst.events import Event, Snapshot
-from hires_nst.config.schedule import fit_long_side
+from hires_nst.io import images
 
 FRAME_MS = 100  # 10 frames per second
 VIDEO_CODECS = {".webm": ("VP90", "VP80"), ".mp4": ("mp4v",)}  # fourccs, the first that opens wins

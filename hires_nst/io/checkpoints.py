@@ -27,17 +27,18 @@ import os
 import re
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from hires_nst.io import images
-from hires_nst.errors import ConfigError, OutputError
-from hires_nst.io.safety import deferred_interrupts, retrying_when_full
 from hires_nst.config.schedule import Stage
+from hires_nst.errors import ConfigError, OutputError
+from hires_nst.io import images
+from hires_nst.io.safety import deferred_interrupts, retrying_when_full
 from hires_nst.io.worklock import WorkLock
 from hires_nst.io.writeplan import claim_work_dir, own_name
 

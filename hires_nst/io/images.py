@@ -15,8 +15,9 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -24,8 +25,8 @@ import torch
 from PIL import Image, ImageCms, UnidentifiedImageError
 from torch import Tensor
 
-from hires_nst.io import encode16
 from hires_nst.errors import DiskFullError, InputError, OutputError
+from hires_nst.io import encode16
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 DEFAULT_MAX_INPUT_PIXELS = 250_000_000  # a 20000x12500 scan; Pillow's own default stops at ~89 MP

@@ -10,10 +10,9 @@ current stage runs at.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from hires_nst.events import (Event, JobFinished, JobStarted, Message, Planned, StageFinished, StageStarted,
-                              Step)
+from hires_nst.events import Event, JobFinished, JobStarted, Message, Planned, StageFinished, StageStarted, Step
 
 LOG_SECONDS = 30.0
 

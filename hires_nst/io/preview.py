@@ -10,8 +10,8 @@ and at each stage's start and end. ``PreviewFile`` is the sink that keeps it on 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hires_nst.errors import OutputError
 from hires_nst.events import Event, Message, Preview, Sink, null_sink

@@ -10,12 +10,13 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
+from hires_nst.config.schedule import Stage
 from hires_nst.errors import DiskFullError, OutputError
 from hires_nst.io.images import nearest_existing
-from hires_nst.config.schedule import Stage
 
 MARGIN_BYTES = 64 * 2**20  # besides the estimate: logs, settings, temp files, other writers
 MARGIN_FACTOR = 1.2  # estimates of compressed files are upper bounds, but filesystems round up

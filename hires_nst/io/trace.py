@@ -14,13 +14,14 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from hires_nst.io import images
 from hires_nst.errors import InputError
 from hires_nst.events import Event, Message, StageStarted, Step
+from hires_nst.io import images
 
 COLUMNS = ("stage", "width", "height", "iteration", "total", "content", "style", "tv", "seconds", "elapsed",
            "peak_memory_mb")

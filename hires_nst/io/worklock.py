@@ -12,8 +12,9 @@ holds nothing afterwards: there is no stale lock to clean. Where ``fcntl`` does 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from hires_nst.errors import OutputError
 

@@ -18,15 +18,15 @@ style ``stem``, ``layer1``, ``layer2``, ``layer3`` (1/2 .. 1/16, as conv1_1 .. c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from torch import Tensor, nn
 
-from hires_nst.errors import ConfigError
 from hires_nst.config.catalog import BACKBONES, get_backbone
 from hires_nst.model.features import FrozenExtractor, VGGFeatures, load_into
 from hires_nst.model.weights import VGGWeights, trunk
+
 
 class FeatureExtractor(Protocol):
     """What the objective, the pyramid and the tiling need from a feature network."""

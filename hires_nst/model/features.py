@@ -7,16 +7,18 @@ same tensor. The network uses zero padding everywhere, which the exact tiling re
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs
 
+from hires_nst.config.catalog import POOLINGS, POOLS_BEFORE, VGG_BLOCKS, VGG_DISPLAY, canonical_layer, vgg_layer_names
 from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.model.pooling import recomputing
-from hires_nst.config.catalog import POOLINGS, POOLS_BEFORE, VGG_BLOCKS, VGG_DISPLAY, canonical_layer, vgg_layer_names
 from hires_nst.model.weights import VGG_CFG, VGGWeights, vgg_body
+
 
 # Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
 def _relu_indices(arch: str) -> dict[str, int]:

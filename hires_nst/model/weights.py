@@ -222,7 +222,7 @@ def _trunk_only(state: dict[str, Tensor], origin: str, backbone: str = "vgg19") 
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expected_shapes(backbone: str = "vgg19") -> dict[str, torch.Size]:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         return {k: v.shape for k, v in trunk(backbone).state_dict().items()}

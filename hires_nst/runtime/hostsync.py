@@ -46,7 +46,7 @@ CHECKED_WHEN_ASKED = ("aten.linalg_cholesky_ex.default", "aten.linalg_inv_ex.def
 
 
 class _Functions(TorchFunctionMode):
-    def __init__(self, counter: "HostCounter") -> None:
+    def __init__(self, counter: HostCounter) -> None:
         super().__init__()
         self.counter = counter
 
@@ -73,7 +73,7 @@ class HostCounter(TorchDispatchMode):
         self.by_name: Counter[str] = Counter()
         self._functions = _Functions(self)
 
-    def __enter__(self) -> "HostCounter":
+    def __enter__(self) -> HostCounter:
         self._functions.__enter__()
         return super().__enter__()
 

@@ -13,14 +13,15 @@ import copy
 import os
 import resource
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hires_nst.core import memmodel
 from hires_nst.config.catalog import PRECISIONS
+from hires_nst.core import memmodel
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.io.images import host_available_bytes
 from hires_nst.runtime.ranks import World, single
@@ -269,7 +270,7 @@ class Placement:
 
     @classmethod
     def single(cls, extractor: nn.Module, device: torch.device | str = "cpu",
-               precision: Precision = FP32) -> "Placement":
+               precision: Precision = FP32) -> Placement:
         """One extractor on one device (fp32 unless told): what tests and benchmarks run on."""
         return place(extractor, (torch.device(device),), precision)
 

@@ -22,11 +22,12 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from hires_nst.errors import InputError, OutputError
 from hires_nst.events import Event, Planned, Sink, null_sink
@@ -272,7 +273,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://{_netloc(self.host, self.server.server_address[1])}{self.server.access.prefix}/"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         return self
 
