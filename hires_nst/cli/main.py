@@ -280,4 +280,6 @@ def main() -> None:
     app()
 
 
-from hires_nst.cli import jobs as cli_jobs  # noqa: E402,F401  (register the presets, batch and watch commands, after ours)
+# Imported for their side effect: they register the presets, batch and watch commands, after ours.
+from hires_nst.cli import jobs as cli_jobs  # noqa: E402,F401
+from hires_nst.cli import watch as cli_watch  # noqa: E402,F401
