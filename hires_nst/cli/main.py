@@ -18,6 +18,7 @@ from hires_nst.cli.common import app, err_console, reporting, say_line, sigterm_
 from hires_nst.cli.help import PlainCommand, help_with_default
 from hires_nst.cli.options import given_settings, with_setting_options
 from hires_nst.config.options import CHECKPOINTS, ESSENTIALS, MESSAGES
+from hires_nst.config.settings import named_layer
 from hires_nst.events import Event, Sink, null_sink, tee
 from hires_nst.io.logprogress import LOG_SECONDS, LogProgress
 from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, live_page
@@ -106,7 +107,6 @@ def render(
     from hires_nst.cli.resume import resume_command
     from hires_nst.config.presets import resolve_with_preset
     from hires_nst.config.renderjob import RenderJob
-    from hires_nst.config.settings import named_layer
     from hires_nst.engine.render import render as run_render
 
     with reporting(debug):
