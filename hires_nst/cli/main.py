@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -16,36 +15,21 @@ from rich.markup import escape
 
 from hires_nst import __version__
 from hires_nst.cli.common import app, err_console, reporting, say_line, sigterm_as_interrupt
-from hires_nst.cli.help import PANEL_OF, PlainCommand, help_with_default, metavar
-from hires_nst.config.settings import SECTIONS, resolve
+from hires_nst.cli.help import PlainCommand, help_with_default
+from hires_nst.cli.options import given_settings, with_setting_options
+from hires_nst.config.options import CHECKPOINTS, ESSENTIALS, MESSAGES
+from hires_nst.config.settings import named_layer
 from hires_nst.events import Event, Sink, null_sink, tee
 from hires_nst.io.logprogress import LOG_SECONDS, LogProgress
 from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, live_page
 
-# Every config field's section and help text, keyed by its parameter name (names are unique).
-_SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-_HELP = {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
 
-
-_BOOLS = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
-
-
-def _opt(name: str, *decls: str) -> Any:
-    """A render option whose help comes from the config field of the same name; its default is the
-    config's (shown), but the option itself defaults to None so that a preset's value can stand."""
-    flag = "--" + name.replace("_", "-")
-    if name in _BOOLS:  # both spellings, so a command line can switch off what a preset switched on
-        flag = f"{flag}/--no-{flag[2:]}"
-    return typer.Option(flag, *decls, help=help_with_default(name, _HELP[name]), show_default=False,
-                        metavar=metavar(name), rich_help_panel=PANEL_OF[name])
-
-
-def _own(name: str, *decls: str, help: str, shown: str = "", **kwargs: Any) -> Any:
+def _own(panel: str, *decls: str, help: str, shown: str | None = None, **kwargs: Any) -> Any:
     """A render option that is not a config setting (what to render, how to run), in its panel;
     ``shown``: the default to show."""
     kwargs.setdefault("metavar", "")
-    text = escape(help) + (f" [dim]\\[default: {escape(shown)}][/dim]" if shown else "")
-    return typer.Option(*decls, help=text, show_default=False, rich_help_panel=PANEL_OF[name], **kwargs)
+    return typer.Option(*decls, help=help_with_default(help, shown), show_default=False, rich_help_panel=panel,
+                        **kwargs)
 
 
 def _show_version(value: bool) -> None:
@@ -88,111 +72,45 @@ def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]
         yield sink
 
 
-def flag_layer(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The options the user actually gave, as a config layer ``{section: {key: value}}``."""
-    layer: dict[str, dict[str, Any]] = {}
-    for name, value in values.items():
-        if value is not None and name in _SECTION_OF:
-            layer.setdefault(_SECTION_OF[name], {})[name] = value
-    return layer
-
-
-def preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
-    """The preset as the layer under the command line's (none without --preset)."""
-    if preset is None:
-        return []
-    from hires_nst.config.presets import load_preset
-
-    loaded = load_preset(preset)
-    return [(loaded.source, loaded.layer)]
-
-
 @app.command(cls=PlainCommand)
+@with_setting_options  # and an option for every config setting, from its field
 def render(
     ctx: typer.Context,
     content: Annotated[Path, typer.Argument(help="The photo to stylise.", show_default=False, metavar="PHOTO")],
     styles: Annotated[list[Path], typer.Argument(help="One or more style images (paintings).", show_default=False,
                                                  metavar="PAINTING")],
-    output: Annotated[Path, _own("output", "--output", "-o", metavar="FILE",
+    *,
+    output: Annotated[Path, _own(ESSENTIALS, "--output", "-o", metavar="FILE",
                                  help="Output image (.png, .jpg, .tif; none: --format's, PNG by default).")],
-    preset: Annotated[str | None, _own("preset", "--preset", metavar="NAME|FILE",
-                                          help="Start from a preset: a built-in name (see `hires-nst presets`) or a "
-                                          ".toml file; options given here override its values.")] = None,
-    max_size: Annotated[int | None, _opt("max_size")] = None,
-    iterations: Annotated[str | None, _opt("iterations")] = None,
-    print_size: Annotated[str | None, _opt("print_size")] = None,
-    style_weight: Annotated[float | None, _opt("style_weight")] = None,
-    content_weight: Annotated[float | None, _opt("content_weight")] = None,
-    tv_weight: Annotated[float | None, _opt("tv_weight")] = None,
-    style_blend: Annotated[str | None, _opt("style_blend")] = None,
-    preserve_color: Annotated[str | None, _opt("preserve_color")] = None,
-    mask: Annotated[str | None, _opt("mask")] = None,
-    region: Annotated[list[str] | None, _opt("region")] = None,
-    style_scale: Annotated[float | None, _opt("style_scale")] = None,
-    style_upscale: Annotated[bool | None, _opt("style_upscale")] = None,
-    init: Annotated[str | None, _opt("init")] = None,
-    seed: Annotated[int | None, _opt("seed")] = None,
-    min_size: Annotated[int | None, _opt("min_size")] = None,
-    scale_factor: Annotated[float | None, _opt("scale_factor")] = None,
-    fit_iterations: Annotated[bool | None, _opt("fit_iterations")] = None,
-    format: Annotated[str | None, _opt("format")] = None,
-    bit_depth: Annotated[int | None, _opt("bit_depth")] = None,
-    dpi: Annotated[int | None, _opt("dpi")] = None,
-    fit: Annotated[str | None, _opt("fit")] = None,
-    orientation: Annotated[str | None, _opt("orientation")] = None,
-    save_stages: Annotated[bool | None, _opt("save_stages")] = None,
-    animate: Annotated[str | None, _opt("animate")] = None,
-    animate_every: Annotated[int | None, _opt("animate_every")] = None,
-    animate_size: Annotated[int | None, _opt("animate_size")] = None,
-    max_input_pixels: Annotated[int | None, _opt("max_input_pixels")] = None,
-    device: Annotated[str | None, _opt("device")] = None,
-    devices: Annotated[str | None, _opt("devices")] = None,
-    precision: Annotated[str | None, _opt("precision")] = None,
-    sync_every: Annotated[int | None, _opt("sync_every")] = None,
-    tile_size: Annotated[str | None, _opt("tile_size")] = None,
-    halo: Annotated[int | None, _opt("halo")] = None,
-    work_dir: Annotated[str | None, _opt("work_dir")] = None,
-    resume: Annotated[bool, _own("resume", "--resume", help="Continue an interrupted render from its finished "
+    preset: Annotated[str | None, _own(ESSENTIALS, "--preset", metavar="NAME|FILE",
+                                       help="Start from a preset: a built-in name (see `hires-nst presets`) or a "
+                                       ".toml file; options given here override its values.")] = None,
+    resume: Annotated[bool, _own(CHECKPOINTS, "--resume", help="Continue an interrupted render from its finished "
                                  "stages in the work dir (same inputs and settings).")] = False,
-    restart: Annotated[bool, _own("restart", "--restart", help="Discard what the work dir holds and start "
+    restart: Annotated[bool, _own(CHECKPOINTS, "--restart", help="Discard what the work dir holds and start "
                                   "over.")] = False,
-    save_every: Annotated[int | None, _opt("save_every")] = None,
-    save_minutes: Annotated[float | None, _opt("save_minutes")] = None,
-    keep_checkpoints: Annotated[bool | None, _opt("keep_checkpoints")] = None,
-    optimizer: Annotated[str | None, _opt("optimizer")] = None,
-    lr: Annotated[float | None, _opt("lr")] = None,
-    warm_start: Annotated[bool | None, _opt("warm_start")] = None,
-    average_iterates: Annotated[float | None, _opt("average_iterates")] = None,
-    tolerance: Annotated[float | None, _opt("tolerance")] = None,
-    patience: Annotated[int | None, _opt("patience")] = None,
-    backbone: Annotated[str | None, _opt("backbone")] = None,
-    weights: Annotated[str | None, _opt("weights")] = None,
-    pooling: Annotated[str | None, _opt("pooling")] = None,
-    preprocessing: Annotated[str | None, _opt("preprocessing")] = None,
-    content_layers: Annotated[str | None, _opt("content_layers")] = None,
-    style_layers: Annotated[str | None, _opt("style_layers")] = None,
-    style_layer_weights: Annotated[str | None, _opt("style_layer_weights")] = None,
-    style_loss: Annotated[str | None, _opt("style_loss")] = None,
-    web: Annotated[bool, _own("web", "--web", help="Serve a live page of the render (image in progress, loss "
+    web: Annotated[bool, _own(MESSAGES, "--web", help="Serve a live page of the render (image in progress, loss "
                               "curve, time left) while it runs.")] = False,
-    port: Annotated[int, _own("port", "--port", metavar="PORT", shown=str(DEFAULT_PORT),
+    port: Annotated[int, _own(MESSAGES, "--port", metavar="PORT", shown=str(DEFAULT_PORT),
                               help="Port of the --web page (0: any free one).")] = DEFAULT_PORT,
-    host: Annotated[str, _own("host", "--host", metavar="ADDRESS", shown=LOCAL_HOST,
+    host: Annotated[str, _own(MESSAGES, "--host", metavar="ADDRESS", shown=LOCAL_HOST,
                               help="Address the --web page listens on; anything but 127.0.0.1 opens it to "
                               "the network.")] = LOCAL_HOST,
-    log_every: Annotated[float, _own("log_every", "--log-every", metavar="SECONDS", shown=f"{LOG_SECONDS:g}",
+    log_every: Annotated[float, _own(MESSAGES, "--log-every", metavar="SECONDS", shown=f"{LOG_SECONDS:g}",
                                      help="When stderr is not a terminal (a log file): a progress line every "
                                      "this many seconds.")] = LOG_SECONDS,
-    quiet: Annotated[bool, _own("quiet", "--quiet", "-q", help="No progress display.")] = False,
-    debug: Annotated[bool, _own("debug", "--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, _own(MESSAGES, "--quiet", "-q", help="No progress display.")] = False,
+    debug: Annotated[bool, _own(MESSAGES, "--debug", help="Show tracebacks on errors.")] = False,
+    **settings: Any,
 ) -> None:
     """Render PHOTO in the style of PAINTING(s), coarse to fine up to --max-size (or --print-size)."""
     from hires_nst.cli.resume import resume_command
+    from hires_nst.config.presets import resolve_with_preset
     from hires_nst.config.renderjob import RenderJob
     from hires_nst.engine.render import render as run_render
 
     with reporting(debug):
-        config = resolve(*preset_layers(preset), ("command line", flag_layer(locals())))
+        config = resolve_with_preset(preset, ("command line", named_layer(given_settings(settings), "command line")))
         job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
                         resume_command=resume_command(ctx))
         with sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink, live_page(port if web else None, host, say_line) as page:

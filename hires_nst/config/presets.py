@@ -9,6 +9,7 @@ between the defaults and the command line: dataclass defaults < preset < flags.
 from __future__ import annotations
 
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -91,6 +92,15 @@ def load_preset(name_or_path: str | Path) -> Preset:
     preset = Preset(path.stem, path, description, data)
     preset.config()  # validates: unknown settings, wrong types, out-of-range values
     return preset
+
+
+def resolve_with_preset(preset: str | Path | None, *layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
+    """The one order of settings: dataclass defaults < ``preset`` (a built-in name or a .toml file) <
+    each of ``layers`` in turn (``(source, {section: {key: value}})``: a file, flags, keywords)."""
+    if preset is None:
+        return resolve(*layers)
+    loaded = load_preset(preset)
+    return resolve((loaded.source, loaded.layer), *layers)
 
 
 def builtin_presets() -> list[Preset]:

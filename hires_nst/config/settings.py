@@ -1,6 +1,7 @@
 """One resolved configuration: dataclass defaults < preset TOML < command-line flags.
 
-Each concern has a frozen dataclass; ``RenderConfig`` holds them. Every layer of settings is a
+Each concern has a frozen dataclass; ``RenderConfig`` holds them. Each field is its option's one
+declaration (``config.options``: flag, help, ``--help`` panel, value shape). Every layer of settings is a
 nested mapping ``{section: {key: value}}``; ``resolve`` merges the layers, rejects unknown keys
 (naming the key and where it came from), coerces types and validates ranges.
 """
@@ -11,7 +12,7 @@ import dataclasses
 import functools
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -25,6 +26,20 @@ from hires_nst.config.catalog import (
     PRECISIONS,
     STYLE_LOSSES,
     get_backbone,
+)
+from hires_nst.config.options import (
+    CHECKPOINTS,
+    DEVICES,
+    ESSENTIALS,
+    EXPERIMENTS,
+    OUTPUT,
+    PYRAMID,
+    STYLE,
+    Option,
+    Setting,
+    option,
+    option_of,
+    settings_of,
 )
 from hires_nst.config.printsize import FITS, MAX_DPI, ORIENTATIONS, paper_pixels
 from hires_nst.config.schedule import check_pyramid
@@ -42,99 +57,117 @@ VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
 
 
-def _opt(flag: str, help: str, default: Any = None, whole: bool = False, **kwargs: Any) -> Any:
-    """A config field that knows its command-line flag and help text; ``whole``: a list of strings
-    whose items are never split at commas or colons (a single string is one item)."""
-    return field(default=default, metadata={"flag": flag, "help": help, "whole": whole}, **kwargs)
-
-
 @dataclass(frozen=True)
 class LossConfig:
-    content_weight: float = _opt("--content-weight", "Weight of the content loss.", 1.0)
-    style_weight: float = _opt("--style-weight", "Weight of the style loss (relative to content).", 15.0)
-    tv_weight: float = _opt("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0)
-    content_layers: tuple[str, ...] = _opt("--content-layers", "Content layers, e.g. conv4_2 or conv4_2,conv5_2; "
-                                           "the backbone's default if not given (`hires-nst layers`).",
-                                           DEFAULT_CONTENT_LAYERS)
-    style_layers: tuple[str, ...] = _opt("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
-                                         "backbone's default if not given.", DEFAULT_STYLE_LAYERS)
+    content_weight: float = option("--content-weight", "Weight of the content loss.", 1.0, panel=STYLE, metavar="W")
+    style_weight: float = option("--style-weight", "Weight of the style loss (relative to content).", 15.0,
+                                 panel=STYLE, metavar="W")
+    tv_weight: float = option("--tv-weight", "Weight of the total-variation smoothness loss.", 0.0,
+                              panel=STYLE, metavar="W")
+    content_layers: tuple[str, ...] = option("--content-layers", "Content layers, e.g. conv4_2 or conv4_2,conv5_2; "
+                                             "the backbone's default if not given (`hires-nst layers`).",
+                                             DEFAULT_CONTENT_LAYERS, panel=EXPERIMENTS, metavar="LAYER[,...]",
+                                             shown="backbone's")
+    style_layers: tuple[str, ...] = option("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
+                                           "backbone's default if not given.", DEFAULT_STYLE_LAYERS,
+                                           panel=EXPERIMENTS, metavar="LAYER[,...]", shown="backbone's")
     # Defaults chosen by sweeps scored with the independent scorer (README, "The default render"):
     # halving paints the painting's motifs (Starry Night's swirls) and keeps the photo's subject;
     # descending (issue 17's default) kept the subject but painted no motif, equal painted over it.
-    style_layer_weights: str = _opt("--style-layer-weights", "Weights of the style layers: halving (each half the "
-                                    "one before: 16:8:4:2:1 for the default five; the default), descending (each a "
-                                    "quarter: 256:64:16:4:1), equal (Gatys et al.), or one number per style layer "
-                                    "(normalised to sum 1). Per pyramid stage: values separated by /, coarse to "
-                                    "fine, the last for every finer stage (e.g. equal/descending).", "halving")
-    style_loss: str = _opt("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
-                           "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default). Per "
-                           "stage like --style-layer-weights (e.g. gram/w2).", "w2")
-    style_blend: tuple[float, ...] = _opt("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", ())
-    preserve_color: str = _opt("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
-                               "only) or match (recolour the style to the photo's palette).", "off")
-    mask: str = _opt("--mask", "A mask image of the photo (resized to it): one region per colour, each styled as a "
-                     "--region COLOUR=STYLE says.", "")
-    region: tuple[str, ...] = _opt("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
-                                   "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
-                                   "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
-                                   "keep the photo. Unmasked places keep the photo.", (), whole=True)
+    style_layer_weights: str = option("--style-layer-weights", "Weights of the style layers: halving (each half the "
+                                      "one before: 16:8:4:2:1 for the default five; the default), descending (each a "
+                                      "quarter: 256:64:16:4:1), equal (Gatys et al.), or one number per style layer "
+                                      "(normalised to sum 1). Per pyramid stage: values separated by /, coarse to "
+                                      "fine, the last for every finer stage (e.g. equal/descending).", "halving",
+                                      panel=EXPERIMENTS, metavar="halving|descending|equal|W:W...[/...]")
+    style_loss: str = option("--style-loss", "Style statistics compared: gram (Gatys et al., Gram matrices) or w2 "
+                             "(Wasserstein-2 distance between Gaussian fits: mean and covariance; the default). Per "
+                             "stage like --style-layer-weights (e.g. gram/w2).", "w2",
+                             panel=STYLE, metavar="gram|w2[/...]")
+    style_blend: tuple[float, ...] = option("--style-blend", "Blend weights of the style images, e.g. 0.7,0.3.", (),
+                                            panel=STYLE, metavar="W,W...")
+    preserve_color: str = option("--preserve-color", "Keep the photo's colours: off, luminance (style on luminance "
+                                 "only) or match (recolour the style to the photo's palette).", "off",
+                                 panel=STYLE, metavar="off|luminance|match")
+    mask: str = option("--mask", "A mask image of the photo (resized to it): one region per colour, each styled as a "
+                       "--region COLOUR=STYLE says.", "", panel=STYLE, metavar="FILE")
+    region: tuple[str, ...] = option("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
+                                     "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
+                                     "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
+                                     "keep the photo. Unmasked places keep the photo.", (),
+                                     panel=STYLE, metavar="COLOUR=STYLE[:W]", whole=True)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = _opt("--optimizer", "lbfgs (as Gatys et al.; runs on the device), adam, adamw, sgd "
-                          "(momentum 0.9), adagrad, adadelta, rmsprop, or lbfgs-torch (torch's L-BFGS, which reads "
-                          "values back at every step).", "lbfgs")
-    lr: float = _opt("--lr", "Step size; 0 means the optimiser's default (lbfgs 1, adam/adamw 0.02, sgd 3e-4, "
-                     "adagrad 0.05, adadelta 3, rmsprop 0.005).", 0.0)
-    init: str = _opt("--init", "Start from the content image, noise, or an image file.", "content")
-    seed: int = _opt("--seed", "Random seed, for repeatable renders.", 0)
+    optimizer: str = option("--optimizer", "lbfgs (as Gatys et al.; runs on the device), adam, adamw, sgd "
+                            "(momentum 0.9), adagrad, adadelta, rmsprop, or lbfgs-torch (torch's L-BFGS, which reads "
+                            "values back at every step).", "lbfgs", panel=EXPERIMENTS, metavar="NAME")
+    lr: float = option("--lr", "Step size; 0 means the optimiser's default (lbfgs 1, adam/adamw 0.02, sgd 3e-4, "
+                       "adagrad 0.05, adadelta 3, rmsprop 0.005).", 0.0,
+                       panel=EXPERIMENTS, metavar="X", shown="per optimizer")
+    init: str = option("--init", "Start from the content image, noise, or an image file.", "content",
+                       panel=STYLE, metavar="content|noise|FILE")
+    seed: int = option("--seed", "Random seed, for repeatable renders.", 0, panel=STYLE, metavar="N")
     # Measured (benchmarks/adam_warm_start.py, 64->128->256, 60/30/15 its): carried moments ended at
     # total loss 1.44 vs 1.37 restarting, so restarting is the default.
-    warm_start: bool = _opt("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False)
-    tolerance: float = _opt("--tolerance", "End a stage early once its loss fell by less than this fraction over "
-                            "the last --patience iterations (its iteration count is then a cap); 0: run every "
-                            "iteration.", 0.005)
-    patience: int = _opt("--patience", "Iterations over which --tolerance is judged.", 50)
-    average_iterates: float = _opt("--average-iterates", "Write (and hand on to the next stage) the moving average "
-                                   "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "
-                                   "iterate. Averaging cancels the steps' high-frequency jitter.", 0.0)
+    warm_start: bool = option("--warm-start", "Adam, AdamW: carry their moments from stage to stage, resized.", False,
+                              panel=EXPERIMENTS)
+    tolerance: float = option("--tolerance", "End a stage early once its loss fell by less than this fraction over "
+                              "the last --patience iterations (its iteration count is then a cap); 0: run every "
+                              "iteration.", 0.005, panel=PYRAMID, metavar="FRACTION")
+    patience: int = option("--patience", "Iterations over which --tolerance is judged.", 50, panel=PYRAMID, metavar="N")
+    average_iterates: float = option("--average-iterates", "Write (and hand on to the next stage) the moving average "
+                                     "of each stage's iterates with this decay, bias-corrected, e.g. 0.9; 0: the last "
+                                     "iterate. Averaging cancels the steps' high-frequency jitter.", 0.0,
+                                     panel=EXPERIMENTS, metavar="DECAY")
 
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    max_size: int = _opt("--max-size", "Long side of the output in pixels (--print-size, when given, overrides it).", 512)
-    min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 128 (or max-size if smaller).", 0)
-    scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
-    iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
-    fit_iterations: bool = _opt("--fit-iterations", "Fit an --iterations list to any number of stages: stages past "
-                                "its end repeat its last value, a shorter pyramid takes its first values "
-                                "(the preview and screen presets set this).", False)
-    style_scale: float = _opt("--style-scale", "Style image long side relative to the stage's output.", 1.0)
-    style_upscale: bool = _opt("--style-upscale", "Allow enlarging the style image past its own size.", False)
+    max_size: int = option("--max-size", "Long side of the output in pixels (--print-size, when given, overrides "
+                           "it).", 512, panel=ESSENTIALS, metavar="PX")
+    min_size: int = option("--min-size", "Long side of the first pyramid stage; 0 means 128 (or max-size if "
+                           "smaller).", 0, panel=PYRAMID, metavar="PX", shown="128")
+    scale_factor: float = option("--scale-factor", "Size ratio between pyramid stages.", 2.0,
+                                 panel=PYRAMID, metavar="X")
+    iterations: tuple[int, ...] = option("--iterations", "Iterations per stage: one number, or a list per stage.", (),
+                                         panel=ESSENTIALS, metavar="N[,N...]", shown="300,150,80,50...")
+    fit_iterations: bool = option("--fit-iterations", "Fit an --iterations list to any number of stages: stages past "
+                                  "its end repeat its last value, a shorter pyramid takes its first values "
+                                  "(the preview and screen presets set this).", False, panel=PYRAMID)
+    style_scale: float = option("--style-scale", "Style image long side relative to the stage's output.", 1.0,
+                                panel=STYLE, metavar="X")
+    style_upscale: bool = option("--style-upscale", "Allow enlarging the style image past its own size.", False,
+                                 panel=STYLE)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = _opt("--backbone", "Feature network: vgg19, vgg16 or resnet50 (ResNet renders are never tiled).",
-                         "vgg19")
-    weights: str = _opt("--weights", "Network weights: original (VGG19 only, offline), torchvision (downloads once), "
-                        "random (untrained), or a file.", "original")
-    pooling: str = _opt("--pooling", "Pooling: max or avg (ResNet: its stem pooling).", "max")
-    preprocessing: str = _opt("--preprocessing", "Input preprocessing: auto (from the weights), caffe, torchvision.", "auto")
+    backbone: str = option("--backbone", "Feature network: vgg19, vgg16 or resnet50 (ResNet renders are never "
+                           "tiled).", "vgg19", panel=EXPERIMENTS, metavar="vgg19|vgg16|resnet50")
+    weights: str = option("--weights", "Network weights: original (VGG19 only, offline), torchvision (downloads "
+                          "once), random (untrained), or a file.", "original", panel=EXPERIMENTS, metavar="NAME|FILE")
+    pooling: str = option("--pooling", "Pooling: max or avg (ResNet: its stem pooling).", "max",
+                          panel=EXPERIMENTS, metavar="max|avg")
+    preprocessing: str = option("--preprocessing", "Input preprocessing: auto (from the weights), caffe, "
+                                "torchvision.", "auto", panel=EXPERIMENTS, metavar="auto|caffe|torchvision")
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    device: str = _opt("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto")
-    devices: str = _opt("--devices", "Render on several devices, one process (rank) each: all (every CUDA "
-                        "device) or a list such as cuda:0,cuda:1 or cpu,cpu (overrides --device); empty: the one "
-                        "--device. Several machines: torchrun (see the README).", "")
-    precision: str = _opt("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
-                          "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "
-                          "Gram matrices and losses stay fp32.", "auto")
-    sync_every: int = _opt("--sync-every", "Read the loss back from the device (progress, NaN check) every N "
-                           "iterations; 0 means every iteration on a CPU, every 10 on CUDA.", 0)
+    device: str = option("--device", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N.", "auto",
+                         panel=DEVICES, metavar="DEVICE")
+    devices: str = option("--devices", "Render on several devices, one process (rank) each: all (every CUDA "
+                          "device) or a list such as cuda:0,cuda:1 or cpu,cpu (overrides --device); empty: the one "
+                          "--device. Several machines: torchrun (see the README).", "",
+                          panel=DEVICES, metavar="all|DEVICE,...")
+    precision: str = option("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
+                            "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "
+                            "Gram matrices and losses stay fp32.", "auto", panel=DEVICES, metavar="auto|fp32|bf16|fp16")
+    sync_every: int = option("--sync-every", "Read the loss back from the device (progress, NaN check) every N "
+                             "iterations; 0 means every iteration on a CPU, every 10 on CUDA.", 0,
+                             panel=DEVICES, metavar="N", shown="1 CPU, 10 CUDA")
 
 
 @dataclass(frozen=True)
@@ -164,9 +197,11 @@ def parse_tile_size(text: str) -> TileSize:
 class TilingConfig:
     # Kept as typed (a string) so that settings files and work-dir fingerprints stay as they were;
     # the engine reads ``size``.
-    tile_size: str = _opt("--tile-size", "Exact tiled optimisation: auto (largest tile that fits the device's free "
-                          "memory, untiled if the image fits), off, or a tile side in pixels.", "auto")
-    halo: int = _opt("--halo", "Context around each tile in pixels; 0 means the exact minimum for the layers.", 0)
+    tile_size: str = option("--tile-size", "Exact tiled optimisation: auto (largest tile that fits the device's free "
+                            "memory, untiled if the image fits), off, or a tile side in pixels.", "auto",
+                            panel=DEVICES, metavar="auto|off|PX")
+    halo: int = option("--halo", "Context around each tile in pixels; 0 means the exact minimum for the layers.", 0,
+                       panel=DEVICES, metavar="PX", shown="exact minimum")
 
     @property
     def size(self) -> TileSize:
@@ -175,40 +210,49 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means OUT.work beside the output (out.png.work).", "")
-    save_every: int = _opt("--save-every", "Save the stage in progress every N iterations (0: never): --resume goes "
-                           "on from there, and current.png shows it.", 0)
-    save_minutes: float = _opt("--save-minutes", "Save the stage in progress every N minutes (0: never), so that a "
-                               "crash or Ctrl-C loses at most that much of a long stage.", 10.0)
-    save_stages: bool = _opt("--save-stages", "Also write a contact sheet of every stage beside the output.", False)
-    keep_checkpoints: bool = _opt("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in the "
-                                  "work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
-                                  "deletes them once the output is written (stage PNGs and trace stay).", True)
-    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif, .webm (plays in browsers) or .mp4.", "")
-    animate_every: int = _opt("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
-                              "end).", 10)
-    animate_size: int = _opt("--animate-size", "With --animate: long side of the frames in pixels (at most the "
-                             "output's).", 512)
-    format: str = _opt("--format", "File format for an output named without an extension (png, tif, jpg); "
-                       "an output's own extension always wins.", "")
-    bit_depth: int = _opt("--bit-depth", "Bits per channel of PNG/TIFF outputs: 8 or 16 (JPEG is always 8).", 8)
+    work_dir: str = option("--work-dir", "Checkpoints of this render; empty means OUT.work beside the output "
+                           "(out.png.work).", "", panel=CHECKPOINTS, metavar="DIR")
+    save_every: int = option("--save-every", "Save the stage in progress every N iterations (0: never): --resume goes "
+                             "on from there, and current.png shows it.", 0, panel=CHECKPOINTS, metavar="N")
+    save_minutes: float = option("--save-minutes", "Save the stage in progress every N minutes (0: never), so that a "
+                                 "crash or Ctrl-C loses at most that much of a long stage.", 10.0,
+                                 panel=CHECKPOINTS, metavar="MIN")
+    save_stages: bool = option("--save-stages", "Also write a contact sheet of every stage beside the output.", False,
+                               panel=OUTPUT)
+    keep_checkpoints: bool = option("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in "
+                                    "the work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
+                                    "deletes them once the output is written (stage PNGs and trace stay).", True,
+                                    panel=CHECKPOINTS)
+    animate: str = option("--animate", "Record the image as it evolves, across all stages, into this .gif, .webm "
+                          "(plays in browsers) or .mp4.", "", panel=OUTPUT, metavar="FILE")
+    animate_every: int = option("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
+                                "end).", 10, panel=OUTPUT, metavar="N")
+    animate_size: int = option("--animate-size", "With --animate: long side of the frames in pixels (at most the "
+                               "output's).", 512, panel=OUTPUT, metavar="PX")
+    format: str = option("--format", "File format for an output named without an extension (png, tif, jpg); "
+                         "an output's own extension always wins.", "", panel=OUTPUT, metavar="png|tif|jpg")
+    bit_depth: int = option("--bit-depth", "Bits per channel of PNG/TIFF outputs: 8 or 16 (JPEG is always 8).", 8,
+                            panel=OUTPUT, metavar="8|16")
 
 
 @dataclass(frozen=True)
 class PrintConfig:
-    print_size: str = _opt("--print-size", "Paper size (A0-A6, letter, legal, tabloid) or WxH in mm, cm or in "
-                           "(e.g. 500x700mm, 8x10in): sets the output size from --dpi and overrides --max-size.", "")
-    dpi: int = _opt("--dpi", "Dots per inch: sizes --print-size, and is written into every output file.", 300)
-    fit: str = _opt("--fit", "With --print-size: fit (the whole photo inside the paper) or crop (fill the paper, "
-                    "centre-cropping the photo to its aspect ratio).", "fit")
-    orientation: str = _opt("--orientation", "With --print-size: auto (paper turned like the photo), portrait "
-                            "or landscape.", "auto")
+    print_size: str = option("--print-size", "Paper size (A0-A6, letter, legal, tabloid) or WxH in mm, cm or in "
+                             "(e.g. 500x700mm, 8x10in): sets the output size from --dpi and overrides --max-size.", "",
+                             panel=ESSENTIALS, metavar="PAPER")
+    dpi: int = option("--dpi", "Dots per inch: sizes --print-size, and is written into every output file.", 300,
+                      panel=OUTPUT, metavar="DPI")
+    fit: str = option("--fit", "With --print-size: fit (the whole photo inside the paper) or crop (fill the paper, "
+                      "centre-cropping the photo to its aspect ratio).", "fit", panel=OUTPUT, metavar="fit|crop")
+    orientation: str = option("--orientation", "With --print-size: auto (paper turned like the photo), portrait "
+                              "or landscape.", "auto", panel=OUTPUT, metavar="auto|portrait|landscape")
 
 
 @dataclass(frozen=True)
 class InputConfig:
-    max_input_pixels: int = _opt("--max-input-pixels", "Refuse input images with more pixels than this "
-                                 "(decompression-bomb guard); raise it for trusted huge scans.", 250_000_000)
+    max_input_pixels: int = option("--max-input-pixels", "Refuse input images with more pixels than this "
+                                   "(decompression-bomb guard); raise it for trusted huge scans.", 250_000_000,
+                                   panel=OUTPUT, metavar="N")
 
 
 @dataclass(frozen=True)
@@ -314,12 +358,29 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
+def all_settings() -> list[Setting]:
+    """Every setting of every section (read on each call, so that a section replaced in a test counts)."""
+    return list(settings_of(SECTIONS))
+
+
+def named_layer(values: Mapping[str, Any], source: str, taken: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """Settings by their own names (``max_size=1024``: flags, keywords) as a layer ``{section: {name: value}}``.
+    A name no section declares, or one in ``taken`` (the caller's own parameters), is an error naming it."""
+    section_of = {s.name: s.section for s in all_settings() if s.name not in taken}
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name not in section_of:
+            raise ConfigError(f"{source}: unknown setting {name!r}; known: {', '.join(sorted(section_of))}")
+        layer.setdefault(section_of[name], {})[name] = value
+    return layer
+
+
 def flag_of(section: str, key: str) -> str:
-    return _field(section, key).metadata["flag"]
+    return _option(section, key).flag
 
 
-def _field(section: str, key: str) -> dataclasses.Field:
-    return {f.name: f for f in fields(SECTIONS[section])}[key]
+def _option(section: str, key: str) -> Option:
+    return option_of({f.name: f for f in fields(SECTIONS[section])}[key])
 
 
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
@@ -328,7 +389,7 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: unknown setting {section}.{key}; known in [{section}]: {', '.join(sorted(known))}")
     kind = get_type_hints(SECTIONS[section])[key]
     where = f"{source}: {section}.{key} ({flag_of(section, key)})"
-    if _field(section, key).metadata.get("whole") and isinstance(value, str):
+    if _option(section, key).whole and isinstance(value, str):
         value = [value]
     try:
         return _convert(kind, value)
