@@ -17,10 +17,7 @@ from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYER
 from hires_nst.config.settings import LossConfig
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import VGGWeights, load_weights
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CONTENT, STYLE = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"
-
+from tests.helpers.paths import CONTENT, STYLE
 
 # The paper's loss for tests of everything else: the default w2 loss costs ~0.2 s per evaluation
 # on these CPUs whatever the image size (eigendecompositions of 512 x 512 matrices), 5-10x a

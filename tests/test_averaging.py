@@ -28,7 +28,7 @@ from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.hostsync import HostCounter
-from tests.conftest import CONTENT, STYLE
+from tests.helpers.paths import CONTENT, STYLE
 from tests.test_pyramid import interrupt_at, job
 
 CPU = torch.device("cpu")

@@ -28,7 +28,7 @@ from hires_nst.model.backbones import ResNetFeatures, build_extractor
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime.placement import Placement
-from tests.synthetic import tiles_for
+from tests.helpers.synthetic import tiles_for
 
 
 def _random(backbone: str, seed: int = 0):

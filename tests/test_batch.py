@@ -28,7 +28,8 @@ from hires_nst.events import JobFinished, JobStarted, StageStarted, Step
 from hires_nst.io import images
 from hires_nst.io.contact_sheet import CAPTION, GAP
 from hires_nst.io.writeplan import WORK_MARKER
-from tests.synthetic import write_image
+from tests.helpers.paths import ROOT
+from tests.helpers.synthetic import write_image
 
 runner = CliRunner()
 TINY_PRESET = """description = "Tiny renders for tests."
@@ -310,7 +311,7 @@ def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Pa
 
 
 def _readme_block(after: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     return text[text.index(after):].split("```toml\n", 1)[1].split("```", 1)[0]
 
 

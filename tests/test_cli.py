@@ -19,7 +19,7 @@ from hires_nst.cli.main import app
 from hires_nst.config.settings import SECTIONS, RenderConfig, flag_of
 from hires_nst.engine.render import RenderJob, RenderResult
 from hires_nst.errors import InputError, Interrupted
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 runner = CliRunner()
 

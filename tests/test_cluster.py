@@ -23,14 +23,14 @@ from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
 from hires_nst.errors import DeviceError
 from hires_nst.io import images
-from tests import cluster_hooks
-from tests.synthetic import write_image
+from tests.helpers import cluster_hooks
+from tests.helpers.paths import ROOT
+from tests.helpers.synthetic import write_image
 
 ray = pytest.importorskip("ray")
 from hires_nst.batch import cluster  # noqa: E402  (needs Ray)
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 PRESET = """description = "Tiny fp32 renders for the cluster tests."
 [pyramid]
 min_size = 32
@@ -48,7 +48,7 @@ def crash_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(address="local", num_cpus=2, include_dashboard=False,  # "local": never a cluster ray start made log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": path, cluster_hooks.ENV: str(plan)},
-                          "worker_process_setup_hook": "tests.cluster_hooks.install"})
+                          "worker_process_setup_hook": "tests.helpers.cluster_hooks.install"})
     yield plan
     ray.shutdown()
 

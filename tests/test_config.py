@@ -14,7 +14,7 @@ import hires_nst.engine.render
 from hires_nst.cli.main import app
 from hires_nst.config.settings import SECTIONS, flag_of, resolve
 from hires_nst.errors import EXIT_USAGE, ConfigError, classify
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 NUMBER_KINDS = (int, float)
 

@@ -9,8 +9,7 @@ import pytest
 from hires_nst.config.settings import resolve
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.events import StageFinished, Step
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests.helpers.paths import EXAMPLES
 
 
 @pytest.mark.slow

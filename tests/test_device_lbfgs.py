@@ -16,6 +16,7 @@ from hires_nst.engine.render import RenderJob, render
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime.hostsync import HostCounter
+from tests.helpers.paths import EXAMPLES
 
 LAYERS = [*DEFAULT_CONTENT_LAYERS, *DEFAULT_STYLE_LAYERS]
 
@@ -83,13 +84,12 @@ def test_host_syncs_per_iteration_device_lbfgs_against_torch_lbfgs(objective: Ob
 
 
 def test_a_64_px_render_ends_within_1_percent_of_torch_lbfgs(tmp_path: Path) -> None:
-    examples = Path(__file__).resolve().parent.parent / "examples"
     totals = {}
     for name in ("lbfgs", "lbfgs-torch"):
         config = resolve(("test", {"pyramid": {"min_size": 64, "max_size": 64, "iterations": [30]},
                                    "optim": {"optimizer": name}, "device": {"precision": "fp32"},
                                    "output": {"work_dir": str(tmp_path / f"work-{name}")}}))
-        job = RenderJob(examples / "tubingen.jpg", (examples / "starry_night.jpg",), tmp_path / f"{name}.png", config)
+        job = RenderJob(EXAMPLES / "tubingen.jpg", (EXAMPLES / "starry_night.jpg",), tmp_path / f"{name}.png", config)
         totals[name] = render(job).losses["total"]
     # measured at 50 iterations: 1.0952 against 1.0963 (0.09%)
     assert totals["lbfgs"] == pytest.approx(totals["lbfgs-torch"], rel=0.01), totals

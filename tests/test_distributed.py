@@ -34,10 +34,9 @@ from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import FP32, resolve_devices
+from tests.helpers.paths import CONTENT, ROOT, STYLE
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
-CONTENT, STYLE = ROOT / "examples" / "tubingen.jpg", ROOT / "examples" / "starry_night.jpg"
 # Shallow layers keep the halo at 12 px, so that the bands of a small image really are apart.
 CONTENT_LAYERS, STYLE_LAYERS = ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1")
 HALO, ALIGN = required_halo(CONTENT_LAYERS + STYLE_LAYERS), align_for(CONTENT_LAYERS + STYLE_LAYERS)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from hires_nst.events import Message, Planned, PlannedStage, StageFinished, StageStarted, Step
 from hires_nst.io.logprogress import LogProgress, WorkLeft, clock_text
+from tests.helpers.paths import EXAMPLES
 
 LOSSES = {"total": 2.5, "content": 1.0, "style": 0.15, "tv": 0.0}
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class Clock:

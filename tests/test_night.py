@@ -28,7 +28,7 @@ from hires_nst.engine.render import RenderJob, RenderResult, render, work_dir_of
 from hires_nst.errors import ConfigError, HiresNSTError, Interrupted, OutputError, WeightsError
 from hires_nst.events import Message, StageStarted, Step
 from hires_nst.io import images, trace
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 runner = CliRunner()
 SHALLOW = {"content_layers": ["conv2_1"], "style_layers": ["conv1_1", "conv2_1"]}

@@ -26,7 +26,7 @@ from hires_nst.runtime.placement import (
     resolve_devices,
     resolve_precision,
 )
-from tests.synthetic import tiles_for
+from tests.helpers.synthetic import tiles_for
 
 BF16 = Precision("bf16", channels_last=True)
 FP16 = Precision("fp16", channels_last=True)  # refused on a CPU by resolve_precision; built directly to test it

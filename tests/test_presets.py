@@ -16,9 +16,9 @@ from hires_nst.config.presets import builtin_dir, builtin_names, load_preset, ou
 from hires_nst.config.settings import RenderConfig
 from hires_nst.engine.render import RenderJob, RenderResult
 from hires_nst.errors import ConfigError
+from tests.helpers.paths import ROOT
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_preset(folder: Path, text: str, name: str = "tiny.toml") -> Path:

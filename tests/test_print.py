@@ -24,7 +24,7 @@ from hires_nst.errors import ConfigError, InputError, Interrupted, OutputError
 from hires_nst.events import StageStarted
 from hires_nst.io import images, safety
 from hires_nst.io.encode16 import to_uint16
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 Usage = collections.namedtuple("Usage", "total used free")
 

@@ -15,7 +15,7 @@ from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageStarted, Step
 from hires_nst.io import images
-from tests.conftest import CONTENT, STYLE
+from tests.helpers.paths import CONTENT, STYLE
 
 
 def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -> RenderJob:

@@ -27,7 +27,7 @@ from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import FP32
-from tests.synthetic import tiles_for
+from tests.helpers.synthetic import tiles_for
 
 CONTENT_LAYERS, STYLE_LAYERS = ("conv3_1",), ("conv1_1", "conv2_1", "conv3_1", "conv4_1")
 CPU = torch.device("cpu")

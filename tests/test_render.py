@@ -14,7 +14,7 @@ from hires_nst.engine.plan import loss_weights
 from hires_nst.engine.pyramid import stage_inputs
 from hires_nst.engine.render import RenderJob, build_extractor, render
 from hires_nst.io import images
-from tests.conftest import CONTENT, STYLE
+from tests.helpers.paths import CONTENT, STYLE
 
 
 def _losses_at(config, output: Path, init_from_content: bool) -> dict[str, float]:

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from hires_nst.io import encode16, images
+from tests.helpers.paths import EXAMPLES
 
 
 def _gradient(height: int = 40, width: int = 56) -> np.ndarray:
@@ -58,10 +59,9 @@ def test_an_output_named_without_extension_is_recorded_under_the_name_written(tm
     from hires_nst.engine.render import RenderJob, render
     from hires_nst.io.trace import compare_runs
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
     config = resolve(("test", {"pyramid": {"max_size": 32, "iterations": [2]}, "output": {
         "format": "tif", "work_dir": str(tmp_path / "work")}, "model": {"weights": "random"}}))
-    result = render(RenderJob(examples / "tubingen.jpg", (examples / "starry_night.jpg",), tmp_path / "small", config))
+    result = render(RenderJob(EXAMPLES / "tubingen.jpg", (EXAMPLES / "starry_night.jpg",), tmp_path / "small", config))
 
     assert result.output == tmp_path / "small.tif" and result.output.is_file()
     record = json.loads(result.settings.read_text())

@@ -14,7 +14,7 @@ from hires_nst.engine.optimize import optimize
 from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
-from tests.synthetic import tiles_for
+from tests.helpers.synthetic import tiles_for
 
 SIZES = [(160, 224), (157, 203), (224, 160), (17, 5), (64, 64), (300, 33)]  # width, height
 

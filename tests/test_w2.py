@@ -22,7 +22,7 @@ from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.hostsync import HostCounter
 from hires_nst.runtime.placement import FP32
-from tests.synthetic import tiles_for
+from tests.helpers.synthetic import tiles_for
 from tests.test_tiling import setup_objective
 
 CONTENT_LAYERS = ("conv3_1",)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import Browser, find_chromium
+from tests.helpers.browser import Browser, find_chromium
+from tests.helpers.paths import EXAMPLES
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium): "
                                                          "the live page is tested over plain HTTP only")

@@ -17,7 +17,7 @@ from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, Interrupted, OutputError, classify
 from hires_nst.events import StageStarted, Step
 from hires_nst.io.writeplan import WORK_MARKER, WritePlan, check_writes
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 runner = CliRunner()
 SHALLOW = {"content_layers": ["conv2_1"], "style_layers": ["conv1_1", "conv2_1"]}

@@ -1,4 +1,4 @@
-"""Runs in every Ray worker of tests/test_cluster.py (Ray's ``worker_process_setup_hook``): the
+"""Runs in every Ray worker of tests/batch/test_cluster.py (Ray's ``worker_process_setup_hook``): the
 stand-in for a node that dies. When the file named by $HIRES_NST_TEST_CRASH says so, the worker
 rendering that job exits on the spot (``os._exit``, no clean-up, as a power cut or the OOM killer
 would) at the given stage and iteration, once: the marker file it leaves says it already died."""
