@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import hires_nst.engine.render
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.config.settings import LossConfig
+from hires_nst.engine.render import RenderJob, RenderResult
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import VGGWeights, load_weights
 from tests.helpers.paths import CONTENT, STYLE
@@ -63,3 +65,18 @@ def random_weights() -> VGGWeights:
 def extractor(original_weights: VGGWeights) -> VGGFeatures:
     """The default extractor: original weights, the default content and style layers."""
     return VGGFeatures(original_weights, DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
+
+
+@pytest.fixture
+def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
+    """Replace the engine: record each job and pretend it rendered (the command line's tests check
+    which options reached the engine, without rendering)."""
+    jobs: list[RenderJob] = []
+
+    def fake(job: RenderJob, sink: object = None) -> RenderResult:
+        jobs.append(job)
+        return RenderResult(output=job.output, settings=Path(f"{job.output}.json"), width=48, height=40,
+                            seconds=0.1, losses={"total": 1.0}, work_dir=Path("work"))
+
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
+    return jobs

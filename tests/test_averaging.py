@@ -29,7 +29,7 @@ from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.hostsync import HostCounter
 from tests.helpers.paths import CONTENT, STYLE
-from tests.test_pyramid import interrupt_at, job
+from tests.helpers.renders import interrupt_at, job
 
 CPU = torch.device("cpu")
 
@@ -227,7 +227,7 @@ def _averaged_on_ranks(world: ranks.World) -> dict:
     from hires_nst.core.bands import BandPlan, plan_bands
     from hires_nst.engine.distributed import BandObjective, same_start
     from hires_nst.runtime.placement import FP32
-    from tests.test_distributed import ALIGN, HALO, problem
+    from tests.helpers.objectives import ALIGN, HALO, problem
 
     extractor, weights, targets, image = problem()
     plan = BandPlan(tuple(plan_bands(96, 64, world.size, HALO, ALIGN)), None, HALO, ALIGN)

@@ -70,20 +70,6 @@ def test_help_works(command: str) -> None:
 # --- options reach the engine ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
-    """Replace the engine: record each job and pretend it rendered."""
-    jobs: list[RenderJob] = []
-
-    def fake(job: RenderJob, sink: object = None) -> RenderResult:
-        jobs.append(job)
-        return RenderResult(output=job.output, settings=Path(f"{job.output}.json"), width=48, height=40,
-                            seconds=0.1, losses={"total": 1.0}, work_dir=Path("work"))
-
-    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
-    return jobs
-
-
 def test_options_reach_the_engine_config(fake_render: list[RenderJob], inputs: tuple[Path, Path],
                                          tmp_path: Path) -> None:
     content, style = inputs

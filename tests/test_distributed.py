@@ -22,24 +22,20 @@ from typer.testing import CliRunner
 from hires_nst.cli.main import app
 from hires_nst.config.settings import resolve
 from hires_nst.core.bands import BandPlan, balanced_cuts, band_tiles, plan_bands
-from hires_nst.core.tiles import Rect, align_for, required_halo
+from hires_nst.core.tiles import Rect
 from hires_nst.engine.bandplan import Costs, Line, spread_pays
 from hires_nst.engine.distributed import BandObjective
-from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.objective import Objective
 from hires_nst.engine.optimize import optimize_with_state
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.events import Message
 from hires_nst.io import images
-from hires_nst.model.features import VGGFeatures
-from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import FP32, resolve_devices
+from tests.helpers.objectives import ALIGN, CONTENT_LAYERS, HALO, STYLE_LAYERS, problem
 from tests.helpers.paths import CONTENT, ROOT, STYLE
 
 CPU = torch.device("cpu")
-# Shallow layers keep the halo at 12 px, so that the bands of a small image really are apart.
-CONTENT_LAYERS, STYLE_LAYERS = ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1")
-HALO, ALIGN = required_halo(CONTENT_LAYERS + STYLE_LAYERS), align_for(CONTENT_LAYERS + STYLE_LAYERS)
 
 
 def coverage(tiles_by_band, width: int, height: int) -> torch.Tensor:
@@ -142,17 +138,6 @@ def test_under_torchrun_devices_come_from_local_rank(monkeypatch: pytest.MonkeyP
 
 
 # --------------------------------------------------------------------------- the objective over ranks
-
-
-def problem():
-    extractor = VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
-    weights = Weights.equal_layers(1.0, 10.0, 0.1, CONTENT_LAYERS, STYLE_LAYERS)
-    g = torch.Generator().manual_seed(0)
-    content = torch.rand(1, 3, 64, 96, generator=g)
-    styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]
-    targets = make_targets(extractor, content, styles, [0.7, 0.3], weights)
-    image = (0.5 * content + 0.5 * torch.rand(1, 3, 64, 96, generator=g)).clamp(0, 1)
-    return extractor, weights, targets, image
 
 
 def evaluate_on_ranks(world: ranks.World) -> dict:

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import hires_nst.engine.render
 from hires_nst.cli.main import app
 from hires_nst.config.settings import parse_layer_weights, resolve
 from hires_nst.engine.plan import loss_weights
-from hires_nst.engine.render import RenderJob, RenderResult
+from hires_nst.engine.render import RenderJob
 from hires_nst.errors import ConfigError
 
 STYLE = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -78,14 +77,8 @@ def test_mistakes_are_config_errors_that_say_what_is_valid(loss: dict, message: 
         _config(**loss)
 
 
-def test_layer_options_reach_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    jobs: list[RenderJob] = []
-
-    def fake(job: RenderJob, sink: object = None) -> RenderResult:
-        jobs.append(job)
-        return RenderResult(job.output, Path(f"{job.output}.json"), 8, 8, 0.1, {"total": 1.0}, Path("work"))
-
-    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
+def test_layer_options_reach_the_engine(tmp_path: Path, fake_render: list[RenderJob]) -> None:
+    jobs = fake_render
     args = ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--content-layers", "conv5_2",
             "--style-layers", "conv1_1:conv3_1", "--style-layer-weights", "4:1", "--backbone", "vgg16",
             "--weights", "random", "-q"]

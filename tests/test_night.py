@@ -24,7 +24,7 @@ from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
 from hires_nst.config.schedule import make_schedule, stage_long_sides
 from hires_nst.config.settings import resolve
-from hires_nst.engine.render import RenderJob, RenderResult, render, work_dir_of
+from hires_nst.engine.render import RenderJob, render, work_dir_of
 from hires_nst.errors import ConfigError, HiresNSTError, Interrupted, OutputError, WeightsError
 from hires_nst.events import Message, StageStarted, Step
 from hires_nst.io import images, trace
@@ -255,14 +255,9 @@ def test_resume_with_an_unreadable_settings_file_is_refused(tmp_path: Path) -> N
     assert (tmp_path / "work" / "stage-0.pt").is_file()
 
 
-def test_the_cli_hands_the_engine_an_absolute_resume_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    jobs: list[RenderJob] = []
-
-    def fake(job: RenderJob, sink: object = None) -> RenderResult:
-        jobs.append(job)
-        return RenderResult(job.output, Path(f"{job.output}.json"), 48, 40, 0.1, {"total": 1.0}, Path("w"))
-
-    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
+def test_the_cli_hands_the_engine_an_absolute_resume_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fake_render: list[RenderJob]) -> None:
+    jobs = fake_render
     monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "my photo.png")
     result = runner.invoke(app, ["render", "my photo.png", "my photo.png", "-o", "o.png", "--restart", "-q"])

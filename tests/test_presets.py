@@ -14,7 +14,7 @@ import hires_nst.engine.render
 from hires_nst.cli.main import app
 from hires_nst.config.presets import builtin_dir, builtin_names, load_preset, output_size
 from hires_nst.config.settings import RenderConfig
-from hires_nst.engine.render import RenderJob, RenderResult
+from hires_nst.engine.render import RenderJob
 from hires_nst.errors import ConfigError
 from tests.helpers.paths import ROOT
 
@@ -57,18 +57,6 @@ def test_top_level_presets_folder_is_the_packaged_one_and_ships_in_the_wheel() -
     assert (ROOT / "presets").resolve() == builtin_dir().resolve()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "preset_files/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["hires_nst.config"]
-
-
-@pytest.fixture
-def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
-    jobs: list[RenderJob] = []
-
-    def fake(job: RenderJob, sink: object = None) -> RenderResult:
-        jobs.append(job)
-        return RenderResult(job.output, Path(f"{job.output}.json"), 1, 1, 0.1, {"total": 1.0}, Path("work"))
-
-    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
-    return jobs
 
 
 def test_flags_override_the_preset_which_overrides_the_defaults(tmp_path: Path, fake_render: list[RenderJob]) -> None:

@@ -215,20 +215,12 @@ def test_print_render_crops_to_the_paper_and_writes_a_16bit_tiff_at_its_dpi(tmp_
     assert settings["crop"] == [0, 1, 48, 39] and settings["dpi"] == 127
 
 
-def test_print_options_reach_the_engine_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_print_options_reach_the_engine_config(tmp_path: Path, fake_render: list[RenderJob]) -> None:
     from typer.testing import CliRunner
 
-    import hires_nst.engine.render
     from hires_nst.cli.main import app
-    from hires_nst.engine.render import RenderResult
 
-    jobs: list[RenderJob] = []
-
-    def fake(job: RenderJob, sink: object = None) -> RenderResult:
-        jobs.append(job)
-        return RenderResult(job.output, Path("s.json"), 1, 1, 0.1, {"total": 1.0}, Path("work"))
-
-    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
+    jobs = fake_render
     result = CliRunner().invoke(app, [
         "render", "c.png", "s.png", "-o", str(tmp_path / "print"), "--print-size", "30x40cm", "--dpi", "150",
         "--fit", "crop", "--orientation", "landscape", "--bit-depth", "16", "--format", "tif",

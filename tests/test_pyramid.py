@@ -9,24 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from hires_nst.config.settings import resolve
 from hires_nst.core import color
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageStarted, Step
 from hires_nst.io import images
-from tests.helpers.paths import CONTENT, STYLE
-
-
-def job(tmp_path: Path, name: str = "out.png", small: bool = True, **settings) -> RenderJob:
-    """32 -> 64 -> 128 by default (fast); 64 -> 128 -> 256 with ``small=False``."""
-    sizes = {"min_size": 32, "max_size": 128} if small else {"min_size": 64, "max_size": 256}
-    layers = {"pyramid": {**sizes, "iterations": [8, 4, 2]},
-              "output": {"work_dir": str(tmp_path / "work")}}
-    for section, values in settings.items():
-        layers.setdefault(section, {}).update(values)
-    config = resolve(("test", layers))
-    return RenderJob(CONTENT, (STYLE,), tmp_path / name, config)
+from tests.helpers.paths import CONTENT
+from tests.helpers.renders import interrupt_at, job
 
 
 def started_stages(events) -> list[int]:
@@ -123,13 +112,6 @@ def test_save_every_writes_the_stage_in_progress(tmp_path: Path) -> None:
     render(job(tmp_path, output={"save_every": 2}, pyramid={"iterations": [4, 1, 1]}))
     assert images.load_image(tmp_path / "work" / "current.png").shape[:2] == (24, 32)
     assert not list((tmp_path / "work").glob("*partial*"))  # a finished stage replaces its progress
-
-
-def interrupt_at(stage: int, iteration: int):
-    def sink(event) -> None:
-        if isinstance(event, Step) and event.stage == stage and event.iteration == iteration:
-            raise KeyboardInterrupt
-    return sink
 
 
 def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -14,6 +12,7 @@ from hires_nst.engine.optimize import optimize
 from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from tests.helpers.objectives import setup_objective
 from tests.helpers.synthetic import tiles_for
 
 SIZES = [(160, 224), (157, 203), (224, 160), (17, 5), (64, 64), (300, 33)]  # width, height
@@ -133,20 +132,6 @@ def test_required_halo_is_exact_and_one_step_less_is_not(layer: str) -> None:
 
 
 # --------------------------------------------------------------------------- objective
-
-
-def setup_objective(pooling: str, width: int, height: int, content_layers=DEFAULT_CONTENT_LAYERS,
-                    style_layers=DEFAULT_STYLE_LAYERS, tv: float = 0.1, style_loss: str = "gram"):
-    """Original weights, a seeded content image, two styles blended 0.7/0.3, a start image near the content."""
-    weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, tv, content_layers, style_layers),
-                                  style_loss=style_loss)
-    extractor = VGGFeatures(load_weights("original"), tuple(content_layers) + tuple(style_layers), pooling)
-    g = torch.Generator().manual_seed(0)
-    content = torch.rand(1, 3, height, width, generator=g)
-    styles = [torch.rand(1, 3, 96, 80, generator=g), torch.rand(1, 3, 64, 112, generator=g)]
-    targets = make_targets(extractor, content, styles, [0.7, 0.3], weights)
-    image = (0.5 * content + 0.5 * torch.rand(1, 3, height, width, generator=g)).clamp(0, 1)
-    return extractor, targets, weights, image
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -22,8 +22,8 @@ from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.hostsync import HostCounter
 from hires_nst.runtime.placement import FP32
+from tests.helpers.objectives import setup_objective
 from tests.helpers.synthetic import tiles_for
-from tests.test_tiling import setup_objective
 
 CONTENT_LAYERS = ("conv3_1",)
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1")
