@@ -25,7 +25,7 @@ from tests.helpers.paths import CONTENT, STYLE
 # on these CPUs whatever the image size (eigendecompositions of 512 x 512 matrices), 5-10x a
 # 64 px VGG pass, which would multiply the time of the ~600 tests of resume, tiling, batches, the
 # CLI... that do not depend on the loss. The default loss itself runs in the tests marked
-# ``default_loss`` and in those that name it (tests/test_w2.py, tests/test_regions.py).
+# ``default_loss`` and in those that name it (tests/core/test_w2.py, tests/engine/test_regions.py).
 PAPER_LOSS = {"style_loss": "gram", "style_layer_weights": "equal"}
 
 

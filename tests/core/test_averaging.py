@@ -216,7 +216,7 @@ def test_a_tiled_averaged_render_equals_the_untiled_one(tmp_path: Path) -> None:
         outputs.append((images.load_image(result.output), result.losses))
     (untiled, untiled_losses), (tiled, tiled_losses) = outputs
     # Tiling is exact to float rounding, which Adam's steps amplify over 5 iterations of the default
-    # layers (measured 1.8e-4 relative on the content loss); test_optimizers' bound on the image.
+    # layers (measured 1.8e-4 relative on the content loss); tests/engine/test_optimize.py's bound on the image.
     assert tiled_losses == pytest.approx(untiled_losses, rel=1e-3)
     assert np.abs(tiled - untiled).mean() < 0.5 / 255
 
