@@ -24,6 +24,8 @@ from hires_nst.batch.run import run_batch
 from hires_nst.cli.main import app
 from hires_nst.config.schedule import make_schedule, stage_long_sides
 from hires_nst.config.settings import resolve
+from hires_nst.engine import pyramid
+from hires_nst.engine.plan import min_side
 from hires_nst.engine.render import RenderJob, render, work_dir_of
 from hires_nst.errors import ConfigError, HiresNSTError, Interrupted, OutputError, WeightsError
 from hires_nst.events import Message, StageStarted, Step
@@ -367,12 +369,27 @@ def test_a_panorama_starts_with_a_first_stage_tall_enough_for_the_network(tmp_pa
     assert any("first stage" in e.text and "383x16" in e.text for e in events if isinstance(e, Message))
 
 
-def test_a_thin_style_image_is_enlarged_to_the_networks_minimum(tmp_path: Path) -> None:
+def test_a_thin_style_image_is_enlarged_to_the_networks_minimum(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     write_image(tmp_path / "c.png", 48, 40, 0)
     write_image(tmp_path / "thin.png", 300, 4, 1)
     config = resolve(("test", {"pyramid": {"max_size": 32, "iterations": [1]},
                                "output": {"work_dir": str(tmp_path / "work")}}))
-    render(RenderJob(tmp_path / "c.png", (tmp_path / "thin.png",), tmp_path / "out.png", config))
+    sizes: list[tuple[int, int]] = []  # (height, width) of every style tensor a stage optimises against
+    real = pyramid.stage_inputs
+
+    def recording(*args, **kwargs) -> pyramid.StageInputs:
+        inputs = real(*args, **kwargs)
+        sizes.extend((s.shape[2], s.shape[3]) for s in inputs.styles)
+        return inputs
+
+    monkeypatch.setattr(pyramid, "stage_inputs", recording)
+    result = render(RenderJob(tmp_path / "c.png", (tmp_path / "thin.png",), tmp_path / "out.png", config))
+    assert result.output.is_file()
+    # The 300 x 4 strip would be 32 x 0 at the stage's size (style scale 1): it is enlarged until its
+    # short side is the network's minimum, keeping its aspect ratio (1200 x 16 for the default layers).
+    assert sizes and all(height >= min_side(config) for height, _ in sizes), sizes
+    assert all(width / height == pytest.approx(300 / 4, rel=0.02) for height, width in sizes), sizes
 
 
 def test_an_output_too_thin_for_the_network_is_refused_in_one_line(tmp_path: Path) -> None:
