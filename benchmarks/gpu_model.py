@@ -12,7 +12,7 @@ peak *fake-measured* by running the real stage on fake tensors (``memmeasure``: 
 and the host's aten ops and device reads per iteration of the device L-BFGS (counted on the fake
 run; the render adds one read per --sync-every iterations). torch's L-BFGS (``lbfgs-torch``)
 cannot run on fake tensors (it reads values): its reads are 2 x history + ~5 per step
-(tests/test_device_lbfgs.py counts ~123 at ~55 pairs on a CPU).
+(tests/core/test_lbfgs.py counts ~123 at ~55 pairs on a CPU).
 
 With a CUDA device it also runs each plan that fits the device for real (random weights) and
 prints ``torch.cuda.max_memory_allocated`` and seconds per iteration beside the estimate

@@ -13,20 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import hires_nst.engine.render
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.config.settings import LossConfig
+from hires_nst.engine.render import RenderJob, RenderResult
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import VGGWeights, load_weights
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CONTENT, STYLE = EXAMPLES / "tubingen.jpg", EXAMPLES / "starry_night.jpg"
-
+from tests.helpers.paths import CONTENT, STYLE
 
 # The paper's loss for tests of everything else: the default w2 loss costs ~0.2 s per evaluation
 # on these CPUs whatever the image size (eigendecompositions of 512 x 512 matrices), 5-10x a
 # 64 px VGG pass, which would multiply the time of the ~600 tests of resume, tiling, batches, the
 # CLI... that do not depend on the loss. The default loss itself runs in the tests marked
-# ``default_loss`` and in those that name it (tests/test_w2.py, tests/test_regions.py).
+# ``default_loss`` and in those that name it (tests/core/test_w2.py, tests/engine/test_regions.py).
 PAPER_LOSS = {"style_loss": "gram", "style_layer_weights": "equal"}
 
 
@@ -66,3 +65,18 @@ def random_weights() -> VGGWeights:
 def extractor(original_weights: VGGWeights) -> VGGFeatures:
     """The default extractor: original weights, the default content and style layers."""
     return VGGFeatures(original_weights, DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
+
+
+@pytest.fixture
+def fake_render(monkeypatch: pytest.MonkeyPatch) -> list[RenderJob]:
+    """Replace the engine: record each job and pretend it rendered (the command line's tests check
+    which options reached the engine, without rendering)."""
+    jobs: list[RenderJob] = []
+
+    def fake(job: RenderJob, sink: object = None) -> RenderResult:
+        jobs.append(job)
+        return RenderResult(output=job.output, settings=Path(f"{job.output}.json"), width=48, height=40,
+                            seconds=0.1, losses={"total": 1.0}, work_dir=Path("work"))
+
+    monkeypatch.setattr(hires_nst.engine.render, "render", fake)
+    return jobs

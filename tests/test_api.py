@@ -15,8 +15,7 @@ from PIL import Image
 from hires_nst import stylize
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Planned, Preview, StageFinished, Step
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests.helpers.paths import EXAMPLES
 
 
 def _files(folder: Path) -> set[Path]:

@@ -26,7 +26,7 @@ from hires_nst.errors import (
     Interrupted,
     classify,
 )
-from tests.synthetic import write_image
+from tests.helpers.synthetic import write_image
 
 
 @pytest.mark.parametrize("exc", [

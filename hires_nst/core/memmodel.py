@@ -17,7 +17,7 @@ terms are one number (``per_pixel``; ``per_window_pixel`` is 0). The table is th
 
 The coefficients are not guessed: ``python -m hires_nst.engine.memmeasure`` runs the real targets,
 objective and optimiser on fake tensors (``memmeasure``), fits them, and prints ``TABLE`` and
-``GUIDED_COPIES`` below. ``tests/test_memmodel.py`` holds the model to new measurements of the
+``GUIDED_COPIES`` below. ``tests/core/test_memmodel.py`` holds the model to new measurements of the
 default loss, averaging, guides, small and odd sizes (never under, at most 1.25x over).
 They count what the CUDA caching allocator hands out (``max_memory_allocated``), not cuDNN's
 workspaces or fragmentation: the planner's budget keeps a margin for those

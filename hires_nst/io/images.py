@@ -367,7 +367,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 TEMP_SUFFIX = ".part"  # write_atomically's temp files: ``.NAME.XXXXXXXX.part`` beside NAME
-TEMP_RANDOM = 8  # the random letters mkstemp puts in a name (tests/test_writeplan.py checks it)
+TEMP_RANDOM = 8  # the random letters mkstemp puts in a name (tests/io/test_writeplan.py checks it)
 
 
 def temp_name(name: str) -> str:
