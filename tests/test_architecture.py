@@ -1,4 +1,5 @@
-"""The shape of the package: no import circles, and the config layer free of the engine."""
+"""The shape of the package: imports only go down its layers of folders, no import circles, and the config
+layer free of the engine."""
 
 from __future__ import annotations
 
@@ -117,3 +118,41 @@ def test_every_module_imports_in_a_fresh_interpreter_and_config_leaves_torch_out
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=PACKAGE.parent)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+# The folders from the top down: a module may import from its own folder and from folders below it,
+# never from one above it or from a sibling at its level (model and io). The package's __init__
+# (``stylize``) and __main__ sit above everything, then api; errors and events below everything.
+LAYERS = (("__init__", "__main__"), ("api",), ("cli",), ("batch", "web"), ("engine",), ("runtime",),
+          ("model", "io"), ("core",), ("config",), ("errors", "events"))
+RANK = {room: len(LAYERS) - level for level, rooms in enumerate(LAYERS) for room in rooms}
+
+
+def room(module: str) -> str:
+    """The folder of ``config.settings`` (``config``), or the top-level module itself (``api``)."""
+    return module.split(".")[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up the layers or across to a sibling folder, as ``a -> b``."""
+    found = []
+    for source, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            here, there = room(source), room(target)
+            if here != there and RANK[there] >= RANK[here]:
+                found.append(f"{source} -> {target}")
+    return found
+
+
+def test_upward_imports_finds_an_import_up_or_across_and_accepts_one_down() -> None:
+    graph = {"core.losses": {"config.catalog", "errors"}, "config.settings": {"core.color"},
+             "io.images": {"model.weights"}, "cli.main": {"engine.render"}}
+    assert upward_imports(graph) == ["config.settings -> core.color", "io.images -> model.weights"]
+
+
+def test_every_module_sits_in_a_known_layer() -> None:
+    assert {room(m) for m in import_graph()} <= set(RANK)
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    assert upward_imports(import_graph()) == []
