@@ -20,7 +20,7 @@ from hires_nst.batch.job import Ledger, Outcome, run_job
 from hires_nst.batch.jobs import Batch, BatchJob
 from hires_nst.batch.parallel import run_parallel
 from hires_nst.engine.render import disk_needs
-from hires_nst.engine.workdirs import render_plan
+from hires_nst.engine.resume import render_plan
 from hires_nst.errors import ConfigError, OutputError
 from hires_nst.events import JobFinished, JobStarted, Message, Sink, null_sink
 from hires_nst.io import images

@@ -25,11 +25,11 @@ from hires_nst.engine.objective import Targets, make_targets
 from hires_nst.engine.optimize import Convergence, optimize_with_state, resize_adam_state, shown
 from hires_nst.engine.plan import RenderPlan, StagePlan, min_side
 from hires_nst.engine.regions import Regions
+from hires_nst.engine.resume import Checkpointing, ProgressSaves, saved_progress
 from hires_nst.engine.tiling import make_objective
-from hires_nst.errors import DeviceError, OutputError, classify
+from hires_nst.errors import DeviceError, classify
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
 from hires_nst.io import images
-from hires_nst.io.checkpoints import WorkDir
 from hires_nst.io.preview import PREVIEW_SIZE, PreviewTimer
 from hires_nst.runtime.placement import Placement, peak_memory_bytes, reset_peak_memory
 
@@ -80,59 +80,6 @@ def upsample(image: Tensor, stage: Stage) -> Tensor:
     """The previous stage's result at this stage's size (OpenCV Lanczos, clipped to [0, 1])."""
     array = images.resize(images.to_array(image), stage.width, stage.height)
     return images.to_tensor(array).to(image.device)
-
-
-@dataclass
-class Checkpointing:
-    """What a render leaves behind while it runs: finished stages in the work dir, the stage in
-    progress every ``save_every`` iterations and every ``save_minutes`` (resumable, with a PNG to
-    look at), and a ``Snapshot`` event every ``snapshot_every`` iterations (0: never) with the
-    image shrunk to at most ``snapshot_size`` px (long side); a ``Preview`` every
-    ``preview_seconds`` (0: never; preview.py). ``schedule`` is the whole pyramid."""
-
-    workdir: WorkDir
-    save_every: int = 0
-    snapshot_every: int = 0
-    snapshot_size: int = 512
-    save_minutes: float = 0.0
-    schedule: Sequence[Stage] = ()
-    preview_seconds: float = 0.0
-
-
-class ProgressSaves:
-    """Saves the stage in progress at the first report after each ``save_every`` iterations or
-    ``save_minutes`` minutes; never at the stage's last iteration (the finished stage is saved next).
-    A save that fails (a full disk) is reported and tried again later: the render goes on."""
-
-    def __init__(self, checkpointing: Checkpointing, stage: Stage, done: int = 0, sink: Sink = null_sink) -> None:
-        self.checkpointing, self.stage, self.sink = checkpointing, stage, sink
-        self.at, self.time = done, time.monotonic()
-        self.failing = False  # said once when saves start failing, once when they work again
-
-    def due(self, iteration: int) -> bool:
-        every, minutes = self.checkpointing.save_every, self.checkpointing.save_minutes
-        if iteration >= self.stage.iterations:
-            return False
-        by_count = bool(every) and iteration // every > self.at // every
-        return by_count or (minutes > 0 and time.monotonic() - self.time >= minutes * 60)
-
-    def __call__(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor]) -> None:
-        if not self.due(iteration):
-            return
-        workdir = self.checkpointing.workdir
-        self.at, self.time = iteration, time.monotonic()
-        try:
-            workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
-            workdir.save_current(shown(image, optimizer_state).clamp(0, 1))  # what would be written
-        except OutputError as exc:
-            if not self.failing:
-                self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
-                                  f"({exc}); the render goes on and tries again at each save"))
-            self.failing = True
-            return
-        if self.failing:
-            self.sink(Message(f"stage {self.stage.index + 1}'s progress saved again at iteration {iteration}"))
-        self.failing = False
 
 
 def snapshot(stage: Stage, iteration: int, image: Tensor, size: int) -> Snapshot:
@@ -285,17 +232,6 @@ def _free_cached_memory(placement: Placement) -> None:
                 torch.cuda.empty_cache()
 
 
-def _saved_progress(checkpointing: Checkpointing | None, stage: Stage, went: int, start: Tensor,
-                    warm: dict[str, Tensor] | None, sink: Sink) -> tuple[Tensor, dict[str, Tensor] | None]:
-    """The image (and Adam's state) a resumed stage goes on from after ``went`` saved iterations;
-    ``start`` when none. L-BFGS keeps no history across the break (it rebuilds it)."""
-    if not went or checkpointing is None:
-        return start, warm
-    image, state = checkpointing.workdir.load_progress(stage.index)
-    sink(Message(f"resuming stage {stage.index + 1} at iteration {went} of {stage.iterations}"))
-    return image.to(start.device), state or warm
-
-
 @dataclass
 class Progress:
     """Where the pyramid stands between stages: the last image, Adam's state, the losses so far."""
@@ -331,7 +267,7 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
     warm = (resize_adam_state(progress.state, stage.height, stage.width)
             if progress.state and config.optim.warm_start else None)
     if went >= 0:  # the first stage this run renders: maybe from its saved progress
-        start, warm = _saved_progress(checkpointing, stage, went, start, warm, run.sink)
+        start, warm = saved_progress(checkpointing, stage, went, start, warm, run.sink)
         if checkpointing is not None and checkpointing.snapshot_every:
             run.sink(snapshot(stage, went, shown(start, warm), checkpointing.snapshot_size))  # the first frame
     if run.placement.world.distributed:

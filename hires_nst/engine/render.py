@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,16 +25,25 @@ from hires_nst.engine.outputs import (
     write_outputs,
     written_files,
 )
-from hires_nst.engine.plan import Crop, RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
-from hires_nst.engine.pyramid import Checkpointing, Run, run_pyramid
+from hires_nst.engine.plan import RenderPlan, StagePlan, make_plan, plan_schedule, raised_first_stage
+from hires_nst.engine.pyramid import Run, run_pyramid
 from hires_nst.engine.regions import Regions, load_regions
-from hires_nst.engine.workdirs import find_work_dir, input_files, legacy_work_dir, render_plan, work_dir_of  # noqa: F401 (re-exported)
-from hires_nst.errors import ConfigError, DiskFullError, Interrupted, OutputError
+from hires_nst.engine.resume import (
+    checkpointing_of,
+    find_work_dir,
+    fingerprint,
+    interrupted,
+    render_plan,
+    resume_advice,
+    resume_point,
+    work_dir_of,
+)
+from hires_nst.errors import ConfigError, DiskFullError, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
 from hires_nst.io import images
 from hires_nst.io.animation import AnimationRecorder
-from hires_nst.io.checkpoints import WorkDir, file_digest
-from hires_nst.io.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
+from hires_nst.io.checkpoints import WorkDir
+from hires_nst.io.preview import PREVIEW_NAME, PreviewFile
 from hires_nst.io.safety import check_free_space, deferred_interrupts, render_needs, retrying_when_full
 from hires_nst.io.trace import TraceWriter
 from hires_nst.io.writeplan import check_writes
@@ -45,12 +52,6 @@ from hires_nst.model.backbones import build_extractor as make_extractor
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
-
-# Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
-# defaults, so a render started before they existed can still be resumed.
-ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal", ("loss", "style_loss"): "gram",
-               ("optim", "average_iterates"): 0.0, ("loss", "mask"): "", ("loss", "region"): (),
-               ("optim", "tolerance"): 0.0, ("optim", "patience"): 50}
 
 
 @dataclass(frozen=True)
@@ -105,29 +106,6 @@ def working_images(inputs: Inputs, mode: str) -> tuple[np.ndarray, list[np.ndarr
     return inputs.content, inputs.styles
 
 
-def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
-    """What a finished stage depends on: the inputs' bytes and every setting that shapes pixels.
-
-    Sizes and iteration counts are matched stage by stage instead, so that a larger --max-size
-    (or print size) can reuse the stages of a smaller render; of the print settings only the crop
-    they make counts; device, output and input-limit options do not change pixels
-    (precision only within rounding).
-    """
-    settings = job.config.to_dict()
-    for section in ("device", "output", "print", "input"):
-        settings.pop(section)
-    if crop is not None:
-        settings["crop"] = list(crop)
-    for (section, key), default in ADDED_LATER.items():  # so that older work dirs still resume
-        if settings[section][key] == default:
-            del settings[section][key]
-    pyramid = settings.pop("pyramid")
-    settings["style"] = {"style_scale": pyramid["style_scale"], "style_upscale": pyramid["style_upscale"]}
-    files = list(input_files(job).values())  # content, styles, --init image, masks
-    # Through JSON once, so that it compares equal to the copy read back from settings.json.
-    return json.loads(json.dumps({"inputs": [file_digest(p) for p in files], "settings": settings}))
-
-
 def render(job: RenderJob, sink: Sink = null_sink) -> RenderResult:
     """Render ``job``: load, plan, optimise over the pyramid, write the image, its settings and its trace.
 
@@ -168,19 +146,13 @@ def render_rank(world: ranks.World, job: RenderJob, sink: Sink = null_sink) -> R
             raise
         workdir.set_status("failed", error=str(exc), resume=job.resume_command)
         raise DiskFullError(f"{exc}; {workdir.kept_text()} in {workdir.path}; free some disk space, then "
-                            f"{_resume_advice(job)}") from None
+                            f"{resume_advice(job)}") from None
     except BaseException as exc:
         if workdir.lock.held and (workdir.status() or {}).get("state") == "running":
             workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
         raise
     finally:
         workdir.close()
-
-
-def _resume_advice(job: RenderJob) -> str:
-    if job.resume_command:
-        return f"to continue, run: {job.resume_command}"
-    return "run the same command with --resume to continue"
 
 
 def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, sink: Sink) -> RenderResult:
@@ -202,7 +174,7 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     plan = make_plan(config, schedule, crop, placement)
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
-    point = _resume_point(job, workdir, stamp, schedule) if workdir is not None else None
+    point = resume_point(job, workdir, stamp, schedule) if workdir is not None else None
     done, went = ranks.broadcast_object(world, point, "sharing the resume point")
     spreader = make_spreader(config, plan, placement)
     if workdir is None:
@@ -218,7 +190,7 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     except BaseException:
         trace.close()
         raise
-    run = Run(config, plan, placement, sink, _checkpointing(config, workdir, schedule, animation is not None), spreader)
+    run = Run(config, plan, placement, sink, checkpointing_of(config, workdir, schedule, animation is not None), spreader)
     image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
     result = _final_image(image, inputs, config)
     seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
@@ -260,13 +232,6 @@ def _check_before_work(config: RenderConfig, output: Path, workdir: WorkDir, sch
                                   config.output.save_stages))
 
 
-def _resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedule: list[Stage]) -> tuple[int, int]:
-    """How many stages the work dir already holds for this job, and how far the next one got."""
-    done = workdir.open(stamp, schedule, resume=job.resume, restart=job.restart,
-                        inputs=[f"{what} ({path})" for what, path in input_files(job).items()])
-    return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
-
-
 def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: Path, config: RenderConfig,
               sink: Sink) -> None:
     """The plan as the user sees it, and what they should know before the work starts."""
@@ -280,12 +245,6 @@ def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: 
         sink(Message("JPEG holds 8 bits per channel: writing 8-bit (use .png or .tif for 16-bit)"))
 
 
-def _checkpointing(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
-    output = config.output
-    return Checkpointing(workdir, output.save_every, output.animate_every if animated else 0, output.animate_size,
-                         output.save_minutes, tuple(schedule), PREVIEW_SECONDS)
-
-
 def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: TraceWriter, done: int,
          went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
@@ -293,7 +252,7 @@ def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: Trac
     try:
         return run_pyramid(run, content, styles, inputs.init, done, went, inputs.regions)
     except KeyboardInterrupt:
-        raise _interrupted(workdir, job) from None
+        raise interrupted(workdir, job) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
         raise
@@ -344,16 +303,3 @@ def _planned(plan: StagePlan) -> PlannedStage:
     return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles, plan.budget)
 
 
-def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
-    schedule = workdir.schedule
-    stage = (workdir.status() or {}).get("stage")
-    kept, _ = workdir.kept()
-    workdir.set_status("interrupted", stage=stage, stages=len(schedule), resume=job.resume_command)
-    if stage is None:
-        where = ""
-    elif kept > stage:  # the signal arrived while the stage's checkpoint was written, and waited for it
-        where = f" after stage {stage + 1}/{len(schedule)}"
-    else:
-        where = f" during stage {stage + 1}/{len(schedule)}"
-    detail = f"interrupted{where}; {workdir.kept_text()}"
-    return Interrupted(f"{detail} in {workdir.path}; {_resume_advice(job)}", detail)

@@ -106,7 +106,7 @@ def test_layers_command_lists_names_channels_and_downsampling() -> None:
 
 @pytest.mark.default_loss
 def test_new_settings_at_their_defaults_leave_the_resume_fingerprint_as_it_was(tmp_path: Path) -> None:
-    from hires_nst.engine.render import fingerprint
+    from hires_nst.engine.resume import fingerprint
 
     for name in ("c.png", "s.png"):
         (tmp_path / name).write_bytes(b"x")

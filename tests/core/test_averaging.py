@@ -20,7 +20,8 @@ from hires_nst.core.averaging import IterateAverage, split_state
 from hires_nst.engine import pyramid
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.optimize import OPTIMIZER_NAMES, optimize_with_state
-from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.engine.resume import fingerprint
 from hires_nst.errors import ConfigError, Interrupted
 from hires_nst.events import StageFinished
 from hires_nst.io import images

@@ -26,7 +26,8 @@ from hires_nst.config.schedule import make_schedule, stage_long_sides
 from hires_nst.config.settings import resolve
 from hires_nst.engine import pyramid
 from hires_nst.engine.plan import min_side
-from hires_nst.engine.render import RenderJob, render, work_dir_of
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.engine.resume import work_dir_of
 from hires_nst.errors import ConfigError, HiresNSTError, Interrupted, OutputError, WeightsError
 from hires_nst.events import Message, StageStarted, Step
 from hires_nst.io import images, trace
@@ -217,7 +218,7 @@ def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path,
 
 def test_resume_goes_on_from_an_older_default_work_dir_under_outputs_work(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from hires_nst.engine.render import legacy_work_dir
+    from hires_nst.engine.resume import legacy_work_dir
 
     monkeypatch.chdir(tmp_path)
     job = _job(tmp_path, tmp_path / "out.png", work=False)

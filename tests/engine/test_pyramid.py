@@ -115,15 +115,15 @@ def test_save_every_writes_the_stage_in_progress(tmp_path: Path) -> None:
 
 
 def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.engine.pyramid as pyramid
+    import hires_nst.engine.resume as resume
     from hires_nst.config.schedule import Stage
     from hires_nst.io.checkpoints import WorkDir
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(pyramid.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(resume.time, "monotonic", lambda: clock["now"])
     stage = Stage(0, 8, 6, 100)
     workdir = WorkDir(tmp_path / "work")
-    saves = pyramid.ProgressSaves(pyramid.Checkpointing(workdir, save_minutes=10, schedule=(stage,)), stage)
+    saves = resume.ProgressSaves(resume.Checkpointing(workdir, save_minutes=10, schedule=(stage,)), stage)
     image = torch.rand(1, 3, 6, 8)
     saved_at = []
     for iteration, minutes in ((1, 3), (2, 9.9), (3, 10.1), (4, 15), (5, 20.2), (100, 40)):
@@ -137,7 +137,7 @@ def test_the_stage_in_progress_is_saved_every_save_minutes(tmp_path: Path, monke
 
 def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render_go_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.engine.pyramid as pyramid
+    import hires_nst.engine.resume as resume
     from hires_nst.config.schedule import Stage
     from hires_nst.errors import OutputError
     from hires_nst.events import Message
@@ -146,7 +146,7 @@ def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render
     stage = Stage(0, 8, 6, 100)
     workdir = WorkDir(tmp_path / "work")
     messages = []
-    saves = pyramid.ProgressSaves(pyramid.Checkpointing(workdir, save_every=10, schedule=(stage,)), stage,
+    saves = resume.ProgressSaves(resume.Checkpointing(workdir, save_every=10, schedule=(stage,)), stage,
                                   sink=messages.append)
     first, second = torch.rand(1, 3, 6, 8), torch.rand(1, 3, 6, 8)
     saves(10, first, {})
@@ -203,7 +203,7 @@ def test_luminance_mode_keeps_the_content_chroma(tmp_path: Path) -> None:
 
 def test_a_full_disk_at_every_progress_save_is_said_once_per_change(tmp_path: Path) -> None:
     from hires_nst.config.schedule import Stage
-    from hires_nst.engine.pyramid import Checkpointing, ProgressSaves
+    from hires_nst.engine.resume import Checkpointing, ProgressSaves
     from hires_nst.errors import DiskFullError
     from hires_nst.events import Message
 

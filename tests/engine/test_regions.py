@@ -19,7 +19,8 @@ from hires_nst.core.tiles import align_for, required_halo
 from hires_nst.engine.distributed import BandObjective
 from hires_nst.engine.objective import Objective, Weights, make_targets
 from hires_nst.engine.regions import load_regions
-from hires_nst.engine.render import RenderJob, fingerprint, render
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.engine.resume import fingerprint
 from hires_nst.engine.tiling import TiledObjective
 from hires_nst.errors import ConfigError
 from hires_nst.io import images
