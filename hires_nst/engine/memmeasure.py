@@ -32,7 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.core.guides import RegionGuide
-from hires_nst.core.tiles import TileGrid, align_for, plan_tiles, required_halo
+from hires_nst.core.tiles import TileGrid, align_for, required_halo
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.engine.optimize import Stepper
 from hires_nst.engine.tiling import make_objective
@@ -61,9 +61,6 @@ class LiveBytes(TorchDispatchMode):
         self.snapshot = snapshot
         self._what: dict[int, tuple[int, tuple[int, ...], torch.dtype, str]] = {}
         self.at_peak: list[tuple[int, tuple[int, ...], torch.dtype, str]] = []
-
-    def reset_peak(self) -> None:
-        self.peak = self.live
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
@@ -291,14 +288,6 @@ def _history(pairs: int | None) -> Iterator[None]:
         yield
     finally:
         optimize.lbfgs_history = saved
-
-
-def tiles_of(width: int, height: int, tile: int | None, layers=DEFAULT_LAYERS) -> int:
-    """Windows per pass for this tiling (1 when untiled): to keep measurements short."""
-    if tile is None:
-        return 1
-    names = [*layers[0], *layers[1]]
-    return len(plan_tiles(width, height, tile, required_halo(names), align_for(names)))
 
 
 # --------------------------------------------------------------------------- fitting memmodel's figures

@@ -22,12 +22,11 @@ StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iterati
 StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]
 
 
-# Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
-# step size in pixel values on the [0, 1] image, the same at every pyramid stage.
+# The other optimisers' steps do not depend on the gradient's scale (up to a tiny eps): their --lr
+# is a step size in pixel values on the [0, 1] image, the same at every pyramid stage.
 # SGD and Adadelta are not scale-invariant, and our losses are means over positions, so a pixel's
 # gradient shrinks with the pixel count (4x per 2x stage): they see the gradient of the *summed*
 # loss instead (gradient x pixels), so that one --lr works at every stage and image size.
-SCALE_FREE = ("lbfgs", "lbfgs-torch", "adam", "adamw", "adagrad", "rmsprop")
 PIXEL_SCALED = ("sgd", "adadelta")
 ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry across stages
 # torch's L-BFGS steps inside step(): its step is projected onto [0, 1] before the next evaluation.
