@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from hires_nst.config.catalog import POOLS_BEFORE, alias
+from hires_nst.config.settings import LossConfig
 from hires_nst.core import losses
 from hires_nst.core.guides import RegionGuide, guided_feature_sum, guided_gram_sum, layer_guides
 from hires_nst.core.tiles import Tile, TileGrid
@@ -38,7 +39,9 @@ class Weights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
-    style_loss: str = "gram"  # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES
+    # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES. Not given: the config's default,
+    # read when the weights are made (tests/conftest.py switches it to gram for speed).
+    style_loss: str = field(default_factory=lambda: LossConfig().style_loss)
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
@@ -192,7 +195,8 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
                style: Tensor | None = None) -> LossTerms:
     """The loss terms of every objective, from the statistics of the whole image (pass 1).
 
-    Each layer's term is a relative squared error (``losses``); ``image`` gives the TV term.
+    Content: each layer's relative squared error; style: ``style_loss`` (w2 by default, the squared
+    Wasserstein-2 distance of Gaussian fits, or gram, the relative Gram error); ``image`` gives the TV term.
     ``style``: the style term when the caller has it already (``tiling.style_factors`` computes
     it with its derivatives; the w2 term's square roots are the evaluation's dearest part).
     """
