@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LBFGS_OPTIMIZERS, OPTIMIZERS
 from hires_nst.core.guides import RegionGuide
 from hires_nst.core.tiles import TileGrid, align_for, required_halo
 from hires_nst.engine.objective import Weights, make_targets
@@ -398,7 +398,7 @@ def optimizer_bytes(sizes: tuple[int, int] = (1024, 2048), names: Sequence[str] 
         return (large - small) / (sizes[1] ** 2 - sizes[0] ** 2)
 
     lbfgs = slope("lbfgs")
-    names = list(names) or [n for n in OPTIMIZER_BYTES if n not in ("lbfgs", "lbfgs-torch")]
+    names = list(names) or [n for n in OPTIMIZERS if n not in LBFGS_OPTIMIZERS]
     return {n: OPTIMIZER_BYTES["lbfgs"] + PAIR_BYTES + slope(n) - lbfgs for n in names}
 
 

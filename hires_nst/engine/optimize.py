@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hires_nst.config.catalog import OPTIMIZERS
 from hires_nst.core.averaging import SUM, WEIGHT, IterateAverage, split_state
 from hires_nst.core.lbfgs import DeviceLBFGS
 from hires_nst.core.memmodel import lbfgs_history
@@ -34,7 +35,6 @@ ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry
 # Every other optimiser is clamped after its step, which is the same projection.
 CLAMP_IN_CLOSURE = ("lbfgs-torch",)
 PROJECTS_ITSELF = ("lbfgs",)
-OPTIMIZER_NAMES = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")
 
 
 def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer:
@@ -60,7 +60,7 @@ def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer
         return torch.optim.Adadelta(params, lr=lr)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr)
-    known = ", ".join(OPTIMIZER_NAMES)
+    known = ", ".join(OPTIMIZERS)
     raise ConfigError(f"unknown optimizer {name!r}; use one of {known}")
 
 
