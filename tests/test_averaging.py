@@ -188,7 +188,8 @@ def test_a_resume_of_an_optimiser_without_saved_state_continues_the_saved_averag
 @pytest.fixture(scope="module")
 def small_objective() -> Objective:
     torch.manual_seed(0)
-    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                                   "gram")  # a module fixture: outside conftest's switch
     extractor = VGGFeatures(load_weights("random"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
     content, style = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     return Objective(extractor, make_targets(extractor, content, [style], [], weights), weights)

@@ -49,8 +49,8 @@ def _stripes(size: int = 64, period: int = 6) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def weights() -> Weights:
-    return Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+def weights() -> Weights:  # the paper's loss: a module fixture is made outside conftest's switch
+    return Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, "gram")
 
 
 def _start(size: int = 64) -> torch.Tensor:

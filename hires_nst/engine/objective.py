@@ -30,6 +30,13 @@ from hires_nst.runtime.placement import FP32, Precision
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
 
 
+def config_style_loss() -> str:
+    """The config's default --style-loss, read when weights are made: the one statement of it is
+    ``LossConfig``'s (tests/conftest.py switches it to gram for speed, and so switches this too;
+    weights made outside a test's own scope, as a module's fixture, say which loss they want)."""
+    return LossConfig().style_loss
+
+
 @dataclass(frozen=True)
 class Weights:
     """Loss weights, with per-layer weights already normalised to sum 1."""
@@ -39,9 +46,8 @@ class Weights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
-    # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES. Not given: the config's default,
-    # read when the weights are made (tests/conftest.py switches it to gram for speed).
-    style_loss: str = field(default_factory=lambda: LossConfig().style_loss)
+    # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES. Not given: the config's default.
+    style_loss: str = field(default_factory=config_style_loss)
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
@@ -56,13 +62,13 @@ class Weights:
         return self.style_loss == "w2"
 
     @classmethod
-    def equal_layers(cls, content: float, style: float, tv: float,
-                     content_layers: Sequence[str], style_layers: Sequence[str]) -> Weights:
+    def equal_layers(cls, content: float, style: float, tv: float, content_layers: Sequence[str],
+                     style_layers: Sequence[str], style_loss: str | None = None) -> Weights:
         # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
         content_names = dict.fromkeys(alias(n) for n in content_layers)
         style_names = dict.fromkeys(alias(n) for n in style_layers)
         return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_names}),
-                   losses.normalised_weights({n: 1.0 for n in style_names}))
+                   losses.normalised_weights({n: 1.0 for n in style_names}), style_loss or config_style_loss())
 
 
 def _canonical_keys(layer_weights: dict[str, float]) -> dict[str, float]:

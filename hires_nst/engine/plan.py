@@ -105,9 +105,8 @@ def loss_weights(config: RenderConfig, stage: int = 0) -> Weights:
     layer_weights = parse_layer_weights(at_stage(loss.style_layer_weights, stage), loss.style_layers)
     style_loss = at_stage(loss.style_loss, stage)
     if layer_weights is None:
-        equal = Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
-                                     loss.content_layers, loss.style_layers)
-        return dataclasses.replace(equal, style_loss=style_loss)
+        return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight, loss.content_layers,
+                                    loss.style_layers, style_loss)
     style: dict[str, float] = {}
     for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
         style[alias(name)] = style.get(alias(name), 0.0) + weight
