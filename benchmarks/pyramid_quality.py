@@ -15,7 +15,6 @@ Prints a JSON report.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -40,9 +39,8 @@ def at_long_side(array, long_side: int):
 
 def score(output: Path, extractor) -> dict[str, float]:
     result, content, style = (images.load_image(p) for p in (output, CONTENT, STYLE))
-    # The relative Gram loss (Weights alone would take the config's default, w2), as these scores always were.
-    style_only = dataclasses.replace(Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers),
-                                     style_loss="gram")
+    # The relative Gram loss, as these scores always were (not the config's default, w2).
+    style_only = Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers, "gram")
     small = images.to_tensor(at_long_side(result, COARSE))
     targets = make_targets(extractor, None, [images.to_tensor(at_long_side(style, COARSE))], (), style_only)
     coarse_style = float(Objective(extractor, targets, style_only).loss(small)["style"])

@@ -25,7 +25,6 @@ distance). Timings are whatever this machine gives: name its CPU when quoting th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -114,9 +113,8 @@ class Scorer:
 
     def __init__(self) -> None:
         self.extractor = build_extractor(resolve(), torch.device("cpu"))
-        layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
-        gatys = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"], layers)
-        self.weights = dataclasses.replace(gatys, style_loss="gram")  # the Gram loss, not the default w2
+        self.weights = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"],  # the Gram loss, not the default w2
+                                            ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"], "gram")
 
     def __call__(self, output: np.ndarray, photo: np.ndarray, painting: np.ndarray) -> dict[str, float]:
         tensor = images.to_tensor
