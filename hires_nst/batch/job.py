@@ -1,6 +1,6 @@
 """One job of a batch: rendering it with its own log, every failure turned into an ``Outcome``
 (``errors.classify``), and the manifest's ledger of every job's status. Shared by the sequential
-runner (``batch_run``) and the worker processes (``batch_parallel``)."""
+runner (``batch.run``) and the worker processes (``batch.parallel``)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
 
     ``device`` (a batch worker's): the job runs there alone, its own ``devices`` list set aside, so
     that one worker's job cannot take every worker's GPU. ``label`` names it in the outcome when the
-    worker sees its GPU under another index (``batch_parallel.pin_device``).
+    worker sees its GPU under another index (``batch.parallel.pin_device``).
     """
     work = WorkDir(Path(job.render.config.output.work_dir))
     render_job = replace(job.render, resume=not restart and work.has_work(), restart=restart)
@@ -64,7 +64,7 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
     began = time.perf_counter()
     log_path = work.path / LOG
     try:
-        claim_work_dir(work.path)  # the batch checked it (batch_run.write_plan); made and marked here
+        claim_work_dir(work.path)  # the batch checked it (batch.run.write_plan); made and marked here
         log = JobLog(log_path.open("a", encoding="utf-8", buffering=1))
     except HiresNSTError as exc:
         return Outcome(job.name, "failed", 0.0, error=str(exc), device=device)

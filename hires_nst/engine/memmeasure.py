@@ -233,7 +233,7 @@ def scenario_weights(scenario: Scenario) -> Weights:
 
 def settings_weights(loss: str = "default", content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
                      style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS) -> Weights:
-    """The loss weights of a render (``stageplan.loss_weights``) with the default settings
+    """The loss weights of a render (``plan.loss_weights``) with the default settings
     (``loss`` "default") or a built-in preset's (e.g. "gatys"), over these layers."""
     from hires_nst.config.presets import load_preset
     from hires_nst.config.settings import resolve

@@ -250,7 +250,7 @@ def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> Los
 
 
 def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
-    """The engine's one guard: more than one window is exact only for VGG (tileplan's rules)."""
+    """The engine's one guard: more than one window is exact only for VGG (the rules of core/tiles.py)."""
     if windows > 1 and not getattr(extractor, "tileable", False):
         raise ConfigError("tiling is exact only for VGG backbones; render ResNet backbones untiled")
 
