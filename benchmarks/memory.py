@@ -74,7 +74,8 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
 
     device = torch.device(device_name)
     width, height = (size, round(size / aspect)) if aspect >= 1 else (round(size * aspect), size)
-    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    # The paper's loss, as memmodel's table (not the config's default, w2).
+    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, "gram")
     extractor = VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device)
     model_rss_kb = _status_kb("VmRSS") or _maxrss_kb()
     g = torch.Generator().manual_seed(0)

@@ -39,7 +39,8 @@ def at_long_side(array, long_side: int):
 
 def score(output: Path, extractor) -> dict[str, float]:
     result, content, style = (images.load_image(p) for p in (output, CONTENT, STYLE))
-    style_only = Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers)
+    # The relative Gram loss, as these scores always were (not the config's default, w2).
+    style_only = Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers, "gram")
     small = images.to_tensor(at_long_side(result, COARSE))
     targets = make_targets(extractor, None, [images.to_tensor(at_long_side(style, COARSE))], (), style_only)
     coarse_style = float(Objective(extractor, targets, style_only).loss(small)["style"])

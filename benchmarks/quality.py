@@ -113,8 +113,8 @@ class Scorer:
 
     def __init__(self) -> None:
         self.extractor = build_extractor(resolve(), torch.device("cpu"))
-        self.weights = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"],
-                                            ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"])
+        self.weights = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"],  # the Gram loss, not the default w2
+                                            ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"], "gram")
 
     def __call__(self, output: np.ndarray, photo: np.ndarray, painting: np.ndarray) -> dict[str, float]:
         tensor = images.to_tensor

@@ -1,6 +1,6 @@
 """One job of a batch: rendering it with its own log, every failure turned into an ``Outcome``
 (``errors.classify``), and the manifest's ledger of every job's status. Shared by the sequential
-runner (``batch_run``) and the worker processes (``batch_parallel``)."""
+runner (``batch.run``) and the worker processes (``batch.parallel``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ from typing import Any, TextIO
 from hires_nst.batch.jobs import Batch, BatchJob
 from hires_nst.engine.render import render
 from hires_nst.errors import DiskFullError, HiresNSTError, Interrupted, classify
-from hires_nst.events import Event, Message, Planned, Sink, StageFinished, StageStarted, Step, null_sink
+from hires_nst.events import Event, JobFinished, Message, Planned, Sink, StageFinished, StageStarted, Step, null_sink
 from hires_nst.io import images
 from hires_nst.io.checkpoints import WorkDir
+from hires_nst.io.progresstext import (
+    job_finished_text,
+    plan_text,
+    stage_finished_text,
+    stage_text,
+    started_text,
+    step_text,
+)
 from hires_nst.io.safety import deferred_interrupts
 from hires_nst.io.writeplan import claim_work_dir
 
@@ -44,7 +52,7 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
 
     ``device`` (a batch worker's): the job runs there alone, its own ``devices`` list set aside, so
     that one worker's job cannot take every worker's GPU. ``label`` names it in the outcome when the
-    worker sees its GPU under another index (``batch_parallel.pin_device``).
+    worker sees its GPU under another index (``batch.parallel.pin_device``).
     """
     work = WorkDir(Path(job.render.config.output.work_dir))
     render_job = replace(job.render, resume=not restart and work.has_work(), restart=restart)
@@ -56,7 +64,7 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
     began = time.perf_counter()
     log_path = work.path / LOG
     try:
-        claim_work_dir(work.path)  # the batch checked it (batch_run.write_plan); made and marked here
+        claim_work_dir(work.path)  # the batch checked it (batch.run.write_plan); made and marked here
         log = JobLog(log_path.open("a", encoding="utf-8", buffering=1))
     except HiresNSTError as exc:
         return Outcome(job.name, "failed", 0.0, error=str(exc), device=device)
@@ -70,7 +78,7 @@ def run_job(job: BatchJob, restart: bool, sink: Sink = null_sink, device: str = 
         outcome = _attempt(job.name, render_job, _tee(sink, log), log, device)
         if not outcome.seconds:  # a finished render knows its total, earlier runs included
             outcome = replace(outcome, seconds=round(time.perf_counter() - began, 3))
-        _log(log, f"{outcome.status} in {outcome.seconds:.1f}s{': ' + outcome.error if outcome.error else ''}")
+        _log(log, job_finished_text(JobFinished(job.name, outcome.status, outcome.seconds, outcome.error)))
     return outcome
 
 
@@ -117,28 +125,29 @@ def _attempt(name: str, job: Any, sink: Sink, log: JobLog, device: str) -> Outco
 
 
 def _tee(sink: Sink, log: JobLog) -> Sink:
+    stages = 0
+
     def both(event: Event) -> None:
-        line = _log_line(event)
+        nonlocal stages
+        if isinstance(event, StageStarted):
+            stages = event.stages
+        line = _log_line(event, stages)
         if line:
             _log(log, line)
         sink(event)
     return both
 
 
-def _log_line(event: Event) -> str | None:
+def _log_line(event: Event, stages: int = 0) -> str | None:
+    """The job log's line for ``event`` (None: none), in ``progresstext``'s words as every log."""
     if isinstance(event, Planned):
-        return f"device {event.device}; weights {event.weights}; stages " + ", ".join(
-            f"{s.width}x{s.height}x{s.iterations}" for s in event.stages)
+        return plan_text(event)
     if isinstance(event, StageStarted):
-        resumed = f" (going on from {event.done})" if event.done else ""
-        return (f"stage {event.stage + 1}/{event.stages} {event.width}x{event.height}, {event.iterations} "
-                f"iterations{resumed}")
+        return started_text(event)
     if isinstance(event, Step) and _tenth_passed(event):
-        return (f"  it {event.iteration}/{event.iterations} loss {event.losses.get('total', 0):.5g} "
-                f"({event.seconds:.2f}s/it)")
+        return f"{stage_text(event.stage, stages)} {step_text(event)}"
     if isinstance(event, StageFinished):
-        losses = ", ".join(f"{k} {v:.5g}" for k, v in event.losses.items())
-        return f"stage {event.stage + 1} done in {event.seconds:.1f}s: {losses}"
+        return stage_finished_text(event, stages)
     if isinstance(event, Message):
         return event.text
     return None

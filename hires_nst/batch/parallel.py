@@ -18,9 +18,11 @@ from typing import Any
 
 from hires_nst.batch.job import Ledger, Outcome, run_job
 from hires_nst.batch.jobs import BatchJob
+from hires_nst.config.devices import DeviceName, device_name
 from hires_nst.errors import DeviceError
 from hires_nst.events import JobFinished, JobStarted, Sink
 from hires_nst.runtime.placement import check_cpu_ranks, resolve_device
+from hires_nst.runtime.ranks import cpu_threads
 
 POLL_SECONDS = 0.5
 JOIN_SECONDS = 60.0  # how long a stopping worker may take to finish its checkpoint write
@@ -29,18 +31,16 @@ JOIN_SECONDS = 60.0  # how long a stopping worker may take to finish its checkpo
 def run_parallel(todo: Sequence[BatchJob], ledger: Ledger, sink: Sink,
                  devices: Sequence[str]) -> tuple[dict[str, Outcome], str]:
     """Run ``todo`` on one worker per entry of ``devices``; returns outcomes and a stop message (or "")."""
-    for device in devices:
-        resolve_device(device)  # an unknown or absent device fails the batch before anything starts
-    check_cpu_ranks(devices, f"--devices {','.join(devices)}")
+    names = [device_name(device, "--devices") for device in devices]  # each worker's device, read once
+    resolved = [resolve_device(name, "--devices") for name in names]  # one this machine lacks fails the batch now
+    check_cpu_ranks(resolved, f"--devices {','.join(devices)}")
     if not todo:
         return {}, ""
     context = multiprocessing.get_context("spawn")
     jobs: Any = context.Queue()
     results: Any = context.Queue()
-    cpu_workers = sum(1 for d in devices if d == "cpu") or 1
-    threads = max(1, (os.cpu_count() or 1) // cpu_workers)
-    workers = [context.Process(target=_worker, args=(device, threads, jobs, results), daemon=True)
-               for device in devices]
+    threads = cpu_threads(resolved)
+    workers = [context.Process(target=_worker, args=(name, threads, jobs, results), daemon=True) for name in names]
     for worker in workers:
         worker.start()
     state = _State(todo, ledger, sink, results)
@@ -133,17 +133,17 @@ class _State:
         return [o.name for o in self.outcomes.values() if o.status == "interrupted"]
 
 
-def pin_device(device: str, environ: MutableMapping[str, str]) -> str:
+def pin_device(device: DeviceName, environ: MutableMapping[str, str]) -> str:
     """Make ``device`` the only GPU this process can see; returns its name inside the process.
 
     Set before torch starts CUDA: ``CUDA_VISIBLE_DEVICES`` then holds one index (relative to the
     parent's own list, if it had one), so even a job that asks for ``devices = "all"`` reaches only
     its worker's GPU, as ``cuda:0``. A CPU worker sees no GPU at all.
     """
-    if device == "cpu":
+    if device.type == "cpu":
         environ["CUDA_VISIBLE_DEVICES"] = ""
-        return device
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
+        return str(device)
+    index = device.index or 0
     visible = [v.strip() for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if "CUDA_VISIBLE_DEVICES" in environ and index >= len(visible):
         raise DeviceError(f"{device}: CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} has no such device")
@@ -151,17 +151,18 @@ def pin_device(device: str, environ: MutableMapping[str, str]) -> str:
     return "cuda:0"
 
 
-def _worker(device: str, threads: int, jobs: Any, results: Any) -> None:
+def _worker(name: DeviceName, threads: int, jobs: Any, results: Any) -> None:
     """A worker process: take jobs until the queue says stop or the parent says SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    device = str(name)  # as the parent reports it
     try:
-        pinned = pin_device(device, os.environ)  # before torch's first CUDA call in this process
+        pinned = pin_device(name, os.environ)  # before torch's first CUDA call in this process
         import torch
 
         import hires_nst.engine.render  # noqa: F401  (the slow imports, before saying ready)
 
-        if device == "cpu":
+        if name.type == "cpu":
             torch.set_num_threads(threads)
         results.put(("ready", device))
         while True:

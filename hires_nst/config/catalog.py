@@ -1,5 +1,5 @@
 """Everything a configuration can name, as plain data: backbones and their layers, poolings,
-precisions. No torch here, so that ``config`` can validate names without importing the engine.
+precisions, optimisers. No torch here, so that ``config`` can validate names without importing the engine.
 
 VGG layers are ``convB_C`` (``reluB_C`` is the same tensor); ResNet-50's are described in
 ``backbones``.
@@ -14,6 +14,10 @@ from hires_nst.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STYLE_LOSSES = ("gram", "w2")
 COLOR_MODES = ("off", "luminance", "match")  # --preserve-color (core/color.py)
+# --optimizer: the names config validates, optimize builds (make_optimizer) and memmodel sizes, in
+# --help's order (config's list and optimize's used to differ in it).
+OPTIMIZERS = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")
+LBFGS_OPTIMIZERS = ("lbfgs", "lbfgs-torch")  # those that keep curvature pairs (memmodel.lbfgs_history)
 
 VGG_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3)}
 VGG_DISPLAY = {"vgg19": "VGG19", "vgg16": "VGG16"}

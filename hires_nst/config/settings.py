@@ -22,11 +22,13 @@ from hires_nst.config.catalog import (
     COLOR_MODES,
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STYLE_LAYERS,
+    OPTIMIZERS,
     POOLINGS,
     PRECISIONS,
     STYLE_LOSSES,
     get_backbone,
 )
+from hires_nst.config.devices import device_list, single_device
 from hires_nst.config.options import (
     CHECKPOINTS,
     DEVICES,
@@ -45,7 +47,6 @@ from hires_nst.config.printsize import FITS, MAX_DPI, ORIENTATIONS, paper_pixels
 from hires_nst.config.schedule import check_pyramid
 from hires_nst.errors import ConfigError
 
-OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw", "lbfgs-torch")
 # Step sizes on the [0, 1] image. Adam's is crowsonkb's; the others were measured on Tubingen /
 # Starry Night (default weights and layers, from the content image): each is the lowest final loss
 # after 60 iterations at 128 px of a grid in ~3x steps (also checked at 64 px, 30 iterations).
@@ -179,18 +180,22 @@ class TileSize:
     auto: bool = False
 
 
-MIN_TILE_SETTING = 16
+# The smallest --tile-size a person may type: one cell of the pooling grid of VGG's deepest block
+# (2**4 px; ``tiles.plan_tiles`` rounds a side down to its layers' grid, at least one cell). Not the
+# smallest tile the render picks itself (``memmodel.MIN_AUTO_TILE``, 64 px: below it the halo
+# dwarfs the core): a typed size is taken as it is, for tests and experiments.
+MIN_TYPED_TILE = 16
 
 
 def parse_tile_size(text: str) -> TileSize:
-    """The one reading of ``--tile-size``: auto, off, or a whole number of pixels >= 16."""
+    """The one reading of ``--tile-size`` (``TilingConfig.size``): auto, off, or whole pixels >= 16."""
     if text == "auto":
         return TileSize(auto=True)
     if text == "off":
         return TileSize()
-    if text.isdigit() and int(text) >= MIN_TILE_SETTING:
+    if text.isdigit() and int(text) >= MIN_TYPED_TILE:
         return TileSize(int(text))
-    raise _fail("tiling", "tile_size", f"must be auto, off or a whole number of pixels >= {MIN_TILE_SETTING}", text)
+    raise _fail("tiling", "tile_size", f"must be auto, off or a whole number of pixels >= {MIN_TYPED_TILE}", text)
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,9 @@ class TilingConfig:
     halo: int = option("--halo", "Context around each tile in pixels; 0 means the exact minimum for the layers.", 0,
                        panel=DEVICES, metavar="PX", shown="exact minimum")
 
-    @property
+    @functools.cached_property  # not a field: to_dict and the fingerprint see only the typed text
     def size(self) -> TileSize:
+        """``tile_size`` parsed once, by ``validate`` (the first to ask): what the engine reads."""
         return parse_tile_size(self.tile_size)
 
 
@@ -484,10 +490,10 @@ def validate(config: RenderConfig) -> None:
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
     _validate_regions(config)
-    parse_tile_size(config.tiling.tile_size)
-    if config.tiling.halo < 0:
-        raise _fail("tiling", "halo", "must be >= 0", config.tiling.halo)
+    _validate_tiling(config)
     _validate_output(config.output)
+    single_device(config.device.device, flag_of("device", "device"))  # their names; the machine: placement
+    device_list(config.device.devices, flag_of("device", "devices"))
     if config.device.precision not in PRECISIONS:
         raise _fail("device", "precision", f"must be one of {', '.join(PRECISIONS)}", config.device.precision)
     if config.device.sync_every < 0:
@@ -539,7 +545,7 @@ def _validate_files(config: RenderConfig) -> None:
 
 
 def _validate_model(config: RenderConfig) -> None:
-    """Backbone, its layer names, its weights, and whether it may be tiled."""
+    """Backbone, its layer names and its weights."""
     model = config.model
     if model.backbone not in BACKBONES:
         raise _fail("model", "backbone", f"must be one of {', '.join(BACKBONES)}", model.backbone)
@@ -550,9 +556,16 @@ def _validate_model(config: RenderConfig) -> None:
     if model.weights == "original" and model.backbone != "vgg19":
         raise _fail("model", "weights", "original (the Caffe VGG19) exists only for --backbone vgg19; use "
                     "torchvision, random or a file", model.weights)
-    if not backbone.tileable and config.tiling.size.pixels is not None:
-        raise _fail("tiling", "tile_size", f"is not available with --backbone {model.backbone}: tiling is exact "
-                    "only for VGG backbones (use auto or off: ResNet renders run untiled)", config.tiling.tile_size)
+
+
+def _validate_tiling(config: RenderConfig) -> None:
+    """--tile-size, read here into ``TilingConfig.size`` (once: the engine reads that), and --halo."""
+    tiling, backbone = config.tiling, config.model.backbone
+    if tiling.size.pixels is not None and not get_backbone(backbone).tileable:
+        raise _fail("tiling", "tile_size", f"is not available with --backbone {backbone}: tiling is exact "
+                    "only for VGG backbones (use auto or off: ResNet renders run untiled)", tiling.tile_size)
+    if tiling.halo < 0:
+        raise _fail("tiling", "halo", "must be >= 0", tiling.halo)
 
 
 def _validate_regions(config: RenderConfig) -> None:

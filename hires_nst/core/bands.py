@@ -9,7 +9,7 @@ Why a grid and why balanced windows: the halo is pure overhead (80 px of context
 conv5_1), and a rank's time is its *window*, not its core. Eight strips of a 4096 px square are
 512 px cores read through 672 px windows (76% useful); a 4 x 2 grid whose cuts leave every window
 the same size reads 1144 x 2128 px windows for 512 x 4096 px of cores (86% useful). Cuts stay on
-the pooling grid (``align``), as in ``tileplan``, so the result is exact.
+the pooling grid (``align``), as in ``tiles``, so the result is exact.
 """
 
 from __future__ import annotations

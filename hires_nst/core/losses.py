@@ -1,18 +1,23 @@
-"""Gatys et al. losses as pure functions on tensors.
+"""The style-transfer losses as pure functions on tensors: content, two style losses, TV.
 
-Normalisation (our choice, documented in the README):
+Normalisation (our choice, documented in the README): every term is scale-free, so one set of
+default weights works across image sizes, across layers (conv1_1 responses are much smaller than
+conv5_1's) and across weight sources (Caffe 0..255 inputs vs torchvision's normalised ones). The
+paper's per-layer ``1 / (4 N^2 M^2)`` factors serve the same purpose for one network and one
+size; the relative forms keep them fixed for all.
 
-* Gram matrices are averaged over positions, ``G = F F^T / (H W)``, so the same texture gives the
-  same Gram at any image size.
-* Every layer's loss is a *relative* squared error: ``|G - A|^2 / |A|^2`` for style and
-  ``|F - P|^2 / |P|^2`` for content. The scale of the activations then drops out, so one set of
-  default weights works across image sizes, across layers (conv1_1 responses are much smaller
-  than conv5_1's) and across weight sources (Caffe 0..255 inputs vs torchvision's normalised ones).
-  The paper's per-layer ``1 / (4 N^2 M^2)`` factors serve the same purpose for one network and
-  one size; the relative form keeps them fixed for all.
+* Statistics are averaged over positions, ``G = F F^T / (H W)`` (and the mean ``m = F 1 / (H W)``),
+  so the same texture gives the same statistics at any image size.
+* Content, per layer: the relative squared error ``|F - P|^2 / |P|^2`` (``relative_error``).
+* Style ``w2``, the default: the squared Wasserstein-2 distance between Gaussian fits (mean and
+  covariance) of the image's and the painting's features (``w2_distance``), divided by the
+  painting's ``E|f|^2``. Its matrix square roots run in float64: ``eigh`` on a CPU, a fixed
+  Newton-Schulz iteration elsewhere (``sqrt_method``).
+* Style ``gram`` (Gatys et al.): the relative squared Gram error ``|G - A|^2 / |A|^2``.
 
-Tiling needs the un-normalised sums (``gram_sum``, ``squared_error_sum``) so that tiles can add
-into global totals; the normalised functions are those sums divided once.
+Which layers, weights and loss a stage uses is the objective's business (``objective.style_loss``);
+tiling needs the un-normalised sums (``gram_sum``, ``feature_sum``, ``squared_error_sum``) so that
+tiles can add into global totals; the normalised functions are those sums divided once.
 """
 
 from __future__ import annotations

@@ -27,11 +27,18 @@ workspaces or fragmentation: the planner's budget keeps a margin for those
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from hires_nst.config.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-from hires_nst.core.tiles import plan_tiles, round_up
+from hires_nst.config.catalog import (
+    BACKBONES,
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    LBFGS_OPTIMIZERS,
+    alias,
+)
+from hires_nst.core.tiles import Tile, plan_tiles, round_up
 
 LBFGS_HISTORY_BYTES = 2 * 2**30  # memory the curvature pairs may take at one stage
 VECTOR = 3 * 4  # bytes per image pixel of one image-sized fp32 vector (gradient, moment, ...)
@@ -81,6 +88,7 @@ TABLE: dict[tuple[str, bool, str], Coefficients] = {
 # stage the whole-image step can outweigh a window's activations. lbfgs-torch reads values, so
 # it cannot run on fake tensors: counted from its implementation.
 PAIR_BYTES = 2 * VECTOR
+# One entry per optimiser that the config takes (catalog.OPTIMIZERS; a test holds the two equal).
 OPTIMIZER_BYTES = {"lbfgs": 3 * VECTOR, "lbfgs-torch": 5 * VECTOR, "adam": 4 * VECTOR, "adamw": 4 * VECTOR,
                    "sgd": 3 * VECTOR, "adagrad": 3 * VECTOR, "adadelta": 5 * VECTOR, "rmsprop": 3 * VECTOR}
 AVERAGE_BYTES = VECTOR  # --average-iterates: the running sum (averaging.IterateAverage; measured 12 B/px)
@@ -110,8 +118,7 @@ GUIDED_COPIES = {("fp32", False): 0.59, ("fp32", True): 0.53, ("bf16", False): 2
 def layer_set(layers: Iterable[str]) -> str:
     """``default`` when ``layers`` are among the default ones, else ``all`` (the upper bound; also
     the rough figure for other backbones' layers, which are never tiled)."""
-    names = {"conv" + n[4:] if n.startswith("relu") else n for n in layers}
-    return "default" if names <= DEFAULT_LAYER_SET else "all"
+    return "default" if {alias(n) for n in layers} <= DEFAULT_LAYER_SET else "all"
 
 
 def _layer_shape(name: str) -> tuple[int, int]:
@@ -150,7 +157,7 @@ def state_bytes_per_pixel(optimizer: str, pixels: int, average: bool = False) ->
     """The optimiser's bytes per image pixel at this size (L-BFGS: its base plus its pairs), and the
     iterates' average with ``average``."""
     extra = OPTIMIZER_BYTES.get(optimizer, 4 * VECTOR) + (AVERAGE_BYTES if average else 0)
-    if optimizer in ("lbfgs", "lbfgs-torch"):
+    if optimizer in LBFGS_OPTIMIZERS:
         extra += PAIR_BYTES * lbfgs_history(pixels)
     return extra
 
@@ -167,11 +174,8 @@ def whole_image_bytes_per_pixel(pixels: int, *, precision: str = "fp32", optimiz
             + REGION_BYTES * regions)
 
 
-def largest_window(width: int, height: int, tile: int | None, halo: int, align: int) -> tuple[int, int] | None:
-    """Pixels of the largest window of the tiling and the tile count; None when it is one tile."""
-    if tile is None:
-        return None
-    tiles = plan_tiles(width, height, tile, halo, align)
+def largest_window(tiles: Sequence[Tile]) -> tuple[int, int] | None:
+    """Pixels of the largest of these windows and their count; None when there is one (untiled)."""
     if len(tiles) < 2:
         return None
     return max(t.window.width * t.window.height for t in tiles), len(tiles)
@@ -179,14 +183,19 @@ def largest_window(width: int, height: int, tile: int | None, halo: int, align: 
 
 def estimate(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,
              precision: str = "fp32", optimizer: str = "lbfgs", layers: Iterable[str] = DEFAULT_LAYER_SET,
-             style_loss: str = "w2", average: bool = False, regions: int = 0) -> int:
+             style_loss: str = "w2", average: bool = False, regions: int = 0,
+             tiles: Sequence[Tile] | None = None) -> int:
     """Peak bytes of one stage (``width`` x ``height``, ``tile`` px tiles or untiled) on a GPU.
 
     ``style_loss`` (gram or w2, the default), ``average`` (--average-iterates) and ``regions`` (the
     styled regions of --mask/--region, 0: none) add what they keep (see the module's docstring).
+    ``tiles``: the stage's windows, when the caller planned them already (the render plan); else a
+    candidate tiling is laid out here (``plan_tile`` prices several).
     """
     layers = tuple(layers)
-    window = largest_window(width, height, tile, halo, align)
+    if tiles is None:
+        tiles = plan_tiles(width, height, tile, halo, align) if tile is not None else ()
+    window = largest_window(tiles)
     kind = "bf16" if precision in ("bf16", "fp16") else "fp32"
     coefficients = TABLE[(kind, window is not None, layer_set(layers))]
     pixels = width * height
@@ -200,7 +209,14 @@ def estimate(width: int, height: int, tile: int | None = None, halo: int = 0, al
                          + extra))
 
 
-def plan_tile(width: int, height: int, halo: int, budget: int, align: int = 16, min_tile: int = 64, *,
+# The smallest tile the render picks itself (--tile-size auto, and the out-of-memory retries that
+# halve a tile): a 64 px core reads a window of up to 64 + 2 x 80 px at the default layers' halo,
+# 12x its pixels, and smaller cores would cost more in halo than they save. A typed --tile-size
+# may go down to ``settings.MIN_TYPED_TILE``; ``plan_tiles`` itself takes any side >= 1.
+MIN_AUTO_TILE = 64
+
+
+def plan_tile(width: int, height: int, halo: int, budget: int, align: int = 16, min_tile: int = MIN_AUTO_TILE, *,
               precision: str = "fp32", optimizer: str = "lbfgs", layers: Iterable[str] = DEFAULT_LAYER_SET,
               style_loss: str = "w2", average: bool = False, regions: int = 0) -> int | None:
     """The tile side to run a stage with in ``budget`` bytes; None when the whole image fits.
@@ -211,8 +227,8 @@ def plan_tile(width: int, height: int, halo: int, budget: int, align: int = 16, 
     the last tile). ``min_tile`` when nothing fits (the render's out-of-memory retry reports it).
     """
     layers = tuple(layers)
-    kwargs = {"precision": precision, "optimizer": optimizer, "layers": layers, "style_loss": style_loss,
-              "average": average, "regions": regions}
+    kwargs: dict[str, Any] = {"precision": precision, "optimizer": optimizer, "layers": layers,
+                              "style_loss": style_loss, "average": average, "regions": regions}
     if estimate(width, height, None, halo, align, **kwargs) <= budget:
         return None
     long_side = max(width, height)

@@ -4,8 +4,9 @@ A plan cuts an image into cores that cover it exactly once, each inside a window
 ``halo`` pixels further (clipped at the image border); core offsets are multiples of ``align`` so
 that every window's pooling grid lines up with the untiled network's. ``required_halo`` derives
 the halo that makes a set of VGG layers exact; ``TileGrid.for_layers`` is the one place a render's
-halo and alignment are decided, and ``TileGrid.tiles`` the one tile planning of a stage's images.
-Several ranks share a stage in ``bands`` (each rank's band, tiled with ``plan_tiles`` inside it).
+halo and alignment are decided, and ``TileGrid.tiles`` lays out the windows a stage runs on (the
+render plan's, ``engine.plan``). ``plan_tiles`` also prices candidate tilings (``memmodel``,
+``bandplan``), and several ranks share a stage in ``bands`` (each rank's band, tiled inside it).
 """
 
 from __future__ import annotations

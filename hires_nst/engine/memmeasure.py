@@ -30,9 +30,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, LBFGS_OPTIMIZERS, OPTIMIZERS
 from hires_nst.core.guides import RegionGuide
-from hires_nst.core.tiles import TileGrid, align_for, plan_tiles, required_halo
+from hires_nst.core.tiles import TileGrid, align_for, required_halo
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.engine.optimize import Stepper
 from hires_nst.engine.tiling import make_objective
@@ -61,9 +61,6 @@ class LiveBytes(TorchDispatchMode):
         self.snapshot = snapshot
         self._what: dict[int, tuple[int, tuple[int, ...], torch.dtype, str]] = {}
         self.at_peak: list[tuple[int, tuple[int, ...], torch.dtype, str]] = []
-
-    def reset_peak(self) -> None:
-        self.peak = self.live
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
@@ -236,7 +233,7 @@ def scenario_weights(scenario: Scenario) -> Weights:
 
 def settings_weights(loss: str = "default", content_layers: Sequence[str] = DEFAULT_CONTENT_LAYERS,
                      style_layers: Sequence[str] = DEFAULT_STYLE_LAYERS) -> Weights:
-    """The loss weights of a render (``stageplan.loss_weights``) with the default settings
+    """The loss weights of a render (``plan.loss_weights``) with the default settings
     (``loss`` "default") or a built-in preset's (e.g. "gatys"), over these layers."""
     from hires_nst.config.presets import load_preset
     from hires_nst.config.settings import resolve
@@ -291,14 +288,6 @@ def _history(pairs: int | None) -> Iterator[None]:
         yield
     finally:
         optimize.lbfgs_history = saved
-
-
-def tiles_of(width: int, height: int, tile: int | None, layers=DEFAULT_LAYERS) -> int:
-    """Windows per pass for this tiling (1 when untiled): to keep measurements short."""
-    if tile is None:
-        return 1
-    names = [*layers[0], *layers[1]]
-    return len(plan_tiles(width, height, tile, required_halo(names), align_for(names)))
 
 
 # --------------------------------------------------------------------------- fitting memmodel's figures
@@ -409,7 +398,7 @@ def optimizer_bytes(sizes: tuple[int, int] = (1024, 2048), names: Sequence[str] 
         return (large - small) / (sizes[1] ** 2 - sizes[0] ** 2)
 
     lbfgs = slope("lbfgs")
-    names = list(names) or [n for n in OPTIMIZER_BYTES if n not in ("lbfgs", "lbfgs-torch")]
+    names = list(names) or [n for n in OPTIMIZERS if n not in LBFGS_OPTIMIZERS]
     return {n: OPTIMIZER_BYTES["lbfgs"] + PAIR_BYTES + slope(n) - lbfgs for n in names}
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from hires_nst.config.catalog import POOLS_BEFORE, alias
+from hires_nst.config.settings import LossConfig
 from hires_nst.core import losses
 from hires_nst.core.guides import RegionGuide, guided_feature_sum, guided_gram_sum, layer_guides
 from hires_nst.core.tiles import Tile, TileGrid
@@ -27,6 +28,13 @@ from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.runtime.placement import FP32, Precision
 
 LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
+
+
+def config_style_loss() -> str:
+    """The config's default --style-loss, read when weights are made: the one statement of it is
+    ``LossConfig``'s (tests/conftest.py switches it to gram for speed, and so switches this too;
+    weights made outside a test's own scope, as a module's fixture, say which loss they want)."""
+    return LossConfig().style_loss
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,8 @@ class Weights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
-    style_loss: str = "gram"  # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES
+    # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES. Not given: the config's default.
+    style_loss: str = field(default_factory=config_style_loss)
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
@@ -53,13 +62,13 @@ class Weights:
         return self.style_loss == "w2"
 
     @classmethod
-    def equal_layers(cls, content: float, style: float, tv: float,
-                     content_layers: Sequence[str], style_layers: Sequence[str]) -> Weights:
+    def equal_layers(cls, content: float, style: float, tv: float, content_layers: Sequence[str],
+                     style_layers: Sequence[str], style_loss: str | None = None) -> Weights:
         # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
         content_names = dict.fromkeys(alias(n) for n in content_layers)
         style_names = dict.fromkeys(alias(n) for n in style_layers)
         return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_names}),
-                   losses.normalised_weights({n: 1.0 for n in style_names}))
+                   losses.normalised_weights({n: 1.0 for n in style_names}), style_loss or config_style_loss())
 
 
 def _canonical_keys(layer_weights: dict[str, float]) -> dict[str, float]:
@@ -192,7 +201,8 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
                style: Tensor | None = None) -> LossTerms:
     """The loss terms of every objective, from the statistics of the whole image (pass 1).
 
-    Each layer's term is a relative squared error (``losses``); ``image`` gives the TV term.
+    Content: each layer's relative squared error; style: ``style_loss`` (w2 by default, the squared
+    Wasserstein-2 distance of Gaussian fits, or gram, the relative Gram error); ``image`` gives the TV term.
     ``style``: the style term when the caller has it already (``tiling.style_factors`` computes
     it with its derivatives; the w2 term's square roots are the evaluation's dearest part).
     """
@@ -240,7 +250,7 @@ def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> Los
 
 
 def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
-    """The engine's one guard: more than one window is exact only for VGG (tileplan's rules)."""
+    """The engine's one guard: more than one window is exact only for VGG (the rules of core/tiles.py)."""
     if windows > 1 and not getattr(extractor, "tileable", False):
         raise ConfigError("tiling is exact only for VGG backbones; render ResNet backbones untiled")
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hires_nst.config.catalog import OPTIMIZERS
 from hires_nst.core.averaging import SUM, WEIGHT, IterateAverage, split_state
 from hires_nst.core.lbfgs import DeviceLBFGS
 from hires_nst.core.memmodel import lbfgs_history
@@ -22,12 +23,11 @@ StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iterati
 StateCallback = Callable[[int, Tensor, dict[str, Tensor]], None]
 
 
-# Optimisers whose step does not depend on the gradient's scale (up to a tiny eps): their --lr is a
-# step size in pixel values on the [0, 1] image, the same at every pyramid stage.
+# The other optimisers' steps do not depend on the gradient's scale (up to a tiny eps): their --lr
+# is a step size in pixel values on the [0, 1] image, the same at every pyramid stage.
 # SGD and Adadelta are not scale-invariant, and our losses are means over positions, so a pixel's
 # gradient shrinks with the pixel count (4x per 2x stage): they see the gradient of the *summed*
 # loss instead (gradient x pixels), so that one --lr works at every stage and image size.
-SCALE_FREE = ("lbfgs", "lbfgs-torch", "adam", "adamw", "adagrad", "rmsprop")
 PIXEL_SCALED = ("sgd", "adadelta")
 ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry across stages
 # torch's L-BFGS steps inside step(): its step is projected onto [0, 1] before the next evaluation.
@@ -35,7 +35,6 @@ ADAM_LIKE = ("adam", "adamw")  # optimisers whose moments --warm-start may carry
 # Every other optimiser is clamped after its step, which is the same projection.
 CLAMP_IN_CLOSURE = ("lbfgs-torch",)
 PROJECTS_ITSELF = ("lbfgs",)
-OPTIMIZER_NAMES = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")
 
 
 def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer:
@@ -61,7 +60,7 @@ def make_optimizer(name: str, image: Tensor, lr: float) -> torch.optim.Optimizer
         return torch.optim.Adadelta(params, lr=lr)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr)
-    known = ", ".join(OPTIMIZER_NAMES)
+    known = ", ".join(OPTIMIZERS)
     raise ConfigError(f"unknown optimizer {name!r}; use one of {known}")
 
 

@@ -4,9 +4,13 @@ files -> config -> **plan** -> engine -> files. ``plan_schedule`` turns the reso
 content's size into the pyramid's stages and the print crop; ``make_plan`` adds, for every stage
 on the placement's devices, its tiling (tile side, halo, windows, each device's band) and its
 memory estimate. The printed schedule, the disk check, the objectives and the checkpoints read
-this plan: nothing else derives a halo (``TileGrid.for_layers``), plans a stage's tiles
-(``TileGrid.tiles``) or asks whether the backbone can be tiled. Whether several ranks share a
-stage is decided with them when it starts (``bandplan``), and recorded in its ``StagePlan.bands``.
+this plan: nothing else derives a halo (``TileGrid.for_layers``) or asks whether the backbone can
+be tiled, and the windows a stage runs on are laid out here, once per plan (``TileGrid.tiles``).
+Two deciders lay out tilings of their own with the same ``plan_tiles`` to price them: the memory
+model (``memmodel.plan_tile`` tries candidate tile sides) and the spread decision (``bandplan``
+times rank 0's whole-image tiling against the ranks' bands, ``bands.band_tiles``). Whether several
+ranks share a stage is decided with them when it starts (``bandplan``), and recorded in its
+``StagePlan.bands``.
 
 ``--tile-size auto`` sizes tiles from the free memory, which changes while a render runs: the
 plan's ``at_start`` measures it again when a stage starts (the one lazy decision), and
@@ -28,13 +32,12 @@ from hires_nst.config.schedule import DEFAULT_MIN_SIZE, Stage, make_schedule, sh
 from hires_nst.config.settings import RenderConfig, TileSize, at_stage, parse_layer_weights, stage_parts
 from hires_nst.core import losses
 from hires_nst.core.bands import Band, BandPlan
-from hires_nst.core.memmodel import whole_image_bytes_per_pixel
+from hires_nst.core.memmodel import MIN_AUTO_TILE, whole_image_bytes_per_pixel
 from hires_nst.core.tiles import Tile, TileGrid
 from hires_nst.engine.objective import Weights
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.runtime.placement import (
     MEMORY_MARGIN,
-    MIN_TILE,
     Placement,
     auto_tile_size,
     available_bytes,
@@ -102,9 +105,8 @@ def loss_weights(config: RenderConfig, stage: int = 0) -> Weights:
     layer_weights = parse_layer_weights(at_stage(loss.style_layer_weights, stage), loss.style_layers)
     style_loss = at_stage(loss.style_loss, stage)
     if layer_weights is None:
-        equal = Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight,
-                                     loss.content_layers, loss.style_layers)
-        return dataclasses.replace(equal, style_loss=style_loss)
+        return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight, loss.content_layers,
+                                    loss.style_layers, style_loss)
     style: dict[str, float] = {}
     for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
         style[alias(name)] = style.get(alias(name), 0.0) + weight
@@ -173,11 +175,9 @@ class Rules:
     def plan(self, stage: Stage, forced: int | None = None) -> StagePlan:
         """``stage``'s plan from --tile-size (auto: the free memory now), or with a ``forced`` tile."""
         if self.grid is None:  # ResNet: no exact tiling (see backbones.py)
-            return self._realise(stage, Tiling(None, 0, 1))
+            return self._realise(stage, TileGrid(None, 0, 1))
         tile = forced if forced is not None else self._tile_side(stage.width, stage.height, stage.pixels)
-        grid = TileGrid(tile, self.grid.halo, self.grid.align)
-        count = len(grid.tiles(stage.width, stage.height)) if tile else 1
-        return self._realise(stage, Tiling(tile if count > 1 else None, grid.halo, count))
+        return self._realise(stage, TileGrid(tile, self.grid.halo, self.grid.align))
 
     def _tile_side(self, width: int, height: int, image_pixels: int) -> int | None:
         """--tile-size for a ``width`` x ``height`` area of an image of ``image_pixels``: the whole
@@ -195,12 +195,17 @@ class Rules:
         """This rank's tile side in its ``band`` of ``stage`` (None: the band is one window)."""
         return self._tile_side(band.bounds.width, band.bounds.height, stage.pixels)
 
-    def _realise(self, stage: Stage, tiling: Tiling) -> StagePlan:
-        align = self.grid.align if self.grid is not None else 1
-        grid = TileGrid(tiling.tile, tiling.halo, align)
-        memory = estimate_stage_bytes(stage.width, stage.height, tiling.tile, tiling.halo, align, **self._model())
+    def _realise(self, stage: Stage, grid: TileGrid) -> StagePlan:
+        """The plan of ``stage`` cut by ``grid``: its windows laid out once (``TileGrid.tiles``), and
+        the grid untiled (tile None) where they are one window."""
+        tiles = tuple(grid.tiles(stage.width, stage.height))
+        if len(tiles) < 2:
+            grid = dataclasses.replace(grid, tile=None)
+        tiling = Tiling(grid.tile, grid.halo, len(tiles))
+        memory = estimate_stage_bytes(stage.width, stage.height, grid.tile, grid.halo, grid.align, tiles=tiles,
+                                      **self._model())
         budget = self._budget() if self.size.auto and self.grid is not None else 0
-        return StagePlan(stage, tiling, grid, tuple(grid.tiles(stage.width, stage.height)), memory, budget)
+        return StagePlan(stage, tiling, grid, tiles, memory, budget)
 
 
 def styled_regions(mask: str, regions: Sequence[str]) -> int:
@@ -254,7 +259,7 @@ class RenderPlan:
         if self.rules.grid is None:
             raise DeviceError(f"{where}; {self.rules.backbone} renders cannot be tiled: free device memory or "
                               "lower --max-size")
-        if current // 2 < MIN_TILE:
+        if current // 2 < MIN_AUTO_TILE:
             raise DeviceError(f"{where} even with {current} px tiles; free device memory or lower --max-size")
         return self.rules.plan(stage, forced=current // 2)
 

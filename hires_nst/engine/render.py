@@ -290,9 +290,9 @@ def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRe
     return AnimationRecorder(path, last.width, last.height, config.output.animate_size, transform)
 
 
-def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement:
-    """This process's device, precision and extractor, and its rank: decided once per render."""
-    devices = (world.device,) if world is not None else resolve_devices(config.device.devices, config.device.device)
+def make_placement(config: RenderConfig, world: ranks.World) -> Placement:
+    """This process's device (its rank's in ``world``), precision and extractor: decided once per render."""
+    devices = (world.device,)
     precision = resolve_precision(config.device.precision, devices)
     extractor = build_extractor(config, devices[0])
     return place(extractor, devices, precision, default_sync_every(devices, config.device.sync_every), world)

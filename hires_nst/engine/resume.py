@@ -85,8 +85,11 @@ def render_plan(job: RenderJob, output: Path, work_dir: Path, owner: str = "") -
     return plan
 
 
-# Settings that shape pixels but came after the first work dirs: left out of the fingerprint at their
-# defaults, so a render started before they existed can still be resumed.
+# Settings that shape pixels but came after the first work dirs, each with the value every render had
+# before it existed: a render that has that value leaves the key out of its fingerprint, so a work
+# dir started before the key existed can still be resumed. These are the old behaviour, not the
+# config's defaults (the style loss, the layer weights and the tolerance have moved on since), and
+# must never change: a changed value would refuse --resume of every older work dir.
 ADDED_LATER = {("model", "backbone"): "vgg19", ("loss", "style_layer_weights"): "equal", ("loss", "style_loss"): "gram",
                ("optim", "average_iterates"): 0.0, ("loss", "mask"): "", ("loss", "region"): (),
                ("optim", "tolerance"): 0.0, ("optim", "patience"): 50}

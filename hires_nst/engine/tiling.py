@@ -1,21 +1,25 @@
 """Exact tiled optimisation: the loss and gradient of a whole image, computed window by window.
 
-Why it can be exact (DESIGN.md 6): a Gram matrix is a sum over positions, so tiles add into one
-global Gram per layer; and the style gradient at a position needs only that global Gram,
-``dL/dF = c (G - A) F``. So each call runs two passes over the tiles: pass 1 (no grad) sums the
-Grams and content errors, pass 2 (with grad) backpropagates the analytic ``dL/dF`` of each tile's
-core into its window and adds the window's input gradient into one full-size buffer.
+Why it can be exact (DESIGN.md 6): the style loss sees the features only through sums over
+positions (the Gram sums ``Q = sum f f^T`` and, for w2, the feature sums ``m = sum f``), so tiles
+add into one global set per layer; and once those are known, the gradient at a position is linear
+in its own features, ``dL/df = (dL/dQ + dL/dQ^T) f + dL/dm``. So each call runs two passes over
+the tiles: pass 1 (no grad) sums the statistics and content errors; ``style_factors`` then
+differentiates the style term with respect to those small (C, C) sums by autograd (whatever the
+loss: Gram or w2); pass 2 (with grad) pulls each core's ``dL/dF`` (those factors, and the content
+term's ``2 w (F - P) / |P|^2``) back through its window and adds the window's input gradient into
+one full-size buffer.
 
 The statistics, the loss terms and the targets are ``objective``'s (``Statistics``, ``loss_terms``,
-``make_targets``); this module adds the analytic gradient of pass 2 and runs the passes over the
-tiles that the stage plan (``stageplan``) gives.
+``make_targets``); this module adds pass 2's gradient and runs the passes over the windows that
+the render plan (``engine.plan``) gives.
 
 Three rules keep tiled == untiled up to float rounding:
 
 * core offsets are multiples of ``align = 2**pools`` before the deepest layer, so a window's pooling
   grid lines up with the untiled one;
 * every window reaches ``halo`` pixels past its core, enough that the zero padding at the window's
-  edge cannot reach the core at any used layer (``tileplan.required_halo``);
+  edge cannot reach the core at any used layer (``tiles.required_halo``);
 * windows never go past the image: at the image border a tile sees the same zero padding as the
   untiled network, and the same pooling floors at a right/bottom edge that is not a multiple of 16.
 """
@@ -120,7 +124,7 @@ def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weight
 class _Pull(torch.autograd.Function):
     """A 0-d zero whose backward gives ``features`` the gradient ``grad_of(features)``.
 
-    Pass 2 backpropagates known gradients (the analytic dL/dF of each core); computing them
+    Pass 2 backpropagates known gradients (each core's dL/dF, ``_core_grad``); computing them
     inside the backward, from the features autograd keeps anyway, means none of them is held
     while the rest of the network runs. Only for the plain sum of such zeros (d total/d zero = 1).
     """

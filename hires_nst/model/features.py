@@ -32,8 +32,6 @@ def _cfg_modules(arch: str) -> list[str]:
     return [kind for v in cfgs[VGG_CFG[arch]] for kind in (("pool",) if v == "M" else ("conv", "relu"))]
 
 
-_RELU_INDEX = _relu_indices("vgg19")
-
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

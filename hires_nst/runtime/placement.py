@@ -1,9 +1,13 @@
 """Devices, precision and memory: where and how the network runs, and what a stage will cost.
 
-Every decision about devices and number formats is made here, once per render: ``resolve_devices``
-(``--device``/``--devices``), ``resolve_precision`` (``--precision``) and ``place`` (one feature
+A render's devices and number formats are decided here, once per render: ``resolve_devices``
+(``--device``/``--devices`` against this machine; their names were read by ``config.devices`` when
+the config was resolved), ``resolve_precision`` (``--precision``) and ``place`` (one feature
 extractor replica per device). The rest of the engine only calls ``Precision.features`` around the
-network and ``LossScale.run`` around the backward pass.
+network and ``LossScale.run`` around the backward pass. Devices are also chosen outside: under
+torchrun each rank takes ``cuda:LOCAL_RANK`` (``ranks.join_from_env``), a parallel batch pins
+each worker to its GPU (``batch.parallel.pin_device``), and on a Ray cluster the task's resources
+set the job's ``--device`` (``batch.cluster_task``).
 """
 
 from __future__ import annotations
@@ -21,53 +25,47 @@ import torch
 from torch import Tensor, nn
 
 from hires_nst.config.catalog import PRECISIONS
+from hires_nst.config.devices import AUTO, DeviceName, device_list, single_device
 from hires_nst.core import memmodel
+from hires_nst.core.tiles import Tile
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.io.images import host_available_bytes
 from hires_nst.runtime.ranks import World, single
 
 
-def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
-    """``auto`` -> CUDA if present, else CPU; anything else is checked against this machine."""
-    if name == "auto":
+def resolve_device(name: str | DeviceName | None = AUTO, flag: str = "--device") -> torch.device:
+    """``auto`` (or None) -> CUDA if present, else CPU; a device's name (read by ``config.devices``,
+    or read here) is checked against this machine."""
+    spec = single_device(name, flag) if isinstance(name, str) else name
+    if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"{flag}: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
+    if spec.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"{flag} {name}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise DeviceError(f"{flag}: unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
+            raise DeviceError(f"{flag} {spec}: CUDA is not available on this machine; use --device cpu")
+        if spec.index is not None and spec.index >= torch.cuda.device_count():
+            raise DeviceError(f"{flag} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(str(spec))
 
 
-def resolve_devices(devices: str = "", device: str = "auto") -> tuple[torch.device, ...]:
-    """``--devices``: empty -> the one ``--device``; ``all`` -> every CUDA device; else a comma list.
+def resolve_devices(devices: str = "", device: str = AUTO) -> tuple[torch.device, ...]:
+    """``--devices``: empty -> the one ``--device``; ``all`` -> every CUDA device; else a comma list
+    (its names read by ``config.devices.device_list``, which the config's validation ran already).
 
     The first device is the main one: it holds the image, its gradient and the optimiser state.
     ``cpu,cpu`` gives two CPU replicas: no faster, but it runs the multi-device logic without GPUs.
     """
-    spec = devices.strip()
-    if not spec:
+    spec, names = devices.strip(), device_list(devices)
+    if names == ():
         return (resolve_device(device),)
-    if spec == "all":
+    if names is None:
         if not torch.cuda.is_available():
             raise DeviceError("--devices all: CUDA is not available on this machine; use --device cpu")
         return tuple(torch.device("cuda", i) for i in range(torch.cuda.device_count()))
-    names = [n.strip() for n in spec.split(",")]
-    if not all(names):
-        raise DeviceError(f"--devices {spec}: empty device name; use e.g. cuda:0,cuda:1 or all")
     resolved = [resolve_device(n, "--devices") for n in names]
     resolved = [torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
                 for d in resolved]
-    if len({d.type for d in resolved}) > 1:
-        raise DeviceError(f"--devices {spec}: mixes CPU and CUDA devices; use one kind")
     cuda = [d for d in resolved if d.type == "cuda"]
-    if len(set(cuda)) < len(cuda):
+    if len(set(cuda)) < len(cuda):  # cuda and cuda:N can be one device: only this machine knows
         raise DeviceError(f"--devices {spec}: a CUDA device is listed twice")
     check_cpu_ranks(resolved, f"--devices {spec}")
     return tuple(resolved)
@@ -298,14 +296,14 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
 def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,
                          precision: str = "fp32", optimizer: str = "lbfgs",
                          layers: Iterable[str] = memmodel.DEFAULT_LAYER_SET, style_loss: str = "w2",
-                         average: bool = False, regions: int = 0) -> int:
-    """Peak memory of one stage: whole-image buffers, optimiser state and one window (``memmodel``)."""
+                         average: bool = False, regions: int = 0, tiles: Sequence[Tile] | None = None) -> int:
+    """Peak memory of one stage: whole-image buffers, optimiser state and one window (``memmodel``;
+    ``tiles``: the stage's windows when the caller has them)."""
     return memmodel.estimate(width, height, tile, halo, align, precision=precision, optimizer=optimizer,
-                             layers=layers, style_loss=style_loss, average=average, regions=regions)
+                             layers=layers, style_loss=style_loss, average=average, regions=regions, tiles=tiles)
 
 
 MEMORY_MARGIN = {"cuda": 0.8, "cpu": 0.6}  # of the free memory measured at stage start
-MIN_TILE = 64
 
 
 def available_bytes(device: torch.device) -> int:
@@ -321,9 +319,8 @@ def auto_tile_size(width: int, height: int, halo: int, budget: int, align: int =
                    average: bool = False, regions: int = 0) -> int | None:
     """The tile side whose stage fits ``budget`` bytes by the measured model; None when the whole
     image fits (``memmodel.plan_tile``: the fewest tiles, balanced)."""
-    return memmodel.plan_tile(width, height, halo, budget, align, MIN_TILE, precision=precision,
-                              optimizer=optimizer, layers=layers, style_loss=style_loss, average=average,
-                              regions=regions)
+    return memmodel.plan_tile(width, height, halo, budget, align, precision=precision, optimizer=optimizer,
+                              layers=layers, style_loss=style_loss, average=average, regions=regions)
 
 
 def describe_devices() -> list[dict[str, object]]:

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hires_nst.config.devices import single_device
 from hires_nst.errors import DeviceError, HiresNSTError
 
 T = TypeVar("T")
@@ -203,7 +204,8 @@ def join_from_env(device_setting: str, devices_setting: str) -> World:
         raise DeviceError(f"--devices {devices_setting}: under torchrun every process takes cuda:LOCAL_RANK "
                           "(--nproc-per-node sets how many); leave out --devices")
     local = int(env["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and device_setting != "cpu"
+    named = single_device(device_setting)
+    use_cuda = torch.cuda.is_available() and (named is None or named.type == "cuda")
     if use_cuda and local >= torch.cuda.device_count():
         raise DeviceError(f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                           "lower --nproc-per-node")
@@ -221,7 +223,8 @@ def free_port() -> int:
 
 
 def cpu_threads(devices: Sequence[torch.device]) -> int:
-    """Threads per CPU rank: the cores shared out, so that ranks do not fight over them."""
+    """Threads per CPU process (a rank, or a parallel batch's worker): the cores shared out, so that
+    they do not fight over them."""
     cpus = sum(1 for d in devices if d.type == "cpu")
     return max(1, (os.cpu_count() or 1) // max(1, cpus))
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from hires_nst.errors import InputError, OutputError
 from hires_nst.events import Event, Planned, Sink, null_sink
-from hires_nst.io.logprogress import WorkLeft
 from hires_nst.io.preview import PREVIEW_NAME
+from hires_nst.io.progresstext import WorkLeft
 from hires_nst.web.access import Access, check_address, is_loopback
 
 DEFAULT_PORT = 8765

@@ -371,15 +371,16 @@ def test_a_grid_sheet_may_not_overwrite_a_job_output(folder: Path) -> None:
 
 def test_a_worker_pins_its_gpu_so_a_job_cannot_reach_the_others() -> None:
     from hires_nst.batch.parallel import pin_device
+    from hires_nst.config.devices import DeviceName
 
     env: dict[str, str] = {}
-    assert pin_device("cuda:1", env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert pin_device(DeviceName("cuda", 1), env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "1"
     env = {"CUDA_VISIBLE_DEVICES": "4,6"}  # the parent's own view: cuda:1 is physical GPU 6
-    assert pin_device("cuda:1", env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "6"
+    assert pin_device(DeviceName("cuda", 1), env) == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "6"
     env = {}
-    assert pin_device("cpu", env) == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert pin_device(DeviceName("cpu"), env) == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(Exception, match="has no such device"):
-        pin_device("cuda:2", {"CUDA_VISIBLE_DEVICES": "0,1"})
+        pin_device(DeviceName("cuda", 2), {"CUDA_VISIBLE_DEVICES": "0,1"})
 
 
 def test_a_workers_job_runs_on_its_device_only_whatever_its_devices_say(folder: Path,

@@ -163,7 +163,7 @@ MISTAKES = {
 # Settings out of range are usage errors (ConfigError): exit 2, as click's own for a wrong type.
 USAGE_MISTAKES = {"negative max size", "zero max size", "zero iterations", "negative style weight",
                   "negative content weight", "min size above max size", "scale factor one", "unknown optimizer",
-                  "unknown pooling", "style blend count", "unknown layer (long message)"}
+                  "unknown pooling", "style blend count", "unknown layer (long message)", "unknown device"}
 
 
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress"])

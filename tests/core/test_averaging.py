@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 
 from hires_nst.batch.jobs import load_batch
-from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, OPTIMIZERS
 from hires_nst.config.settings import load_toml, resolve
 from hires_nst.core import averaging
 from hires_nst.core.averaging import IterateAverage, split_state
 from hires_nst.engine import pyramid
 from hires_nst.engine.objective import Objective, Weights, make_targets
-from hires_nst.engine.optimize import OPTIMIZER_NAMES, optimize_with_state
+from hires_nst.engine.optimize import optimize_with_state
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.engine.resume import fingerprint
 from hires_nst.errors import ConfigError, Interrupted
@@ -189,13 +189,14 @@ def test_a_resume_of_an_optimiser_without_saved_state_continues_the_saved_averag
 @pytest.fixture(scope="module")
 def small_objective() -> Objective:
     torch.manual_seed(0)
-    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                                   "gram")  # a module fixture: outside conftest's switch
     extractor = VGGFeatures(load_weights("random"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
     content, style = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     return Objective(extractor, make_targets(extractor, content, [style], [], weights), weights)
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_averaging_adds_no_host_read(small_objective: Objective, optimizer: str) -> None:
     start = torch.full((1, 3, 16, 16), 0.5)
     syncs = {}

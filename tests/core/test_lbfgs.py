@@ -57,7 +57,8 @@ def test_same_iterates_as_torch_lbfgs_on_a_smooth_problem(history: int) -> None:
 @pytest.fixture(scope="module")
 def objective() -> Objective:
     torch.manual_seed(0)
-    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    weights = Weights.equal_layers(1.0, 1e3, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS,
+                                   "gram")  # a module fixture: outside conftest's switch
     extractor = VGGFeatures(load_weights("random"), LAYERS)
     content, style = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)  # the smallest conv5_1 takes
     return Objective(extractor, make_targets(extractor, content, [style], [], weights), weights)

@@ -110,19 +110,19 @@ def two_fake_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("cuda:9", "--devices cuda:9: this machine has 2 CUDA device(s)"),
-    ("cuda:0,cuda:0", "--devices cuda:0,cuda:0: a CUDA device is listed twice"),
-    ("cuda:0,cuda", "a CUDA device is listed twice"),  # cuda means the current device, cuda:0 here
-    ("cpu,cuda:1", "--devices cpu,cuda:1: mixes CPU and CUDA devices; use one kind"),
+@pytest.mark.parametrize("spec,message,code", [
+    ("cuda:9", "--devices cuda:9: this machine has 2 CUDA device(s)", 1),
+    ("cuda:0,cuda:0", "--devices cuda:0,cuda:0: a CUDA device is listed twice", 2),  # the config sees it
+    ("cuda:0,cuda", "a CUDA device is listed twice", 1),  # cuda means the current device, cuda:0 here
+    ("cpu,cuda:1", "--devices cpu,cuda:1: mixes CPU and CUDA devices; use one kind", 2),
 ])
-def test_devices_that_cannot_be_served_are_one_clear_error(two_fake_gpus: None, spec: str, message: str,
+def test_devices_that_cannot_be_served_are_one_clear_error(two_fake_gpus: None, spec: str, message: str, code: int,
                                                            tmp_path: Path) -> None:
     with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_devices(spec)
     result = CliRunner().invoke(app, ["render", str(CONTENT), str(STYLE), "-o", str(tmp_path / "x.png"),
                                       "--devices", spec, "--quiet"])
-    assert result.exit_code == 1
+    assert result.exit_code == code  # 2: a usage error, found when the config is resolved
     assert message in " ".join(result.output.split()) and len(result.output.strip().splitlines()) == 1
 
 

@@ -37,8 +37,8 @@ def _checks(height: int = 32, width: int = 32, size: int = 4) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def weights() -> Weights:
-    return Weights.equal_layers(1.0, 10.0, 0.5, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+def weights() -> Weights:  # the Gram loss, written out by hand below (a module fixture: outside conftest's switch)
+    return Weights.equal_layers(1.0, 10.0, 0.5, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, "gram")
 
 
 @pytest.fixture(scope="module")

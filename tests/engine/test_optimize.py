@@ -48,7 +48,7 @@ def test_every_optimizer_has_a_default_lr() -> None:
 def test_unknown_optimizer_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="unknown optimizer 'nadam'; use one of lbfgs, adam, adamw, sgd"):
         make_optimizer("nadam", torch.zeros(1, requires_grad=True), 0.1)
-    with pytest.raises(ConfigError, match="--optimizer .* must be one of lbfgs, adam, sgd, adagrad, adadelta"):
+    with pytest.raises(ConfigError, match="--optimizer .* must be one of lbfgs, adam, adamw, sgd, adagrad, adadelta"):
         resolve(("test", {"optim": {"optimizer": "nadam"}}))
 
 

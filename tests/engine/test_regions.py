@@ -140,7 +140,8 @@ HALO, ALIGN = required_halo(("conv2_1", "conv1_1", "conv2_1", "conv3_1")), align
 
 def masked_on_ranks(world: ranks.World) -> dict:
     extractor = VGGFeatures(load_weights("original"), ("conv2_1", "conv1_1", "conv3_1"))
-    weights = Weights.equal_layers(1.0, 10.0, 0.1, ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1"))
+    # The paper's loss by name: a spawned rank builds this too, outside conftest's switch.
+    weights = Weights.equal_layers(1.0, 10.0, 0.1, ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1"), "gram")
     g = torch.Generator().manual_seed(1)
     content = torch.rand(1, 3, 64, 96, generator=g)
     styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]

@@ -88,7 +88,7 @@ def test_out_of_memory_retries_the_stage_with_half_the_tile(tmp_path: Path, monk
         return objective
 
     monkeypatch.setattr(pyramid, "make_objective", fails_above_32_px)
-    monkeypatch.setattr(stageplan, "MIN_TILE", 16)
+    monkeypatch.setattr(stageplan, "MIN_AUTO_TILE", 16)
     events = []
     render(_tiny_job(tmp_path, tile_size="off"), events.append)
     retries = [e.text for e in events if isinstance(e, Message) and "out of memory" in e.text]
