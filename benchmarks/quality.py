@@ -175,7 +175,10 @@ def table(rows: list[dict], configs: list[str]) -> str:
     common = set.intersection(*({r["pair"] for r in rows if r["config"] == c} for c in configs))
     for name in configs:
         mine = [r for r in rows if r["config"] == name and r["pair"] in common]
-        mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
+
+        def mean(key: str, mine: list[dict] = mine) -> float:
+            return sum(r[key] for r in mine) / len(mine)
+
         lines.append(f"| mean of {len(common)} | {name} | {mean('content'):.3f} | {mean('style'):.4f} | "
                      f"{mean('ssim'):.3f} | {mean('patch'):.4f} | {mean('seconds'):.0f} |")
     return "\n".join(lines)

@@ -224,9 +224,9 @@ def times(device, repeats: int) -> list[dict]:
         a = torch.randn(channels, 2 * channels, generator=g, dtype=torch.float64)
         spd = (a @ a.T / channels + 1e-3 * torch.eye(channels, dtype=torch.float64)).to(device)
         rows.append({"C": channels, "device": str(device),
-                     "eigh_ms": 1e3 * best_of(lambda: torch.linalg.eigh(spd), repeats, sync, clock),
-                     "newton_schulz_ms": 1e3 * best_of(lambda: losses.newton_schulz(spd), repeats, sync, clock),
-                     "matmul_ms": 1e3 * best_of(lambda: spd @ spd, repeats, sync, clock)})
+                     "eigh_ms": 1e3 * best_of(lambda spd=spd: torch.linalg.eigh(spd), repeats, sync, clock),
+                     "newton_schulz_ms": 1e3 * best_of(lambda spd=spd: losses.newton_schulz(spd), repeats, sync, clock),
+                     "matmul_ms": 1e3 * best_of(lambda spd=spd: spd @ spd, repeats, sync, clock)})
     return rows
 
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ from hires_nst.config.settings import SECTIONS, resolve
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Event, null_sink, tee
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 OUTPUT_NAME = "stylized.png"
 _SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 

@@ -70,7 +70,8 @@ def test_host_syncs_per_iteration_device_lbfgs_against_torch_lbfgs(objective: Ob
     for name in ("lbfgs", "lbfgs-torch"):
         counter = HostCounter()
 
-        def on_step(iteration: int, values: dict, seconds: float, image: torch.Tensor) -> None:
+        def on_step(iteration: int, values: dict, seconds: float, image: torch.Tensor,
+                    counter: HostCounter = counter) -> None:
             if iteration == 50:
                 counter.__enter__()
             elif iteration == 70:
@@ -121,7 +122,7 @@ def test_on_rosenbrock_the_accepted_loss_never_rises_where_unguarded_lbfgs_climb
     losses = []
     for _ in range(300):
         theirs.grad = None
-        losses.append(float(torch_opt.step(lambda: (lambda l: (l.backward(), l)[1])(_rosenbrock(theirs))).detach()))
+        losses.append(float(torch_opt.step(lambda: (lambda loss: (loss.backward(), loss)[1])(_rosenbrock(theirs))).detach()))
     assert sum(b > a for a, b in zip(losses, losses[1:])) > 20  # measured 41 of 300 steps uphill, no line search
 
 

@@ -304,7 +304,7 @@ def test_sync_every_n_reports_every_n_steps_and_the_last_and_changes_no_pixel(ex
     for every in (1, 3):
         steps: list[tuple[int, float]] = []
         image, _ = optimize_with_state(_start(32), objective, optimizer="adam", lr=0.02, iterations=7,
-                                       sync_every=every, on_step=lambda i, v, s, img: steps.append((i, v["total"])))
+                                       sync_every=every, on_step=lambda i, v, s, img, steps=steps: steps.append((i, v["total"])))
         runs[every] = (image, steps)
     assert [i for i, _ in runs[3][1]] == [3, 6, 7]
     assert [i for i, _ in runs[1][1]] == list(range(1, 8))

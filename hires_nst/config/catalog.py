@@ -7,6 +7,7 @@ VGG layers are ``convB_C`` (``reluB_C`` is the same tensor); ResNet-50's are des
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hires_nst.errors import ConfigError

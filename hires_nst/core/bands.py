@@ -87,12 +87,13 @@ def plan_bands(width: int, height: int, ranks: int, halo: int, align: int = 16) 
     """
     halo = round_up(halo, align)
     best: list[Band] = []
+    best_key: tuple[int, int, int] | None = None
     for columns in range(1, ranks + 1):
         if ranks % columns:
             continue
         bands = _grid(width, height, columns, ranks // columns, halo, align)
         key = (-len(bands), max(b.window_pixels for b in bands), min(columns, ranks // columns))
-        if not best or key < best_key:
+        if best_key is None or key < best_key:
             best, best_key = bands, key
     return best
 

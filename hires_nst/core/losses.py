@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -219,9 +220,8 @@ def newton_schulz(matrix: Tensor, iterations: int | None = None, floor: float | 
     ``iterations`` and ``floor`` default to ``NS_ITERATIONS`` and ``NS_FLOOR`` (``floor`` 1: the
     unscaled iteration).
     """
-    for y, z, norm in _ns_steps(matrix, NS_ITERATIONS if iterations is None else iterations,
-                                NS_FLOOR if floor is None else floor):
-        pass  # only the last iterates are kept
+    steps = _ns_steps(matrix, NS_ITERATIONS if iterations is None else iterations, NS_FLOOR if floor is None else floor)
+    y, z, norm = deque(steps, maxlen=1).pop()  # only the last iterates are kept
     root_norm = norm.sqrt()
     return y * root_norm, z / root_norm
 

@@ -111,7 +111,7 @@ def calibrate(world: World, placement: Placement, style_layers: Sequence[str]) -
     link = []
     for size in LINK_BYTES:
         payload = torch.zeros(size // 4, device=placement.main)
-        seconds = _best_of(2, lambda: all_gather(world, payload, "the calibration"), placement.main)
+        seconds = _best_of(2, lambda payload=payload: all_gather(world, payload, "the calibration"), placement.main)
         link.append(((world.size - 1) * size, seconds))
     stats = 4 * sum(channels.get(n, 0) ** 2 for n in style_layers) + 64
     local = Costs(Line.through((small**2, f1), (large**2, f2)), Line.through((small**2, b1), (large**2, b2)),
