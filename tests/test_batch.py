@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +346,7 @@ def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports(
     def logged(iterations: int, every: int) -> list[int]:
         reports = [*range(every, iterations, every), iterations]
         steps = [Step(0, i, iterations, {"total": 1.0}, 0.1, covered=i - previous)
-                 for previous, i in zip([0, *reports], reports)]
+                 for previous, i in pairwise([0, *reports])]
         return [step.iteration for step in steps if _log_line(step)]
 
     assert logged(33, 1) == [*range(3, 34, 3)]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -496,7 +497,7 @@ def test_the_batch_help_shows_the_job_file_tables() -> None:
 
 def test_stages_always_grow() -> None:
     sides = stage_long_sides(50, 60, 1.01)
-    assert all(b > a for a, b in zip(sides, sides[1:])), sides
+    assert all(b > a for a, b in pairwise(sides)), sides
     assert sides[0] == 50 and sides[-1] == 60
 
 

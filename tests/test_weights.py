@@ -68,7 +68,7 @@ def quantised() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """
     generator = torch.Generator().manual_seed(0)
     q_state, expected = {}, {}
-    for index, name in zip(CONV_INDICES, KERAS_NAMES):
+    for index, name in zip(CONV_INDICES, KERAS_NAMES, strict=True):
         shape = EXPECTED_SHAPES[f"{index}.weight"]
         codes = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
         table = torch.randn(256, generator=generator)

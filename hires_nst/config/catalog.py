@@ -97,7 +97,7 @@ def _vgg(arch: str) -> Backbone:
 
 def _resnet50() -> Backbone:
     layers = [LayerInfo("stem", 64, 1)]
-    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS), 1):
+    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS, strict=True), 1):
         for block in range(1, blocks):
             layers.append(LayerInfo(f"layer{stage}_{block}", channels, stage + 1))
         layers.append(LayerInfo(f"layer{stage}", channels, stage + 1, (f"layer{stage}_{blocks}",)))

@@ -159,7 +159,7 @@ class _GuidedGramSum(torch.autograd.Function):
         ctx.save_for_backward(flat, guide)
         channels = flat.shape[0]
         total = flat.new_zeros((guide.shape[0], channels, channels), dtype=torch.promote_types(flat.dtype, torch.float32))
-        for part, weights in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1)):
+        for part, weights in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1), strict=True):
             wide = _wide(part)
             for r in range(guide.shape[0]):
                 total[r].addmm_(wide * weights[r].to(wide.dtype), wide.T)
@@ -171,7 +171,7 @@ class _GuidedGramSum(torch.autograd.Function):
         factor = grad + grad.transpose(-2, -1)
         out = torch.empty_like(flat)
         for part, weights, into in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1),
-                                       out.split(WIDEN_CHUNK, dim=1)):
+                                       out.split(WIDEN_CHUNK, dim=1), strict=True):
             wide = _wide(part)
             into.copy_(sum(weights[r].to(wide.dtype) * (factor[r].to(wide.dtype) @ wide) for r in range(len(weights))))
         return out, None

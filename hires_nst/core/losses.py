@@ -70,7 +70,7 @@ class _GramSum(torch.autograd.Function):
         if ctx.low:  # (F^T factor)^T: the factor is symmetric, and the result keeps F's layout
             return torch.mm(flat.T, factor.to(flat.dtype)).T, None
         out = torch.empty_like(flat)
-        for part, into in zip(flat.split(WIDEN_CHUNK, dim=1), out.split(WIDEN_CHUNK, dim=1)):
+        for part, into in zip(flat.split(WIDEN_CHUNK, dim=1), out.split(WIDEN_CHUNK, dim=1), strict=True):
             into.copy_(factor.to(torch.promote_types(factor.dtype, part.dtype)) @ _wide(part))
         return out, None
 
@@ -123,7 +123,7 @@ def blend_grams(per_style: Sequence[Mapping[str, Tensor]], weights: Sequence[flo
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"blend weights must be >= 0 with a positive sum, got {list(weights)}")
     layers = per_style[0].keys()
-    return {name: sum((w / total) * grams[name] for grams, w in zip(per_style, weights)) for name in layers}
+    return {name: sum((w / total) * grams[name] for grams, w in zip(per_style, weights, strict=True)) for name in layers}
 
 
 @contextmanager

@@ -117,7 +117,7 @@ def calibrate(world: World, placement: Placement, style_layers: Sequence[str]) -
     local = Costs(Line.through((small**2, f1), (large**2, f2)), Line.through((small**2, b1), (large**2, b2)),
                   Line.through(*link) if world.size > 1 else Line(0.0, 0.0), stats)
     rows = gather_floats(world, local.as_floats(), "the calibration")
-    return Costs.from_floats([max(column) for column in zip(*rows)])
+    return Costs.from_floats([max(column) for column in zip(*rows, strict=True)])
 
 
 def tiles_seconds(costs: Costs, windows: Sequence[int]) -> float:
@@ -140,7 +140,7 @@ def spread_seconds(costs: Costs, width: int, height: int, bands: Sequence[Band],
     """Every rank its band at once, then the two exchanges (ring all-reduce, all-gather of bounds)."""
     compute = max(tiles_seconds(costs, [t.window.width * t.window.height
                                         for t in band_tiles(band, width, height, tile, halo, align)])
-                  for band, tile in zip(bands, tiles))
+                  for band, tile in zip(bands, tiles, strict=True))
     padded = max(b.bounds.height for b in bands) * max(b.bounds.width for b in bands)
     stats = costs.link(2 * (ranks - 1) / ranks * costs.stats_bytes)
     gradient = costs.link((ranks - 1) * padded * BYTES_PER_GRADIENT_PIXEL)

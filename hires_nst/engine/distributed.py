@@ -133,7 +133,8 @@ class BandObjective:
         padded = like.new_zeros((1, 3, height, width), dtype=torch.float32)
         padded[..., :part.shape[-2], :part.shape[-1]] = part
         grad = torch.zeros_like(like, dtype=torch.float32)
-        for band, got in zip(self.plan.bands, all_gather(self.world, padded, "the gradient all-gather")):
+        gathered = all_gather(self.world, padded, "the gradient all-gather")  # one per rank
+        for band, got in zip(self.plan.bands, gathered, strict=False):  # ranks past the last band have none
             bounds = band.bounds
             bounds.crop(grad).add_(got[..., :bounds.height, :bounds.width])
         return grad

@@ -93,7 +93,7 @@ def _read_back(terms: LossTerms, image: Tensor) -> tuple[dict[str, float], bool]
     """The loss terms and whether the image is finite, in ONE device-to-host read (one sync)."""
     flags = [v.detach().float() for v in terms.values()] + [torch.isfinite(image).all().float()]
     *values, finite = torch.stack(flags).tolist()
-    return dict(zip(terms, values)), bool(finite)
+    return dict(zip(terms, values, strict=True)), bool(finite)
 
 
 def _check_finite(values: dict[str, float], finite: bool, where: str) -> None:

@@ -92,7 +92,7 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
 def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Placement, schedule: list[Stage],
                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
-               "losses": losses} for s, losses in zip(schedule, stage_losses)]
+               "losses": losses} for s, losses in zip(schedule, stage_losses, strict=True)]
     output = output_path(job.output, job.config.output.format)  # the file written: "small" -> small.tif
     return {
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(output),

@@ -80,9 +80,9 @@ def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> tupl
         zero = next(iter(grams.values())).new_zeros(())
         style = style_loss(leaves, targets, weights, zero)
         found = torch.autograd.grad(weights.style * style, [*grams.values(), *sums.values()], allow_unused=True)
-    d_sums = dict(zip(sums, found[len(grams):]))
+    d_sums = dict(zip(sums, found[len(grams):], strict=True))
     factors = {}
-    for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)]):
+    for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)], strict=True):
         d_gram = torch.zeros_like(leaf) if d_gram is None else d_gram
         factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), d_sums.get(name))
     return style.detach(), factors

