@@ -203,7 +203,8 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
-    rows, cells, captions = run(pairs, configs, args.size, args.iterations, Path(args.out_dir) if args.out_dir else None)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    rows, cells, captions = run(pairs, configs, args.size, args.iterations, out_dir)
     print(table(rows, configs))
     if args.sheet:
         images.save_image(args.sheet, grid_sheet(cells, captions, cell_height=args.size * 3 // 4))

@@ -194,7 +194,8 @@ def test_a_grid_of_two_contents_by_two_style_weights_makes_four_outputs_and_a_co
     assert not np.array_equal(weak, strong)  # the varied setting reached the renders
     records = manifest(folder)
     assert [(r["row"], r["col"]) for r in records.values()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert json.loads((outputs[1].parent / f"{outputs[1].name}.json").read_text())["config"]["loss"]["style_weight"] == 1000.0
+    settings = json.loads((outputs[1].parent / f"{outputs[1].name}.json").read_text())
+    assert settings["config"]["loss"]["style_weight"] == 1000.0
     [sheet] = result.sheets
     assert sheet == folder / "out" / "sweep-sheet.png"
     height, width = images.load_image(sheet).shape[:2]
@@ -285,7 +286,8 @@ def test_a_full_disk_fails_before_any_job(folder: Path, render_calls: list[str],
 
 def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Path) -> None:
     quick = '\n[[job]]\nname = "p{0}"\ncontent = "in/{1}.png"\nstyles = "in/s.png"\n'
-    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'  # never converges early
+    # never converges early
+    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'
     body = quick.format(1, "a") + quick.format(2, "b") + slow.format(3, "a") + slow.format(4, "b")
 
     events: list = []

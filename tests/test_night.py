@@ -195,13 +195,15 @@ def test_a_status_write_that_fails_never_leaves_status_running(tmp_path: Path, d
 # --- 2. the work dir: absolute, beside the output; --resume never starts afresh silently -------------
 
 
-def test_the_default_work_dir_is_absolute_and_beside_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_work_dir_is_absolute_and_beside_the_output(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     job = _with(_job(tmp_path, work=False), output=Path("prints/out"))
     assert work_dir_of(job) == tmp_path / "prints" / "out.png.work"
 
 
-def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")

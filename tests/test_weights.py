@@ -189,7 +189,8 @@ def test_wrong_shape_names_the_key_and_both_shapes(tmp_path: Path, features_stat
     state["5.weight"] = torch.zeros(128, 32, 3, 3)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsError, match=r"features\.5\.weight has shape \(128, 32, 3, 3\), VGG19 needs \(128, 64, 3, 3\)"):
+    with pytest.raises(WeightsError,
+                       match=r"features\.5\.weight has shape \(128, 32, 3, 3\), VGG19 needs \(128, 64, 3, 3\)"):
         load_weights(str(path))
 
 

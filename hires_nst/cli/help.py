@@ -26,8 +26,8 @@ PANELS: dict[str, tuple[str, ...]] = {
                          "animate_every", "animate_size", "max_input_pixels"),
     "Devices and speed": ("device", "devices", "precision", "sync_every", "tile_size", "halo"),
     "Checkpoints": ("work_dir", "resume", "restart", "save_every", "save_minutes", "keep_checkpoints"),
-    "Experiments": ("optimizer", "lr", "warm_start", "average_iterates", "backbone", "weights", "pooling", "preprocessing",
-                    "content_layers", "style_layers", "style_layer_weights"),
+    "Experiments": ("optimizer", "lr", "warm_start", "average_iterates", "backbone", "weights", "pooling",
+                    "preprocessing", "content_layers", "style_layers", "style_layer_weights"),
     "Watching and messages": ("web", "port", "host", "log_every", "quiet", "debug", "help"),
 }
 ARGUMENTS = ("content", "styles")  # typer shows arguments in a panel of their own, first

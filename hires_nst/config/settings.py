@@ -35,8 +35,8 @@ OPTIMIZERS = ("lbfgs", "adam", "sgd", "adagrad", "adadelta", "rmsprop", "adamw",
 # Starry Night (default weights and layers, from the content image): each is the lowest final loss
 # after 60 iterations at 128 px of a grid in ~3x steps (also checked at 64 px, 30 iterations).
 # SGD and Adadelta see the gradient times the pixel count (optimize.PIXEL_SCALED).
-DEFAULT_LR = {"lbfgs": 1.0, "lbfgs-torch": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
-              "rmsprop": 0.005}
+DEFAULT_LR = {"lbfgs": 1.0, "lbfgs-torch": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05,
+              "adadelta": 3.0, "rmsprop": 0.005}
 VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 # --format value -> file extension.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
@@ -103,7 +103,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    max_size: int = _opt("--max-size", "Long side of the output in pixels (--print-size, when given, overrides it).", 512)
+    max_size: int = _opt("--max-size", "Long side of the output in pixels (--print-size, when given, overrides it).",
+                         512)
     min_size: int = _opt("--min-size", "Long side of the first pyramid stage; 0 means 128 (or max-size if smaller).", 0)
     scale_factor: float = _opt("--scale-factor", "Size ratio between pyramid stages.", 2.0)
     iterations: tuple[int, ...] = _opt("--iterations", "Iterations per stage: one number, or a list per stage.", ())
@@ -121,7 +122,8 @@ class ModelConfig:
     weights: str = _opt("--weights", "Network weights: original (VGG19 only, offline), torchvision (downloads once), "
                         "random (untrained), or a file.", "original")
     pooling: str = _opt("--pooling", "Pooling: max or avg (ResNet: its stem pooling).", "max")
-    preprocessing: str = _opt("--preprocessing", "Input preprocessing: auto (from the weights), caffe, torchvision.", "auto")
+    preprocessing: str = _opt("--preprocessing", "Input preprocessing: auto (from the weights), caffe, torchvision.",
+                              "auto")
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means OUT.work beside the output (out.png.work).", "")
+    work_dir: str = _opt("--work-dir", "Checkpoints of this render; empty means OUT.work beside the output "
+                         "(out.png.work).", "")
     save_every: int = _opt("--save-every", "Save the stage in progress every N iterations (0: never): --resume goes "
                            "on from there, and current.png shows it.", 0)
     save_minutes: float = _opt("--save-minutes", "Save the stage in progress every N minutes (0: never), so that a "
@@ -184,7 +187,8 @@ class OutputConfig:
     keep_checkpoints: bool = _opt("--keep-checkpoints", "Keep the stage checkpoints (.pt) of a finished render in the "
                                   "work dir, so that a larger --max-size can reuse them; --no-keep-checkpoints "
                                   "deletes them once the output is written (stage PNGs and trace stay).", True)
-    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif, .webm (plays in browsers) or .mp4.", "")
+    animate: str = _opt("--animate", "Record the image as it evolves, across all stages, into this .gif, .webm "
+                        "(plays in browsers) or .mp4.", "")
     animate_every: int = _opt("--animate-every", "With --animate: one frame every N iterations (and at each stage's "
                               "end).", 10)
     animate_size: int = _opt("--animate-size", "With --animate: long side of the frames in pixels (at most the "
@@ -325,7 +329,8 @@ def _field(section: str, key: str) -> dataclasses.Field:
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
     known = {f.name for f in fields(SECTIONS[section])}
     if key not in known:
-        raise ConfigError(f"{source}: unknown setting {section}.{key}; known in [{section}]: {', '.join(sorted(known))}")
+        raise ConfigError(f"{source}: unknown setting {section}.{key}; "
+                          f"known in [{section}]: {', '.join(sorted(known))}")
     kind = get_type_hints(SECTIONS[section])[key]
     where = f"{source}: {section}.{key} ({flag_of(section, key)})"
     if _field(section, key).metadata.get("whole") and isinstance(value, str):

@@ -158,7 +158,8 @@ class _GuidedGramSum(torch.autograd.Function):
     def forward(ctx, flat: Tensor, guide: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(flat, guide)
         channels = flat.shape[0]
-        total = flat.new_zeros((guide.shape[0], channels, channels), dtype=torch.promote_types(flat.dtype, torch.float32))
+        total = flat.new_zeros((guide.shape[0], channels, channels),
+                               dtype=torch.promote_types(flat.dtype, torch.float32))
         for part, weights in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1), strict=True):
             wide = _wide(part)
             for r in range(guide.shape[0]):

@@ -123,7 +123,8 @@ def blend_grams(per_style: Sequence[Mapping[str, Tensor]], weights: Sequence[flo
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"blend weights must be >= 0 with a positive sum, got {list(weights)}")
     layers = per_style[0].keys()
-    return {name: sum((w / total) * grams[name] for grams, w in zip(per_style, weights, strict=True)) for name in layers}
+    return {name: sum((w / total) * grams[name] for grams, w in zip(per_style, weights, strict=True))
+            for name in layers}
 
 
 @contextmanager

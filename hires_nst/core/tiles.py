@@ -82,7 +82,8 @@ def _spans(length: int, size: int, halo: int, align: int) -> list[tuple[int, int
     if len(starts) > 1 and length - starts[-1] < align:
         starts.pop()
     stops = starts[1:] + [length]
-    return [(start, stop, max(0, start - halo), min(length, stop + halo)) for start, stop in zip(starts, stops, strict=True)]
+    return [(start, stop, max(0, start - halo), min(length, stop + halo))
+            for start, stop in zip(starts, stops, strict=True)]
 
 
 def plan_tiles(width: int, height: int, tile_size: int, halo: int, align: int = 16) -> list[Tile]:

@@ -46,7 +46,8 @@ def band_targets(targets: Targets, bounds: Rect) -> Targets:
     return dataclasses.replace(targets, content=content, guides=guides)
 
 
-def image_areas(width: int, height: int, layers: Sequence[str], targets: Targets | None = None) -> dict[str, int | Tensor]:
+def image_areas(width: int, height: int, layers: Sequence[str],
+                targets: Targets | None = None) -> dict[str, int | Tensor]:
     """Positions per layer of the whole image: what the cores' areas add up to over all ranks
     (a masked layer: its regions' guide masses, from the whole guide every rank holds)."""
     guides = targets.guides if targets is not None else {}

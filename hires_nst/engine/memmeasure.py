@@ -424,8 +424,10 @@ def table_source() -> str:
             # bytes (the three tiled points are close to collinear) must not under-count huge images.
             per_pixel = max(tiled[1], floor.setdefault(precision, tiled[1]))
             tiled = (tiled[0], per_pixel, tiled[2])
-            lines.append(f'    ("{precision}", False, "{layer_set}"): Coefficients({untiled[0]}, {untiled[1]:.1f}, 0.0),')
-            lines.append(f'    ("{precision}", True, "{layer_set}"): Coefficients({tiled[0]}, {tiled[1]:.1f}, {tiled[2]:.1f}),')
+            lines.append(f'    ("{precision}", False, "{layer_set}"): '
+                         f'Coefficients({untiled[0]}, {untiled[1]:.1f}, 0.0),')
+            lines.append(f'    ("{precision}", True, "{layer_set}"): '
+                         f'Coefficients({tiled[0]}, {tiled[1]:.1f}, {tiled[2]:.1f}),')
     copies = {(precision, tiled): fit_guided(precision, tiled) for precision in ("fp32", "bf16")
               for tiled in (False, True)}
     lines.append(f"GUIDED_COPIES = {copies}")

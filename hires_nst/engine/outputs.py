@@ -79,7 +79,8 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
     if animation is not None:
         animation.write()
     if config.output.save_stages:
-        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
+        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule],
+                              [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(stage_sheet_path(output), sheet)
     workdir.set_status("finished", output=str(output))
     workdir.finish()
@@ -98,7 +99,9 @@ def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Plac
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(placement.main),
-        "devices": list(placement.world.devices) if placement.world.distributed else [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
+        "devices": (list(placement.world.devices) if placement.world.distributed
+                    else [str(d) for d in placement.devices]),
+        "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
         "trace": str(trace_path(output)), "animation": job.config.output.animate or None,

@@ -261,7 +261,8 @@ def run_stage_fitting_memory(run: Run, index: int, inputs: StageInputs, start: T
                                   "--resume and a smaller --tile-size") from exc
         smaller = run.plan.smaller(plan)
         was = f"{plan.tiling.tile} px tiles" if plan.tiling.tile else "untiled"
-        run.sink(Message(f"out of memory at stage {index + 1} ({was}); retrying it with {smaller.tiling.tile} px tiles"))
+        run.sink(Message(f"out of memory at stage {index + 1} ({was}); "
+                         f"retrying it with {smaller.tiling.tile} px tiles"))
         _free_cached_memory(run.placement)
         plan = smaller
 
@@ -327,7 +328,8 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
                 went: int) -> StageResult:
     """Start ``stage`` from the previous result (or the init image, or its saved progress) and run it."""
     config, checkpointing = run.config, run.checkpointing
-    start = initial_image(init, inputs, config.optim.seed) if progress.image is None else upsample(progress.image, stage)
+    start = (initial_image(init, inputs, config.optim.seed) if progress.image is None
+             else upsample(progress.image, stage))
     warm = (resize_adam_state(progress.state, stage.height, stage.width)
             if progress.state and config.optim.warm_start else None)
     if went >= 0:  # the first stage this run renders: maybe from its saved progress

@@ -341,7 +341,8 @@ def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Pl
 
 def _planned(plan: StagePlan) -> PlannedStage:
     stage, tiling = plan.stage, plan.tiling
-    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles, plan.budget)
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles,
+                        plan.budget)
 
 
 def _interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:

@@ -171,8 +171,8 @@ class TiledObjective:
                    scale: float = 1.0) -> Tensor:
         """``scale * dL/d(core)`` at one layer, in the core's dtype: (1, C, h, w).
 
-        Style: ``matrix @ F + offset`` (``StyleFactor``); content: ``2 w (F - P) / |P|^2``. The scale (fp16 loss scaling) is
-        applied in float32, before the cast to the features' dtype.
+        Style: ``matrix @ F + offset`` (``StyleFactor``); content: ``2 w (F - P) / |P|^2``. The scale
+        (fp16 loss scaling) is applied in float32, before the cast to the features' dtype.
         """
         t, w = self.targets, self.weights
         channels = core.shape[1]

@@ -21,7 +21,8 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def grid_sheet(cells: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequence[str]], cell_height: int = 256) -> np.ndarray:
+def grid_sheet(cells: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequence[str]],
+               cell_height: int = 256) -> np.ndarray:
     """Lay out ``cells[row][col]`` (H, W, 3 arrays) at a common height with a caption under each."""
     scaled = [[images.resize(c, max(1, round(c.shape[1] * cell_height / c.shape[0])), cell_height) for c in row]
               for row in cells]
