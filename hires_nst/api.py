@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -50,7 +50,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
 
     if callback is not None and not callable(callback):  # before any work: not at the first event
         raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")
-    style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+    style_list = list(styles) if isinstance(styles, (list, tuple)) else [cast(ImageLike, styles)]  # one image
     layers = [*_preset_layers(preset), ("stylize()", _settings_layer(settings))]
     with _folder(work_dir) as folder:
         inputs = folder / "inputs"

@@ -9,7 +9,7 @@ what file comes out, how fast, what is kept on the way, and the knobs for experi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
@@ -84,7 +84,13 @@ def help_with_default(name: str, text: str) -> str:
     return f"{text} [dim]\\[default: {escape(str(shown))}][/dim]" if shown is not False else text
 
 
-class _PlainTypes:
+if TYPE_CHECKING:  # the mixin is only ever put before a typer command or group
+    _Command = TyperCommand
+else:
+    _Command = object
+
+
+class _PlainTypes(_Command):
     """Help without typer's internal type labels (``<path>``, ``<list[Path]>``, ``<bool>``): options
     show their metavar (set on each), arguments and ``--help`` nothing, since their name says it."""
 
@@ -104,7 +110,7 @@ class _PlainTypes:
 
 
 def _hide_type(param: Any) -> None:
-    param.display_type_rich = lambda ctx: None  # type: ignore[attr-defined]  # read by typer's rich help
+    param.display_type_rich = lambda ctx: None  # read by typer's rich help
 
 
 class PlainCommand(_PlainTypes, TyperCommand):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -53,7 +55,7 @@ class ProgressDisplay:
             self.progress.update(self.stage_task, completed=event.iteration, info=info)
             self.progress.advance(self.overall, self.pixels * event.covered / 1e6)
         elif isinstance(event, StageFinished) and self.stage_task is not None:
-            ran = {"total": event.iterations, "completed": event.iterations} if event.iterations else {}
+            ran: dict[str, Any] = {"total": event.iterations, "completed": event.iterations} if event.iterations else {}
             self.progress.update(self.stage_task, info=f"loss {event.losses.get('total', 0):.4g} "
                                                       f"done in {event.seconds:.1f}s", **ran)
         elif isinstance(event, Message):

@@ -86,7 +86,7 @@ class Backbone:
     def min_side(self, layers: Iterable[str]) -> int:
         """Smallest input side that leaves every one of ``layers`` at least one pixel: VGG's 2x2
         poolings floor a 1-pixel map to nothing ("Output size is too small")."""
-        return 2 ** max((self.info(n).depth for n in layers), default=0)
+        return int(2 ** max((self.info(n).depth for n in layers), default=0))
 
 
 def _vgg(arch: str) -> Backbone:

@@ -319,10 +319,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def flag_of(section: str, key: str) -> str:
-    return _field(section, key).metadata["flag"]
+    flag: str = _field(section, key).metadata["flag"]
+    return flag
 
 
-def _field(section: str, key: str) -> dataclasses.Field:
+def _field(section: str, key: str) -> dataclasses.Field[Any]:
     return {f.name: f for f in fields(SECTIONS[section])}[key]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from hires_nst.config.catalog import BACKBONES, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 from hires_nst.core.tiles import plan_tiles, round_up
@@ -192,7 +193,7 @@ def estimate(width: int, height: int, tile: int | None = None, halo: int = 0, al
     pixels = width * height
     per_pixel = coefficients.per_pixel + state_bytes_per_pixel(optimizer, pixels, average) + REGION_BYTES * regions
     window_pixels = window[0] if window is not None else 0
-    extra = statistics_bytes(layers, style_loss, regions)
+    extra: float = statistics_bytes(layers, style_loss, regions)
     if regions:
         tiled = window is not None
         extra += GUIDED_COPIES[(kind, tiled)] * guided_bytes(window_pixels or pixels, layers, tiled)
@@ -211,8 +212,8 @@ def plan_tile(width: int, height: int, halo: int, budget: int, align: int = 16, 
     the last tile). ``min_tile`` when nothing fits (the render's out-of-memory retry reports it).
     """
     layers = tuple(layers)
-    kwargs = {"precision": precision, "optimizer": optimizer, "layers": layers, "style_loss": style_loss,
-              "average": average, "regions": regions}
+    kwargs: dict[str, Any] = {"precision": precision, "optimizer": optimizer, "layers": layers,
+                              "style_loss": style_loss, "average": average, "regions": regions}
     if estimate(width, height, None, halo, align, **kwargs) <= budget:
         return None
     long_side = max(width, height)

@@ -109,7 +109,7 @@ def plan_tiles(width: int, height: int, tile_size: int, halo: int, align: int = 
 
 def align_for(layers: Iterable[str]) -> int:
     """Core offsets must be multiples of this: 2**(poolings before the deepest layer)."""
-    return 2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers)
+    return int(2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers))
 
 
 def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZES) -> int:

@@ -15,6 +15,7 @@ all ranks and gathered (costs, tile sides) or the same everywhere (sizes, halo).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class Costs:
         return cls(Line(v[0], v[1]), Line(v[2], v[3]), Line(v[4], v[5]), int(v[6]))
 
 
-def _best_of(runs: int, work: Callable[[], None], device: torch.device) -> float:
+def _best_of(runs: int, work: Callable[[], object], device: torch.device) -> float:
     best = float("inf")
     for _ in range(runs + 1):  # the first run warms up (cuDNN autotuning, oneDNN primitives)
         if device.type == "cuda":
@@ -111,7 +112,7 @@ def calibrate(world: World, placement: Placement, style_layers: Sequence[str]) -
     link = []
     for size in LINK_BYTES:
         payload = torch.zeros(size // 4, device=placement.main)
-        seconds = _best_of(2, lambda payload=payload: all_gather(world, payload, "the calibration"), placement.main)
+        seconds = _best_of(2, functools.partial(all_gather, world, payload, "the calibration"), placement.main)
         link.append(((world.size - 1) * size, seconds))
     stats = 4 * sum(channels.get(n, 0) ** 2 for n in style_layers) + 64
     local = Costs(Line.through((small**2, f1), (large**2, f2)), Line.through((small**2, b1), (large**2, b2)),

@@ -34,6 +34,7 @@ from hires_nst.core.bands import BandPlan, band_tiles
 from hires_nst.core.tiles import Rect
 from hires_nst.engine.objective import LossTerms, Statistics, Targets, Weights, add_window, loss_terms
 from hires_nst.engine.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
+from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.runtime.placement import Precision
 from hires_nst.runtime.ranks import World, all_gather, all_reduce, broadcast, broadcast_object
 
@@ -61,7 +62,7 @@ class BandObjective:
     Every rank must call it (and ``loss``) at the same points with the same image.
     """
 
-    def __init__(self, world: World, extractor: torch.nn.Module, targets: Targets, weights: Weights,
+    def __init__(self, world: World, extractor: FeatureExtractor, targets: Targets, weights: Weights,
                  plan: BandPlan, width: int, height: int, precision: Precision) -> None:
         self.world, self.plan, self.targets, self.weights = world, plan, targets, weights
         self.precision, self.loss_scale = precision, precision.loss_scale()
@@ -165,7 +166,8 @@ class BandObjective:
 
     def __call__(self, image: Tensor) -> LossTerms:
         """Loss terms, with d(total)/d(image) written to ``image.grad``; the same on every rank."""
-        crop, kept, factors = self._crop(image), None, {}
+        crop, kept = self._crop(image), None
+        factors: dict[str, StyleFactor] = {}
         if self.one_window:
             with torch.enable_grad():
                 leaf = crop.clone().requires_grad_(True)

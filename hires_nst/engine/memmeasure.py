@@ -36,6 +36,7 @@ from hires_nst.core.tiles import TileGrid, align_for, plan_tiles, required_halo
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.engine.optimize import Stepper
 from hires_nst.engine.tiling import make_objective
+from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.model.features import VGGFeatures
 from hires_nst.runtime.hostsync import HostCounter
 from hires_nst.runtime.placement import CHANNELS_LAST, Precision
@@ -65,7 +66,7 @@ class LiveBytes(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak = self.live
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, Tensor):
@@ -211,7 +212,8 @@ class BuiltStage:
     inputs: tuple[Tensor, ...]
 
 
-def build_stage(scenario: Scenario, extractor: nn.Module, precision: Precision, device: torch.device) -> BuiltStage:
+def build_stage(scenario: Scenario, extractor: FeatureExtractor, precision: Precision,
+                device: torch.device) -> BuiltStage:
     """The stage as ``pyramid.run_stage`` builds it, from random images at the stage's size: the
     targets, the objective and the optimiser stepping it. The one builder of the fake measurement
     and of the real runs on a GPU (benchmarks/gpu_model.py, benchmarks/gpu_check.py)."""
@@ -356,7 +358,7 @@ def fit(precision: str, layer_set: str) -> tuple[tuple[int, float], tuple[int, f
         peak = _peak(w, h, None, precision, layers, history=None).peak
         points.append((w * h, peak - state_bytes_per_pixel("lbfgs", w * h) * w * h))
     untiled = (max(0, max(int(math.ceil(p - (slope - state) * px)) for px, p in points)), slope - state)
-    rows = []
+    rows: list[tuple[float, float, float, float]] = []
     for width, height, tile in FIT_TILED:
         got = _peak(width, height, tile, precision, layers)
         rows.append((width * height, got.window[0] * got.window[1], got.peak - state * width * height, 0.0))

@@ -8,7 +8,7 @@ inputs, area-downsampled to the stage's size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +21,11 @@ from hires_nst.config.settings import RenderConfig
 from hires_nst.core.guides import RegionGuide
 from hires_nst.engine.bandplan import Spreader
 from hires_nst.engine.distributed import BandObjective, same_start
-from hires_nst.engine.objective import Targets, make_targets
+from hires_nst.engine.objective import Objective, Targets, make_targets
 from hires_nst.engine.optimize import Convergence, optimize_with_state, resize_adam_state, shown
 from hires_nst.engine.plan import RenderPlan, StagePlan, min_side
 from hires_nst.engine.regions import Regions
-from hires_nst.engine.tiling import make_objective
+from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.errors import DeviceError, OutputError, classify
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
 from hires_nst.io import images
@@ -197,7 +197,8 @@ class StepReporter:
             self.sink(preview(stage, iteration, image))
 
 
-def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[[Tensor], dict[str, Tensor]]:
+def stage_objective(run: Run, plan: StagePlan,
+                    inputs: StageInputs) -> Objective | TiledObjective | BandObjective:
     """The stage's targets and objective, cut as ``plan`` says: untiled, tiled, or shared by the ranks.
 
     Targets once per stage on every rank, whole; a rank's band objective crops what it reads.

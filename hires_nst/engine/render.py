@@ -40,8 +40,8 @@ from hires_nst.io.preview import PREVIEW_NAME, PREVIEW_SECONDS, PreviewFile
 from hires_nst.io.safety import check_free_space, deferred_interrupts, render_needs, retrying_when_full
 from hires_nst.io.trace import TraceWriter
 from hires_nst.io.writeplan import check_writes
-from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.model.backbones import build_extractor as make_extractor
+from hires_nst.model.features import FrozenExtractor
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
@@ -69,7 +69,7 @@ def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
                         config.optim.optimizer, config.output.bit_depth, config.output.save_stages)
 
 
-def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
+def build_extractor(config: RenderConfig, device: torch.device) -> FrozenExtractor:
     model, loss = config.model, config.loss
     weights = load_weights(model.weights, model.preprocessing, model.backbone)
     layers = list(loss.content_layers) + list(loss.style_layers)
@@ -87,9 +87,9 @@ def load_inputs(job: RenderJob) -> Inputs:
     limit = job.config.input.max_input_pixels
     content = images.load_image(job.content, "content image", limit)
     styles = [images.load_image(p, f"style image {i + 1}", limit) for i, p in enumerate(job.styles)]
-    init = job.config.optim.init
-    if init not in ("content", "noise"):
-        init = images.load_image(init, "--init image", limit)
+    setting = job.config.optim.init
+    init: str | np.ndarray = (setting if setting in ("content", "noise")
+                              else images.load_image(setting, "--init image", limit))
     regions = load_regions(job.config.loss, job.styles, content.shape[1], content.shape[0], limit)
     return Inputs(content, styles, init, regions)
 
@@ -113,7 +113,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
     they make counts; device, output and input-limit options do not change pixels
     (precision only within rounding).
     """
-    settings = job.config.to_dict()
+    settings: dict[str, Any] = job.config.to_dict()
     for section in ("device", "output", "print", "input"):
         settings.pop(section)
     if crop is not None:
@@ -203,7 +203,9 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
     point = _resume_point(job, workdir, stamp, schedule) if workdir is not None else None
-    done, went = ranks.broadcast_object(world, point, "sharing the resume point")
+    point = ranks.broadcast_object(world, point, "sharing the resume point")
+    assert point is not None  # rank 0 always has a work dir: the others receive its point
+    done, went = point
     spreader = make_spreader(config, plan, placement)
     if workdir is None:
         return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
@@ -331,7 +333,7 @@ def _animation(config: RenderConfig, last: Stage, inputs: Inputs) -> AnimationRe
     return AnimationRecorder(path, last.width, last.height, config.output.animate_size, transform)
 
 
-def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement:
+def make_placement(config: RenderConfig, world: ranks.World | None = None) -> Placement[FrozenExtractor]:
     """This process's device, precision and extractor, and its rank: decided once per render."""
     devices = (world.device,) if world is not None else resolve_devices(config.device.devices, config.device.device)
     precision = resolve_precision(config.device.precision, devices)

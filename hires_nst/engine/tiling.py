@@ -126,13 +126,13 @@ class _Pull(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, grad_of) -> Tensor:  # type: ignore[override]
+    def forward(ctx, features: Tensor, grad_of) -> Tensor:
         ctx.save_for_backward(features)
         ctx.grad_of = grad_of
         return features.new_zeros((), dtype=torch.float32)
 
     @staticmethod
-    def backward(ctx, _one: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, _one: Tensor) -> tuple[Tensor, None]:
         (features,) = ctx.saved_tensors
         return ctx.grad_of(features.detach()), None
 

@@ -42,6 +42,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Preprocess(nn.Module):
     """RGB in [0, 1] -> what the weights were trained on: ``(x - shift) * scale``, BGR for Caffe."""
 
+    shift: Tensor  # buffers (register_buffer)
+    scale: Tensor
+
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind

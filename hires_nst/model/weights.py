@@ -158,7 +158,8 @@ def _random(backbone: str) -> VGGWeights:
         for module in body.modules():
             if isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                torch.nn.init.zeros_(module.bias)
+                if module.bias is not None:  # VGG's convolutions all have one
+                    torch.nn.init.zeros_(module.bias)
     state = {k: v.detach().clone() for k, v in body.state_dict().items()}
     return VGGWeights(state, "torchvision", f"random {DISPLAY[backbone]} (untrained, torchvision init)")
 
