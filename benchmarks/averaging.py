@@ -99,8 +99,8 @@ def measure(name: str, content: Path, style: Path, optimizer: str, args: argpars
     rows = []
     for label, image in shown.items():
         losses = {k: float(v) for k, v in objective.loss(image).items()}
-        images.save_image(args.out / f"{name.replace('/', '-')}-{optimizer}-{label.split(' (')[0].replace(' ', '')}.png",
-                          images.to_array(image))
+        short = label.split(' (')[0].replace(' ', '')
+        images.save_image(args.out / f"{name.replace('/', '-')}-{optimizer}-{short}.png", images.to_array(image))
         rows.append((name, optimizer, label, losses["total"], losses["content"], losses["style"],
                      1e3 * laplacian_energy(image), 1e3 * float(tv_loss(image))))
     print(f"# {name} {optimizer}: {args.iterations} iterations at {tuple(start.shape[-2:])} in {seconds:.0f}s; "

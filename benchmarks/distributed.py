@@ -122,7 +122,8 @@ def cpu_section(args: argparse.Namespace) -> tuple[list[dict], Costs | None]:
     for size in args.sizes:
         torch.set_num_threads(cores)
         rows.append(one_rank(size, torch.device("cpu"), args.precision, args.iterations))
-        row = ranks.launch(on_ranks, [torch.device("cpu")] * cores, (size, args.precision, args.iterations, costs is None),
+        row = ranks.launch(on_ranks, [torch.device("cpu")] * cores,
+                           (size, args.precision, args.iterations, costs is None),
                            (size, args.precision, args.iterations, costs is None))
         if "calibration" in row:
             costs = Costs.from_floats(row.pop("calibration"))

@@ -116,7 +116,7 @@ def run_stage(run: Run, network: torch.nn.Module, precision: Precision, device: 
     row["tiles"] = len(getattr(stage.objective, "tiles", [None]))
     for _ in range(warmup):  # cuDNN picks its algorithms
         stage.stepper.step()
-    row["s_per_it"] = round(_timed(lambda: stage.stepper.step(), iterations, device), 4)
+    row["s_per_it"] = round(_timed(stage.stepper.step, iterations, device), 4)
     with HostCounter() as counter:
         stage.stepper.step()
     _synchronize(device)

@@ -94,7 +94,8 @@ def main() -> None:
         f", {args.regions} regions" if args.regions else "")
     print(f"bf16, L-BFGS (device), default layers, {settings}; budget = (card - {CONTEXT_GIB:g} GiB) x "
           f"{MEMORY_MARGIN['cuda']}")
-    header = "| size | card GiB | budget GiB | pairs | plan | estimated GiB | fake-measured GiB | est/meas | ops/it | syncs/it |"
+    header = ("| size | card GiB | budget GiB | pairs | plan | estimated GiB | fake-measured GiB | est/meas "
+              "| ops/it | syncs/it |")
     if cuda:
         header += " CUDA max_allocated GiB | s/it |"
     print(header)

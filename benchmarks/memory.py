@@ -157,7 +157,8 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'size':>11} {'mode':>9} {'tiles':>5} {'peak RSS MB':>11} {'CUDA MB':>8} {'s/iter':>8} {'t ratio':>7} {'m ratio':>7}"
+    head = (f"{'size':>11} {'mode':>9} {'tiles':>5} {'peak RSS MB':>11} {'CUDA MB':>8} {'s/iter':>8} "
+            f"{'t ratio':>7} {'m ratio':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r.get('width', r['size'])}x{r.get('height', '')}".rstrip("x")
@@ -201,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             row = run_one(args, size, tile)
             rows.append(row)
-            print(f"{size} {row['mode']}: {row.get('error') or str(row['peak_rss_mb']) + ' MB, ' + str(row['seconds_per_iteration']) + ' s'}",
-                  file=sys.stderr, flush=True)
+            done = row.get("error") or f"{row['peak_rss_mb']} MB, {row['seconds_per_iteration']} s"
+            print(f"{size} {row['mode']}: {done}", file=sys.stderr, flush=True)
     rows = with_ratios(rows)
     print(table(rows))
     args.json.write_text(json.dumps({"device": args.device, "rows": rows}, indent=2) + "\n")

@@ -175,7 +175,10 @@ def table(rows: list[dict], configs: list[str]) -> str:
     common = set.intersection(*({r["pair"] for r in rows if r["config"] == c} for c in configs))
     for name in configs:
         mine = [r for r in rows if r["config"] == name and r["pair"] in common]
-        mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
+
+        def mean(key: str, mine: list[dict] = mine) -> float:
+            return sum(r[key] for r in mine) / len(mine)
+
         lines.append(f"| mean of {len(common)} | {name} | {mean('content'):.3f} | {mean('style'):.4f} | "
                      f"{mean('ssim'):.3f} | {mean('patch'):.4f} | {mean('seconds'):.0f} |")
     return "\n".join(lines)
@@ -200,7 +203,8 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
-    rows, cells, captions = run(pairs, configs, args.size, args.iterations, Path(args.out_dir) if args.out_dir else None)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    rows, cells, captions = run(pairs, configs, args.size, args.iterations, out_dir)
     print(table(rows, configs))
     if args.sheet:
         images.save_image(args.sheet, grid_sheet(cells, captions, cell_height=args.size * 3 // 4))

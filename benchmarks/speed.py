@@ -128,7 +128,8 @@ def measure(size: int, args: argparse.Namespace, variants: list) -> list[dict]:
         objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
-    rows = {label: {"size": size, "label": label, "precision": name, "mode": "untiled" if tile is None else f"tile {tile}",
+    rows = {label: {"size": size, "label": label, "precision": name,
+                    "mode": "untiled" if tile is None else f"tile {tile}",
                     "tiles": len(o.tiles) if isinstance(o, TiledObjective) else 1, "seconds": [], "cpu_seconds": []}
             for label, name, tile, o in built}
 
@@ -265,7 +266,8 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
 
     result = render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), out, config, restart=True), sink)
     rows.append({"stage": "all", "size": f"{result.width}x{result.height}", "seconds": round(result.seconds, 2),
-                 "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None})
+                 "peak_gpu_gb": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                                 if device.type == "cuda" else None)})
     return rows
 
 
@@ -337,7 +339,8 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     torch.backends.cudnn.benchmark = device.type == "cuda"
     precision = resolve_precision("auto", [device])
     weights = settings_weights(args.losses.split(",")[0])
-    net = precision.prepare(VGGFeatures(load_weights(args.weights), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
+    network = VGGFeatures(load_weights(args.weights), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
+    net = precision.prepare(network.to(device))
     g = torch.Generator().manual_seed(0)
     content, style = (torch.rand(1, 3, size, size, generator=g).to(device) for _ in range(2))
     objective = Objective(net, make_targets(net, content, [style], (), weights, precision), weights, precision)
@@ -405,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         if cuda:
             off = run_size(argparse.Namespace(**{**vars(args), "cudnn_off": True}), size, "wins")
             wins += [{**r, "label": r["label"] + ", cudnn.benchmark off"} for r in off]
-        result["wins"] = measured(wins, "fp32 NCHW") + measured(run_size(args, size, "sync"), "adam, losses read every 1")
+        result["wins"] = (measured(wins, "fp32 NCHW")
+                          + measured(run_size(args, size, "sync"), "adam, losses read every 1"))
         print(table(f"cheap wins at {size} px", result["wins"], ITERATION_KEYS))
     if args.quality:
         result["quality"] = quality(args)

@@ -201,10 +201,11 @@ def accuracy(examples: Path, counts: list[int]) -> list[dict]:
 
 def print_accuracy(rows: list[dict]) -> None:
     print("\n## accuracy: worst case over 3 images x 3 sizes x 5 layers, against float64 eigh")
-    print(f"{'method':<14} {'dtype':<8} {'iter':>4}  {'loss rel':>9} {'tr rel':>9} {'grad rel':>9} {'min cos':>10}  worst cosine at")
+    print(f"{'method':<14} {'dtype':<8} {'iter':>4}  {'loss rel':>9} {'tr rel':>9} {'grad rel':>9} {'min cos':>10}  "
+          "worst cosine at")
     for r in rows:
-        print(f"{r['method']:<14} {r['dtype']:<8} {r['iterations']!s:>4}  {r['loss_rel_err']:9.1e} {r['cross_rel_err']:9.1e} "
-              f"{r['grad_rel_err']:9.1e} {r['min_cosine']:10.6f}  {r['worst']}")
+        print(f"{r['method']:<14} {r['dtype']:<8} {r['iterations']!s:>4}  {r['loss_rel_err']:9.1e} "
+              f"{r['cross_rel_err']:9.1e} {r['grad_rel_err']:9.1e} {r['min_cosine']:10.6f}  {r['worst']}")
 
 
 # --------------------------------------------------------------------------- times
@@ -224,14 +225,15 @@ def times(device, repeats: int) -> list[dict]:
         a = torch.randn(channels, 2 * channels, generator=g, dtype=torch.float64)
         spd = (a @ a.T / channels + 1e-3 * torch.eye(channels, dtype=torch.float64)).to(device)
         rows.append({"C": channels, "device": str(device),
-                     "eigh_ms": 1e3 * best_of(lambda: torch.linalg.eigh(spd), repeats, sync, clock),
-                     "newton_schulz_ms": 1e3 * best_of(lambda: losses.newton_schulz(spd), repeats, sync, clock),
-                     "matmul_ms": 1e3 * best_of(lambda: spd @ spd, repeats, sync, clock)})
+                     "eigh_ms": 1e3 * best_of(lambda spd=spd: torch.linalg.eigh(spd), repeats, sync, clock),
+                     "newton_schulz_ms": 1e3 * best_of(lambda spd=spd: losses.newton_schulz(spd), repeats, sync, clock),
+                     "matmul_ms": 1e3 * best_of(lambda spd=spd: spd @ spd, repeats, sync, clock)})
     return rows
 
 
 def print_times(rows: list[dict], iterations: int) -> None:
-    print(f"\n## one call, float64 ({rows[0]['device']}): eigh vs Newton-Schulz ({iterations} iterations, {3 * iterations - 1} matmuls)")
+    print(f"\n## one call, float64 ({rows[0]['device']}): eigh vs Newton-Schulz ({iterations} iterations, "
+          f"{3 * iterations - 1} matmuls)")
     print(f"{'C':>4} {'eigh ms':>9} {'NS ms':>9} {'matmul ms':>10} {'NS/eigh':>8}")
     for r in rows:
         print(f"{r['C']:>4} {r['eigh_ms']:9.2f} {r['newton_schulz_ms']:9.2f} {r['matmul_ms']:10.3f} "

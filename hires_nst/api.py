@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -25,7 +25,7 @@ from hires_nst.config.settings import named_layer
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Event, null_sink, tee
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 OUTPUT_NAME = "stylized.png"
 
 
@@ -50,7 +50,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
 
     if callback is not None and not callable(callback):  # before any work: not at the first event
         raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")
-    style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+    style_list = list(styles) if isinstance(styles, (list, tuple)) else [cast(ImageLike, styles)]  # one image
     # Settings checked before any file is written; work_dir is a parameter of its own.
     keywords = {name: list(value) if isinstance(value, tuple) else value for name, value in settings.items()}
     config = resolve_with_preset(preset, ("stylize()", named_layer(keywords, "stylize()", taken=("work_dir",))))

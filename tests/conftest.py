@@ -34,7 +34,7 @@ def paper_loss_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest
     if request.node.get_closest_marker("default_loss"):
         return
     names = [f.name for f in dataclasses.fields(LossConfig)]
-    defaults = dict(zip(names, LossConfig.__init__.__defaults__))  # every field has a default
+    defaults = dict(zip(names, LossConfig.__init__.__defaults__, strict=True))  # every field has a default
     monkeypatch.setattr(LossConfig.__init__, "__defaults__", tuple({**defaults, **PAPER_LOSS}[n] for n in names))
 
 

@@ -62,12 +62,13 @@ def run_task(job: BatchJob, reporter: Any, resources: TaskResources, marker: tup
 
     from hires_nst.batch.job import Outcome, run_job
 
-    where = {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()[:12],
-             "pid": os.getpid(), "device": _device_name(ray, resources)}
+    node, device = socket.gethostname(), _device_name(ray, resources)
+    where = {"node": node, "node_id": ray.get_runtime_context().get_node_id()[:12], "pid": os.getpid(),
+             "device": device}
     reporter.report.remote("started", job.name, where)
-    missing = _unshared(marker, where["node"])
+    missing = _unshared(marker, node)
     if missing:
-        return Outcome(job.name, "failed", error=missing, device=where["device"])
+        return Outcome(job.name, "failed", error=missing, device=device)
     if resources.device == "cpu":
         torch.set_num_threads(resources.num_cpus)
     return run_job(_placed(job, resources), False, Relay(job.name, reporter))

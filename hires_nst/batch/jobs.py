@@ -146,7 +146,7 @@ class _Reader:
         cols = [(style, combo) for style in styles for combo in combos]
         col_labels = [" ".join(["+".join(s.stem for s in style), *_combo_labels(vary, combo)]) for style, combo in cols]
         for row, content in enumerate(contents):
-            for col, ((style, combo), label) in enumerate(zip(cols, col_labels)):
+            for col, ((style, combo), label) in enumerate(zip(cols, col_labels, strict=True)):
                 name = self._name(None, f"{grid}-{content.stem}-{label.replace(' ', '-')}", where)
                 cell_layer = (f"{where} vary", _vary_layer(vary, combo))
                 self._add(name, content, style, [*layers, cell_layer], None, f"{grid}/{name[len(grid) + 1:]}", where,
@@ -319,13 +319,13 @@ def _vary(table: Mapping[str, Any], where: str) -> list[tuple[tuple[str, str], l
 
 def _vary_layer(vary: Sequence[tuple[tuple[str, str], list[Any]]], combo: Sequence[Any]) -> dict[str, Any]:
     layer: dict[str, dict[str, Any]] = {}
-    for ((section, key), _), value in zip(vary, combo):
+    for ((section, key), _), value in zip(vary, combo, strict=True):
         layer.setdefault(section, {})[key] = value
     return layer
 
 
 def _combo_labels(vary: Sequence[tuple[tuple[str, str], list[Any]]], combo: Sequence[Any]) -> list[str]:
-    return [f"{key}={_short(value)}" for ((_, key), _), value in zip(vary, combo)]
+    return [f"{key}={_short(value)}" for ((_, key), _), value in zip(vary, combo, strict=True)]
 
 
 def _short(value: Any) -> str:

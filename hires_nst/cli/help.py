@@ -9,7 +9,7 @@ theirs on their field.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
@@ -41,7 +41,13 @@ def help_with_default(text: str, shown: str | None) -> str:
     return f"{text} [dim]\\[default: {escape(shown)}][/dim]" if shown is not None else text
 
 
-class _PlainTypes:
+if TYPE_CHECKING:  # the mixin is only ever put before a typer command or group
+    _Command = TyperCommand
+else:
+    _Command = object
+
+
+class _PlainTypes(_Command):
     """Help without typer's internal type labels (``<path>``, ``<list[Path]>``, ``<bool>``): options
     show their metavar (set on each), arguments and ``--help`` nothing, since their name says it."""
 
@@ -61,7 +67,7 @@ class _PlainTypes:
 
 
 def _hide_type(param: Any) -> None:
-    param.display_type_rich = lambda ctx: None  # type: ignore[attr-defined]  # read by typer's rich help
+    param.display_type_rich = lambda ctx: None  # read by typer's rich help
 
 
 class PlainCommand(_PlainTypes, TyperCommand):

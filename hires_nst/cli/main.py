@@ -113,7 +113,8 @@ def render(
         config = resolve_with_preset(preset, ("command line", named_layer(given_settings(settings), "command line")))
         job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
                         resume_command=resume_command(ctx))
-        with sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink, live_page(port if web else None, host, say_line) as page:
+        with (sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink,
+              live_page(port if web else None, host, say_line) as page):
             result = run_render(job, tee(sink, page))
         if not quiet:
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
@@ -190,7 +191,8 @@ def info() -> None:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     cached = sorted(p.name for pattern in ("vgg19*.pth", "vgg16*.pth", "resnet50*.pth")
                     for p in hub.glob(pattern)) if hub.is_dir() else []
-    console.print(f"weights torchvision: {'cached ' + ', '.join(cached) if cached else 'not cached (downloads on first use)'}")
+    torchvision_weights = "cached " + ", ".join(cached) if cached else "not cached (downloads on first use)"
+    console.print(f"weights torchvision: {torchvision_weights}")
     console.print(f"torch hub cache: {hub} (TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')})")
 
 

@@ -7,6 +7,7 @@ VGG layers are ``convB_C`` (``reluB_C`` is the same tensor); ResNet-50's are des
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hires_nst.errors import ConfigError
@@ -89,7 +90,7 @@ class Backbone:
     def min_side(self, layers: Iterable[str]) -> int:
         """Smallest input side that leaves every one of ``layers`` at least one pixel: VGG's 2x2
         poolings floor a 1-pixel map to nothing ("Output size is too small")."""
-        return 2 ** max((self.info(n).depth for n in layers), default=0)
+        return int(2 ** max((self.info(n).depth for n in layers), default=0))
 
 
 def _vgg(arch: str) -> Backbone:
@@ -100,7 +101,7 @@ def _vgg(arch: str) -> Backbone:
 
 def _resnet50() -> Backbone:
     layers = [LayerInfo("stem", 64, 1)]
-    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS), 1):
+    for stage, (blocks, channels) in enumerate(zip(RESNET_BLOCKS, RESNET_CHANNELS, strict=True), 1):
         for block in range(1, blocks):
             layers.append(LayerInfo(f"layer{stage}_{block}", channels, stage + 1))
         layers.append(LayerInfo(f"layer{stage}", channels, stage + 1, (f"layer{stage}_{blocks}",)))

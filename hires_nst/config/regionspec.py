@@ -105,7 +105,7 @@ def parse_regions(mask: str, regions: Sequence[str]) -> list[RegionSpec]:
 
 
 def hex_colour(colour: Colour) -> str:
-    return "#%02x%02x%02x" % colour
+    return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
 def style_index(spec: RegionSpec, paintings: Sequence[Path]) -> int:

@@ -64,8 +64,8 @@ def stage_long_sides(min_size: int, max_size: int, factor: float) -> list[int]:
     if len(sides) + 1 > MAX_STAGES:
         needed = (max_size / min_size) ** (1 / (MAX_STAGES - 1))
         raise ConfigError(f"--scale-factor {factor:g} makes {len(sides) + 1} stages from {min_size} to {max_size} px; "
-                          f"at most {MAX_STAGES} are allowed: use a --scale-factor of {math.ceil(needed * 100) / 100:g} "
-                          "or more")
+                          f"at most {MAX_STAGES} are allowed: use a --scale-factor of "
+                          f"{math.ceil(needed * 100) / 100:g} or more")
     return sides + [max_size]
 
 

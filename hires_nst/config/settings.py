@@ -51,8 +51,8 @@ from hires_nst.errors import ConfigError
 # Starry Night (default weights and layers, from the content image): each is the lowest final loss
 # after 60 iterations at 128 px of a grid in ~3x steps (also checked at 64 px, 30 iterations).
 # SGD and Adadelta see the gradient times the pixel count (optimize.PIXEL_SCALED).
-DEFAULT_LR = {"lbfgs": 1.0, "lbfgs-torch": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05, "adadelta": 3.0,
-              "rmsprop": 0.005}
+DEFAULT_LR = {"lbfgs": 1.0, "lbfgs-torch": 1.0, "adam": 0.02, "adamw": 0.02, "sgd": 3e-4, "adagrad": 0.05,
+              "adadelta": 3.0, "rmsprop": 0.005}
 VIDEO_SUFFIXES = (".gif", ".webm", ".mp4")
 # --format value -> file extension.
 OUTPUT_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif", "jpg": ".jpg", "jpeg": ".jpg"}
@@ -392,7 +392,8 @@ def _option(section: str, key: str) -> Option:
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
     known = {f.name for f in fields(SECTIONS[section])}
     if key not in known:
-        raise ConfigError(f"{source}: unknown setting {section}.{key}; known in [{section}]: {', '.join(sorted(known))}")
+        raise ConfigError(f"{source}: unknown setting {section}.{key}; "
+                          f"known in [{section}]: {', '.join(sorted(known))}")
     kind = get_type_hints(SECTIONS[section])[key]
     where = f"{source}: {section}.{key} ({flag_of(section, key)})"
     if _option(section, key).whole and isinstance(value, str):

@@ -15,6 +15,7 @@ the pooling grid (``align``), as in ``tiles``, so the result is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from hires_nst.core.tiles import Rect, Tile, plan_tiles, round_up
 
@@ -70,8 +71,8 @@ def balanced_cuts(length: int, parts: int, halo: int, align: int) -> list[int]:
 def _grid(width: int, height: int, columns: int, rows: int, halo: int, align: int) -> list[Band]:
     xs, ys = balanced_cuts(width, columns, halo, align), balanced_cuts(height, rows, halo, align)
     bands = []
-    for top, bottom in zip(ys, ys[1:]):
-        for left, right in zip(xs, xs[1:]):
+    for top, bottom in pairwise(ys):
+        for left, right in pairwise(xs):
             rect = Rect(left, top, right, bottom)
             bounds = Rect(max(0, left - halo), max(0, top - halo), min(width, right + halo), min(height, bottom + halo))
             bands.append(Band(rect, bounds))
@@ -87,12 +88,13 @@ def plan_bands(width: int, height: int, ranks: int, halo: int, align: int = 16) 
     """
     halo = round_up(halo, align)
     best: list[Band] = []
+    best_key: tuple[int, int, int] | None = None
     for columns in range(1, ranks + 1):
         if ranks % columns:
             continue
         bands = _grid(width, height, columns, ranks // columns, halo, align)
         key = (-len(bands), max(b.window_pixels for b in bands), min(columns, ranks // columns))
-        if not best or key < best_key:
+        if best_key is None or key < best_key:
             best, best_key = bands, key
     return best
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 # RGB -> YIQ (NTSC), as in the reference code of Gatys et al. 2017.
@@ -41,21 +43,21 @@ def match_luminance(style_luma: np.ndarray, content_luma: np.ndarray) -> np.ndar
     """Shift and scale the style's luma to the content's mean and standard deviation."""
     s_mean, s_std = style_luma.mean(), style_luma.std()
     c_mean, c_std = content_luma.mean(), content_luma.std()
-    return (style_luma - s_mean) * (c_std / max(s_std, 1e-6)) + c_mean
+    return cast(np.ndarray, (style_luma - s_mean) * (c_std / max(s_std, 1e-6)) + c_mean)
 
 
 def with_chroma_of(result: np.ndarray, content: np.ndarray) -> np.ndarray:
     """The result's luma with the content's I/Q chroma (both (H, W, 3), same size)."""
     yiq = rgb_to_yiq(content)
     yiq[..., 0] = luminance(result)
-    return np.clip(yiq_to_rgb(yiq), 0.0, 1.0)
+    return cast(np.ndarray, np.clip(yiq_to_rgb(yiq), 0.0, 1.0))
 
 
 def _sym_sqrt(matrix: np.ndarray, inverse: bool = False) -> np.ndarray:
     values, vectors = np.linalg.eigh(matrix)
     values = np.clip(values, 1e-10, None)  # a flat channel must not divide by zero
     power = -0.5 if inverse else 0.5
-    return (vectors * values**power) @ vectors.T
+    return cast(np.ndarray, (vectors * values**power) @ vectors.T)
 
 
 def mean_and_covariance(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,4 +76,4 @@ def match_colors(style: np.ndarray, content: np.ndarray, clip: bool = True) -> n
     transform = _sym_sqrt(cov_c) @ _sym_sqrt(cov_s, inverse=True)
     pixels = (style.reshape(-1, 3).astype(np.float64) - mu_s) @ transform.T + mu_c
     out = pixels.reshape(style.shape).astype(np.float32)
-    return np.clip(out, 0.0, 1.0) if clip else out
+    return cast(np.ndarray, np.clip(out, 0.0, 1.0)) if clip else out

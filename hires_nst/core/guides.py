@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -101,8 +102,8 @@ def _check_unnamed(far: np.ndarray, total: int, colours: Sequence[Colour]) -> No
     for b in big[:6]:
         members = far[inverse.reshape(-1) == b]
         values, many = np.unique(members, axis=0, return_counts=True)
-        colour = tuple(int(v) for v in values[np.argmax(many)])
-        found.append(f"{hex_colour(colour)} ({100 * counts[b] / total:.1f}%)")
+        red, green, blue = (int(v) for v in values[np.argmax(many)])
+        found.append(f"{hex_colour((red, green, blue))} ({100 * counts[b] / total:.1f}%)")
     named = ", ".join(hex_colour(c) for c in colours)
     raise ConfigError(f"the --mask has colours that match no --region: {', '.join(found)}"
                       f"{' and more' if len(big) > 6 else ''}; the regions name {named} (give each colour a "
@@ -155,32 +156,37 @@ class _GuidedGramSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, guide: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, flat: Tensor, guide: Tensor) -> Tensor:
         ctx.save_for_backward(flat, guide)
         channels = flat.shape[0]
-        total = flat.new_zeros((guide.shape[0], channels, channels), dtype=torch.promote_types(flat.dtype, torch.float32))
-        for part, weights in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1)):
+        total = flat.new_zeros((guide.shape[0], channels, channels),
+                               dtype=torch.promote_types(flat.dtype, torch.float32))
+        for part, weights in zip(torch.split(flat, WIDEN_CHUNK, dim=1), torch.split(guide, WIDEN_CHUNK, dim=1),
+                                 strict=True):
             wide = _wide(part)
             for r in range(guide.shape[0]):
                 total[r].addmm_(wide * weights[r].to(wide.dtype), wide.T)
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         flat, guide = ctx.saved_tensors
         factor = grad + grad.transpose(-2, -1)
         out = torch.empty_like(flat)
-        for part, weights, into in zip(flat.split(WIDEN_CHUNK, dim=1), guide.split(WIDEN_CHUNK, dim=1),
-                                       out.split(WIDEN_CHUNK, dim=1)):
+        for part, weights, into in zip(torch.split(flat, WIDEN_CHUNK, dim=1), torch.split(guide, WIDEN_CHUNK, dim=1),
+                                       torch.split(out, WIDEN_CHUNK, dim=1), strict=True):
             wide = _wide(part)
-            into.copy_(sum(weights[r].to(wide.dtype) * (factor[r].to(wide.dtype) @ wide) for r in range(len(weights))))
+            # at least one region, so the sum is a tensor
+            into.copy_(cast(Tensor, sum(weights[r].to(wide.dtype) * (factor[r].to(wide.dtype) @ wide)
+                                        for r in range(len(weights)))))
         return out, None
 
 
 def guided_gram_sum(features: Tensor, guide: Tensor) -> Tensor:
     """(1, C, h, w) features and (R, h, w) guide -> (R, C, C) guided Gram sums, fp32 or wider."""
     _, channels, height, width = features.shape
-    return _GuidedGramSum.apply(features.reshape(channels, height * width), guide.reshape(guide.shape[0], -1))
+    return cast(Tensor, _GuidedGramSum.apply(features.reshape(channels, height * width),
+                                             guide.reshape(guide.shape[0], -1)))
 
 
 def guided_feature_sum(features: Tensor, guide: Tensor) -> Tensor:

@@ -31,9 +31,13 @@ accepted point (rounding, or pairs made stale by the bounds) is replaced by that
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 CURVATURE_EPS = 1e-10  # torch.optim.LBFGS' test for keeping a pair
 ARMIJO = 1e-4  # the usual sufficient-decrease constant (Nocedal & Wright, 3.1)
@@ -49,7 +53,7 @@ class DeviceLBFGS(torch.optim.Optimizer):
     ``state[param]["accepted"]`` (a 0-d bool tensor) says whether the point just evaluated was taken.
     """
 
-    def __init__(self, params, lr: float = 1.0, history_size: int = 100,
+    def __init__(self, params: ParamsT, lr: float = 1.0, history_size: int = 100,
                  bounds: tuple[float, float] | None = None) -> None:
         if history_size < 1:
             raise ValueError(f"history_size must be >= 1, got {history_size}")
@@ -85,14 +89,15 @@ class DeviceLBFGS(torch.optim.Optimizer):
         """The accepted point (the lowest loss evaluated), shaped like the parameter; before the
         first step, the parameter itself."""
         state = self.state[self._param]
-        return state["point"].view_as(self._param) if state else self._param.detach()
+        image: Tensor = state["point"].view_as(self._param) if state else self._param.detach()
+        return image
 
 
 def _first_scale(grad: Tensor, lr: float) -> Tensor:
     return torch.clamp(grad.abs().sum().reciprocal(), max=1.0) * lr
 
 
-def _init_state(state: dict, point: Tensor, grad: Tensor, loss: Tensor, history: int) -> None:
+def _init_state(state: dict[str, Any], point: Tensor, grad: Tensor, loss: Tensor, history: int) -> None:
     """The first point is accepted; zeroed ring buffers (an empty slot has s = y = 0, rho = 0)."""
     n = grad.numel()
     state["S"] = grad.new_zeros((history, n))  # steps s_i
@@ -106,7 +111,7 @@ def _init_state(state: dict, point: Tensor, grad: Tensor, loss: Tensor, history:
     state["pairs"] = 0  # slots written so far (a host count, never read from the device)
 
 
-def _judge(state: dict, point: Tensor, grad: Tensor, loss: Tensor, lr: float) -> tuple[Tensor, Tensor]:
+def _judge(state: dict[str, Any], point: Tensor, grad: Tensor, loss: Tensor, lr: float) -> tuple[Tensor, Tensor]:
     """Accept or reject the candidate ``point``; the next direction and step scale (device tensors)."""
     loss = loss.detach().to(grad.dtype)
     step = point - state["point"]  # the move the image really made, after the bounds
@@ -126,7 +131,7 @@ def _judge(state: dict, point: Tensor, grad: Tensor, loss: Tensor, lr: float) ->
     return direction, torch.where(accept, torch.full_like(shrunk, lr), shrunk)
 
 
-def _remember_pair(state: dict, s: Tensor, y: Tensor, accept: Tensor) -> None:
+def _remember_pair(state: dict[str, Any], s: Tensor, y: Tensor, accept: Tensor) -> None:
     """Store the pair in the next ring slot; zeros if the step was rejected or fails the curvature test."""
     S, Y, SY, rho = state["S"], state["Y"], state["SY"], state["rho"]
     slot = state["pairs"] % S.shape[0]
@@ -142,7 +147,7 @@ def _remember_pair(state: dict, s: Tensor, y: Tensor, accept: Tensor) -> None:
     state["pairs"] += 1
 
 
-def _direction(state: dict, grad: Tensor) -> Tensor:
+def _direction(state: dict[str, Any], grad: Tensor) -> Tensor:
     """The two-loop recursion's ``-H g`` without its loops (i runs oldest -> newest below).
 
     Loop 1 (newest first): ``a_i = rho_i s_i.(q0 - sum_{j>i} a_j y_j)`` with ``q0 = -g``, i.e.

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -56,25 +58,26 @@ class _GramSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, low: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, flat: Tensor, low: bool) -> Tensor:
         ctx.save_for_backward(flat)
         ctx.low = low
         if low:
             return torch.mm(flat, flat.T, out_dtype=torch.float32)
         total = None
-        for part in flat.split(WIDEN_CHUNK, dim=1):
+        for part in torch.split(flat, WIDEN_CHUNK, dim=1):
             wide = _wide(part)
             total = wide @ wide.T if total is None else total.addmm_(wide, wide.T)
+        assert total is not None  # split gives at least one part, empty or not
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (flat,) = ctx.saved_tensors
         factor = grad + grad.T  # (C, C), float32 or wider
         if ctx.low:  # (F^T factor)^T: the factor is symmetric, and the result keeps F's layout
             return torch.mm(flat.T, factor.to(flat.dtype)).T, None
         out = torch.empty_like(flat)
-        for part, into in zip(flat.split(WIDEN_CHUNK, dim=1), out.split(WIDEN_CHUNK, dim=1)):
+        for part, into in zip(torch.split(flat, WIDEN_CHUNK, dim=1), torch.split(out, WIDEN_CHUNK, dim=1), strict=True):
             into.copy_(factor.to(torch.promote_types(factor.dtype, part.dtype)) @ _wide(part))
         return out, None
 
@@ -89,7 +92,7 @@ def gram_sum(features: Tensor, low_precision_products: bool = False) -> Tensor:
         raise ValueError(f"gram needs one feature map (1, C, H, W), got shape {tuple(features.shape)}")
     _, channels, height, width = features.shape
     low = low_precision_products and features.dtype in (torch.bfloat16, torch.float16)
-    return _GramSum.apply(features.reshape(channels, height * width), low)
+    return cast(Tensor, _GramSum.apply(features.reshape(channels, height * width), low))
 
 
 def feature_sum(features: Tensor) -> Tensor:
@@ -127,7 +130,9 @@ def blend_grams(per_style: Sequence[Mapping[str, Tensor]], weights: Sequence[flo
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"blend weights must be >= 0 with a positive sum, got {list(weights)}")
     layers = per_style[0].keys()
-    return {name: sum((w / total) * grams[name] for grams, w in zip(per_style, weights)) for name in layers}
+    # sum() starts from 0, but there is at least one style: each value is a tensor
+    return {name: cast(Tensor, sum((w / total) * grams[name] for grams, w in zip(per_style, weights, strict=True)))
+            for name in layers}
 
 
 @contextmanager
@@ -148,7 +153,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     with _one_cpu_thread(matrix.device):
-        return torch.linalg.eigh((matrix + matrix.mT) / 2)
+        values, vectors = torch.linalg.eigh((matrix + matrix.mT) / 2)
+        return values, vectors
 
 
 # ---------------------------------------------------------------- square roots: eigh or matmuls
@@ -224,9 +230,8 @@ def newton_schulz(matrix: Tensor, iterations: int | None = None, floor: float | 
     ``iterations`` and ``floor`` default to ``NS_ITERATIONS`` and ``NS_FLOOR`` (``floor`` 1: the
     unscaled iteration).
     """
-    for y, z, norm in _ns_steps(matrix, NS_ITERATIONS if iterations is None else iterations,
-                                NS_FLOOR if floor is None else floor):
-        pass  # only the last iterates are kept
+    steps = _ns_steps(matrix, NS_ITERATIONS if iterations is None else iterations, NS_FLOOR if floor is None else floor)
+    y, z, norm = deque(steps, maxlen=1).pop()  # only the last iterates are kept
     root_norm = norm.sqrt()
     return y * root_norm, z / root_norm
 
@@ -257,8 +262,7 @@ class _TraceSqrt(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, between: Tensor | None, floor: float,  # type: ignore[override]
-                method: str) -> Tensor:
+    def forward(ctx: Any, matrix: Tensor, between: Tensor | None, floor: float, method: str) -> Tensor:
         product = matrix if between is None else between @ matrix @ between
         ctx.method, ctx.has_between = method, between is not None
         outer = () if between is None else (between,)
@@ -272,7 +276,7 @@ class _TraceSqrt(torch.autograd.Function):
         return root.diagonal(dim1=-2, dim2=-1).sum(-1)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         saved = ctx.saved_tensors
         between = saved[-1] if ctx.has_between else None
         if ctx.method == "eigh":
@@ -289,7 +293,7 @@ class _TraceSqrt(torch.autograd.Function):
 def trace_sqrt(matrix: Tensor, floor: float = 1e-30, between: Tensor | None = None) -> Tensor:
     """``tr(M^(1/2))`` per matrix of (..., C, C), differentiable (``_TraceSqrt``), by ``sqrt_method``;
     with ``between`` (a symmetric (..., C, C) constant, no gradient) ``tr((B M B)^(1/2))``."""
-    return _TraceSqrt.apply(matrix, between, floor, sqrt_method(matrix.device))
+    return cast(Tensor, _TraceSqrt.apply(matrix, between, floor, sqrt_method(matrix.device)))
 
 
 def matrix_sqrt(matrix: Tensor) -> Tensor:

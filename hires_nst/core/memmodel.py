@@ -201,7 +201,7 @@ def estimate(width: int, height: int, tile: int | None = None, halo: int = 0, al
     pixels = width * height
     per_pixel = coefficients.per_pixel + state_bytes_per_pixel(optimizer, pixels, average) + REGION_BYTES * regions
     window_pixels = window[0] if window is not None else 0
-    extra = statistics_bytes(layers, style_loss, regions)
+    extra: float = statistics_bytes(layers, style_loss, regions)
     if regions:
         tiled = window is not None
         extra += GUIDED_COPIES[(kind, tiled)] * guided_bytes(window_pixels or pixels, layers, tiled)

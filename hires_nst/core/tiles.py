@@ -83,7 +83,8 @@ def _spans(length: int, size: int, halo: int, align: int) -> list[tuple[int, int
     if len(starts) > 1 and length - starts[-1] < align:
         starts.pop()
     stops = starts[1:] + [length]
-    return [(start, stop, max(0, start - halo), min(length, stop + halo)) for start, stop in zip(starts, stops)]
+    return [(start, stop, max(0, start - halo), min(length, stop + halo))
+            for start, stop in zip(starts, stops, strict=True)]
 
 
 def plan_tiles(width: int, height: int, tile_size: int, halo: int, align: int = 16) -> list[Tile]:
@@ -109,7 +110,7 @@ def plan_tiles(width: int, height: int, tile_size: int, halo: int, align: int = 
 
 def align_for(layers: Iterable[str]) -> int:
     """Core offsets must be multiples of this: 2**(poolings before the deepest layer)."""
-    return 2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers)
+    return int(2 ** max(POOLS_BEFORE[canonical_layer(n)] for n in layers))
 
 
 def required_halo(layers: Iterable[str], block_sizes: Sequence[int] = BLOCK_SIZES) -> int:

@@ -15,6 +15,7 @@ all ranks and gathered (costs, tile sides) or the same everywhere (sizes, halo).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ class Costs:
         return cls(Line(v[0], v[1]), Line(v[2], v[3]), Line(v[4], v[5]), int(v[6]))
 
 
-def _best_of(runs: int, work: Callable[[], None], device: torch.device) -> float:
+def _best_of(runs: int, work: Callable[[], object], device: torch.device) -> float:
     best = float("inf")
     for _ in range(runs + 1):  # the first run warms up (cuDNN autotuning, oneDNN primitives)
         if device.type == "cuda":
@@ -111,13 +112,13 @@ def calibrate(world: World, placement: Placement, style_layers: Sequence[str]) -
     link = []
     for size in LINK_BYTES:
         payload = torch.zeros(size // 4, device=placement.main)
-        seconds = _best_of(2, lambda: all_gather(world, payload, "the calibration"), placement.main)
+        seconds = _best_of(2, functools.partial(all_gather, world, payload, "the calibration"), placement.main)
         link.append(((world.size - 1) * size, seconds))
     stats = 4 * sum(channels.get(n, 0) ** 2 for n in style_layers) + 64
     local = Costs(Line.through((small**2, f1), (large**2, f2)), Line.through((small**2, b1), (large**2, b2)),
                   Line.through(*link) if world.size > 1 else Line(0.0, 0.0), stats)
     rows = gather_floats(world, local.as_floats(), "the calibration")
-    return Costs.from_floats([max(column) for column in zip(*rows)])
+    return Costs.from_floats([max(column) for column in zip(*rows, strict=True)])
 
 
 def tiles_seconds(costs: Costs, windows: Sequence[int]) -> float:
@@ -140,7 +141,7 @@ def spread_seconds(costs: Costs, width: int, height: int, bands: Sequence[Band],
     """Every rank its band at once, then the two exchanges (ring all-reduce, all-gather of bounds)."""
     compute = max(tiles_seconds(costs, [t.window.width * t.window.height
                                         for t in band_tiles(band, width, height, tile, halo, align)])
-                  for band, tile in zip(bands, tiles))
+                  for band, tile in zip(bands, tiles, strict=True))
     padded = max(b.bounds.height for b in bands) * max(b.bounds.width for b in bands)
     stats = costs.link(2 * (ranks - 1) / ranks * costs.stats_bytes)
     gradient = costs.link((ranks - 1) * padded * BYTES_PER_GRADIENT_PIXEL)

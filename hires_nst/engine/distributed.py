@@ -34,6 +34,7 @@ from hires_nst.core.bands import BandPlan, band_tiles
 from hires_nst.core.tiles import Rect
 from hires_nst.engine.objective import LossTerms, Statistics, Targets, Weights, add_window, loss_terms
 from hires_nst.engine.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
+from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.runtime.placement import Precision
 from hires_nst.runtime.ranks import World, all_gather, all_reduce, broadcast, broadcast_object
 
@@ -46,7 +47,8 @@ def band_targets(targets: Targets, bounds: Rect) -> Targets:
     return dataclasses.replace(targets, content=content, guides=guides)
 
 
-def image_areas(width: int, height: int, layers: Sequence[str], targets: Targets | None = None) -> dict[str, int | Tensor]:
+def image_areas(width: int, height: int, layers: Sequence[str],
+                targets: Targets | None = None) -> dict[str, int | Tensor]:
     """Positions per layer of the whole image: what the cores' areas add up to over all ranks
     (a masked layer: its regions' guide masses, from the whole guide every rank holds)."""
     guides = targets.guides if targets is not None else {}
@@ -60,7 +62,7 @@ class BandObjective:
     Every rank must call it (and ``loss``) at the same points with the same image.
     """
 
-    def __init__(self, world: World, extractor: torch.nn.Module, targets: Targets, weights: Weights,
+    def __init__(self, world: World, extractor: FeatureExtractor, targets: Targets, weights: Weights,
                  plan: BandPlan, width: int, height: int, precision: Precision) -> None:
         self.world, self.plan, self.targets, self.weights = world, plan, targets, weights
         self.precision, self.loss_scale = precision, precision.loss_scale()
@@ -133,7 +135,8 @@ class BandObjective:
         padded = like.new_zeros((1, 3, height, width), dtype=torch.float32)
         padded[..., :part.shape[-2], :part.shape[-1]] = part
         grad = torch.zeros_like(like, dtype=torch.float32)
-        for band, got in zip(self.plan.bands, all_gather(self.world, padded, "the gradient all-gather")):
+        gathered = all_gather(self.world, padded, "the gradient all-gather")  # one per rank
+        for band, got in zip(self.plan.bands, gathered, strict=False):  # ranks past the last band have none
             bounds = band.bounds
             bounds.crop(grad).add_(got[..., :bounds.height, :bounds.width])
         return grad
@@ -163,7 +166,8 @@ class BandObjective:
 
     def __call__(self, image: Tensor) -> LossTerms:
         """Loss terms, with d(total)/d(image) written to ``image.grad``; the same on every rank."""
-        crop, kept, factors = self._crop(image), None, {}
+        crop, kept = self._crop(image), None
+        factors: dict[str, StyleFactor] = {}
         if self.one_window:
             with torch.enable_grad():
                 leaf = crop.clone().requires_grad_(True)

@@ -36,6 +36,7 @@ from hires_nst.core.tiles import TileGrid, align_for, required_halo
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.engine.optimize import Stepper
 from hires_nst.engine.tiling import make_objective
+from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.model.features import VGGFeatures
 from hires_nst.runtime.hostsync import HostCounter
 from hires_nst.runtime.placement import CHANNELS_LAST, Precision
@@ -62,7 +63,7 @@ class LiveBytes(TorchDispatchMode):
         self._what: dict[int, tuple[int, tuple[int, ...], torch.dtype, str]] = {}
         self.at_peak: list[tuple[int, tuple[int, ...], torch.dtype, str]] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, Tensor):
@@ -208,7 +209,8 @@ class BuiltStage:
     inputs: tuple[Tensor, ...]
 
 
-def build_stage(scenario: Scenario, extractor: nn.Module, precision: Precision, device: torch.device) -> BuiltStage:
+def build_stage(scenario: Scenario, extractor: FeatureExtractor, precision: Precision,
+                device: torch.device) -> BuiltStage:
     """The stage as ``pyramid.run_stage`` builds it, from random images at the stage's size: the
     targets, the objective and the optimiser stepping it. The one builder of the fake measurement
     and of the real runs on a GPU (benchmarks/gpu_model.py, benchmarks/gpu_check.py)."""
@@ -345,7 +347,7 @@ def fit(precision: str, layer_set: str) -> tuple[tuple[int, float], tuple[int, f
         peak = _peak(w, h, None, precision, layers, history=None).peak
         points.append((w * h, peak - state_bytes_per_pixel("lbfgs", w * h) * w * h))
     untiled = (max(0, max(int(math.ceil(p - (slope - state) * px)) for px, p in points)), slope - state)
-    rows = []
+    rows: list[tuple[float, float, float, float]] = []
     for width, height, tile in FIT_TILED:
         got = _peak(width, height, tile, precision, layers)
         rows.append((width * height, got.window[0] * got.window[1], got.peak - state * width * height, 0.0))
@@ -413,8 +415,10 @@ def table_source() -> str:
             # bytes (the three tiled points are close to collinear) must not under-count huge images.
             per_pixel = max(tiled[1], floor.setdefault(precision, tiled[1]))
             tiled = (tiled[0], per_pixel, tiled[2])
-            lines.append(f'    ("{precision}", False, "{layer_set}"): Coefficients({untiled[0]}, {untiled[1]:.1f}, 0.0),')
-            lines.append(f'    ("{precision}", True, "{layer_set}"): Coefficients({tiled[0]}, {tiled[1]:.1f}, {tiled[2]:.1f}),')
+            lines.append(f'    ("{precision}", False, "{layer_set}"): '
+                         f'Coefficients({untiled[0]}, {untiled[1]:.1f}, 0.0),')
+            lines.append(f'    ("{precision}", True, "{layer_set}"): '
+                         f'Coefficients({tiled[0]}, {tiled[1]:.1f}, {tiled[2]:.1f}),')
     copies = {(precision, tiled): fit_guided(precision, tiled) for precision in ("fp32", "bf16")
               for tiled in (False, True)}
     lines.append(f"GUIDED_COPIES = {copies}")

@@ -223,8 +223,9 @@ def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tens
     ``gram``: each layer's relative squared Gram error. ``w2``: each layer's squared Wasserstein-2
     distance between Gaussian fits, relative to the target's ``E|f|^2`` (so that, like the Gram
     error, it is scale-free across layers and weight sources). With regions each region's
-    relative error (Gram or w2, from its own guided statistics) counts by its weight times its share of the layer's positions
-    (``Targets.region_scale``): one region over the whole image is the unmasked term.
+    relative error (Gram or w2, from its own guided statistics) counts by its weight times its share
+    of the layer's positions (``Targets.region_scale``): one region over the whole image is the
+    unmasked term.
     """
     t = targets
     grams = stats.grams()

@@ -92,7 +92,7 @@ def _read_back(terms: LossTerms, image: Tensor) -> tuple[dict[str, float], bool]
     """The loss terms and whether the image is finite, in ONE device-to-host read (one sync)."""
     flags = [v.detach().float() for v in terms.values()] + [torch.isfinite(image).all().float()]
     *values, finite = torch.stack(flags).tolist()
-    return dict(zip(terms, values)), bool(finite)
+    return dict(zip(terms, values, strict=True)), bool(finite)
 
 
 def _check_finite(values: dict[str, float], finite: bool, where: str) -> None:
@@ -208,7 +208,8 @@ class Stepper:
         return self.terms["total"]
 
     def step(self) -> None:
-        self.opt.step(self._closure)
+        # torch types a closure as returning a float; every optimiser takes the loss tensor (its own L-BFGS too)
+        self.opt.step(self._closure)  # type: ignore[arg-type]
         if isinstance(self.opt, DeviceLBFGS):
             self.best.offer(self.terms, better=self.opt.state[self.image]["accepted"])
         if self.optimizer not in CLAMP_IN_CLOSURE + PROJECTS_ITSELF:  # project the step onto [0, 1]
@@ -222,7 +223,8 @@ class Stepper:
         """The lowest-loss point evaluated so far (the start, before any step)."""
         if isinstance(self.opt, DeviceLBFGS):
             return self.opt.accepted_image()
-        return self.best.image if self.best.terms else self.image.detach()
+        best = self.best.image  # a buffer for every optimiser but ours
+        return best if best is not None and self.best.terms else self.image.detach()
 
     def result(self) -> Tensor:
         """What the stage hands on and writes: the average of the iterates if kept, else the best point."""

@@ -79,7 +79,8 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
     if animation is not None:
         animation.write()
     if config.output.save_stages:
-        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule], [f"{s.width}x{s.height}" for s in schedule])
+        sheet = contact_sheet([workdir.stage_image(s.index) for s in schedule],
+                              [f"{s.width}x{s.height}" for s in schedule])
         images.save_image(stage_sheet_path(output), sheet)
     workdir.set_status("finished", output=str(output))
     workdir.finish()
@@ -92,13 +93,15 @@ def write_outputs(output: Path, result: np.ndarray, record: dict[str, Any], conf
 def settings_record(job: RenderJob, extractor: FeatureExtractor, placement: Placement, schedule: list[Stage],
                     stage_losses: list[dict[str, float]], seconds: float, work_dir: Path, crop: Crop | None) -> dict:
     stages = [{"stage": s.index, "width": s.width, "height": s.height, "iterations": s.iterations,
-               "losses": losses} for s, losses in zip(schedule, stage_losses)]
+               "losses": losses} for s, losses in zip(schedule, stage_losses, strict=True)]
     output = output_path(job.output, job.config.output.format)  # the file written: "small" -> small.tif
     return {
         "content": str(job.content), "styles": [str(s) for s in job.styles], "output": str(output),
         "config": job.config.to_dict(), "lr_used": job.config.lr, "weights": extractor.source,
         "preprocessing": extractor.preprocessing, "device": str(placement.main),
-        "devices": list(placement.world.devices) if placement.world.distributed else [str(d) for d in placement.devices], "precision": placement.precision.describe(), "stages": stages,
+        "devices": (list(placement.world.devices) if placement.world.distributed
+                    else [str(d) for d in placement.devices]),
+        "precision": placement.precision.describe(), "stages": stages,
         "work_dir": str(work_dir), "seconds": round(seconds, 3), "dpi": job.config.print.dpi,
         "crop": list(crop) if crop else None,
         "trace": str(trace_path(output)), "animation": job.config.output.animate or None,

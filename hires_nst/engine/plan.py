@@ -108,7 +108,8 @@ def loss_weights(config: RenderConfig, stage: int = 0) -> Weights:
         return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight, loss.content_layers,
                                     loss.style_layers, style_loss)
     style: dict[str, float] = {}
-    for name, weight in zip(loss.style_layers, layer_weights):  # a layer named twice (relu1_1, conv1_1) adds up
+    # a layer named twice (relu1_1, conv1_1) adds up
+    for name, weight in zip(loss.style_layers, layer_weights, strict=True):
         style[alias(name)] = style.get(alias(name), 0.0) + weight
     content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
     return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style),

@@ -8,7 +8,7 @@ inputs, area-downsampled to the stage's size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,12 +21,12 @@ from hires_nst.config.settings import RenderConfig
 from hires_nst.core.guides import RegionGuide
 from hires_nst.engine.bandplan import Spreader
 from hires_nst.engine.distributed import BandObjective, same_start
-from hires_nst.engine.objective import Targets, make_targets
+from hires_nst.engine.objective import Objective, Targets, make_targets
 from hires_nst.engine.optimize import Convergence, optimize_with_state, resize_adam_state, shown
 from hires_nst.engine.plan import RenderPlan, StagePlan, min_side
 from hires_nst.engine.regions import Regions
 from hires_nst.engine.resume import Checkpointing, ProgressSaves, saved_progress
-from hires_nst.engine.tiling import make_objective
+from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.errors import DeviceError, classify
 from hires_nst.events import Message, Preview, Sink, Snapshot, StageFinished, StageStarted, Step, null_sink
 from hires_nst.io import images
@@ -144,7 +144,8 @@ class StepReporter:
             self.sink(preview(stage, iteration, image))
 
 
-def stage_objective(run: Run, plan: StagePlan, inputs: StageInputs) -> Callable[[Tensor], dict[str, Tensor]]:
+def stage_objective(run: Run, plan: StagePlan,
+                    inputs: StageInputs) -> Objective | TiledObjective | BandObjective:
     """The stage's targets and objective, cut as ``plan`` says: untiled, tiled, or shared by the ranks.
 
     Targets once per stage on every rank, whole; a rank's band objective crops what it reads.
@@ -208,7 +209,8 @@ def run_stage_fitting_memory(run: Run, index: int, inputs: StageInputs, start: T
                                   "--resume and a smaller --tile-size") from exc
         smaller = run.plan.smaller(plan)
         was = f"{plan.tiling.tile} px tiles" if plan.tiling.tile else "untiled"
-        run.sink(Message(f"out of memory at stage {index + 1} ({was}); retrying it with {smaller.tiling.tile} px tiles"))
+        run.sink(Message(f"out of memory at stage {index + 1} ({was}); "
+                         f"retrying it with {smaller.tiling.tile} px tiles"))
         _free_cached_memory(run.placement)
         plan = smaller
 
@@ -263,7 +265,8 @@ def _next_stage(run: Run, stage: Stage, progress: Progress, inputs: StageInputs,
                 went: int) -> StageResult:
     """Start ``stage`` from the previous result (or the init image, or its saved progress) and run it."""
     config, checkpointing = run.config, run.checkpointing
-    start = initial_image(init, inputs, config.optim.seed) if progress.image is None else upsample(progress.image, stage)
+    start = (initial_image(init, inputs, config.optim.seed) if progress.image is None
+             else upsample(progress.image, stage))
     warm = (resize_adam_state(progress.state, stage.height, stage.width)
             if progress.state and config.optim.warm_start else None)
     if went >= 0:  # the first stage this run renders: maybe from its saved progress

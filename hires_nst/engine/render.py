@@ -47,8 +47,8 @@ from hires_nst.io.preview import PREVIEW_NAME, PreviewFile
 from hires_nst.io.safety import check_free_space, deferred_interrupts, render_needs, retrying_when_full
 from hires_nst.io.trace import TraceWriter
 from hires_nst.io.writeplan import check_writes
-from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.model.backbones import build_extractor as make_extractor
+from hires_nst.model.features import FrozenExtractor
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
 from hires_nst.runtime.placement import Placement, default_sync_every, place, resolve_devices, resolve_precision
@@ -70,7 +70,7 @@ def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
                         config.optim.optimizer, config.output.bit_depth, config.output.save_stages)
 
 
-def build_extractor(config: RenderConfig, device: torch.device) -> FeatureExtractor:
+def build_extractor(config: RenderConfig, device: torch.device) -> FrozenExtractor:
     model, loss = config.model, config.loss
     weights = load_weights(model.weights, model.preprocessing, model.backbone)
     layers = list(loss.content_layers) + list(loss.style_layers)
@@ -88,9 +88,9 @@ def load_inputs(job: RenderJob) -> Inputs:
     limit = job.config.input.max_input_pixels
     content = images.load_image(job.content, "content image", limit)
     styles = [images.load_image(p, f"style image {i + 1}", limit) for i, p in enumerate(job.styles)]
-    init = job.config.optim.init
-    if init not in ("content", "noise"):
-        init = images.load_image(init, "--init image", limit)
+    setting = job.config.optim.init
+    init: str | np.ndarray = (setting if setting in ("content", "noise")
+                              else images.load_image(setting, "--init image", limit))
     regions = load_regions(job.config.loss, job.styles, content.shape[1], content.shape[0], limit)
     return Inputs(content, styles, init, regions)
 
@@ -175,7 +175,9 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     torch.manual_seed(config.optim.seed)
     stamp = fingerprint(job, crop)
     point = resume_point(job, workdir, stamp, schedule) if workdir is not None else None
-    done, went = ranks.broadcast_object(world, point, "sharing the resume point")
+    point = ranks.broadcast_object(world, point, "sharing the resume point")
+    assert point is not None  # rank 0 always has a work dir: the others receive its point
+    done, went = point
     spreader = make_spreader(config, plan, placement)
     if workdir is None:
         return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
@@ -190,7 +192,8 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     except BaseException:
         trace.close()
         raise
-    run = Run(config, plan, placement, sink, checkpointing_of(config, workdir, schedule, animation is not None), spreader)
+    checkpointing = checkpointing_of(config, workdir, schedule, animation is not None)
+    run = Run(config, plan, placement, sink, checkpointing, spreader)
     image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
     result = _final_image(image, inputs, config)
     seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
@@ -300,6 +303,7 @@ def make_placement(config: RenderConfig, world: ranks.World) -> Placement:
 
 def _planned(plan: StagePlan) -> PlannedStage:
     stage, tiling = plan.stage, plan.tiling
-    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles, plan.budget)
+    return PlannedStage(stage.width, stage.height, stage.iterations, plan.memory, tiling.tile, tiling.tiles,
+                        plan.budget)
 
 

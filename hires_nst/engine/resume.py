@@ -103,7 +103,7 @@ def fingerprint(job: RenderJob, crop: Crop | None = None) -> dict[str, Any]:
     they make counts; device, output and input-limit options do not change pixels
     (precision only within rounding).
     """
-    settings = job.config.to_dict()
+    settings: dict[str, Any] = job.config.to_dict()
     for section in ("device", "output", "print", "input"):
         settings.pop(section)
     if crop is not None:

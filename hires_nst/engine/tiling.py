@@ -84,9 +84,9 @@ def style_factors(stats: Statistics, targets: Targets, weights: Weights) -> tupl
         zero = next(iter(grams.values())).new_zeros(())
         style = style_loss(leaves, targets, weights, zero)
         found = torch.autograd.grad(weights.style * style, [*grams.values(), *sums.values()], allow_unused=True)
-    d_sums = dict(zip(sums, found[len(grams):]))
+    d_sums = dict(zip(sums, found[len(grams):], strict=True))
     factors = {}
-    for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)]):
+    for (name, leaf), d_gram in zip(grams.items(), found[:len(grams)], strict=True):
         d_gram = torch.zeros_like(leaf) if d_gram is None else d_gram
         factors[name] = StyleFactor(d_gram + d_gram.transpose(-2, -1), d_sums.get(name))
     return style.detach(), factors
@@ -130,13 +130,13 @@ class _Pull(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, grad_of) -> Tensor:  # type: ignore[override]
+    def forward(ctx, features: Tensor, grad_of) -> Tensor:
         ctx.save_for_backward(features)
         ctx.grad_of = grad_of
         return features.new_zeros((), dtype=torch.float32)
 
     @staticmethod
-    def backward(ctx, _one: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, _one: Tensor) -> tuple[Tensor, None]:
         (features,) = ctx.saved_tensors
         return ctx.grad_of(features.detach()), None
 
@@ -175,8 +175,8 @@ class TiledObjective:
                    scale: float = 1.0) -> Tensor:
         """``scale * dL/d(core)`` at one layer, in the core's dtype: (1, C, h, w).
 
-        Style: ``matrix @ F + offset`` (``StyleFactor``); content: ``2 w (F - P) / |P|^2``. The scale (fp16 loss scaling) is
-        applied in float32, before the cast to the features' dtype.
+        Style: ``matrix @ F + offset`` (``StyleFactor``); content: ``2 w (F - P) / |P|^2``. The scale
+        (fp16 loss scaling) is applied in float32, before the cast to the features' dtype.
         """
         t, w = self.targets, self.weights
         channels = core.shape[1]

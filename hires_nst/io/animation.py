@@ -85,7 +85,7 @@ class AnimationRecorder:
         codecs = VIDEO_CODECS[self.suffix]
         for code in codecs:
             with _quiet_stderr():  # FFmpeg notes that WebM keeps no fourcc tag, on stderr, each time
-                writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*code), 1000 / FRAME_MS, self.size)
+                writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter.fourcc(*code), 1000 / FRAME_MS, self.size)
             if writer.isOpened():
                 break
         else:

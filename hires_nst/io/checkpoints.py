@@ -355,7 +355,7 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any], inputs: Seque
     before, now = old.get("inputs"), new.get("inputs")
     if before != now and isinstance(before, list) and isinstance(now, list):
         if len(before) == len(now) == len(inputs):
-            changed = [name for name, a, b in zip(inputs, before, now) if a != b]
+            changed = [name for name, a, b in zip(inputs, before, now, strict=True) if a != b]
             return f"{' and '.join(changed)} changed since that render (its bytes differ)"
         return f"the input files changed: {len(now)} now, {len(before)} then"
     return _first_difference(old, new)

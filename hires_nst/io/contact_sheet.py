@@ -21,7 +21,8 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def grid_sheet(cells: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequence[str]], cell_height: int = 256) -> np.ndarray:
+def grid_sheet(cells: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequence[str]],
+               cell_height: int = 256) -> np.ndarray:
     """Lay out ``cells[row][col]`` (H, W, 3 arrays) at a common height with a caption under each."""
     scaled = [[images.resize(c, max(1, round(c.shape[1] * cell_height / c.shape[0])), cell_height) for c in row]
               for row in cells]
@@ -30,9 +31,9 @@ def grid_sheet(cells: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequenc
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw, font = ImageDraw.Draw(sheet), _font()
     y = GAP
-    for row, row_captions in zip(scaled, captions):
+    for row, row_captions in zip(scaled, captions, strict=True):
         x = GAP
-        for cell, caption in zip(row, row_captions):
+        for cell, caption in zip(row, row_captions, strict=True):
             sheet.paste(Image.fromarray(np.round(cell * 255).astype(np.uint8)), (x, y))
             draw.text((x, y + cell_height + 3), caption, fill=(0, 0, 0), font=font)
             x += cell.shape[1] + GAP
@@ -66,7 +67,7 @@ def labelled_grid(cells: Sequence[Sequence[np.ndarray]], row_labels: Sequence[st
         draw.text((x, GAP // 2), label, fill=(0, 0, 0), font=font)
         x += widths[col] + GAP
     y = CAPTION
-    for row, label in zip(scaled, row_labels):
+    for row, label in zip(scaled, row_labels, strict=True):
         draw.text((GAP // 2, y + cell_height // 2 - 7), label, fill=(0, 0, 0), font=font)
         x = label_width + GAP
         for col, cell in enumerate(row):

@@ -163,7 +163,7 @@ def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
 def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
     """Every Pillow mode (greyscale up to 32-bit, palette, CMYK, alpha) -> (H, W, 3) in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        grey = np.asarray(img, dtype=np.float32)
+        grey: np.ndarray = np.asarray(img, dtype=np.float32)
         if img.mode.startswith("I;16") or (img.mode == "I" and grey.max(initial=0) <= 65535):
             grey = grey / 65535.0  # Pillow widens 16-bit greyscale (PGM, TIFF, ...) to "I"
         elif img.mode == "I":
@@ -216,7 +216,9 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
-        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode)
+        converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode)
+        assert converted is not None  # None only when converting in place
+        return converted
     except (ImageCms.PyCMSError, OSError, ValueError):
         return img.convert("RGB") if img.mode == "CMYK" else img
 

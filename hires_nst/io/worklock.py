@@ -4,8 +4,9 @@ when their process ends.
 Two renders sharing checkpoints would overwrite each other's stages, and ``--restart`` would delete a
 live render's work; two batch runs would each record the other's jobs as failed in one manifest.
 ``flock`` on ``WORKDIR/lock`` is held for the whole render (on ``OUTPUT_DIR/.hires-nst-batch.lock``
-for the whole batch run); the file holds the holder's pid, so the refusal can name it. A process killed by any means (kill -9, a power cut)
-holds nothing afterwards: there is no stale lock to clean. Where ``fcntl`` does not exist
+for the whole batch run); the file holds the holder's pid, so the refusal can name it. A process
+killed by any means (kill -9, a power cut) holds nothing afterwards: there is no stale lock to
+clean. Where ``fcntl`` does not exist
 (Windows) nothing is locked.
 """
 

@@ -168,8 +168,10 @@ def _check_name_lengths(plan: WritePlan) -> None:
         for name, limit, folder in _names_to_make(path, limits):
             excess = len(os.fsencode(name)) - limit
             if excess > 0 and (worst is None or excess > worst[0]):
+                characters = "characters" if excess > 1 else "character"
                 worst = excess, (f"{what} {path}: a name too long to write here safely ({name!r} is {limit + excess} "
-                                 f"bytes, {folder} allows {limit}); choose a name at least {excess} character{'s' if excess > 1 else ''} shorter")
+                                 f"bytes, {folder} allows {limit}); choose a name at least {excess} {characters} "
+                                 "shorter")
     if worst is not None:
         raise OutputError(worst[1])
 

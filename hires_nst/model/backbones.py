@@ -52,8 +52,9 @@ class ResNetFeatures(FrozenExtractor):
         net = trunk("resnet50")
         load_into(net, weights, "ResNet-50")
         # "avg" swaps the stem's 3x3 max pooling for an average one (the only pooling ResNet has).
-        pool = net.maxpool if pooling == "max" else nn.AvgPool2d(3, 2, 1, count_include_pad=False)
-        names, modules = ["stem"], [nn.Sequential(net.conv1, net.bn1, net.relu)]
+        pool = net.get_submodule("maxpool") if pooling == "max" else nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+        stem = nn.Sequential(net.get_submodule("conv1"), net.get_submodule("bn1"), net.get_submodule("relu"))
+        names, modules = ["stem"], [stem]
         for stage in range(1, 5):
             blocks = list(getattr(net, f"layer{stage}"))
             for index, block in enumerate(blocks, 1):
@@ -69,7 +70,8 @@ class ResNetFeatures(FrozenExtractor):
         return self.blocks
 
 
-def build_extractor(backbone: str, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> nn.Module:
+def build_extractor(backbone: str, weights: VGGWeights, layers: Iterable[str],
+                    pooling: str = "max") -> FrozenExtractor:
     """The extractor for ``backbone`` (see ``FeatureExtractor``) with ``weights`` loaded."""
     get_backbone(backbone)
     if backbone == "resnet50":

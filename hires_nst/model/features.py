@@ -24,7 +24,7 @@ from hires_nst.model.weights import VGG_CFG, VGGWeights, vgg_body
 def _relu_indices(arch: str) -> dict[str, int]:
     """conv name -> index of its ReLU in torchvision's ``features`` of ``arch``."""
     convs = [i for i, v in enumerate(_cfg_modules(arch)) if v == "conv"]
-    return {name: index + 1 for name, index in zip(vgg_layer_names(arch), convs)}
+    return {name: index + 1 for name, index in zip(vgg_layer_names(arch), convs, strict=True)}
 
 
 def _cfg_modules(arch: str) -> list[str]:
@@ -39,6 +39,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Preprocess(nn.Module):
     """RGB in [0, 1] -> what the weights were trained on: ``(x - shift) * scale``, BGR for Caffe."""
+
+    shift: Tensor  # buffers (register_buffer)
+    scale: Tensor
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -98,7 +101,7 @@ class FrozenExtractor(nn.Module):
         """
         x = self.preprocess(image)
         out: dict[str, Any] = {}
-        for tap, module in zip(self._taps, self._sequence()):
+        for tap, module in zip(self._taps, self._sequence(), strict=True):
             x = module(x)
             if tap is not None:
                 out[tap] = x if reduce is None else reduce(tap, x)

@@ -16,13 +16,13 @@ from torch import Tensor, nn
 
 class _MaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: int, stride: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, kernel: int, stride: int) -> Tensor:
         ctx.save_for_backward(x)
         ctx.kernel, ctx.stride = kernel, stride
         return F.max_pool2d(x, kernel, stride)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         _, indices = F.max_pool2d_with_indices(x, ctx.kernel, ctx.stride)
         out = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [ctx.kernel] * 2, [ctx.stride] * 2,

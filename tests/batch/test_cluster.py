@@ -46,7 +46,8 @@ def crash_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Start the module's Ray instance; returns the file that tells a worker to die (see cluster_hooks)."""
     plan = tmp_path_factory.mktemp("ray") / "crash.json"
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=2, include_dashboard=False,  # "local": never a cluster ray start made log_to_driver=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False,  # "local": never a cluster `ray start` made
+             log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": path, cluster_hooks.ENV: str(plan)},
                           "worker_process_setup_hook": "tests.helpers.cluster_hooks.install"})
     yield plan
@@ -203,7 +204,8 @@ def test_without_ray_cluster_says_how_to_install_it(folder: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     result = runner.invoke(app, ["batch", str(job_file(folder, job("j", "a"))), "--cluster", "local"])
     assert result.exit_code == 1
-    assert result.stderr.strip() == 'error: --cluster needs Ray, which is not installed here: pip install "hires-nst[cluster]"'
+    assert result.stderr.strip() == ('error: --cluster needs Ray, which is not installed here: '
+                                     'pip install "hires-nst[cluster]"')
     assert not (folder / "out").exists()
 
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,8 @@ def test_a_grid_of_two_contents_by_two_style_weights_makes_four_outputs_and_a_co
     assert not np.array_equal(weak, strong)  # the varied setting reached the renders
     records = manifest(folder)
     assert [(r["row"], r["col"]) for r in records.values()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert json.loads((outputs[1].parent / f"{outputs[1].name}.json").read_text())["config"]["loss"]["style_weight"] == 1000.0
+    settings = json.loads((outputs[1].parent / f"{outputs[1].name}.json").read_text())
+    assert settings["config"]["loss"]["style_weight"] == 1000.0
     [sheet] = result.sheets
     assert sheet == folder / "out" / "sweep-sheet.png"
     height, width = images.load_image(sheet).shape[:2]
@@ -285,7 +287,8 @@ def test_a_full_disk_fails_before_any_job(folder: Path, render_calls: list[str],
 
 def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Path) -> None:
     quick = '\n[[job]]\nname = "p{0}"\ncontent = "in/{1}.png"\nstyles = "in/s.png"\n'
-    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'  # never converges early
+    # never converges early
+    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'
     body = quick.format(1, "a") + quick.format(2, "b") + slow.format(3, "a") + slow.format(4, "b")
 
     events: list = []
@@ -346,7 +349,7 @@ def test_the_job_log_has_a_line_per_tenth_of_a_stage_however_sparse_the_reports(
     def logged(iterations: int, every: int) -> list[int]:
         reports = [*range(every, iterations, every), iterations]
         steps = [Step(0, i, iterations, {"total": 1.0}, 0.1, covered=i - previous)
-                 for previous, i in zip([0, *reports], reports)]
+                 for previous, i in pairwise([0, *reports])]
         return [step.iteration for step in steps if _log_line(step)]
 
     assert logged(33, 1) == [*range(3, 34, 3)]

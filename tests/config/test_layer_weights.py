@@ -35,7 +35,8 @@ def test_halving_is_the_default_and_is_16_8_4_2_1_for_five_layers() -> None:
 
 def test_equal_gives_each_layer_a_fifth() -> None:
     assert parse_layer_weights("equal", STYLE) is None
-    assert loss_weights(_config(style_layer_weights="equal")).style_layers == {name: pytest.approx(0.2) for name in STYLE}
+    equal = loss_weights(_config(style_layer_weights="equal"))
+    assert equal.style_layers == {name: pytest.approx(0.2) for name in STYLE}
 
 
 @pytest.mark.parametrize("text", ["256:64:16:4:1", "256,64,16,4,1", " 256 : 64 : 16 : 4 : 1 "])
@@ -64,7 +65,8 @@ def test_several_content_layers_share_the_content_weight_equally() -> None:
 @pytest.mark.parametrize("loss, message", [
     ({"style_layer_weights": "1:2"}, "--style-layer-weights has 2 weights for 5 style layers \\(conv1_1, conv2_1, "),
     ({"style_layer_weights": "1:2:3:4:5:6"}, "has 6 weights for 5 style layers"),
-    ({"style_layer_weights": "1:x:1:1:1"}, "must be 'halving', 'descending', 'equal' or numbers like 16:8:4:2:1, got '1:x:1:1:1'"),
+    ({"style_layer_weights": "1:x:1:1:1"},
+     "must be 'halving', 'descending', 'equal' or numbers like 16:8:4:2:1, got '1:x:1:1:1'"),
     ({"style_layer_weights": "1:-1:1:1:1"}, "finite weights >= 0 with a positive sum"),
     ({"style_layer_weights": "0:0:0:0:0"}, "positive sum"),
     ({"style_layer_weights": "nan:1:1:1:1"}, "finite weights"),
@@ -85,7 +87,8 @@ def test_layer_options_reach_the_engine(tmp_path: Path, fake_render: list[Render
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     loss = jobs[0].config.loss
-    assert (loss.content_layers, loss.style_layers, loss.style_layer_weights) == (("conv5_2",), ("conv1_1", "conv3_1"), "4:1")
+    assert (loss.content_layers, loss.style_layers, loss.style_layer_weights) == (("conv5_2",), ("conv1_1", "conv3_1"),
+                                                                                   "4:1")
     assert (jobs[0].config.model.backbone, jobs[0].config.model.weights) == ("vgg16", "random")
 
 

@@ -71,7 +71,8 @@ def test_flags_override_the_preset_which_overrides_the_defaults(tmp_path: Path, 
 
 
 def test_a_built_in_preset_by_name(tmp_path: Path, fake_render: list[RenderJob]) -> None:
-    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", "preview", "-q"])
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", "preview",
+                                 "-q"])
     assert result.exit_code == 0, result.output
     assert fake_render[0].config.pyramid.iterations == (100, 40, 20)
 

@@ -129,7 +129,8 @@ def test_the_render_writes_and_hands_on_the_average_and_reports_its_loss(tmp_pat
 
     monkeypatch.setattr(pyramid, "stage_objective", scoring)
     events: list = []
-    result = render(job(tmp_path, pyramid={"iterations": [3, 2, 1]}, optim={"optimizer": "adam", "average_iterates": 0.8},
+    result = render(job(tmp_path, pyramid={"iterations": [3, 2, 1]},
+                        optim={"optimizer": "adam", "average_iterates": 0.8},
                         device={"precision": "fp32"}, output={"bit_depth": 16}), events.append)
     assert len(iterates) == 6
     first = torch.load(tmp_path / "work" / "stage-0.pt", weights_only=True)["image"]
@@ -170,8 +171,11 @@ def test_a_resume_of_an_optimiser_without_saved_state_continues_the_saved_averag
     g = torch.Generator().manual_seed(1)
     start, objective = torch.rand(1, 3, 4, 4, generator=g), Quadratic(torch.rand(1, 3, 4, 4, generator=g))
     kept: dict = {}
-    optimize_with_state(start, objective, optimizer=optimizer, lr=0.02, iterations=4, average=0.6,
-                        on_state=lambda i, x, state: kept.update({i: (x.clone(), {k: v.clone() for k, v in state.items()})}))
+
+    def keep(i: int, x: Tensor, state: dict) -> None:
+        kept[i] = (x.clone(), {k: v.clone() for k, v in state.items()})
+
+    optimize_with_state(start, objective, optimizer=optimizer, lr=0.02, iterations=4, average=0.6, on_state=keep)
     iterate, state = kept[2]
     # no optimiser state of these: the average's buffers, and (SGD) the best point so far
     assert set(state) == set(averaging.KEYS) | ({"best.image", "best.total"} if optimizer == "sgd" else set())
@@ -236,8 +240,11 @@ def _averaged_on_ranks(world: ranks.World) -> dict:
     objective = BandObjective(world, extractor, targets, weights, plan, 96, 64, FP32)
     kept: dict = {}
     whole, _ = optimize_with_state(image, objective, optimizer="adam", lr=0.02, iterations=4, average=0.8)
-    optimize_with_state(image, objective, optimizer="adam", lr=0.02, iterations=4, average=0.8,
-                        on_state=lambda i, x, state: kept.update({i: (x.clone(), {k: v.clone() for k, v in state.items()})}))
+
+    def keep(i: int, x: Tensor, state: dict) -> None:
+        kept[i] = (x.clone(), {k: v.clone() for k, v in state.items()})
+
+    optimize_with_state(image, objective, optimizer="adam", lr=0.02, iterations=4, average=0.8, on_state=keep)
     iterate, state = kept[2] if world.main else (torch.zeros_like(image), None)
     iterate, state = same_start(world, iterate, state)
     resumed, _ = optimize_with_state(iterate, objective, optimizer="adam", lr=0.02, iterations=4, average=0.8,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def test_host_syncs_per_iteration_device_lbfgs_against_torch_lbfgs(objective: Ob
     for name in ("lbfgs", "lbfgs-torch"):
         counter = HostCounter()
 
-        def on_step(iteration: int, values: dict, seconds: float, image: torch.Tensor) -> None:
+        def on_step(iteration: int, values: dict, seconds: float, image: torch.Tensor,
+                    counter: HostCounter = counter) -> None:
             if iteration == 50:
                 counter.__enter__()
             elif iteration == 70:
@@ -114,16 +116,22 @@ def test_on_rosenbrock_the_accepted_loss_never_rises_where_unguarded_lbfgs_climb
     for _ in range(300):
         evaluated.append(float(opt.step(closure).detach()))
         accepted.append(float(opt.state[x]["loss"]))
-    assert all(b <= a for a, b in zip(accepted, accepted[1:]))
+    assert all(b <= a for a, b in pairwise(accepted))
     assert accepted[-1] < 1e-8 and float(_rosenbrock(opt.accepted_image())) == accepted[-1]
-    assert sum(b > a for a, b in zip(evaluated, evaluated[1:])) > 0  # it did try steps that went up: rejected
+    assert sum(b > a for a, b in pairwise(evaluated)) > 0  # it did try steps that went up: rejected
     theirs = torch.tensor([-1.2, 1.0] * 5, dtype=torch.float64, requires_grad=True)
     torch_opt = torch.optim.LBFGS([theirs], lr=1.0, max_iter=1, history_size=10, tolerance_grad=-1, tolerance_change=-1)
     losses = []
+
+    def their_closure() -> torch.Tensor:
+        loss = _rosenbrock(theirs)
+        loss.backward()
+        return loss
+
     for _ in range(300):
         theirs.grad = None
-        losses.append(float(torch_opt.step(lambda: (lambda l: (l.backward(), l)[1])(_rosenbrock(theirs))).detach()))
-    assert sum(b > a for a, b in zip(losses, losses[1:])) > 20  # measured 41 of 300 steps uphill, no line search
+        losses.append(float(torch_opt.step(their_closure).detach()))
+    assert sum(b > a for a, b in pairwise(losses)) > 20  # measured 41 of 300 steps uphill, no line search
 
 
 def test_candidates_stay_in_bounds_and_pairs_use_the_projected_step() -> None:
@@ -204,5 +212,5 @@ def test_the_result_is_the_best_point_evaluated_and_reports_never_rise(optimizer
     reported: list[float] = []
     result, _ = optimize_with_state(start, objective, optimizer=optimizer, lr=0.5 if optimizer != "lbfgs" else 4.0,
                                     iterations=30, on_step=lambda i, v, s, image: reported.append(v["total"]))
-    assert all(b <= a for a, b in zip(reported, reported[1:]))
+    assert all(b <= a for a, b in pairwise(reported))
     assert float(objective(result.clone().requires_grad_(True))["total"]) == pytest.approx(reported[-1], rel=1e-6)

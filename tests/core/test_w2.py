@@ -137,9 +137,9 @@ def test_w2_batches_over_leading_dimensions() -> None:
     g = torch.Generator().manual_seed(3)
     feats = [torch.rand(16, 50, generator=g) for _ in range(4)]
     one_by_one = [losses.w2_distance(*moments(feats[i + 2]), losses.w2_target(*moments(feats[i]))) for i in range(2)]
-    stacked = [torch.stack(x) for x in zip(*(moments(f) for f in feats[:2]))]
+    stacked = [torch.stack(x) for x in zip(*(moments(f) for f in feats[:2]), strict=True)]
     target = losses.w2_target(*stacked)
-    got = losses.w2_distance(*[torch.stack(x) for x in zip(*(moments(f) for f in feats[2:]))], target)
+    got = losses.w2_distance(*[torch.stack(x) for x in zip(*(moments(f) for f in feats[2:]), strict=True)], target)
     assert torch.allclose(got, torch.stack(one_by_one), rtol=1e-5)
 
 

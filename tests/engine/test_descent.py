@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_a_500_iteration_stage_that_climbed_hands_on_its_best(tmp_path: Path) ->
     reported = [e.losses["total"] for e in events if isinstance(e, Step)]
     (finished,) = [e for e in events if isinstance(e, StageFinished)]
     assert len(reported) == 500 and finished.iterations == 500
-    assert all(b <= a for a, b in zip(reported, reported[1:]))  # the reports follow the best point
+    assert all(b <= a for a, b in pairwise(reported))  # the reports follow the best point
     assert finished.losses["total"] <= min(reported) * (1 + 1e-5)
     assert finished.losses["total"] < 1.0989  # below what the unguarded optimiser handed on
 

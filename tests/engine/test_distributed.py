@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_bands_and_their_tiles_cover_every_pixel_once_with_aligned_cuts_and_full
 
 def test_cuts_leave_every_window_the_same_size_and_grids_beat_strips_where_the_halo_costs() -> None:
     cuts = balanced_cuts(4096, 4, halo=80, align=16)
-    windows = [b - a + 80 * ((a > 0) + (b < 4096)) for a, b in zip(cuts, cuts[1:])]
+    windows = [b - a + 80 * ((a > 0) + (b < 4096)) for a, b in pairwise(cuts)]
     assert max(windows) - min(windows) <= 16 and cuts[0] == 0 and cuts[-1] == 4096
     eight = plan_bands(4096, 4096, 8, halo=80)
     useful = 4096 * 4096 / 8 / max(b.window_pixels for b in eight)

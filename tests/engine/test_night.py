@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -197,13 +198,15 @@ def test_a_status_write_that_fails_never_leaves_status_running(tmp_path: Path, d
 # --- 2. the work dir: absolute, beside the output; --resume never starts afresh silently -------------
 
 
-def test_the_default_work_dir_is_absolute_and_beside_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_work_dir_is_absolute_and_beside_the_output(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     job = _with(_job(tmp_path, work=False), output=Path("prints/out"))
     assert work_dir_of(job) == tmp_path / "prints" / "out.png.work"
 
 
-def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_from_another_directory_finds_the_finished_stages(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
@@ -509,7 +512,7 @@ def test_the_batch_help_shows_the_job_file_tables() -> None:
 
 def test_stages_always_grow() -> None:
     sides = stage_long_sides(50, 60, 1.01)
-    assert all(b > a for a, b in zip(sides, sides[1:])), sides
+    assert all(b > a for a, b in pairwise(sides)), sides
     assert sides[0] == 50 and sides[-1] == 60
 
 

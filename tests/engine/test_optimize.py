@@ -36,8 +36,8 @@ def _job(tmp_path: Path, name: str, **settings) -> RenderJob:
 
 
 def test_every_optimizer_has_a_default_lr() -> None:
-    assert set(DEFAULT_LR) == set(OPTIMIZERS) == {"lbfgs", "lbfgs-torch", "adam", "sgd", "adagrad", "adadelta", "rmsprop",
-                                                   "adamw"}
+    assert set(DEFAULT_LR) == set(OPTIMIZERS) == {"lbfgs", "lbfgs-torch", "adam", "sgd", "adagrad", "adadelta",
+                                                   "rmsprop", "adamw"}
     for name in OPTIMIZERS:
         config = resolve(("test", {"optim": {"optimizer": name}}))
         assert config.lr == DEFAULT_LR[name] and isinstance(make_optimizer(name, torch.zeros(1, 3, 2, 2,

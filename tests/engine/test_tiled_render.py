@@ -97,7 +97,8 @@ def test_out_of_memory_retries_the_stage_with_half_the_tile(tmp_path: Path, monk
     assert (tmp_path / "out.png").is_file()
 
 
-def test_out_of_memory_below_the_smallest_tile_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_below_the_smallest_tile_is_a_clear_error(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     def always_out_of_memory(*args, **options):
         def objective(image):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB")

@@ -107,7 +107,7 @@ def test_required_halo_for_the_default_layers_is_within_the_design_bound() -> No
 def test_required_halo_grows_with_depth_and_is_a_multiple_of_the_alignment() -> None:
     halos = [required_halo([name]) for name in LAYER_NAMES]
     assert halos == sorted(halos) and halos[0] < halos[-1]
-    for name, halo in zip(LAYER_NAMES, halos):
+    for name, halo in zip(LAYER_NAMES, halos, strict=True):
         assert halo % align_for([name]) == 0
     assert required_halo(["relu5_1"]) == required_halo(["conv5_1"])
 

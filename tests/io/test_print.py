@@ -174,7 +174,8 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_checkpoint_then_stops(tmp
     with pytest.raises(Interrupted, match=r"after stage 1/2; 1 finished stage\(s\) kept.*--resume"):
         render(_job(tmp_path))
     monkeypatch.setattr(torch, "save", real_save)
-    assert sorted(p.name for p in (tmp_path / "work").glob("stage-0.*")) == ["stage-0.json", "stage-0.png", "stage-0.pt"]
+    kept = sorted(p.name for p in (tmp_path / "work").glob("stage-0.*"))
+    assert kept == ["stage-0.json", "stage-0.png", "stage-0.pt"]
 
     events: list = []
     render(RenderJob(**{**_job(tmp_path).__dict__, "resume": True}), events.append)

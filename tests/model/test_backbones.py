@@ -94,13 +94,15 @@ def test_layer_names_aliases_and_errors() -> None:
 
 def test_the_config_takes_the_backbones_default_layers_unless_given() -> None:
     resnet = resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"}}))
-    assert resnet.loss.content_layers == ("layer2",) and resnet.loss.style_layers == ("stem", "layer1", "layer2", "layer3")
+    assert resnet.loss.content_layers == ("layer2",)
+    assert resnet.loss.style_layers == ("stem", "layer1", "layer2", "layer3")
     given = resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"},
                               "loss": {"content_layers": "layer3_2", "style_layers": "stem,layer4"}}))
     assert given.loss.content_layers == ("layer3_2",) and given.loss.style_layers == ("stem", "layer4")
     assert resolve(("test", {"model": {"backbone": "vgg16", "weights": "random"}})).loss.content_layers == ("conv4_2",)
     with pytest.raises(ConfigError, match="unknown layer 'conv4_2' for resnet50"):
-        resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"}, "loss": {"content_layers": "conv4_2"}}))
+        resolve(("test", {"model": {"backbone": "resnet50", "weights": "random"},
+                          "loss": {"content_layers": "conv4_2"}}))
 
 
 # --- ResNet-50 ------------------------------------------------------------------------------------
@@ -180,7 +182,8 @@ def test_vgg16_weights_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     torch.save({k: random[k[len("features."):]] if k.startswith("features.") else torch.zeros(2) for k in keys},
                tmp_path / "vgg16.pth")
     loaded = load_weights(str(tmp_path / "vgg16.pth"), backbone="vgg16")
-    assert sorted(loaded.state_dict) == sorted(random) and torch.equal(loaded.state_dict["28.weight"], random["28.weight"])
+    assert sorted(loaded.state_dict) == sorted(random)
+    assert torch.equal(loaded.state_dict["28.weight"], random["28.weight"])
     with pytest.raises(WeightsError, match="not VGG19 weights \\(missing features.16.weight\\)"):
         load_weights(str(tmp_path / "vgg16.pth"), backbone="vgg19")
 

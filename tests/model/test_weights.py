@@ -68,7 +68,7 @@ def quantised() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """
     generator = torch.Generator().manual_seed(0)
     q_state, expected = {}, {}
-    for index, name in zip(CONV_INDICES, KERAS_NAMES):
+    for index, name in zip(CONV_INDICES, KERAS_NAMES, strict=True):
         shape = EXPECTED_SHAPES[f"{index}.weight"]
         codes = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
         table = torch.randn(256, generator=generator)
@@ -189,7 +189,8 @@ def test_wrong_shape_names_the_key_and_both_shapes(tmp_path: Path, features_stat
     state["5.weight"] = torch.zeros(128, 32, 3, 3)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsError, match=r"features\.5\.weight has shape \(128, 32, 3, 3\), VGG19 needs \(128, 64, 3, 3\)"):
+    with pytest.raises(WeightsError,
+                       match=r"features\.5\.weight has shape \(128, 32, 3, 3\), VGG19 needs \(128, 64, 3, 3\)"):
         load_weights(str(path))
 
 

@@ -205,7 +205,8 @@ def test_fp16_overflow_is_detected_and_the_evaluation_repeated(extractor: VGGFea
     # objective must halve it until the gradient is finite, and that gradient must be the fp32 one.
     size = 64
     targets = make_targets(extractor, _content(size), [_stripes(size)], [], weights, FP16)
-    objective = make_objective(extractor, targets, weights, tiles_for(extractor, size, size, 32 if tiled else None), FP16)
+    tiles = tiles_for(extractor, size, size, 32 if tiled else None)
+    objective = make_objective(extractor, targets, weights, tiles, FP16)
     objective.loss_scale.scale = 2.0**28
     reference, image = _start(size), _start(size)
     _objective(extractor, weights, FP32)(reference)
@@ -306,7 +307,8 @@ def test_sync_every_n_reports_every_n_steps_and_the_last_and_changes_no_pixel(ex
     for every in (1, 3):
         steps: list[tuple[int, float]] = []
         image, _ = optimize_with_state(_start(32), objective, optimizer="adam", lr=0.02, iterations=7,
-                                       sync_every=every, on_step=lambda i, v, s, img: steps.append((i, v["total"])))
+                                       sync_every=every,
+                                       on_step=lambda i, v, s, img, steps=steps: steps.append((i, v["total"])))
         runs[every] = (image, steps)
     assert [i for i, _ in runs[3][1]] == [3, 6, 7]
     assert [i for i, _ in runs[1][1]] == list(range(1, 8))
