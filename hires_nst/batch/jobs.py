@@ -12,6 +12,8 @@ of a job, lowest first: defaults < preset (the job's, or ``[defaults] preset``) 
 tables < the job's tables < a grid cell's values. All settings are checked when the file is read, so
 a typo fails the batch before anything runs; missing or broken images fail only their own job, when
 it runs.
+
+Over 300 lines on purpose: the job file's schema: every key of a job and a grid is parsed and checked here.
 """
 
 from __future__ import annotations

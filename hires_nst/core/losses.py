@@ -18,6 +18,8 @@ size; the relative forms keep them fixed for all.
 Which layers, weights and loss a stage uses is the objective's business (``objective.style_loss``);
 tiling needs the un-normalised sums (``gram_sum``, ``feature_sum``, ``squared_error_sum``) so that
 tiles can add into global totals; the normalised functions are those sums divided once.
+
+Over 300 lines on purpose: the loss terms with their square roots (eigh, Newton-Schulz) and their derivations.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ leaves room for those), and the CUDA context itself (outside what ``mem_get_info
 
 Used to fit the coefficients of ``memmodel`` (``python -m hires_nst.engine.memmeasure``) and by the tests
 that hold the model to the measurement.
+
+Over 300 lines on purpose: a measuring harness: fake tensors, scenarios and the fit of the model's coefficients.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from the one builder ``make_targets``, whole or window by window.
 An objective is called on the image being optimised and writes ``image.grad`` itself, so that the
 optimiser never needs to know whether the gradient came from one autograd pass (``Objective``
 here) or was assembled tile by tile.
+
+Over 300 lines on purpose: targets, statistics and the one loss formula every objective shares.
 """
 
 from __future__ import annotations

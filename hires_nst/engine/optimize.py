@@ -1,4 +1,7 @@
-"""One stage of optimisation: an optimiser loop over an objective that writes ``image.grad``."""
+"""One stage of optimisation: an optimiser loop over an objective that writes ``image.grad``.
+
+Over 300 lines on purpose: every optimiser's step loop, the best point and convergence share the Stepper.
+"""
 
 from __future__ import annotations
 

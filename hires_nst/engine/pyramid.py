@@ -3,6 +3,9 @@
 Large-scale structure is settled cheaply at the first (small) stage; later stages only add detail.
 Targets (content features, style Grams) are recomputed at every stage from the full-resolution
 inputs, area-downsampled to the stage's size.
+
+Over 300 lines on purpose: the stage loop and its helpers (stage inputs, start images, memory retries)
+read best together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The engine's front door: one render job from files to files, resumable stage by stage."""
+"""The engine's front door: one render job from files to files, resumable stage by stage.
+
+Over 300 lines on purpose: the front door's steps (inputs, plan, work dir, ranks, outputs), each a short function.
+"""
 
 from __future__ import annotations
 

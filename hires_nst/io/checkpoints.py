@@ -17,6 +17,8 @@ Layout of a work dir::
 A stage checkpoint may be reused only if the settings fingerprint matches and every stage up to
 it had the same size and iteration count, so raising --max-size on a finished render reuses
 all of its stages and only adds the new ones.
+
+Over 300 lines on purpose: the work dir's files (stages, progress, status, kept files) behind one class.
 """
 
 from __future__ import annotations

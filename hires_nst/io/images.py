@@ -3,6 +3,8 @@
 Loading uses Pillow (EXIF orientation, ICC profiles, every mode) and OpenCV for 16-bit colour,
 which Pillow silently truncates to 8 bits. Resizing uses OpenCV: area averaging to shrink (no
 aliasing), Lanczos to enlarge.
+
+Over 300 lines on purpose: reading (EXIF, ICC, 16-bit, limits) and atomic writing of every image format.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ network and ``LossScale.run`` around the backward pass. Devices are also chosen 
 torchrun each rank takes ``cuda:LOCAL_RANK`` (``ranks.join_from_env``), a parallel batch pins
 each worker to its GPU (``batch.parallel.pin_device``), and on a Ray cluster the task's resources
 set the job's ``--device`` (``batch.cluster_task``).
+
+Over 300 lines on purpose: device, precision and memory queries answer one question: where and how a stage runs.
 """
 
 from __future__ import annotations

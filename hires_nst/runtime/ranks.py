@@ -16,6 +16,8 @@ Backend NCCL on CUDA, gloo on CPU. Rank 0 does all I/O; other ranks are silent. 
 has a timeout (``HIRES_NST_RANK_TIMEOUT`` seconds, 600 by default: longer than any checkpoint
 write that the others wait through), so a rank that hangs stops the others; one that dies closes
 its sockets and stops them at once. The launcher then names it in one ``RankError``.
+
+Over 300 lines on purpose: launching, joining and talking between ranks share one World type.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ otherwise (IPv6 too: ``--host ::1``); the page (``live.html``) is one static fil
 ``state.json`` once a second. It answers only requests whose Host header names this machine (a web
 page the person visits could otherwise read it through DNS rebinding); opened to the network
 (``--host`` not loopback), it lives under a random key in its URL, which only the printed link holds.
+
+Over 300 lines on purpose: one HTTP handler with its routes; the page itself is live.html.
 """
 
 from __future__ import annotations
