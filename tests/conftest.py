@@ -21,11 +21,12 @@ from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import VGGWeights, load_weights
 from tests.helpers.paths import CONTENT, STYLE
 
-# The paper's loss for tests of everything else: the default w2 loss costs ~0.2 s per evaluation
-# on these CPUs whatever the image size (eigendecompositions of 512 x 512 matrices), 5-10x a
-# 64 px VGG pass, which would multiply the time of the ~600 tests of resume, tiling, batches, the
-# CLI... that do not depend on the loss. The default loss itself runs in the tests marked
-# ``default_loss`` and in those that name it (tests/core/test_w2.py, tests/engine/test_regions.py).
+# The paper's loss for tests of everything else, the one switch (item 4 of issue 22 keeps it visible
+# here): on a CPU the default w2 term takes its square roots with float64 eigh of up to 512 x 512
+# (conv4_1, conv5_1), a fixed cost per evaluation whatever the image size, several times a 64 px VGG
+# pass, which would multiply the time of the ~600 tests of resume, tiling, batches, the CLI... that
+# do not depend on the loss. The default loss itself runs in the tests marked ``default_loss`` and in
+# those that name it (tests/core/test_w2.py, tests/engine/test_regions.py, tests/engine/test_descent.py).
 PAPER_LOSS = {"style_loss": "gram", "style_layer_weights": "equal"}
 
 
