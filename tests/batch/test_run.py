@@ -288,7 +288,7 @@ def test_a_full_disk_fails_before_any_job(folder: Path, render_calls: list[str],
 def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Path) -> None:
     quick = '\n[[job]]\nname = "p{0}"\ncontent = "in/{1}.png"\nstyles = "in/s.png"\n'
     # never converges early
-    slow = quick + 'overrides.pyramid = {{ iterations = [500] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'
+    slow = quick + 'overrides.pyramid = {{ iterations = [5000] }}\noverrides.optim = {{ tolerance = 0.0 }}\n'
     body = quick.format(1, "a") + quick.format(2, "b") + slow.format(3, "a") + slow.format(4, "b")
 
     events: list = []
