@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hires_nst.config import resolve
+from hires_nst.config.settings import resolve
+from hires_nst.engine.render import RenderJob, render
 from hires_nst.events import StageFinished, Step
-from hires_nst.render import RenderJob, render
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 
@@ -36,7 +36,8 @@ def run(warm_start: bool, min_size: int, max_size: int, iterations: list[int], w
     began = time.perf_counter()
     render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), workdir / "out.png", config), sink)
     return {"warm_start": warm_start, "seconds": round(time.perf_counter() - began, 1),
-            "first_5_losses_per_later_stage": {s: [round(v, 4) for v in losses[:5]] for s, losses in steps.items() if s},
+            "first_5_losses_per_later_stage": {s: [round(v, 4) for v in losses[:5]]
+                                               for s, losses in steps.items() if s},
             "final_loss_per_stage": [round(v, 4) for v in finals]}
 
 

@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hires_nst import images
-from hires_nst.averaging import IterateAverage
-from hires_nst.config import resolve
-from hires_nst.losses import tv_loss
-from hires_nst.objective import Objective, make_targets
-from hires_nst.optimize import Stepper
-from hires_nst.pyramid import style_size
-from hires_nst.placement import resolve_precision
-from hires_nst.render import build_extractor
-from hires_nst.schedule import Stage, fit_long_side
-from hires_nst.stageplan import loss_weights
+from hires_nst.config.schedule import Stage, fit_long_side
+from hires_nst.config.settings import resolve
+from hires_nst.core.averaging import IterateAverage
+from hires_nst.core.losses import tv_loss
+from hires_nst.engine.objective import Objective, make_targets
+from hires_nst.engine.optimize import Stepper
+from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.pyramid import style_size
+from hires_nst.engine.render import build_extractor
+from hires_nst.io import images
+from hires_nst.runtime.placement import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "images"
@@ -99,8 +99,8 @@ def measure(name: str, content: Path, style: Path, optimizer: str, args: argpars
     rows = []
     for label, image in shown.items():
         losses = {k: float(v) for k, v in objective.loss(image).items()}
-        images.save_image(args.out / f"{name.replace('/', '-')}-{optimizer}-{label.split(' (')[0].replace(' ', '')}.png",
-                          images.to_array(image))
+        short = label.split(' (')[0].replace(' ', '')
+        images.save_image(args.out / f"{name.replace('/', '-')}-{optimizer}-{short}.png", images.to_array(image))
         rows.append((name, optimizer, label, losses["total"], losses["content"], losses["style"],
                      1e3 * laplacian_energy(image), 1e3 * float(tv_loss(image))))
     print(f"# {name} {optimizer}: {args.iterations} iterations at {tuple(start.shape[-2:])} in {seconds:.0f}s; "
@@ -121,7 +121,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [row for name, (content, style) in PAIRS.items() if name in args.pairs for optimizer in args.optimizers
             for row in measure(name, content, style, optimizer, args)]
-    print(f"\n| pair | optimizer | image | total | content | style | laplacian² x1e3 | TV x1e3 |")
+    print("\n| pair | optimizer | image | total | content | style | laplacian² x1e3 | TV x1e3 |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, optimizer, label, total, content, style, lap, tv in rows:
         print(f"| {name} | {optimizer} | {label} | {total:.4g} | {content:.4g} | {style:.4g} | {lap:.3g} | {tv:.3g} |")

@@ -33,7 +33,7 @@ TOLERANCES = (0.0005, 0.001, 0.002, 0.005, 0.01)
 
 def stop_iteration(totals: list[float], tolerance: float, patience: int) -> int:
     """Where ``optimize.Convergence`` would end a stage reporting ``totals`` every iteration."""
-    from hires_nst.optimize import Convergence
+    from hires_nst.engine.optimize import Convergence
 
     stop = Convergence(tolerance, patience)
     for iteration, total in enumerate(totals, 1):
@@ -44,8 +44,9 @@ def stop_iteration(totals: list[float], tolerance: float, patience: int) -> int:
 
 def render_traced(content: Path, style: Path, settings: dict, every: int, folder: Path) -> tuple[dict, list[dict]]:
     """Per stage the loss of every iteration; snapshots (saved as PNG) with the CPU-seconds by then."""
-    from hires_nst import images, stylize
+    from hires_nst import stylize
     from hires_nst.events import Snapshot, Step
+    from hires_nst.io import images
 
     losses: dict[int, list[float]] = {}
     shots: list[dict] = []

@@ -43,16 +43,16 @@ sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one
 
 import torch  # noqa: E402
 
-from hires_nst import ranks  # noqa: E402
-from hires_nst.bandplan import Costs, Line, calibrate, spread_seconds  # noqa: E402
-from hires_nst.bands import BandPlan, plan_bands  # noqa: E402
-from hires_nst.config import RenderConfig  # noqa: E402
-from hires_nst.distributed import BandObjective  # noqa: E402
-from hires_nst.objective import Objective, make_targets  # noqa: E402
-from hires_nst.placement import place, resolve_precision  # noqa: E402
-from hires_nst.render import build_extractor  # noqa: E402
-from hires_nst.stageplan import loss_weights  # noqa: E402
-from hires_nst.tileplan import align_for, required_halo  # noqa: E402
+from hires_nst.config.settings import RenderConfig  # noqa: E402
+from hires_nst.core.bands import BandPlan, plan_bands  # noqa: E402
+from hires_nst.core.tiles import align_for, required_halo  # noqa: E402
+from hires_nst.engine.bandplan import Costs, Line, calibrate, spread_seconds  # noqa: E402
+from hires_nst.engine.distributed import BandObjective  # noqa: E402
+from hires_nst.engine.objective import Objective, make_targets  # noqa: E402
+from hires_nst.engine.plan import loss_weights  # noqa: E402
+from hires_nst.engine.render import build_extractor  # noqa: E402
+from hires_nst.runtime import ranks  # noqa: E402
+from hires_nst.runtime.placement import place, resolve_precision  # noqa: E402
 
 MB = 2**20
 FLOP_PER_PIXEL = 1.45e6  # VGG19 to conv5_1, forward + backward to the input (DESIGN.md 5)
@@ -122,7 +122,8 @@ def cpu_section(args: argparse.Namespace) -> tuple[list[dict], Costs | None]:
     for size in args.sizes:
         torch.set_num_threads(cores)
         rows.append(one_rank(size, torch.device("cpu"), args.precision, args.iterations))
-        row = ranks.launch(on_ranks, [torch.device("cpu")] * cores, (size, args.precision, args.iterations, costs is None),
+        row = ranks.launch(on_ranks, [torch.device("cpu")] * cores,
+                           (size, args.precision, args.iterations, costs is None),
                            (size, args.precision, args.iterations, costs is None))
         if "calibration" in row:
             costs = Costs.from_floats(row.pop("calibration"))

@@ -21,7 +21,7 @@ It prints three markdown tables (ready for the README) and writes them as JSON t
    below 1 by a few % is that, by more is a bug in the model.
 2. **square roots**: a float64 ``torch.linalg.eigh`` of a 512 x 512 SPD matrix (condition 1e4,
    what the w2 ridge allows) against the w2 loss's scaled coupled Newton-Schulz square root
-   (``hires_nst.losses.newton_schulz``: matmuls only, float64, 20 iterations), with its error
+   (``hires_nst.core.losses.newton_schulz``: matmuls only, float64, 20 iterations), with its error
    against eigh's.
 3. **render**: a full default render of the bundled pair (examples/tubingen.jpg x
    examples/starry_night.jpg) to 2048 px through ``hires_nst.stylize``: wall time per stage.
@@ -44,20 +44,21 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one
 
 import torch  # noqa: E402
 
-from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
-from hires_nst.hostsync import HostCounter  # noqa: E402
-from hires_nst.losses import newton_schulz  # noqa: E402
-from hires_nst.memmeasure import Scenario, build_stage, estimated, measure  # noqa: E402
-from hires_nst.placement import Precision, resolve_precision  # noqa: E402
+from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS  # noqa: E402
+from hires_nst.core.losses import newton_schulz  # noqa: E402
+from hires_nst.engine.memmeasure import Scenario, build_stage, estimated, measure  # noqa: E402
+from hires_nst.runtime.hostsync import HostCounter  # noqa: E402
+from hires_nst.runtime.placement import Precision, resolve_precision  # noqa: E402
 
 GiB = 2**30
 EXAMPLES = ROOT / "examples"
@@ -115,7 +116,7 @@ def run_stage(run: Run, network: torch.nn.Module, precision: Precision, device: 
     row["tiles"] = len(getattr(stage.objective, "tiles", [None]))
     for _ in range(warmup):  # cuDNN picks its algorithms
         stage.stepper.step()
-    row["s_per_it"] = round(_timed(lambda: stage.stepper.step(), iterations, device), 4)
+    row["s_per_it"] = round(_timed(stage.stepper.step, iterations, device), 4)
     with HostCounter() as counter:
         stage.stepper.step()
     _synchronize(device)
@@ -316,8 +317,8 @@ def _save(result: dict[str, Any], out: Path | None) -> None:
 def stage_section(args: argparse.Namespace, weights: str, precision: Precision,
                   device: torch.device) -> list[dict[str, Any]]:
     """Every planned stage, one after the other, on one copy of the network kept on the host."""
-    from hires_nst.features import VGGFeatures
-    from hires_nst.weights import load_weights
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
 
     network = VGGFeatures(load_weights(weights), LAYERS)
     sizes = [int(s) for s in str(args.sizes).split(",") if s]

@@ -12,7 +12,7 @@ peak *fake-measured* by running the real stage on fake tensors (``memmeasure``: 
 and the host's aten ops and device reads per iteration of the device L-BFGS (counted on the fake
 run; the render adds one read per --sync-every iterations). torch's L-BFGS (``lbfgs-torch``)
 cannot run on fake tensors (it reads values): its reads are 2 x history + ~5 per step
-(tests/test_device_lbfgs.py counts ~123 at ~55 pairs on a CPU).
+(tests/core/test_lbfgs.py counts ~123 at ~55 pairs on a CPU).
 
 With a CUDA device it also runs each plan that fits the device for real (random weights) and
 prints ``torch.cuda.max_memory_allocated`` and seconds per iteration beside the estimate
@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from hires_nst.memmeasure import Scenario, build_stage, estimated, measure, model_settings  # noqa: E402
-from hires_nst.memmodel import lbfgs_history, plan_tile  # noqa: E402
-from hires_nst.placement import MEMORY_MARGIN  # noqa: E402
-from hires_nst.tileplan import align_for, plan_tiles, required_halo  # noqa: E402
+from hires_nst.core.memmodel import lbfgs_history, plan_tile  # noqa: E402
+from hires_nst.core.tiles import align_for, plan_tiles, required_halo  # noqa: E402
+from hires_nst.engine.memmeasure import Scenario, build_stage, estimated, measure, model_settings  # noqa: E402
+from hires_nst.runtime.placement import MEMORY_MARGIN  # noqa: E402
 
 GiB = 2**30
 CONTEXT_GIB = 1.0  # CUDA context and cuDNN handles: not free for tensors
@@ -49,9 +49,9 @@ def budget_for(card_gib: float) -> int:
 
 def cuda_run(scenario: Scenario, iterations: int) -> tuple[int, float]:
     """Real peak (max_memory_allocated) and seconds per iteration of the stage on cuda:0."""
-    from hires_nst.features import VGGFeatures
-    from hires_nst.placement import CHANNELS_LAST, Precision
-    from hires_nst.weights import load_weights
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import CHANNELS_LAST, Precision
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -94,7 +94,8 @@ def main() -> None:
         f", {args.regions} regions" if args.regions else "")
     print(f"bf16, L-BFGS (device), default layers, {settings}; budget = (card - {CONTEXT_GIB:g} GiB) x "
           f"{MEMORY_MARGIN['cuda']}")
-    header = "| size | card GiB | budget GiB | pairs | plan | estimated GiB | fake-measured GiB | est/meas | ops/it | syncs/it |"
+    header = ("| size | card GiB | budget GiB | pairs | plan | estimated GiB | fake-measured GiB | est/meas "
+              "| ops/it | syncs/it |")
     if cuda:
         header += " CUDA max_allocated GiB | s/it |"
     print(header)

@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from hires_nst.config import RenderConfig
-from hires_nst.objective import Objective, make_targets
-from hires_nst.placement import resolve_device
-from hires_nst.stageplan import loss_weights
-from hires_nst.render import build_extractor
+from hires_nst.config.settings import RenderConfig
+from hires_nst.engine.objective import Objective, make_targets
+from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.render import build_extractor
+from hires_nst.runtime.placement import resolve_device
 
 
 def seconds_per_iteration(size: int, device: torch.device, repeats: int) -> float:

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from hires_nst import images
-from hires_nst.config import resolve
-from hires_nst.objective import Objective, make_targets
-from hires_nst.optimize import make_optimizer, optimize
-from hires_nst.placement import resolve_precision
-from hires_nst.pyramid import stage_inputs
-from hires_nst.stageplan import loss_weights
-from hires_nst.render import build_extractor
-from hires_nst.schedule import Stage
+from hires_nst.config.schedule import Stage
+from hires_nst.config.settings import resolve
+from hires_nst.engine.objective import Objective, make_targets
+from hires_nst.engine.optimize import make_optimizer, optimize
+from hires_nst.engine.plan import loss_weights
+from hires_nst.engine.pyramid import stage_inputs
+from hires_nst.engine.render import build_extractor
+from hires_nst.io import images
+from hires_nst.runtime.placement import resolve_precision
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -65,18 +65,17 @@ def worker(size: int, aspect: float, tile: int | None, device_name: str, iterati
     """Build one configuration, run ``iterations`` objective calls and measure them."""
     import torch
 
-    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-
-    from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Weights
-    from hires_nst.objective import make_targets
-    from hires_nst.tileplan import TileGrid
-    from hires_nst.tiling import TiledObjective, make_objective
-    from hires_nst.weights import load_weights
+    from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.core.tiles import TileGrid
+    from hires_nst.engine.objective import Weights, make_targets
+    from hires_nst.engine.tiling import TiledObjective, make_objective
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
 
     device = torch.device(device_name)
     width, height = (size, round(size / aspect)) if aspect >= 1 else (round(size * aspect), size)
-    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    # The paper's loss, as memmodel's table (not the config's default, w2).
+    weights = Weights.equal_layers(1.0, 10.0, 0.0, DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, "gram")
     extractor = VGGFeatures(load_weights("original"), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device)
     model_rss_kb = _status_kb("VmRSS") or _maxrss_kb()
     g = torch.Generator().manual_seed(0)
@@ -128,7 +127,7 @@ def available_mb() -> float | None:
 
 def run_one(args: argparse.Namespace, size: int, tile: int | None) -> dict:
     """One configuration in a fresh interpreter; a skip or failure comes back as a row with ``error``."""
-    from hires_nst.placement import estimate_stage_bytes
+    from hires_nst.runtime.placement import estimate_stage_bytes
 
     mode = "untiled" if tile is None else f"tile {tile}"
     estimate_mb = estimate_stage_bytes(size, size) / MB if tile is None else 0.0
@@ -158,7 +157,8 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'size':>11} {'mode':>9} {'tiles':>5} {'peak RSS MB':>11} {'CUDA MB':>8} {'s/iter':>8} {'t ratio':>7} {'m ratio':>7}"
+    head = (f"{'size':>11} {'mode':>9} {'tiles':>5} {'peak RSS MB':>11} {'CUDA MB':>8} {'s/iter':>8} "
+            f"{'t ratio':>7} {'m ratio':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r.get('width', r['size'])}x{r.get('height', '')}".rstrip("x")
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             row = run_one(args, size, tile)
             rows.append(row)
-            print(f"{size} {row['mode']}: {row.get('error') or str(row['peak_rss_mb']) + ' MB, ' + str(row['seconds_per_iteration']) + ' s'}",
-                  file=sys.stderr, flush=True)
+            done = row.get("error") or f"{row['peak_rss_mb']} MB, {row['seconds_per_iteration']} s"
+            print(f"{size} {row['mode']}: {done}", file=sys.stderr, flush=True)
     rows = with_ratios(rows)
     print(table(rows))
     args.json.write_text(json.dumps({"device": args.device, "rows": rows}, indent=2) + "\n")

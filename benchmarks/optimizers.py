@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hires_nst.config import OPTIMIZERS
+from hires_nst.config.settings import OPTIMIZERS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from hires_nst import images
-from hires_nst.config import RenderConfig, resolve
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.render import RenderJob, build_extractor, render
-from hires_nst.schedule import fit_long_side
+from hires_nst.config.schedule import fit_long_side
+from hires_nst.config.settings import RenderConfig, resolve
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.render import RenderJob, build_extractor, render
+from hires_nst.io import images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 CONTENT, STYLE = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
@@ -39,7 +39,8 @@ def at_long_side(array, long_side: int):
 
 def score(output: Path, extractor) -> dict[str, float]:
     result, content, style = (images.load_image(p) for p in (output, CONTENT, STYLE))
-    style_only = Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers)
+    # The relative Gram loss, as these scores always were (not the config's default, w2).
+    style_only = Weights.equal_layers(0.0, 1.0, 0.0, [], RenderConfig().loss.style_layers, "gram")
     small = images.to_tensor(at_long_side(result, COARSE))
     targets = make_targets(extractor, None, [images.to_tensor(at_long_side(style, COARSE))], (), style_only)
     coarse_style = float(Objective(extractor, targets, style_only).loss(small)["style"])

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hires_nst import images
 from hires_nst.api import stylize
-from hires_nst.contact_sheet import grid_sheet
-from hires_nst.objective import Objective, Weights, make_targets
-from hires_nst.render import build_extractor
-from hires_nst.config import resolve
-from hires_nst.schedule import fit_long_side
+from hires_nst.config.schedule import fit_long_side
+from hires_nst.config.settings import resolve
+from hires_nst.engine.objective import Objective, Weights, make_targets
+from hires_nst.engine.render import build_extractor
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import grid_sheet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 PAIRS = ("tubingen:the_scream", "hoovertowernight:the_scream", "tubingen:starry_night", "hoovertowernight:shipwreck")
@@ -113,8 +113,8 @@ class Scorer:
 
     def __init__(self) -> None:
         self.extractor = build_extractor(resolve(), torch.device("cpu"))
-        self.weights = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"],
-                                            ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"])
+        self.weights = Weights.equal_layers(1.0, 1.0, 0.0, ["conv4_2"],  # the Gram loss, not the default w2
+                                            ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"], "gram")
 
     def __call__(self, output: np.ndarray, photo: np.ndarray, painting: np.ndarray) -> dict[str, float]:
         tensor = images.to_tensor
@@ -175,7 +175,10 @@ def table(rows: list[dict], configs: list[str]) -> str:
     common = set.intersection(*({r["pair"] for r in rows if r["config"] == c} for c in configs))
     for name in configs:
         mine = [r for r in rows if r["config"] == name and r["pair"] in common]
-        mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
+
+        def mean(key: str, mine: list[dict] = mine) -> float:
+            return sum(r[key] for r in mine) / len(mine)
+
         lines.append(f"| mean of {len(common)} | {name} | {mean('content'):.3f} | {mean('style'):.4f} | "
                      f"{mean('ssim'):.3f} | {mean('patch'):.4f} | {mean('seconds'):.0f} |")
     return "\n".join(lines)
@@ -200,7 +203,8 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
-    rows, cells, captions = run(pairs, configs, args.size, args.iterations, Path(args.out_dir) if args.out_dir else None)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    rows, cells, captions = run(pairs, configs, args.size, args.iterations, out_dir)
     print(table(rows, configs))
     if args.sheet:
         images.save_image(args.sheet, grid_sheet(cells, captions, cell_height=args.size * 3 // 4))

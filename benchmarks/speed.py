@@ -99,16 +99,16 @@ def _win_variants(args: argparse.Namespace, cuda: bool) -> list[tuple[str, str, 
 def measure(size: int, args: argparse.Namespace, variants: list) -> list[dict]:
     """Build each variant's objective once, then time them in interleaved rounds."""
     import torch
-
     from memory import _release_free_memory, _reset_peak_rss, _status_kb
-    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-    from hires_nst.features import VGGFeatures
-    from hires_nst.memmeasure import random_regions, settings_weights
-    from hires_nst.placement import Precision
-    from hires_nst.objective import make_targets
-    from hires_nst.tileplan import TileGrid
-    from hires_nst.tiling import TiledObjective, make_objective
-    from hires_nst.weights import load_weights
+
+    from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.core.tiles import TileGrid
+    from hires_nst.engine.memmeasure import random_regions, settings_weights
+    from hires_nst.engine.objective import make_targets
+    from hires_nst.engine.tiling import TiledObjective, make_objective
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import Precision
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.cudnn_off
@@ -128,7 +128,8 @@ def measure(size: int, args: argparse.Namespace, variants: list) -> list[dict]:
         objective = make_objective(network, targets, weights, grid.tiles(size, size), precision)
         built.append((label, name, tile, objective))
     image = content.clone()
-    rows = {label: {"size": size, "label": label, "precision": name, "mode": "untiled" if tile is None else f"tile {tile}",
+    rows = {label: {"size": size, "label": label, "precision": name,
+                    "mode": "untiled" if tile is None else f"tile {tile}",
                     "tiles": len(o.tiles) if isinstance(o, TiledObjective) else 1, "seconds": [], "cpu_seconds": []}
             for label, name, tile, o in built}
 
@@ -199,15 +200,15 @@ def quality(args: argparse.Namespace) -> list[dict]:
     """fp32 and bf16 renders of the shared pair at 128 px, both scored by the fp32 objective."""
     import torch
 
-    from hires_nst import images
-    from hires_nst.config import RenderConfig
-    from hires_nst.objective import Objective, make_targets
-    from hires_nst.optimize import optimize
-    from hires_nst.placement import FP32, resolve_precision
-    from hires_nst.pyramid import stage_inputs
-    from hires_nst.stageplan import loss_weights
-    from hires_nst.render import build_extractor
-    from hires_nst.schedule import Stage, fit_long_side
+    from hires_nst.config.schedule import Stage, fit_long_side
+    from hires_nst.config.settings import RenderConfig
+    from hires_nst.engine.objective import Objective, make_targets
+    from hires_nst.engine.optimize import optimize
+    from hires_nst.engine.plan import loss_weights
+    from hires_nst.engine.pyramid import stage_inputs
+    from hires_nst.engine.render import build_extractor
+    from hires_nst.io import images
+    from hires_nst.runtime.placement import FP32, resolve_precision
 
     device = torch.device(args.device)
     config = RenderConfig()
@@ -239,11 +240,10 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
     """A full default pyramid render of the shared pair to ``--render`` px: wall time per stage."""
     import torch
 
-    from hires_nst.config import resolve
+    from hires_nst.config.presets import load_preset
+    from hires_nst.config.settings import resolve
+    from hires_nst.engine.render import RenderJob, render
     from hires_nst.events import StageFinished
-    from hires_nst.render import RenderJob, render
-
-    from hires_nst.presets import load_preset
 
     out = ROOT / "outputs" / f"speed-render-{args.render}.png"
     loss = args.losses.split(",")[0]  # the render's settings, or the first loss's preset
@@ -266,7 +266,8 @@ def render_timing(args: argparse.Namespace) -> list[dict]:
 
     result = render(RenderJob(SHARED / "tubingen.jpg", (SHARED / "starry_night.jpg",), out, config, restart=True), sink)
     rows.append({"stage": "all", "size": f"{result.width}x{result.height}", "seconds": round(result.seconds, 2),
-                 "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None})
+                 "peak_gpu_gb": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                                 if device.type == "cuda" else None)})
     return rows
 
 
@@ -326,20 +327,20 @@ def sync_rows(size: int, args: argparse.Namespace) -> list[dict]:
     """Adam loops that read the losses back every iteration vs every 10 (the CUDA default)."""
     import torch
 
-    from hires_nst.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
-
-    from hires_nst.features import VGGFeatures
-    from hires_nst.memmeasure import settings_weights
-    from hires_nst.objective import Objective, make_targets
-    from hires_nst.optimize import optimize_with_state
-    from hires_nst.placement import resolve_precision
-    from hires_nst.weights import load_weights
+    from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+    from hires_nst.engine.memmeasure import settings_weights
+    from hires_nst.engine.objective import Objective, make_targets
+    from hires_nst.engine.optimize import optimize_with_state
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import resolve_precision
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     precision = resolve_precision("auto", [device])
     weights = settings_weights(args.losses.split(",")[0])
-    net = precision.prepare(VGGFeatures(load_weights(args.weights), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS).to(device))
+    network = VGGFeatures(load_weights(args.weights), DEFAULT_CONTENT_LAYERS + DEFAULT_STYLE_LAYERS)
+    net = precision.prepare(network.to(device))
     g = torch.Generator().manual_seed(0)
     content, style = (torch.rand(1, 3, size, size, generator=g).to(device) for _ in range(2))
     objective = Objective(net, make_targets(net, content, [style], (), weights, precision), weights, precision)
@@ -407,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
         if cuda:
             off = run_size(argparse.Namespace(**{**vars(args), "cudnn_off": True}), size, "wins")
             wins += [{**r, "label": r["label"] + ", cudnn.benchmark off"} for r in off]
-        result["wins"] = measured(wins, "fp32 NCHW") + measured(run_size(args, size, "sync"), "adam, losses read every 1")
+        result["wins"] = (measured(wins, "fp32 NCHW")
+                          + measured(run_size(args, size, "sync"), "adam, losses read every 1"))
         print(table(f"cheap wins at {size} px", result["wins"], ITERATION_KEYS))
     if args.quality:
         result["quality"] = quality(args)

@@ -63,7 +63,7 @@ def best_of(fn, repeats: int, sync=lambda: None, clock=time.thread_time) -> floa
 
 def load(path: Path, side: float):
     """(1, 3, h, w) of the image at long side ``side``."""
-    from hires_nst import images
+    from hires_nst.io import images
 
     array = images.load_image(path)
     height, width = array.shape[:2]
@@ -78,7 +78,7 @@ def statistics(extractor, image) -> dict:
     """Per layer, float64 mean (C,) and E[f f^T] (C, C), from float32 sums as the renderer takes them."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with torch.no_grad():
         feats = extractor(image)
@@ -93,8 +93,8 @@ def cases(examples: Path) -> list[tuple[str, dict, dict]]:
     """(label, image statistics, target statistics) per image kind x side."""
     import torch
 
-    from hires_nst.features import VGGFeatures
-    from hires_nst.weights import load_weights
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
 
     extractor = VGGFeatures(load_weights("original"), LAYERS)
     out = []
@@ -113,7 +113,7 @@ def reference(mean, second, target):
     pieces the Newton-Schulz rows reuse (covariance with the ridge, the target's root)."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with losses.forced_sqrt_method("eigh"):
         fit = losses.w2_target(*target)
@@ -154,7 +154,7 @@ def errors(loss, cross, grad, ref) -> tuple[float, float, float, float]:
 def accuracy(examples: Path, counts: list[int]) -> list[dict]:
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     variants = [("plain NS", 1.0), ("scaled NS", losses.NS_FLOOR)]
     worst: dict[tuple, list] = {}
@@ -201,10 +201,11 @@ def accuracy(examples: Path, counts: list[int]) -> list[dict]:
 
 def print_accuracy(rows: list[dict]) -> None:
     print("\n## accuracy: worst case over 3 images x 3 sizes x 5 layers, against float64 eigh")
-    print(f"{'method':<14} {'dtype':<8} {'iter':>4}  {'loss rel':>9} {'tr rel':>9} {'grad rel':>9} {'min cos':>10}  worst cosine at")
+    print(f"{'method':<14} {'dtype':<8} {'iter':>4}  {'loss rel':>9} {'tr rel':>9} {'grad rel':>9} {'min cos':>10}  "
+          "worst cosine at")
     for r in rows:
-        print(f"{r['method']:<14} {r['dtype']:<8} {r['iterations']!s:>4}  {r['loss_rel_err']:9.1e} {r['cross_rel_err']:9.1e} "
-              f"{r['grad_rel_err']:9.1e} {r['min_cosine']:10.6f}  {r['worst']}")
+        print(f"{r['method']:<14} {r['dtype']:<8} {r['iterations']!s:>4}  {r['loss_rel_err']:9.1e} "
+              f"{r['cross_rel_err']:9.1e} {r['grad_rel_err']:9.1e} {r['min_cosine']:10.6f}  {r['worst']}")
 
 
 # --------------------------------------------------------------------------- times
@@ -213,7 +214,7 @@ def print_accuracy(rows: list[dict]) -> None:
 def times(device, repeats: int) -> list[dict]:
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -224,14 +225,15 @@ def times(device, repeats: int) -> list[dict]:
         a = torch.randn(channels, 2 * channels, generator=g, dtype=torch.float64)
         spd = (a @ a.T / channels + 1e-3 * torch.eye(channels, dtype=torch.float64)).to(device)
         rows.append({"C": channels, "device": str(device),
-                     "eigh_ms": 1e3 * best_of(lambda: torch.linalg.eigh(spd), repeats, sync, clock),
-                     "newton_schulz_ms": 1e3 * best_of(lambda: losses.newton_schulz(spd), repeats, sync, clock),
-                     "matmul_ms": 1e3 * best_of(lambda: spd @ spd, repeats, sync, clock)})
+                     "eigh_ms": 1e3 * best_of(lambda spd=spd: torch.linalg.eigh(spd), repeats, sync, clock),
+                     "newton_schulz_ms": 1e3 * best_of(lambda spd=spd: losses.newton_schulz(spd), repeats, sync, clock),
+                     "matmul_ms": 1e3 * best_of(lambda spd=spd: spd @ spd, repeats, sync, clock)})
     return rows
 
 
 def print_times(rows: list[dict], iterations: int) -> None:
-    print(f"\n## one call, float64 ({rows[0]['device']}): eigh vs Newton-Schulz ({iterations} iterations, {3 * iterations - 1} matmuls)")
+    print(f"\n## one call, float64 ({rows[0]['device']}): eigh vs Newton-Schulz ({iterations} iterations, "
+          f"{3 * iterations - 1} matmuls)")
     print(f"{'C':>4} {'eigh ms':>9} {'NS ms':>9} {'matmul ms':>10} {'NS/eigh':>8}")
     for r in rows:
         print(f"{r['C']:>4} {r['eigh_ms']:9.2f} {r['newton_schulz_ms']:9.2f} {r['matmul_ms']:10.3f} "
@@ -245,14 +247,14 @@ def evaluation(examples: Path, repeats: int) -> list[dict]:
     """Per size: seconds per evaluation of the default loss and of --preset gatys, and the w2 term's parts."""
     import torch
 
-    from hires_nst import images
-    from hires_nst.config import resolve
-    from hires_nst.features import VGGFeatures
-    from hires_nst.objective import Objective, make_targets
-    from hires_nst.placement import resolve_precision
-    from hires_nst.presets import load_preset
-    from hires_nst.stageplan import loss_weights
-    from hires_nst.weights import load_weights
+    from hires_nst.config.presets import load_preset
+    from hires_nst.config.settings import resolve
+    from hires_nst.engine.objective import Objective, make_targets
+    from hires_nst.engine.plan import loss_weights
+    from hires_nst.io import images
+    from hires_nst.model.features import VGGFeatures
+    from hires_nst.model.weights import load_weights
+    from hires_nst.runtime.placement import resolve_precision
 
     precision = resolve_precision("fp32", [torch.device("cpu")])
     weights = {"default": loss_weights(resolve()), "gatys": loss_weights(load_preset("gatys").config())}
@@ -287,7 +289,7 @@ def w2_parts(extractor, targets, image, repeats: int) -> dict:
     """The w2 term alone, forward and backward on this image's statistics, and the eigh of each cross product."""
     import torch
 
-    from hires_nst import losses
+    from hires_nst.core import losses
 
     with torch.no_grad():
         feats = extractor(image)
@@ -342,7 +344,7 @@ def main() -> None:
         out["accuracy"] = accuracy(examples, [int(c) for c in args.counts.split(",")])
         print_accuracy(out["accuracy"])
     if "times" in sections:
-        from hires_nst import losses
+        from hires_nst.core import losses
 
         out["times"] = times(torch.device(args.device), args.repeats)
         print_times(out["times"], losses.NS_ITERATIONS)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hires_nst import images, stylize
-from hires_nst.contact_sheet import grid_sheet
+from hires_nst import stylize
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import grid_sheet
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -22,10 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hires_nst import images
-from hires_nst.config import resolve
-from hires_nst.contact_sheet import grid_sheet
-from hires_nst.render import RenderJob, render
+from hires_nst.config.settings import resolve
+from hires_nst.engine.render import RenderJob, render
+from hires_nst.io import images
+from hires_nst.io.contact_sheet import grid_sheet
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

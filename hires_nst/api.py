@@ -13,19 +13,20 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
-from hires_nst.config import SECTIONS, resolve
+from hires_nst.config.presets import resolve_with_preset
+from hires_nst.config.settings import named_layer
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Event, null_sink, tee
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 OUTPUT_NAME = "stylized.png"
-_SECTION_OF = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
 def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, preset: str | None = None,
@@ -43,46 +44,29 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     later call with ``resume=True`` goes on from them; without it nothing stays on disk.
     Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
     """
-    from hires_nst import images
-    from hires_nst.render import render
-    from hires_nst.renderjob import RenderJob
+    from hires_nst.config.renderjob import RenderJob
+    from hires_nst.engine.render import render
+    from hires_nst.io import images
 
     if callback is not None and not callable(callback):  # before any work: not at the first event
         raise ConfigError(f"stylize(): callback must be callable (a function taking each event), got {callback!r}")
-    style_list = list(styles) if isinstance(styles, (list, tuple)) else [styles]
-    layers = [*_preset_layers(preset), ("stylize()", _settings_layer(settings))]
+    style_list = list(styles) if isinstance(styles, (list, tuple)) else [cast(ImageLike, styles)]  # one image
+    # Settings checked before any file is written; work_dir is a parameter of its own.
+    keywords = {name: list(value) if isinstance(value, tuple) else value for name, value in settings.items()}
+    config = resolve_with_preset(preset, ("stylize()", named_layer(keywords, "stylize()", taken=("work_dir",))))
     with _folder(work_dir) as folder:
         inputs = folder / "inputs"
         content_path = _as_file(content, inputs, "content")
         style_paths = tuple(_as_file(s, inputs, f"style {i + 1}") for i, s in enumerate(style_list))
-        config = resolve(*layers, ("stylize()", {"output": {"work_dir": str(folder / "work"), "bit_depth": 16}}))
-        job = RenderJob(content_path, style_paths, folder / OUTPUT_NAME, config, resume=resume)
+        kept = dataclasses.replace(config.output, work_dir=str(folder / "work"), bit_depth=16)
+        job = RenderJob(content_path, style_paths, folder / OUTPUT_NAME, dataclasses.replace(config, output=kept),
+                        resume=resume)
         with _progress(progress) as shown:
             result = render(job, tee(shown, callback or null_sink))
         array = images.load_image(result.output, "the result")
     if as_array:
         return array
     return Image.fromarray(np.round(array * 255).astype(np.uint8))
-
-
-def _preset_layers(preset: str | None) -> list[tuple[str, dict[str, Any]]]:
-    if preset is None:
-        return []
-    from hires_nst.presets import load_preset
-
-    loaded = load_preset(preset)
-    return [(loaded.source, loaded.layer)]
-
-
-def _settings_layer(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Keyword settings as a config layer; ``work_dir`` is a parameter of its own."""
-    layer: dict[str, dict[str, Any]] = {}
-    for name, value in settings.items():
-        if name not in _SECTION_OF or name == "work_dir":
-            known = ", ".join(sorted(n for n in _SECTION_OF if n != "work_dir"))
-            raise ConfigError(f"stylize(): unknown setting {name!r}; known: {known}")
-        layer.setdefault(_SECTION_OF[name], {})[name] = list(value) if isinstance(value, tuple) else value
-    return layer
 
 
 @contextlib.contextmanager
@@ -126,7 +110,7 @@ UNIT_RANGE_SLACK = 1 / 512
 
 
 def _array_file(array: np.ndarray, path: Path, what: str) -> Path:
-    from hires_nst import images
+    from hires_nst.io import images
 
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
@@ -168,7 +152,7 @@ def _progress(show: bool) -> Iterator[Callable[[Event], None]]:
         return
     from rich.console import Console
 
-    from hires_nst.progress import ProgressDisplay
+    from hires_nst.cli.progress import ProgressDisplay
 
     with ProgressDisplay(Console(stderr=True)) as display:
         yield display

@@ -6,8 +6,9 @@ and ``null_sink`` drops them (``--quiet``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only in annotations: the command line loads this module without numpy
     import numpy as np
@@ -113,7 +114,7 @@ class JobFinished:
     error: str = ""
 
 
-Event = Union[Planned, StageStarted, Step, StageFinished, Snapshot, Preview, Message, JobStarted, JobFinished]
+Event = Planned | StageStarted | Step | StageFinished | Snapshot | Preview | Message | JobStarted | JobFinished
 Sink = Callable[[Event], None]
 
 

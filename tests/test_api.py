@@ -15,8 +15,7 @@ from PIL import Image
 from hires_nst import stylize
 from hires_nst.errors import ConfigError, InputError
 from hires_nst.events import Planned, Preview, StageFinished, Step
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests.helpers.paths import EXAMPLES
 
 
 def _files(folder: Path) -> set[Path]:
@@ -67,9 +66,9 @@ def test_import_hires_nst_stays_cheap() -> None:
 
 @pytest.fixture
 def no_render(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.render
+    import hires_nst.engine.render
 
-    monkeypatch.setattr(hires_nst.render, "render", lambda job, sink: pytest.fail("the render started"))
+    monkeypatch.setattr(hires_nst.engine.render, "render", lambda job, sink: pytest.fail("the render started"))
 
 
 def _photo() -> np.ndarray:
@@ -97,10 +96,10 @@ def test_a_bad_array_is_an_input_error_before_the_render(case: str, which: str, 
 
 
 def test_floats_a_hair_outside_the_unit_range_are_clipped_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hires_nst.render
+    import hires_nst.engine.render
 
     seen = []
-    monkeypatch.setattr(hires_nst.render, "render", lambda job, sink: seen.append(job) or pytest.skip("seen"))
+    monkeypatch.setattr(hires_nst.engine.render, "render", lambda job, sink: seen.append(job) or pytest.skip("seen"))
     array = _photo() / 255.0
     array[0, 0] = (1.0 + 1e-6, -1e-6, 0.5)  # rounding of a caller's own arithmetic
     with pytest.raises(pytest.skip.Exception):

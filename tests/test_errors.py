@@ -8,17 +8,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import hires_nst.batch_job
-import hires_nst.render
-from hires_nst.batch import BatchJob
-from hires_nst.batch_job import run_job
-from hires_nst.cli import app
-from hires_nst.config import resolve
-
-from hires_nst.errors import (EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DeviceError, Failure,
-                              Interrupted, classify)
-from hires_nst.renderjob import RenderJob
-from tests.synthetic import write_image
+import hires_nst.batch.job
+import hires_nst.engine.render
+from hires_nst.batch.job import run_job
+from hires_nst.batch.jobs import BatchJob
+from hires_nst.cli.main import app
+from hires_nst.config.renderjob import RenderJob
+from hires_nst.config.settings import resolve
+from hires_nst.errors import (
+    EXIT_BUG,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ConfigError,
+    DeviceError,
+    Failure,
+    Interrupted,
+    classify,
+)
+from tests.helpers.synthetic import write_image
 
 
 @pytest.mark.parametrize("exc", [
@@ -65,14 +73,14 @@ def test_the_cli_and_a_batch_job_report_an_allocation_failure_alike(monkeypatch:
         raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
 
     content, style = write_image(tmp_path / "c.png"), write_image(tmp_path / "s.png", seed=1)
-    monkeypatch.setattr(hires_nst.render, "render", cublas)
+    monkeypatch.setattr(hires_nst.engine.render, "render", cublas)
     result = CliRunner().invoke(app, ["render", str(content), str(style), "-o", str(tmp_path / "o.png")])
     assert result.exit_code == EXIT_ERROR
     [line] = result.stderr.splitlines()
     assert line == "error: out of device memory (CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling " \
                    "`cublasCreate(handle)`); try a smaller --max-size"
 
-    monkeypatch.setattr(hires_nst.batch_job, "render", cublas)
+    monkeypatch.setattr(hires_nst.batch.job, "render", cublas)
     job = BatchJob("j", RenderJob(content, (style,), tmp_path / "j.png",
                                   resolve(("test", {"output": {"work_dir": str(tmp_path / "work")}}))), "spec")
     outcome = run_job(job, restart=False)

@@ -14,7 +14,8 @@ from types import ModuleType
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
+
 # The default rows must be the render's default loss (w2), not the paper's that conftest.py sets.
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.default_loss]
 

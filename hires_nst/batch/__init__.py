@@ -1,0 +1,1 @@
+"""Many renders: job files, running them one after another, in parallel workers or on a Ray cluster."""

@@ -1,0 +1,1 @@
+"""Where the work runs: devices, precision and memory placement, torch.distributed ranks, host-sync counting."""

@@ -1,0 +1,1 @@
+"""Tests of hires_nst/io/."""
