@@ -8,6 +8,8 @@ network are not the point (exactness of tiling, plans, plumbing).
 from __future__ import annotations
 
 import dataclasses
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,18 @@ def paper_loss_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest
     names = [f.name for f in dataclasses.fields(LossConfig)]
     defaults = dict(zip(names, LossConfig.__init__.__defaults__, strict=True))  # every field has a default
     monkeypatch.setattr(LossConfig.__init__, "__defaults__", tuple({**defaults, **PAPER_LOSS}[n] for n in names))
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C as a terminal gives it, whoever started pytest: a shell that starts a command in the
+    background (``cmd &``, nohup) hands it SIGINT ignored, and the tests that press Ctrl-C would see
+    their render finish instead of stopping."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")
