@@ -155,7 +155,7 @@ def test_a_missing_input_fails_alone_and_a_rerun_skips_the_finished_jobs(folder:
 
 
 def test_ctrl_c_on_the_driver_cancels_the_tasks_and_keeps_their_checkpoints(folder: Path, crash_plan: Path) -> None:
-    slow = 'overrides = { pyramid = { iterations = [500, 3] }, optim = { tolerance = 0.0 } }\n'  # no early end
+    slow = 'overrides = { pyramid = { iterations = [5000, 3] }, optim = { tolerance = 0.0 } }\n'  # long: Ctrl-C ends it
     batch = load_batch(job_file(folder, job("s1", "a", slow) + job("s2", "b", slow) + job("s3", "a", slow)))
     rendering: list[str] = []
 
