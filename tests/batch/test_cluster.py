@@ -25,7 +25,7 @@ from hires_nst.errors import DeviceError
 from hires_nst.io import images
 from tests.helpers import cluster_hooks
 from tests.helpers.paths import ROOT
-from tests.helpers.synthetic import write_image
+from tests.helpers.synthetic import batch_folder
 
 ray = pytest.importorskip("ray")
 from hires_nst.batch import cluster  # noqa: E402  (needs Ray)
@@ -56,12 +56,7 @@ def crash_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    (tmp_path / "in").mkdir()
-    write_image(tmp_path / "in" / "a.png", 48, 40, 0)
-    write_image(tmp_path / "in" / "b.png", 40, 48, 1)
-    write_image(tmp_path / "in" / "s.png", 48, 48, 2)
-    (tmp_path / "tiny.toml").write_text(PRESET)
-    return tmp_path
+    return batch_folder(tmp_path, PRESET)
 
 
 def job_file(folder: Path, body: str) -> Path:

@@ -30,7 +30,7 @@ from hires_nst.io import images
 from hires_nst.io.contact_sheet import CAPTION, GAP
 from hires_nst.io.writeplan import WORK_MARKER
 from tests.helpers.paths import ROOT
-from tests.helpers.synthetic import write_image
+from tests.helpers.synthetic import batch_folder, write_image
 
 runner = CliRunner()
 TINY_PRESET = """description = "Tiny renders for tests."
@@ -43,13 +43,7 @@ iterations = [2]
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """tmp_path/in/{a,b,s}.png and tmp_path/tiny.toml (a preset)."""
-    (tmp_path / "in").mkdir()
-    write_image(tmp_path / "in" / "a.png", 48, 40, 0)
-    write_image(tmp_path / "in" / "b.png", 40, 48, 1)
-    write_image(tmp_path / "in" / "s.png", 48, 48, 2)
-    (tmp_path / "tiny.toml").write_text(TINY_PRESET)
-    return tmp_path
+    return batch_folder(tmp_path, TINY_PRESET)
 
 
 def job_file(folder: Path, body: str, name: str = "jobs.toml") -> Path:

@@ -23,3 +23,13 @@ def tiles_for(extractor, width: int, height: int, tile: int | None) -> list:
 
     grid = TileGrid.for_layers(extractor.layers, tile, block_sizes=getattr(extractor, "block_sizes", BLOCK_SIZES))
     return grid.tiles(width, height)
+
+
+def batch_folder(root: Path, preset: str) -> Path:
+    """``root/in/{a,b,s}.png`` (two photos, one painting, 40-48 px) and ``root/tiny.toml`` holding ``preset``."""
+    (root / "in").mkdir()
+    write_image(root / "in" / "a.png", 48, 40, 0)
+    write_image(root / "in" / "b.png", 40, 48, 1)
+    write_image(root / "in" / "s.png", 48, 48, 2)
+    (root / "tiny.toml").write_text(preset)
+    return root
