@@ -12,15 +12,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs
 
 from hires_nst.config.catalog import POOLINGS, POOLS_BEFORE, VGG_BLOCKS, VGG_DISPLAY, canonical_layer, vgg_layer_names
 from hires_nst.errors import ConfigError, WeightsError
 from hires_nst.model.pooling import recomputing
-from hires_nst.model.weights import VGG_CFG, VGGWeights, vgg_body
+from hires_nst.model.weights import VGG_LAYOUTS, VGGWeights, vgg_body
 
 
-# Convolutions per block; torchvision's cfg letter for each (VGG16 is "D", VGG19 is "E").
 def _relu_indices(arch: str) -> dict[str, int]:
     """conv name -> index of its ReLU in torchvision's ``features`` of ``arch``."""
     convs = [i for i, v in enumerate(_cfg_modules(arch)) if v == "conv"]
@@ -28,8 +26,8 @@ def _relu_indices(arch: str) -> dict[str, int]:
 
 
 def _cfg_modules(arch: str) -> list[str]:
-    """The kinds of the modules ``make_layers`` builds for ``arch``: conv, relu, pool."""
-    return [kind for v in cfgs[VGG_CFG[arch]] for kind in (("pool",) if v == "M" else ("conv", "relu"))]
+    """The kinds of the modules ``vgg_body`` builds for ``arch``: conv, relu, pool."""
+    return [kind for v in VGG_LAYOUTS[arch] for kind in (("pool",) if v == "M" else ("conv", "relu"))]
 
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

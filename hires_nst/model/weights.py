@@ -27,10 +27,10 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.vgg import cfgs, make_layers
 
 from hires_nst.errors import WeightsError
 
@@ -127,11 +127,19 @@ def _dequantise(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     return out
 
 
-def _torchvision(backbone: str = "vgg19") -> VGGWeights:
-    import torchvision.models
+def _torchvision_models(wanted: str) -> Any:
+    """torchvision.models, imported only when asked (slow to import; an optional dependency)."""
+    try:
+        import torchvision.models
+    except ImportError:
+        raise WeightsError(f"{wanted} needs torchvision, which is not installed: pip install torchvision "
+                           "(the same build as torch: both from PyPI, or both from PyTorch's CPU index)") from None
+    return torchvision.models
 
+
+def _torchvision(backbone: str = "vgg19") -> VGGWeights:
     enum_name, entry = TORCHVISION[backbone]
-    weights_enum = getattr(getattr(torchvision.models, enum_name), entry)
+    weights_enum = getattr(getattr(_torchvision_models("--weights torchvision"), enum_name), entry)
     try:
         # check_hash: the file name carries a sha256 prefix; weights_only: never unpickle code.
         full = weights_enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
@@ -251,12 +259,27 @@ def _short(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- the networks the weights fill
 
-VGG_CFG = {"vgg19": "E", "vgg16": "D"}  # torchvision's names of the architectures
+# The VGG ``features`` layouts (Simonyan & Zisserman's configurations D and E, torchvision's ``cfgs``):
+# output channels of each 3x3 convolution, "M" a 2x2 max pool. Written here so that the default path
+# needs no torchvision (a CPU-only install takes torch alone).
+VGG_LAYOUTS: dict[str, tuple[int | str, ...]] = {
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
 
 
 def vgg_body(arch: str = "vgg19") -> nn.Sequential:
-    """torchvision's VGG ``features`` architecture, without building the big classifier."""
-    return make_layers(cfgs[VGG_CFG[arch]], batch_norm=False)
+    """VGG's ``features`` as torchvision builds them (same modules, indices and init order)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for entry in VGG_LAYOUTS[arch]:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, int(entry), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = int(entry)
+    return nn.Sequential(*layers)
 
 
 def vgg19_body() -> nn.Sequential:
@@ -266,9 +289,7 @@ def vgg19_body() -> nn.Sequential:
 def trunk(backbone: str) -> nn.Module:
     """The module whose state dict a backbone's weights fill: VGG ``features``, ResNet-50 minus ``fc``."""
     if backbone == "resnet50":
-        from torchvision.models import resnet50  # only when asked: torchvision.models is slow to import
-
-        net = resnet50()
+        net = _torchvision_models("--backbone resnet50").resnet50()
         net.fc = nn.Identity()  # the classifier is never used
         return net
     return vgg_body(backbone)
