@@ -291,7 +291,8 @@ SECTIONS: dict[str, type] = get_type_hints(RenderConfig)
 def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
     """Merge ``(source, {section: {key: value}})`` layers in order, later ones winning."""
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for source, layer in layers:
+    set_by: dict[tuple[str, str], int] = {}  # (section, key) -> index of the layer that set it last
+    for index, (source, layer) in enumerate(layers):
         for section, values in layer.items():
             if section not in SECTIONS:
                 raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
@@ -299,10 +300,23 @@ def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
                 raise ConfigError(f"{source}: [{section}] must be a table of settings")
             for key, value in values.items():
                 merged[section][key] = _coerce(section, key, value, source)
+                set_by[section, key] = index
+    _adapt_first_stage(merged["pyramid"], set_by)
     _default_layers(merged)
     config = RenderConfig(**{name: cls(**merged[name]) for name, cls in SECTIONS.items()})
     validate(config)
     return config
+
+
+def _adapt_first_stage(pyramid: dict[str, Any], set_by: Mapping[tuple[str, str], int]) -> None:
+    """A --min-size from an earlier layer (a preset) than the --max-size gives way to it: the first
+    stage goes back to the default (128 px, or the whole size when smaller). Set by the same layer, or
+    typed after the size, a --min-size above --max-size stays an error that names both."""
+    min_layer, max_layer = set_by.get(("pyramid", "min_size")), set_by.get(("pyramid", "max_size"))
+    if min_layer is None or max_layer is None or min_layer >= max_layer:
+        return
+    if pyramid["min_size"] > pyramid["max_size"]:
+        del pyramid["min_size"]
 
 
 def _default_layers(merged: dict[str, dict[str, Any]]) -> None:

@@ -55,7 +55,9 @@ def plan_schedule(config: RenderConfig, width: int, height: int) -> tuple[list[S
     if printing.print_size:
         plan = _print_plan_for_the_network(config, width, height)
         width, height, crop, max_size = plan.width, plan.height, plan.crop, max(plan.width, plan.height)
-    schedule = make_schedule(width, height, max_size=max_size, min_size=pyramid.min_size,
+    # A print's size is never typed as --max-size: a first stage asked larger than the print gives way.
+    min_size = pyramid.min_size if pyramid.min_size <= max_size else max_size
+    schedule = make_schedule(width, height, max_size=max_size, min_size=min_size,
                              factor=pyramid.scale_factor, iterations=pyramid.iterations,
                              fit_iterations=pyramid.fit_iterations, min_short=min_side(config))
     return schedule, crop
@@ -89,9 +91,13 @@ def min_side(config: RenderConfig) -> int:
 
 
 def raised_first_stage(config: RenderConfig, schedule: Sequence[Stage]) -> str:
-    """What to say when a thin image's first stage had to be longer than --min-size ("" if not)."""
+    """What to say when the first stage is not the --min-size asked ("" if it is): a thin image's is
+    longer (the network's minimum), a print smaller than --min-size is rendered in one stage."""
     asked = config.pyramid.min_size or min(DEFAULT_MIN_SIZE, schedule[-1].long_side)
     first = schedule[0]
+    if asked > schedule[-1].long_side:
+        return (f"the print is {schedule[-1].width}x{schedule[-1].height} px, smaller than --min-size {asked}: "
+                f"the pyramid starts at {first.long_side} px")
     if first.long_side <= asked:
         return ""
     return (f"the first stage is {first.width}x{first.height} px (long side {first.long_side}, not {asked}): "

@@ -171,3 +171,65 @@ def test_a_preset_that_is_no_regular_file_says_what_it_is(tmp_path: Path, kind: 
         load_preset(str(path))  # a FIFO is never opened: that would wait for a writer forever
     assert "not found" not in str(error.value) and str(path) in str(error.value)
     assert ("named pipe" if kind == "fifo" else "folder") in str(error.value)
+
+
+PRINT_PRESETS = [name for name in builtin_names() if load_preset(name).config().print.print_size]
+
+# A preset of a user's own that starts its pyramid high (the issue's print-a3 did: min_size 256).
+HIGH_START = """description = "Starts at 256 px."
+[pyramid]
+min_size = 256
+"""
+
+
+def test_there_are_print_presets_to_test() -> None:
+    assert set(PRINT_PRESETS) >= {"print-a4", "print-a3", "poster"}
+
+
+@pytest.mark.parametrize("preset", PRINT_PRESETS)
+@pytest.mark.parametrize("paper", ["20x15mm", "15x20mm"])
+def test_every_print_preset_renders_a_20_mm_print(preset: str, paper: str, tmp_path: Path,
+                                                  fake_render: list[RenderJob]) -> None:
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o"), "--preset", preset,
+                                 "--print-size", paper, "-q"])
+    assert result.exit_code == 0, result.output
+    schedule, _ = hires_nst.engine.plan.plan_schedule(fake_render[0].config, 800, 600)
+    assert schedule[-1].long_side == 236  # 20 mm at 300 dpi
+    assert schedule[0].long_side <= schedule[-1].long_side
+    assert [s.long_side for s in schedule] == [128, 236]
+
+
+def test_a_presets_first_stage_gives_way_to_a_smaller_print(tmp_path: Path, fake_render: list[RenderJob]) -> None:
+    preset = write_preset(tmp_path, HIGH_START + '[print]\nprint_size = "A4"\n')
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o"), "--preset", str(preset),
+                                 "--print-size", "20x15mm", "-q"])
+    assert result.exit_code == 0, result.output
+    config = fake_render[0].config
+    schedule, _ = hires_nst.engine.plan.plan_schedule(config, 800, 600)
+    assert [s.long_side for s in schedule] == [236]  # one stage, the print itself
+    note = hires_nst.engine.plan.raised_first_stage(config, schedule)
+    assert note == "the print is 236x177 px, smaller than --min-size 256: the pyramid starts at 236 px"
+
+
+def test_a_presets_first_stage_gives_way_to_a_typed_max_size(tmp_path: Path, fake_render: list[RenderJob]) -> None:
+    preset = write_preset(tmp_path, HIGH_START)
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", str(preset),
+                                 "--max-size", "200", "-q"])
+    assert result.exit_code == 0, result.output
+    assert fake_render[0].config.pyramid.min_size == 0  # back to the default: min(128, max-size)
+    schedule, _ = hires_nst.engine.plan.plan_schedule(fake_render[0].config, 800, 600)
+    assert [s.long_side for s in schedule] == [128, 200]
+
+
+@pytest.mark.parametrize("preset_text, flags", [
+    ("", ["--min-size", "256", "--max-size", "200"]),  # the user typed both
+    ("[pyramid]\nmax_size = 200\n", ["--min-size", "256"]),  # the user typed the first stage after the size
+    ("[pyramid]\nmin_size = 256\nmax_size = 200\n", []),  # the preset contradicts itself
+])
+def test_a_first_stage_above_the_size_from_one_hand_is_an_error(preset_text: str, flags: list[str],
+                                                                 tmp_path: Path) -> None:
+    preset = write_preset(tmp_path, 'description = "x"\n' + preset_text)
+    result = runner.invoke(app, ["render", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--preset", str(preset),
+                                 *flags])
+    assert result.exit_code == 2
+    assert "--min-size 256 is larger than --max-size 200" in result.output
