@@ -307,14 +307,14 @@ def test_two_cpu_workers_share_the_jobs_and_ctrl_c_stops_them_cleanly(folder: Pa
     assert "interrupted" in (folder / "out" / records["p3"]["log"]).read_text()
 
 
-def _readme_block(after: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def _docs_block(after: str) -> str:
+    text = (ROOT / "docs" / "batches.md").read_text()
     return text[text.index(after):].split("```toml\n", 1)[1].split("```", 1)[0]
 
 
-def test_the_readme_job_file_example_is_valid(tmp_path: Path) -> None:
+def test_the_docs_job_file_example_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "night.toml"
-    path.write_text(_readme_block("### Batches"))
+    path.write_text(_docs_block("## Batches"))
     for name in ("photos/harbour.jpg", "photos/tower.jpg", "paintings/scream.jpg", "paintings/shipwreck.jpg",
                  "paintings/starry_night.jpg"):
         (tmp_path / name).parent.mkdir(exist_ok=True)

@@ -154,9 +154,9 @@ def test_help_of_the_new_commands(command: list[str]) -> None:
     assert result.exit_code == 0 and "Usage" in result.stdout
 
 
-def test_the_readme_preset_example_is_valid(tmp_path: Path) -> None:
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index("### Presets"):].split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_preset_example_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "print.md").read_text()
+    block = text[text.index("## Presets"):].split("```toml\n", 1)[1].split("```", 1)[0]
     config = load_preset(write_preset(tmp_path, block, "soft.toml")).config()
     assert (config.pyramid.max_size, config.loss.tv_weight, config.output.bit_depth) == (3000, 0.001, 16)
 
