@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +76,8 @@ def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]
 
 def at_a_terminal() -> bool:
     """A person who can press Ctrl-C and read the line saying so: stdin and stderr are terminals
-    (not a script's pipe, a scheduler or a log file)."""
-    return sys.stdin.isatty() and err_console.is_terminal
+    (not a script's pipe, a scheduler or a log file) and Ctrl-C is not ignored (``nohup``, ``&``)."""
+    return sys.stdin.isatty() and err_console.is_terminal and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 @app.command(cls=PlainCommand)

@@ -177,3 +177,29 @@ def test_a_render_that_fails_does_not_keep_its_page(tmp_path: Path, monkeypatch:
 
     assert result.exit_code == 1 and "error: style image 1 not found" in result.stderr
     assert "render finished" not in result.stderr
+
+
+def test_a_terminal_is_where_stdin_and_stderr_are_one_and_ctrl_c_is_heard(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import signal
+    import types
+
+    import hires_nst.cli.main
+    from hires_nst.cli.main import at_a_terminal
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(hires_nst.cli.main, "err_console", types.SimpleNamespace(is_terminal=True))
+    monkeypatch.setattr(hires_nst.cli.main.sys, "stdin", Tty())
+    assert at_a_terminal()
+    monkeypatch.setattr(hires_nst.cli.main.signal, "getsignal", lambda signum: signal.SIG_IGN)  # nohup, `&`
+    assert not at_a_terminal()
+    monkeypatch.undo()
+    monkeypatch.setattr(hires_nst.cli.main, "err_console", types.SimpleNamespace(is_terminal=False))  # a log file
+    monkeypatch.setattr(hires_nst.cli.main.sys, "stdin", Tty())
+    assert not at_a_terminal()
+    monkeypatch.setattr(hires_nst.cli.main, "err_console", types.SimpleNamespace(is_terminal=True))
+    monkeypatch.setattr(hires_nst.cli.main.sys, "stdin", io.StringIO())  # a pipe from a script
+    assert not at_a_terminal()
