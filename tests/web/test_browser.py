@@ -81,7 +81,7 @@ def test_the_page_shows_the_image_and_loss_changing_during_a_render(tmp_path: Pa
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     assert last["inputs"] == [256, 256]  # both 512 px inputs, served at 256 px
     assert last["captions"] == ["photo: tubingen.jpg", "painting: starry_night.jpg"]
-    assert last["output"] == f"output: {tmp_path / 'out.png'} (written when the render finishes)"
+    assert last["output"] == f"{tmp_path / 'out.png'} (written when the render finishes)"
     (tmp_path / "live-page.png").write_bytes(shot)
     keep = os.environ.get("HIRES_NST_SCREENSHOT")
     if keep:
