@@ -77,7 +77,9 @@ def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]
 def at_a_terminal() -> bool:
     """A person who can press Ctrl-C and read the line saying so: stdin and stderr are terminals
     (not a script's pipe, a scheduler or a log file) and Ctrl-C is not ignored (``nohup``, ``&``)."""
-    return sys.stdin.isatty() and err_console.is_terminal and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    stdin = sys.stdin  # None under a launcher that gives none
+    heard = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    return bool(stdin and stdin.isatty()) and err_console.is_terminal and heard
 
 
 @app.command(cls=PlainCommand)
