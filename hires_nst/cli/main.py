@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,8 @@ from hires_nst.config.options import CHECKPOINTS, ESSENTIALS, MESSAGES
 from hires_nst.config.settings import named_layer
 from hires_nst.events import Event, Sink, null_sink, tee
 from hires_nst.io.logprogress import LOG_SECONDS, LogProgress
-from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, live_page
+from hires_nst.web.live import live_page
+from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST
 
 
 def _own(panel: str, *decls: str, help: str, shown: str | None = None, **kwargs: Any) -> Any:
@@ -72,6 +74,14 @@ def progress_sink(quiet: bool, log_every: float = LOG_SECONDS) -> Iterator[Sink]
         yield sink
 
 
+def at_a_terminal() -> bool:
+    """A person who can press Ctrl-C and read the line saying so: stdin and stderr are terminals
+    (not a script's pipe, a scheduler or a log file) and Ctrl-C is not ignored (``nohup``, ``&``)."""
+    stdin = sys.stdin  # None under a launcher that gives none
+    heard = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    return bool(stdin and stdin.isatty()) and err_console.is_terminal and heard
+
+
 @app.command(cls=PlainCommand)
 @with_setting_options  # and an option for every config setting, from its field
 def render(
@@ -90,7 +100,10 @@ def render(
     restart: Annotated[bool, _own(CHECKPOINTS, "--restart", help="Discard what the work dir holds and start "
                                   "over.")] = False,
     web: Annotated[bool, _own(MESSAGES, "--web", help="Serve a live page of the render (image in progress, loss "
-                              "curve, time left) while it runs.")] = False,
+                              "curve, time left, the inputs, the output's path) while it runs; at a terminal it "
+                              "stays up after the render until Ctrl-C.")] = False,
+    open_page: Annotated[bool, _own(MESSAGES, "--open", help="Open the live page in your browser (implies "
+                                    "--web).")] = False,
     port: Annotated[int, _own(MESSAGES, "--port", metavar="PORT", shown=str(DEFAULT_PORT),
                               help="Port of the --web page (0: any free one).")] = DEFAULT_PORT,
     host: Annotated[str, _own(MESSAGES, "--host", metavar="ADDRESS", shown=LOCAL_HOST,
@@ -107,20 +120,25 @@ def render(
     from hires_nst.cli.resume import resume_command
     from hires_nst.config.presets import resolve_with_preset
     from hires_nst.config.renderjob import RenderJob
+    from hires_nst.engine.outputs import output_path
     from hires_nst.engine.render import render as run_render
 
     with reporting(debug):
         config = resolve_with_preset(preset, ("command line", named_layer(given_settings(settings), "command line")))
         job = RenderJob(content, tuple(styles), output, config, resume=resume, restart=restart,
                         resume_command=resume_command(ctx))
-        with (sigterm_as_interrupt(), progress_sink(quiet, log_every) as sink,
-              live_page(port if web else None, host, say_line) as page):
-            result = run_render(job, tee(sink, page))
-        if not quiet:
-            losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
-            reused = f"; {result.stages_reused} stage(s) reused" if result.stages_reused else ""
-            err_console.print(f"wrote {result.output} ({result.width}x{result.height}) in {result.seconds:.1f}s; "
-                              f"{losses}; settings in {result.settings}{reused}", markup=False, soft_wrap=True)
+        inputs = [p.absolute() for p in (content, *styles)]  # the page shows them, and where the image goes
+        with (sigterm_as_interrupt(),
+              live_page(port if web or open_page else None, host, say_line, inputs=inputs, open_browser=open_page,
+                        output=output_path(output, config.output.format).absolute()) as page):
+            with progress_sink(quiet, log_every) as sink:
+                result = run_render(job, tee(sink, page))
+            if not quiet:
+                losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+                reused = f"; {result.stages_reused} stage(s) reused" if result.stages_reused else ""
+                err_console.print(f"wrote {result.output} ({result.width}x{result.height}) in {result.seconds:.1f}s; "
+                                  f"{losses}; settings in {result.settings}{reused}", markup=False, soft_wrap=True)
+            page.after_render(at_a_terminal(), say_line)
 
 
 @app.command(cls=PlainCommand)

@@ -10,7 +10,7 @@ import typer
 
 from hires_nst.cli.common import app, reporting, say_line
 from hires_nst.cli.help import PlainCommand
-from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, LiveServer, Watched, exposure_warning, watched_path
+from hires_nst.web.server import DEFAULT_PORT, LOCAL_HOST, LiveServer, exposure_warning, watch_target
 
 
 @app.command(cls=PlainCommand)
@@ -24,10 +24,10 @@ def watch(
 ) -> None:
     """Serve a live page of a render or batch: image in progress, stage, loss curve, time left. Ctrl-C stops it."""
     with reporting(debug=False):
-        watched = Watched(watched_path(path))
-        with LiveServer(watched, host, port) as server:
+        shown = watch_target(path)
+        with LiveServer(shown, host, port) as server:
             warning = exposure_warning(host)
             if warning:
                 say_line(warning)
-            say_line(f"watching {watched.path}: {server.url} (Ctrl-C to stop)")
+            say_line(f"watching {shown.path}: {server.url} (Ctrl-C to stop)")
             threading.Event().wait()  # until Ctrl-C (reporting turns it into exit 130)

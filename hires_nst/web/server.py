@@ -6,12 +6,15 @@ from the process that renders (``watch`` works on a render started elsewhere, or
     work dir      status.json (state, stage), settings.json (the planned stages), trace.csv (a row
                   per iteration: losses, seconds), preview.jpg (the image in progress, preview.py)
     batch folder  manifest.json (every job with its status and work dir)
+    inputs        the photo and paintings of ``render --web`` (or named by a finished output's
+                  settings), served small by their index (thumbs.py), with the output's path
 
 The server is the standard library's threading HTTP server, bound to 127.0.0.1 unless told
-otherwise (IPv6 too: ``--host ::1``); the page (``live.html``) is one static file that polls
-``state.json`` once a second. It answers only requests whose Host header names this machine (a web
-page the person visits could otherwise read it through DNS rebinding); opened to the network
-(``--host`` not loopback), it lives under a random key in its URL, which only the printed link holds.
+otherwise (IPv6 too: ``--host ::1``); ``live.py`` runs it for ``render --web``. The page
+(``live.html``) is one static file that polls ``state.json`` once a second. It answers only
+requests whose Host header names this machine (a web page the person visits could otherwise read
+it through DNS rebinding); opened to the network (``--host`` not loopback), it lives under a
+random key in its URL, which only the printed link holds.
 
 Over 300 lines on purpose: one HTTP handler with its routes; the page itself is live.html.
 """
@@ -24,7 +27,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -32,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from hires_nst.errors import InputError, OutputError
-from hires_nst.events import Event, Planned, Sink, null_sink
+from hires_nst.events import Event, Planned
 from hires_nst.io.preview import PREVIEW_NAME
 from hires_nst.io.progresstext import WorkLeft
 from hires_nst.web.access import Access, check_address, is_loopback
+from hires_nst.web.thumbs import Thumbnails
 
 DEFAULT_PORT = 8765
 LOCAL_HOST = "127.0.0.1"
@@ -127,10 +131,13 @@ def batch_state(folder: Path) -> dict[str, Any]:
 
 class Watched:
     """What the server shows: a work dir, a batch folder, or (``render --web``) the work dir the
-    render announces in its ``Planned`` event; an event sink for that case."""
+    render announces in its ``Planned`` event; an event sink for that case. A render's ``inputs``
+    (the photo, then the paintings) and ``output``, when known, are shown with it."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None = None, inputs: Sequence[Path] = (), output: Path | None = None) -> None:
+        self.path, self.output = path, output
+        self.inputs = tuple(Path(p) for p in inputs)
+        self.thumbnails = Thumbnails(self.inputs)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Planned) and event.work_dir:
@@ -141,9 +148,15 @@ class Watched:
         return self.path is not None and (self.path / MANIFEST).is_file()
 
     def state(self) -> dict[str, Any]:
-        if self.path is None:
-            return {"state": "starting"}
-        return batch_state(self.path) if self.is_batch else render_state(self.path)
+        if self.path is not None and self.is_batch:
+            return batch_state(self.path)
+        state: dict[str, Any] = {"state": "starting"} if self.path is None else render_state(self.path)
+        if self.output is not None:
+            state["output"] = str(self.output)
+        if self.inputs:
+            state["inputs"] = [{"index": i, "role": "painting" if i else "photo", "name": p.name, "path": str(p)}
+                               for i, p in enumerate(self.inputs)]
+        return state
 
     def image(self, job: int | None = None) -> Path | None:
         """The preview of the render, of batch job ``job``, or of the job the page details."""
@@ -160,6 +173,12 @@ class Watched:
         return self.path / jobs[job].get("work_dir", "") / PREVIEW_NAME
 
 
+def _output_record(path: Path) -> dict[str, Any] | None:
+    """The settings a finished output ``OUT`` keeps beside it (``OUT.json``, or ``path`` itself)."""
+    record = _read_json(path.with_name(path.name + ".json")) if path.suffix != ".json" else _read_json(path)
+    return record if isinstance(record, dict) else None
+
+
 def watched_path(path: Path) -> Path:
     """A work dir or batch folder from what a person points at: either of them, or a finished
     output (its settings file ``OUT.json`` names the work dir)."""
@@ -167,8 +186,8 @@ def watched_path(path: Path) -> Path:
         if (path / MANIFEST).is_file() or (path / "status.json").is_file() or (path / "settings.json").is_file():
             return path
         raise InputError(f"{path} is neither a render's work dir (status.json) nor a batch folder ({MANIFEST})")
-    record = _read_json(path.with_name(path.name + ".json")) if path.suffix != ".json" else _read_json(path)
-    if isinstance(record, dict) and record.get("work_dir"):
+    record = _output_record(path)
+    if record and record.get("work_dir"):
         work_dir = Path(record["work_dir"])
         if not work_dir.is_dir():
             raise InputError(f"the work dir of {path}, {work_dir}, no longer exists (deleted, or moved): "
@@ -177,7 +196,18 @@ def watched_path(path: Path) -> Path:
     raise InputError(f"nothing to watch at {path}: give a work dir, a batch output folder or a finished output")
 
 
-_THUMB = re.compile(r"/thumb/([0-9]{1,6})\.jpg")  # ASCII digits only: str.isdigit() takes "²" too
+def watch_target(path: Path) -> Watched:
+    """``hires-nst watch PATH``: what ``watched_path`` finds; a finished output also brings the
+    inputs and the output its settings name (a work dir does not record them)."""
+    record = _output_record(path) if not path.is_dir() else None
+    if record and record.get("content"):
+        return Watched(watched_path(path), [Path(record["content"]), *map(Path, record.get("styles", []))],
+                       Path(record["output"]) if record.get("output") else None)
+    return Watched(watched_path(path))
+
+
+_THUMB = re.compile(r"/thumb/([0-9]{1,6})\.jpg")  # a batch job's preview; ASCII digits only: not "²"
+_INPUT = re.compile(r"/input/([0-9]{1,3})\.jpg")  # a render's input by index (thumbs.py): never a path
 
 
 def _handler(watched: Watched) -> type[BaseHTTPRequestHandler]:
@@ -212,6 +242,10 @@ def _handler(watched: Watched) -> type[BaseHTTPRequestHandler]:
                 return page, "text/html; charset=utf-8"
             if route == "/state.json":
                 return json.dumps(watched.state()).encode(), "application/json"
+            picture = _INPUT.fullmatch(route)
+            if picture:
+                small = watched.thumbnails.get(int(picture.group(1)))
+                return (small, "image/jpeg") if small else None
             thumb = _THUMB.fullmatch(route)
             if route != "/preview.jpg" and not thumb:
                 return None
@@ -290,20 +324,3 @@ def exposure_warning(host: str) -> str | None:
         return None
     return (f"WARNING: the live page listens on {host}, not only on this machine: anyone who can reach it and "
             "has its link (the random key in it) sees the image in progress and the paths of your files")
-
-
-@contextlib.contextmanager
-def live_page(port: int | None, host: str, say: Callable[[str], None]) -> Iterator[Sink]:
-    """``render --web``: a page for the render about to start, and a sink that tells it the work
-    dir; ``say`` prints a line for the person. No page (a sink that drops everything) when
-    ``port`` is None."""
-    if port is None:
-        yield null_sink
-        return
-    watched = Watched()
-    with LiveServer(watched, host, port) as server:
-        warning = exposure_warning(host)
-        if warning:
-            say(warning)
-        say(f"live page: {server.url}")
-        yield watched

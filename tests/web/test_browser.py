@@ -1,5 +1,6 @@
 """The live page in a real browser (headless Chromium): during a short render it shows the image,
-and both the image and the loss change as the render goes on.
+and both the image and the loss change as the render goes on; the inputs' thumbnails and the
+output's path are there too.
 
 Skipped when no Chromium is installed (Debian/Ubuntu: ``apt-get install chromium``). Set
 ``HIRES_NST_SCREENSHOT=docs/live-page.png`` to keep the screenshot it takes.
@@ -26,7 +27,10 @@ SHOWN = """(() => {
   const img = document.getElementById("preview");
   return {version: img.dataset.version, loaded: img.complete && img.naturalWidth > 0 && img.src !== "",
           loss: document.getElementById("loss").textContent, stage: document.getElementById("stage").textContent,
-          curve: document.querySelectorAll("#curve polyline").length};
+          curve: document.querySelectorAll("#curve polyline").length,
+          inputs: [...document.querySelectorAll("#inputs img")].map((i) => i.complete ? i.naturalWidth : 0),
+          captions: [...document.querySelectorAll("#inputs figcaption")].map((c) => c.textContent),
+          output: document.getElementById("output").textContent};
 })()"""
 
 
@@ -69,11 +73,15 @@ def test_the_page_shows_the_image_and_loss_changing_during_a_render(tmp_path: Pa
             raise AssertionError(f"the page did not change enough while the render ran: {seen}")
         time.sleep(1.5)  # let the image that came last finish drawing
         shot = browser.screenshot()
+        last = browser.evaluate(SHOWN)
     finally:
         browser.close()
         process.terminate()
         process.wait(timeout=120)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+    assert last["inputs"] == [256, 256]  # both 512 px inputs, served at 256 px
+    assert last["captions"] == ["photo: tubingen.jpg", "painting: starry_night.jpg"]
+    assert last["output"] == f"{tmp_path / 'out.png'} (written when the render finishes)"
     (tmp_path / "live-page.png").write_bytes(shot)
     keep = os.environ.get("HIRES_NST_SCREENSHOT")
     if keep:

@@ -1,8 +1,10 @@
-"""The live page over plain HTTP: the page, its state from a work dir or a batch folder, the images."""
+"""The live page over plain HTTP: the page, its state from a work dir or a batch folder, the images,
+the inputs' thumbnails by index."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import urllib.error
@@ -17,7 +19,9 @@ from hires_nst.errors import InputError
 from hires_nst.events import Planned, PlannedStage
 from hires_nst.io import images
 from hires_nst.io.trace import COLUMNS
-from hires_nst.web.server import LiveServer, Watched, exposure_warning, live_page, watched_path
+from hires_nst.web.server import LiveServer, Watched, exposure_warning, watch_target, watched_path
+from tests.helpers.paths import CONTENT, STYLE
+from tests.helpers.synthetic import write_image
 
 
 def _get(url: str) -> tuple[str, bytes]:
@@ -81,16 +85,54 @@ def test_a_batch_folder_shows_every_job_with_a_thumbnail(tmp_path: Path) -> None
     assert state["job"] == "b" and state["state"] == "running"  # the running job in detail
 
 
-def test_render_web_learns_the_work_dir_from_the_render(tmp_path: Path) -> None:
+def _image_size(jpeg: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        assert image.format == "JPEG"
+        return image.size
+
+
+def test_the_inputs_are_served_small_by_index_and_the_state_names_the_output(tmp_path: Path) -> None:
     work = _work_dir(tmp_path / "work")
-    said: list[str] = []
-    with live_page(0, "127.0.0.1", said.append) as sink:
-        url = said[-1].split("live page: ")[1]
-        assert json.loads(_get(url + "state.json")[1]) == {"state": "starting"}
-        sink(Planned((PlannedStage(100, 100, 20, 0),), "cpu", "original", str(work), str(work / "preview.jpg")))
-        assert json.loads(_get(url + "state.json")[1])["work_dir"] == str(work)
-    with live_page(None, "127.0.0.1", said.append) as sink:  # no --web: nothing served, nothing said
-        assert len(said) == 1
+    small = write_image(tmp_path / "small painting.png", 48, 40)
+    output = tmp_path / "out" / "result.png"
+    with LiveServer(Watched(work, [CONTENT, STYLE, small], output), port=0) as server:
+        state = json.loads(_get(server.url + "state.json")[1])
+        sizes = [_image_size(_get(server.url + f"input/{i}.jpg")[1]) for i in range(3)]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            _get(server.url + "input/3.jpg")
+    assert sizes == [(256, 192), (256, 160), (48, 40)]  # 512x384 and 512x320 shrunk; 48x40 never enlarged
+    assert state["output"] == str(output) and state["state"] == "running"
+    assert [(i["index"], i["role"], i["name"]) for i in state["inputs"]] == \
+        [(0, "photo", "tubingen.jpg"), (1, "painting", "starry_night.jpg"), (2, "painting", "small painting.png")]
+
+
+def test_an_input_is_asked_for_by_its_index_never_by_a_path(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"
+    images.save_image(secret, np.full((20, 20, 3), 0.5, np.float32))  # beside the photo, not an input
+    photo = write_image(tmp_path / "photo.png", 48, 40)
+    with LiveServer(Watched(_work_dir(tmp_path / "work"), [photo], tmp_path / "o.png"), port=0) as server:
+        assert _raw(server.url, "/input/0.jpg").status == 200
+        for path in ("/input/1.jpg", "/input/-1.jpg", "/input/secret.jpg", "/input/../secret.jpg",
+                     "/input/%2e%2e%2fsecret.jpg", "/input/0.jpg/../secret.jpg", "/input/0.png", "/input/0",
+                     "/input/\u00b2.jpg", "/input/" + "9" * 5000 + ".jpg", "/input/", f"/input/{secret}",
+                     "/../input/0.jpg", "/secret.jpg"):
+            response = _raw(server.url, path)
+            assert response.status == 404 and b"\xff\xd8" not in response.body, path
+
+
+def test_a_batch_page_has_no_inputs_and_watch_of_an_output_shows_its_own(tmp_path: Path) -> None:
+    with LiveServer(Watched(_batch_folder(tmp_path / "batch")), port=0) as server:
+        assert "inputs" not in json.loads(_get(server.url + "state.json")[1])
+        assert _raw(server.url, "/input/0.jpg").status == 404
+    work = _work_dir(tmp_path / "work", state="finished")
+    output = tmp_path / "out.png"
+    (tmp_path / "out.png.json").write_text(json.dumps({"content": str(CONTENT), "styles": [str(STYLE)],
+                                                       "output": str(output), "work_dir": str(work)}))
+    shown = watch_target(output)
+    assert (shown.path, shown.inputs, shown.output) == (work, (CONTENT, STYLE), output)
+    assert watch_target(work).inputs == () and "output" not in watch_target(work).state()
 
 
 def test_a_page_open_to_the_network_is_said_loudly_and_paths_are_checked(tmp_path: Path) -> None:
