@@ -381,7 +381,7 @@ def named_layer(values: Mapping[str, Any], source: str, taken: Collection[str] =
     section_of = {s.name: s.section for s in all_settings() if s.name not in taken}
     layer: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
-        if name not in section_of:  # a suggestion, or else every name (50 of them: only when no name is close)
+        if name not in section_of:  # the name meant; every name (there are 50) only when none is close
             hint = did_you_mean(name, section_of) or f"known: {', '.join(sorted(section_of))}"
             raise ConfigError(f"{source}: unknown setting {name!r}; {hint}")
         layer.setdefault(section_of[name], {})[name] = value
@@ -413,7 +413,7 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
 
 
 def _elsewhere(key: str, section: str) -> str:
-    """Where a preset key that ``section`` lacks belongs (another table), or the names it is close to."""
+    """Where a preset key that ``section`` lacks belongs (another table), or the name it is close to."""
     home = [s.section for s in all_settings() if s.name == key]
     if home:
         return f"{key} is a [{home[0]}] setting; "
