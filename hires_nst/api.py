@@ -4,15 +4,19 @@ The engine renders files to files (that is what makes a night's work resumable);
 wraps it for a caller holding images: PIL images and arrays are written to a temporary folder,
 the render runs there, and the result comes back as a PIL image (or a float array). Nothing is
 left on disk unless ``work_dir`` asks for it. Settings are the presets' keys, as keywords
-(``max_size=1024``, ``style_weight=5``, ``optimizer="adam"``); ``hires-nst presets show NAME`` lists them.
+(``max_size=1024``, ``style_weight=5``, ``optimizer="adam"``): ``help(stylize)`` lists them, and errors
+name them so (``max_size must be ...``, where the command line says ``--max-size``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
+import re
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -20,13 +24,16 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
+from hires_nst.config.options import PANELS, Setting
 from hires_nst.config.presets import resolve_with_preset
-from hires_nst.config.settings import named_layer
-from hires_nst.errors import ConfigError, InputError
+from hires_nst.config.settings import all_settings, named_layer
+from hires_nst.errors import ConfigError, HiresNSTError, InputError
 from hires_nst.events import Event, null_sink, tee
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 OUTPUT_NAME = "stylized.png"
+SOURCE = "stylize()"  # how errors name the keywords' layer of settings
+TAKEN = ("work_dir",)  # settings that are stylize()'s own parameters
 
 
 def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, preset: str | None = None,
@@ -43,7 +50,20 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     ``work_dir``: keep the checkpoints, trace and the output (``stylized.png``) there, so that a
     later call with ``resume=True`` goes on from them; without it nothing stays on disk.
     Returns an RGB ``PIL.Image`` (8-bit), or with ``as_array`` the (H, W, 3) float32 result in [0, 1].
+    Raises ``hires_nst.ConfigError`` for a setting (its ``setting`` names it), ``InputError`` for an
+    image, ``WeightsError``, ``DeviceError``...: all ``hires_nst.HiresNSTError``.
+    The network stays loaded for the next call in this process (``hires_nst.model.cache``).
     """
+    try:
+        return _stylize(content, styles, preset, progress, callback, work_dir, resume, as_array, settings)
+    except HiresNSTError as exc:
+        exc.args = (in_caller_terms(exc),)  # same error, traceback and fields: only the words change
+        raise
+
+
+def _stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], preset: str | None, progress: bool,
+             callback: Callable[[Event], None] | None, work_dir: str | os.PathLike | None, resume: bool,
+             as_array: bool, settings: dict[str, Any]) -> Image.Image | np.ndarray:
     from hires_nst.config.renderjob import RenderJob
     from hires_nst.engine.render import render
     from hires_nst.io import images
@@ -53,7 +73,7 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     style_list = list(styles) if isinstance(styles, (list, tuple)) else [cast(ImageLike, styles)]  # one image
     # Settings checked before any file is written; work_dir is a parameter of its own.
     keywords = {name: list(value) if isinstance(value, tuple) else value for name, value in settings.items()}
-    config = resolve_with_preset(preset, ("stylize()", named_layer(keywords, "stylize()", taken=("work_dir",))))
+    config = resolve_with_preset(preset, (SOURCE, named_layer(keywords, SOURCE, taken=TAKEN)))
     with _folder(work_dir) as folder:
         inputs = folder / "inputs"
         content_path = _as_file(content, inputs, "content")
@@ -156,3 +176,74 @@ def _progress(show: bool) -> Iterator[Callable[[Event], None]]:
 
     with ProgressDisplay(Console(stderr=True)) as display:
         yield display
+
+
+# --------------------------------------------------------------------------- a Python caller's words
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
+
+
+def _keywords() -> dict[str, str]:
+    """Each setting's flag -> its keyword (read each time: a field added in a test counts)."""
+    return {s.option.flag: s.name for s in all_settings()}
+
+
+def in_keyword_terms(text: str) -> str:
+    """Command-line words in Python's: each setting's flag becomes its keyword (``--max-size`` ->
+    ``max_size``, ``--no-keep-checkpoints`` -> ``keep_checkpoints=False``); other flags stay."""
+    keywords = _keywords()
+
+    def keyword(match: re.Match[str]) -> str:
+        flag = match[0]
+        if flag in keywords:
+            return keywords[flag]
+        if flag.startswith("--no-") and f"--{flag[5:]}" in keywords:
+            return f"{keywords[f'--{flag[5:]}']}=False"
+        return flag
+    return _FLAG.sub(keyword, text)
+
+
+def in_caller_terms(exc: HiresNSTError) -> str:
+    """An error's message as ``stylize()``'s caller passed the settings: ``max_size must be at least 16
+    pixels, got 8`` where the command line says ``--max-size (pyramid.max_size) must be ...``. One
+    validation words it for both: a ConfigError about one setting carries its name and problem."""
+    if isinstance(exc, ConfigError) and exc.setting:
+        where = f"{exc.source}: " if exc.source else ""
+        return f"{where}{exc.setting} {in_keyword_terms(exc.problem)}"
+    return in_keyword_terms(str(exc))
+
+
+# --------------------------------------------------------------------------- help(stylize)
+
+
+def _in_panel_order(settings: list[Setting]) -> list[Setting]:
+    return sorted(settings, key=lambda s: PANELS.index(s.option.panel))  # stable: as declared within a panel
+
+
+def _settings_help(settings: list[Setting]) -> str:
+    """The settings, by ``--help``'s panels, each ``name=default: help`` (in keyword terms)."""
+    lines, panel = [], ""
+    for setting in _in_panel_order(settings):
+        if setting.option.panel != panel:
+            panel = setting.option.panel
+            lines.append(f"\n    {panel}:")
+        default = setting.option.shown or repr(setting.default)
+        text = f"{setting.name}={default}: {in_keyword_terms(setting.option.help)}"
+        lines.extend(textwrap.wrap(text, 104, initial_indent=" " * 8, subsequent_indent=" " * 12))
+    return "\n".join(lines)
+
+
+def _document(func: Callable[..., Any]) -> None:
+    """Give ``func`` (stylize) a keyword per setting in its signature, which help(), IDEs and a
+    notebook's completion read, and the settings' help in its docstring."""
+    settings = [s for s in all_settings() if s.name not in TAKEN]
+    own = [p for p in inspect.signature(func).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    keywords = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default, annotation=s.kind)
+                for s in _in_panel_order(settings)]
+    signature = inspect.Signature([*own, *keywords], return_annotation=inspect.signature(func).return_annotation)
+    func.__signature__ = signature  # type: ignore[attr-defined]
+    heading = "Settings, as keywords (where not given: the preset's value, else the default shown):"
+    func.__doc__ = f"{(func.__doc__ or '').rstrip()}\n\n    {heading}\n{_settings_help(settings)}\n"
+
+
+_document(stylize)

@@ -12,7 +12,17 @@ class HiresNSTError(Exception):
 
 
 class ConfigError(HiresNSTError):
-    """A setting is missing, unknown, out of range or of the wrong type."""
+    """A setting is missing, unknown, out of range or of the wrong type.
+
+    The message speaks the command line's words (``--max-size (pyramid.max_size) must be ...``).
+    When one setting is at fault it also says which, so that another caller can word it in its own
+    terms (``stylize()``: ``max_size must be ...``): ``setting`` its name, ``problem`` what is wrong
+    with it (``must be at least 16 pixels, got 8``), ``source`` where the value came from if known.
+    """
+
+    def __init__(self, message: str, *, setting: str = "", problem: str = "", source: str = "") -> None:
+        super().__init__(message)
+        self.setting, self.problem, self.source = setting, problem, source
 
 
 class InputError(HiresNSTError):

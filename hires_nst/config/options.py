@@ -7,7 +7,8 @@ all read from the fields (``settings_of``), so that adding an option is one fiel
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import difflib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -75,3 +76,11 @@ def settings_of(sections: Mapping[str, type]) -> Iterator[Setting]:
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
             yield Setting(section, f.name, hints[f.name], f.default, option_of(f))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``did you mean max_size?`` for a name close to known ones, else empty: one wording for every
+    misspelt name (a setting, a preset key, a preset), found by difflib as click finds a misspelt flag."""
+    # The closest only: the next ones are mostly noise (min_size and animate_size, for max_sise).
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]}?" if close else ""

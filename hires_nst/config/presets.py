@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hires_nst.config.options import did_you_mean
 from hires_nst.config.printsize import describe
 from hires_nst.config.settings import SECTIONS, RenderConfig, load_toml, resolve
 from hires_nst.errors import ConfigError
@@ -40,7 +41,8 @@ class Preset:
         except ConfigError as exc:  # range checks name the flag only: add the file
             if self.source in str(exc):
                 raise
-            raise ConfigError(f"{self.source}: {exc}") from None
+            raise ConfigError(f"{self.source}: {exc}", setting=exc.setting, problem=exc.problem,
+                              source=exc.source or self.source) from None
 
 
 def builtin_dir() -> Path:
@@ -65,8 +67,9 @@ def find_preset(name_or_path: str | Path) -> Path:
         return path
     path = builtin_dir() / f"{text}{SUFFIX}"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {text!r}; built-in presets: {', '.join(builtin_names())} "
-                          "(or give a path to a .toml file)")
+        hint = did_you_mean(text, builtin_names())
+        raise ConfigError(f"unknown preset {text!r}; {hint + ' ' if hint else ''}built-in presets: "
+                          f"{', '.join(builtin_names())} (or give a path to a .toml file)")
     return path
 
 
@@ -85,8 +88,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
         raise ConfigError(f"preset {path}: description must be a string, got {description!r}")
     for key, value in data.items():
         if key not in SECTIONS:
-            raise ConfigError(f"preset {path}: unknown key {key!r}; a preset holds description and the tables "
-                              + ", ".join(f"[{s}]" for s in SECTIONS))
+            hint = did_you_mean(key, SECTIONS)
+            raise ConfigError(f"preset {path}: unknown key {key!r}; {hint + ' ' if hint else ''}a preset holds "
+                              "description and the tables " + ", ".join(f"[{s}]" for s in SECTIONS))
         if not isinstance(value, dict):
             raise ConfigError(f"preset {path}: {key} must be a table ([{key}]), got {value!r}")
     preset = Preset(path.stem, path, description, data)

@@ -42,6 +42,7 @@ from hires_nst.config.options import (
     STYLE,
     Option,
     Setting,
+    did_you_mean,
     option,
     option_of,
     settings_of,
@@ -295,7 +296,9 @@ def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
     for index, (source, layer) in enumerate(layers):
         for section, values in layer.items():
             if section not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+                hint = did_you_mean(section, SECTIONS)
+                raise ConfigError(f"{source}: unknown section [{section}]; {hint + ' ' if hint else ''}"
+                                  f"known: {', '.join(SECTIONS)}")
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{section}] must be a table of settings")
             for key, value in values.items():
@@ -392,8 +395,9 @@ def named_layer(values: Mapping[str, Any], source: str, taken: Collection[str] =
     section_of = {s.name: s.section for s in all_settings() if s.name not in taken}
     layer: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
-        if name not in section_of:
-            raise ConfigError(f"{source}: unknown setting {name!r}; known: {', '.join(sorted(section_of))}")
+        if name not in section_of:  # the name meant; every name (there are 50) only when none is close
+            hint = did_you_mean(name, section_of) or f"known: {', '.join(sorted(section_of))}"
+            raise ConfigError(f"{source}: unknown setting {name!r}; {hint}")
         layer.setdefault(section_of[name], {})[name] = value
     return layer
 
@@ -409,7 +413,7 @@ def _option(section: str, key: str) -> Option:
 def _coerce(section: str, key: str, value: Any, source: str) -> Any:
     known = {f.name for f in fields(SECTIONS[section])}
     if key not in known:
-        raise ConfigError(f"{source}: unknown setting {section}.{key}; "
+        raise ConfigError(f"{source}: unknown setting {section}.{key}; {_elsewhere(key, section)}"
                           f"known in [{section}]: {', '.join(sorted(known))}")
     kind = get_type_hints(SECTIONS[section])[key]
     where = f"{source}: {section}.{key} ({flag_of(section, key)})"
@@ -418,7 +422,17 @@ def _coerce(section: str, key: str, value: Any, source: str) -> Any:
     try:
         return _convert(kind, value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-        raise ConfigError(f"{where} must be {_describe(kind)}, got {value!r}") from None
+        problem = f"must be {_describe(kind)}, got {value!r}"
+        raise ConfigError(f"{where} {problem}", setting=key, problem=problem, source=source) from None
+
+
+def _elsewhere(key: str, section: str) -> str:
+    """Where a preset key that ``section`` lacks belongs (another table), or the name it is close to."""
+    home = [s.section for s in all_settings() if s.name == key]
+    if home:
+        return f"{key} is a [{home[0]}] setting; "
+    hint = did_you_mean(key, [f.name for f in fields(SECTIONS[section])])
+    return f"{hint} " if hint else ""
 
 
 def _convert(kind: Any, value: Any) -> Any:
@@ -453,7 +467,10 @@ def _describe(kind: Any) -> str:
 
 
 def _fail(section: str, key: str, message: str, value: Any) -> ConfigError:
-    return ConfigError(f"{flag_of(section, key)} ({section}.{key}) {message}, got {value!r}")
+    """The error of one setting: worded with its flag; ``setting`` and ``problem`` let ``stylize()`` word it
+    with its keyword instead."""
+    problem = f"{message}, got {value!r}"
+    return ConfigError(f"{flag_of(section, key)} ({section}.{key}) {problem}", setting=key, problem=problem)
 
 
 # Numbers: every float finite, every int a 64-bit one (torch and numpy take them), unless named here.

@@ -51,6 +51,7 @@ from hires_nst.io.safety import check_free_space, deferred_interrupts, render_ne
 from hires_nst.io.trace import TraceWriter
 from hires_nst.io.writeplan import check_writes
 from hires_nst.model.backbones import build_extractor as make_extractor
+from hires_nst.model.cache import extractor_key, extractors
 from hires_nst.model.features import FrozenExtractor
 from hires_nst.model.weights import load_weights
 from hires_nst.runtime import ranks
@@ -74,10 +75,16 @@ def disk_needs(job: RenderJob, width: int, height: int) -> dict[Path, int]:
 
 
 def build_extractor(config: RenderConfig, device: torch.device) -> FrozenExtractor:
+    """The network of ``config`` on ``device``: built once per process and kept warm (``model.cache``)."""
     model, loss = config.model, config.loss
-    weights = load_weights(model.weights, model.preprocessing, model.backbone)
     layers = list(loss.content_layers) + list(loss.style_layers)
-    return make_extractor(model.backbone, weights, layers, model.pooling).to(device)
+
+    def build() -> FrozenExtractor:
+        weights = load_weights(model.weights, model.preprocessing, model.backbone)
+        return make_extractor(model.backbone, weights, layers, model.pooling).to(device)
+
+    key = extractor_key(model.backbone, model.weights, model.preprocessing, model.pooling, layers, device)
+    return extractors.get(key, build)
 
 
 def load_inputs(job: RenderJob) -> Inputs:

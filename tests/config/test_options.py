@@ -19,7 +19,7 @@ from hires_nst.cli import main
 from hires_nst.cli.help import PlainCommand
 from hires_nst.cli.options import with_setting_options
 from hires_nst.config import settings
-from hires_nst.config.options import STYLE, option
+from hires_nst.config.options import STYLE, did_you_mean, option
 from hires_nst.config.renderjob import RenderJob, RenderResult
 from hires_nst.config.settings import LossConfig, all_settings, resolve
 from hires_nst.errors import ConfigError
@@ -83,8 +83,10 @@ def test_a_field_added_to_a_section_is_a_stylize_keyword_and_a_preset_key(fake_r
     assert resolve(("a preset", {"loss": {"grain": 2}})).loss.grain == 2.0  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"loss.grain \(--grain\) must be a number"):
         resolve(("a preset", {"loss": {"grain": "coarse"}}))
-    with pytest.raises(ConfigError, match="grian.*known: .*grain"):
+    with pytest.raises(ConfigError, match="grian.*did you mean grain"):
         stylize(*pair, grian=0.5)
+    with pytest.raises(ConfigError, match=r"^stylize\(\): grain must be a number, got 'coarse'$"):  # a keyword's words
+        stylize(*pair, grain="coarse")
 
 
 def test_the_render_options_are_exactly_the_settings_and_the_commands_own() -> None:
@@ -121,3 +123,19 @@ def test_every_setting_is_a_preset_key_and_a_stylize_keyword() -> None:
 
     assert all(getattr(getattr(config, s.section), s.name) == s.default for s in declared)
     assert settings.named_layer({s.name: s.default for s in declared}, "stylize()") == layer
+
+
+SPELLINGS = {  # a misspelt name -> the suggestion
+    "max_sise": "did you mean max_size?",
+    "stlye_weight": "did you mean style_weight?",
+    "stylr_layer": "did you mean style_layers?",
+    "iters": "did you mean iterations?",
+    "colour": "",  # close enough to no name: no guess
+}
+
+
+@pytest.mark.parametrize("name", SPELLINGS)
+def test_a_misspelt_name_gets_the_closest_one(name: str) -> None:
+    assert did_you_mean(name, [s.name for s in all_settings()]) == SPELLINGS[name]
+
+

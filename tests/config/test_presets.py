@@ -100,11 +100,12 @@ def test_no_fit_iterations_makes_a_list_exact_again(tmp_path: Path, fake_render:
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("[loss]\nstyle_wieght = 1.0\n", "unknown setting loss.style_wieght"),
+    ("[loss]\nstyle_wieght = 1.0\n", "unknown setting loss.style_wieght; did you mean style_weight?"),
+    ("[pyramid]\nstyle_weight = 1.0\n", "unknown setting pyramid.style_weight; style_weight is a [loss] setting"),
     ("[pyramid]\nmax_size = \"big\"\n", "pyramid.max_size (--max-size) must be an integer, got 'big'"),
     ("[print]\nprint_size = \"A9\"\n", "--print-size 'A9'"),
     ("colour = 1\n", "unknown key 'colour'"),
-    ("[lossy]\nx = 1\n", "unknown key 'lossy'"),
+    ("[lossy]\nx = 1\n", "unknown key 'lossy'; did you mean loss?"),
     ("description = 3\n", "description must be a string"),
     ("[loss\n", "not valid TOML"),
 ])
@@ -118,6 +119,8 @@ def test_preset_mistakes_name_the_key_and_the_file(tmp_path: Path, text: str, ex
 def test_an_unknown_preset_name_lists_the_built_in_ones() -> None:
     with pytest.raises(ConfigError, match="unknown preset 'huge'; built-in presets: gatys, poster, preview"):
         load_preset("huge")
+    with pytest.raises(ConfigError, match="unknown preset 'previw'; did you mean preview\\? built-in presets: "):
+        load_preset("previw")
 
 
 def test_presets_command_lists_every_preset_with_size_and_description() -> None:

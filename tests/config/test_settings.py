@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import hires_nst.engine.render
 from hires_nst.cli.main import app
-from hires_nst.config.settings import SECTIONS, flag_of, resolve
+from hires_nst.config.settings import SECTIONS, flag_of, named_layer, resolve
 from hires_nst.errors import EXIT_USAGE, ConfigError, classify
 from tests.helpers.synthetic import write_image
 
@@ -105,3 +105,10 @@ def test_torch_seed_range_is_accepted_at_both_ends() -> None:
 
 def test_a_config_mistake_is_a_usage_error() -> None:
     assert classify(ConfigError("--lr must be finite")).exit_code == EXIT_USAGE == 2
+
+
+def test_a_misspelt_name_is_answered_with_the_name_meant() -> None:
+    with pytest.raises(ConfigError, match=r"unknown section \[lossy\]; did you mean loss\? known: loss, optim"):
+        resolve(("t", {"lossy": {}}))
+    with pytest.raises(ConfigError, match=r"^t: unknown setting 'stlye_weight'; did you mean style_weight\?$"):
+        resolve(("t", named_layer({"stlye_weight": 2}, "t")))
