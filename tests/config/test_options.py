@@ -26,8 +26,8 @@ from hires_nst.errors import ConfigError
 
 runner = CliRunner()
 # The render options that are no config setting: what to render and how to run.
-NOT_SETTINGS = {"content", "styles", "output", "preset", "resume", "restart", "web", "port", "host", "log_every",
-                "quiet", "debug"}
+NOT_SETTINGS = {"content", "styles", "output", "preset", "resume", "restart", "web", "open_page", "port", "host",
+                "log_every", "quiet", "debug"}
 
 
 @pytest.fixture
