@@ -218,17 +218,23 @@ def test_debug_lets_the_exception_and_its_traceback_through(tmp_path: Path, inpu
     assert "error:" not in result.stderr
 
 
-def test_interrupted_render_is_one_line_with_exit_130(monkeypatch: pytest.MonkeyPatch,
-                                                      inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_interrupted_render_says_what_it_kept_then_the_resume_command_with_exit_130(
+        monkeypatch: pytest.MonkeyPatch, inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    seen: list[RenderJob] = []
+
     def interrupted(job: RenderJob, sink: object = None) -> RenderResult:
-        raise Interrupted("interrupted during stage 2/3; run the same command with --resume to continue")
+        seen.append(job)
+        raise Interrupted("interrupted during stage 2/3; stage 2 at iteration 57/300 kept in /w; the image so far: "
+                          "/o.partial.png", "interrupted during stage 2/3", f"to continue, run: {job.resume_command}")
 
     monkeypatch.setattr(hires_nst.engine.render, "render", interrupted)
     result = runner.invoke(app, ["render", str(inputs[0]), str(inputs[1]), "-o", str(tmp_path / "o.png")])
 
     assert result.exit_code == 130
-    [line] = result.stderr.splitlines()
-    assert "--resume" in line
+    said, advice = result.stderr.splitlines()
+    assert said == ("interrupted during stage 2/3; stage 2 at iteration 57/300 kept in /w; the image so far: "
+                    "/o.partial.png")  # "interrupted" once
+    assert advice == f"to continue, run: {seen[0].resume_command}" and advice.endswith(" --resume")
 
 
 def test_engine_bug_is_one_internal_error_line_with_exit_70(monkeypatch: pytest.MonkeyPatch,
