@@ -42,6 +42,7 @@ from hires_nst.engine.resume import (
     render_plan,
     resume_advice,
     resume_point,
+    reuse_note,
     work_dir_of,
     write_partial,
 )
@@ -197,6 +198,9 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
         _announce(plan, placement, workdir, output, config, sink)
         if job.resume and not done and not went:
             sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
+        note = reuse_note(job, output, workdir, done)
+        if note:
+            sink(Message(note))
     except BaseException:
         trace.close()
         raise

@@ -128,6 +128,26 @@ def resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedu
     return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
 
 
+def reuse_note(job: RenderJob, output: Path, workdir: WorkDir, done: int) -> str:
+    """What a render should say before it starts when its output or a finished render of it is
+    already there ('' when neither is): what it reuses, what it replaces, and what --restart does."""
+    stages, exists = len(workdir.schedule), os.path.lexists(output)
+    replaced = f"; {output} is replaced when it finishes" if exists else ""
+    if workdir.reopened is None:  # no finished render in the work dir, or --resume / --restart said what to do
+        if job.resume and done == stages:
+            return f"--resume: all {stages} stages are finished in {workdir.path}: writing {output} from them"
+        return f"{output} exists: this render replaces it when it finishes" if exists else ""
+    if done == stages:
+        return (f"{output if exists else 'the output'} was rendered before with the same inputs and settings: "
+                f"its {stages} finished stages in {workdir.path} are written out again, nothing is rendered; "
+                "--restart renders it again from the start")
+    if done:
+        return (f"reusing {done} of {stages} stages from the finished render in {workdir.path} (same inputs and "
+                f"settings); the rest are rendered{replaced}; --restart renders every stage again")
+    return (f"the finished render in {workdir.path} had {workdir.reopened}: this render starts from the "
+            f"beginning{replaced}")
+
+
 def resume_advice(job: RenderJob) -> str:
     if job.resume_command:
         return f"to continue, run: {job.resume_command}"

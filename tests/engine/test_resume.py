@@ -14,7 +14,7 @@ import torch
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.engine.resume import partial_record
 from hires_nst.errors import Interrupted, OutputError
-from hires_nst.events import Message, Step
+from hires_nst.events import Message, StageStarted, Step
 from hires_nst.io import images
 from tests.helpers.paths import CONTENT, STYLE
 from tests.helpers.renders import interrupt_at, job, press_ctrl_c_at
@@ -89,3 +89,49 @@ def test_the_image_so_far_may_not_overwrite_an_input(tmp_path: Path) -> None:
     shutil.copy(CONTENT, content)
     with pytest.raises(OutputError, match="partial image .*out.partial.png would overwrite the content image"):
         render(RenderJob(content, (STYLE,), tmp_path / "out.png", job(tmp_path).config))
+
+
+def notes(events: list) -> list[str]:
+    return [e.text for e in events if isinstance(e, Message)]
+
+
+def started(events: list) -> list[int]:
+    return [e.stage for e in events if isinstance(e, StageStarted)]
+
+
+def test_the_same_render_run_again_reuses_its_finished_stages_and_says_what_restart_does(tmp_path: Path) -> None:
+    settings = {"pyramid": {"iterations": [3, 2, 1]}}
+    first = render(job(tmp_path, **settings))
+    events: list = []
+    again = render(job(tmp_path, **settings), events.append)  # the same command, no flag
+    assert started(events) == [] and again.stages_reused == 3
+    assert (f"{first.output} was rendered before with the same inputs and settings: its 3 finished stages in "
+            f"{tmp_path / 'work'} are written out again, nothing is rendered; --restart renders it again from the "
+            "start") in notes(events)
+    assert np.array_equal(images.load_image(again.output), images.load_image(first.output))
+
+    events = []
+    render(RenderJob(**{**job(tmp_path, **settings).__dict__, "restart": True}), events.append)
+    assert started(events) == [0, 1, 2]
+    assert f"{first.output} exists: this render replaces it when it finishes" in notes(events)
+
+
+def test_a_finished_render_with_other_settings_is_replaced_and_the_message_says_why(tmp_path: Path) -> None:
+    render(job(tmp_path, pyramid={"iterations": [3, 2, 1]}))
+    events: list = []
+    render(job(tmp_path, pyramid={"iterations": [3, 2, 1]}, loss={"style_weight": 123.0}), events.append)
+    assert started(events) == [0, 1, 2]
+    [note] = [n for n in notes(events) if "finished render" in n]
+    assert note.startswith(f"the finished render in {tmp_path / 'work'} had other inputs or settings: "
+                           "settings.loss.style_weight was ")
+    assert note.endswith(f"now 123.0: this render starts from the beginning; {tmp_path / 'out.png'} is replaced "
+                         "when it finishes")
+
+
+def test_a_larger_render_into_the_same_output_reuses_the_stages_that_fit(tmp_path: Path) -> None:
+    render(job(tmp_path, pyramid={"max_size": 64, "iterations": [3, 2]}))
+    events: list = []
+    render(job(tmp_path, pyramid={"iterations": [3, 2, 1]}), events.append)  # up to 128 px now
+    assert started(events) == [2]
+    assert any(n.startswith(f"reusing 2 of 3 stages from the finished render in {tmp_path / 'work'}")
+               and n.endswith("--restart renders every stage again") for n in notes(events))
