@@ -254,18 +254,19 @@ class ProgressSaves:
         """Ctrl-C: save where the stage got to now (unless a save holds it already), its last
         iteration included; a failure is reported and the older save stands."""
         if stop.iteration > self.at:
-            self._save(stop.iteration, stop.image, stop.state)
+            self._save(stop.iteration, stop.image, stop.state, stopping=True)
 
-    def _save(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor]) -> None:
+    def _save(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor], stopping: bool = False) -> None:
         workdir = self.checkpointing.workdir
         self.at, self.time = iteration, time.monotonic()
         try:
             workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
             workdir.save_current(shown(image, optimizer_state).clamp(0, 1))  # what would be written
         except OutputError as exc:
-            if not self.failing:
+            then = "the last save stands" if stopping else "the render goes on and tries again at each save"
+            if stopping or not self.failing:
                 self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
-                                  f"({exc}); the render goes on and tries again at each save"))
+                                  f"({exc}); {then}"))
             self.failing = True
             return
         if self.failing:
