@@ -144,8 +144,8 @@ def reuse_note(job: RenderJob, output: Path, workdir: WorkDir, done: int) -> str
     if done:
         return (f"reusing {done} of {stages} stages from the finished render in {workdir.path} (same inputs and "
                 f"settings); the rest are rendered{replaced}; --restart renders every stage again")
-    return (f"the finished render in {workdir.path} had {workdir.reopened}: this render starts from the "
-            f"beginning{replaced}")
+    return (f"the finished render in {workdir.path} is not reused ({workdir.reopened}): this render starts from "
+            f"the beginning{replaced}")
 
 
 def resume_advice(job: RenderJob) -> str:

@@ -180,12 +180,16 @@ class WorkDir:
 
     def _why_not_reused(self, fingerprint: dict[str, Any], schedule: Sequence[Stage], inputs: Sequence[str]) -> str:
         """Why none of a finished render's stages fit this one."""
-        previous = (self._read_json("settings.json") or {}).get("fingerprint")
+        settings = self._read_json("settings.json") or {}
+        previous = settings.get("fingerprint")
         if previous != fingerprint:
             return f"other inputs or settings: {_describe_difference(previous or {}, fingerprint, inputs)}"
         if not self._stage_files():
-            return "its stage checkpoints were not kept (--no-keep-checkpoints)"
-        return f"its first stage was not {_first_stage(stage_key(schedule[0]))}"
+            return "its stage checkpoints were not kept: --no-keep-checkpoints"
+        first = (settings.get("schedule") or [None])[0]
+        if first != stage_key(schedule[0]):
+            return f"its first stage was {_first_stage(first)}, now {_first_stage(stage_key(schedule[0]))}"
+        return "its first stage's checkpoint cannot be read"
 
     def _check_resumable(self, fingerprint: dict[str, Any], schedule: Sequence[Stage], inputs: Sequence[str]) -> None:
         """Refuse a --resume that would not go on from this dir's work (it would start afresh)."""

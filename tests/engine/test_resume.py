@@ -122,9 +122,9 @@ def test_a_finished_render_with_other_settings_is_replaced_and_the_message_says_
     render(job(tmp_path, pyramid={"iterations": [3, 2, 1]}, loss={"style_weight": 123.0}), events.append)
     assert started(events) == [0, 1, 2]
     [note] = [n for n in notes(events) if "finished render" in n]
-    assert note.startswith(f"the finished render in {tmp_path / 'work'} had other inputs or settings: "
+    assert note.startswith(f"the finished render in {tmp_path / 'work'} is not reused (other inputs or settings: "
                            "settings.loss.style_weight was ")
-    assert note.endswith(f"now 123.0: this render starts from the beginning; {tmp_path / 'out.png'} is replaced "
+    assert note.endswith(f"now 123.0): this render starts from the beginning; {tmp_path / 'out.png'} is replaced "
                          "when it finishes")
 
 
@@ -135,3 +135,14 @@ def test_a_larger_render_into_the_same_output_reuses_the_stages_that_fit(tmp_pat
     assert started(events) == [2]
     assert any(n.startswith(f"reusing 2 of 3 stages from the finished render in {tmp_path / 'work'}")
                and n.endswith("--restart renders every stage again") for n in notes(events))
+
+
+def test_a_finished_render_whose_checkpoints_were_dropped_runs_again_and_says_so(tmp_path: Path) -> None:
+    settings = {"pyramid": {"iterations": [2, 1, 1]}, "output": {"keep_checkpoints": False}}
+    render(job(tmp_path, **settings))
+    events: list = []
+    render(job(tmp_path, **settings), events.append)
+    assert started(events) == [0, 1, 2]
+    assert (f"the finished render in {tmp_path / 'work'} is not reused (its stage checkpoints were not kept: "
+            f"--no-keep-checkpoints): this render starts from the beginning; {tmp_path / 'out.png'} is replaced when "
+            "it finishes") in notes(events)
