@@ -48,9 +48,11 @@ class NumericalError(HiresNSTError):
 class Interrupted(HiresNSTError):
     """The user stopped the render (Ctrl-C, SIGTERM); finished stages are kept for --resume."""
 
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.detail = detail or message  # what was kept, without the advice (a batch gives its own)
+    def __init__(self, message: str, detail: str = "", advice: str = "") -> None:
+        super().__init__(f"{message}; {advice}" if advice else message)
+        self.said = message  # where it stopped, what was kept and where, without the advice
+        self.detail = detail or message  # what was kept, without paths or advice (a batch gives its own)
+        self.advice = advice  # how to go on ("to continue, run: ..."), its own line in a terminal
 
 
 class DiskFullError(OutputError):

@@ -42,8 +42,8 @@ def reporting(debug: bool) -> Iterator[None]:
         failure = classify(exc)
         if debug and failure.status != "interrupted" and not isinstance(exc, MemoryError):
             raise
-        if isinstance(exc, Interrupted):  # the engine kept what it finished and says how to resume
-            err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True)
+        if isinstance(exc, Interrupted):  # "interrupted during ...": what was kept, then how to go on
+            say_interrupted(exc)
         elif failure.status == "interrupted":
             err_console.print("[yellow]interrupted[/]", soft_wrap=True)
         elif failure.bug:
@@ -51,6 +51,14 @@ def reporting(debug: bool) -> Iterator[None]:
         else:
             say_error("error", failure.message)
         raise typer.Exit(failure.exit_code) from None
+
+
+def say_interrupted(exc: Interrupted) -> None:
+    """What the engine kept (and the image so far), then the command that goes on, on a line of its
+    own that a terminal does not wrap, ready to copy."""
+    err_console.print(f"[yellow]{escape(exc.said)}[/]", soft_wrap=True)
+    if exc.advice:
+        say_line(exc.advice)
 
 
 @contextlib.contextmanager

@@ -113,7 +113,7 @@ def batch(
             result = run_batch(loaded, sink, device_list, restart=restart, runner=runner)
         _summary(result)
     if result.stopped:
-        err_console.print(f"[yellow]interrupted:[/] {escape(result.stopped)}", soft_wrap=True)
+        err_console.print(f"[yellow]{escape(result.stopped)}[/]", soft_wrap=True)  # "batch interrupted during ..."
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.failed:
         err_console.print(f"[red]{len(result.failed)} job(s) failed[/]; see the table, the manifest and "

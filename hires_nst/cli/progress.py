@@ -18,7 +18,6 @@ from hires_nst.io.progresstext import (
     finished_text,
     job_finished_text,
     job_started_text,
-    megapixel_iterations,
     plan_paths,
     planned_stage_text,
     stage_name,
@@ -28,8 +27,8 @@ from hires_nst.io.progresstext import (
 
 
 class ProgressDisplay:
-    """An overall bar weighted by pixels x iterations, and a bar for the stage in progress; each
-    with the time it has left (``WorkLeft``, as the log lines)."""
+    """An overall bar weighted by pixels x iterations (what a resume reuses counted as done), and a
+    bar for the stage in progress; each with the time it has left (``WorkLeft``, as the log lines)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -40,7 +39,6 @@ class ProgressDisplay:
         )
         self.overall: TaskID = self.progress.add_task("total", total=None, info="", eta=UNKNOWN_TIME)
         self.stage_task: TaskID | None = None
-        self.pixels = (0, 0)  # the stage in progress's width and height
         self.left: WorkLeft | None = None
 
     def __enter__(self) -> ProgressDisplay:
@@ -54,8 +52,7 @@ class ProgressDisplay:
         if isinstance(event, Planned):
             self._show_plan(event)
         elif isinstance(event, StageStarted):
-            self.pixels = (event.width, event.height)
-            rescope(self.progress, self.overall, self.left, event)
+            count_done(self.progress, self.overall, self.left, event.stage, event.done)
             label = stage_name(event.stage, event.stages, event.width, event.height)
             self.stage_task = self.progress.add_task(label, total=event.iterations, completed=event.done, info="",
                                                      eta=UNKNOWN_TIME)
@@ -65,6 +62,7 @@ class ProgressDisplay:
             if event.iterations:  # it ran this many: fewer than planned when it converged early
                 self.progress.update(self.stage_task, total=event.iterations, completed=event.iterations)
             self.progress.update(self.stage_task, info=finished_text(event), eta=time_text(0.0))
+            count_done(self.progress, self.overall, self.left, event.stage + 1, 0)
         elif isinstance(event, Message):
             self.console.print(f"[yellow]{escape(event.text)}[/]")
 
@@ -74,7 +72,7 @@ class ProgressDisplay:
         stage_left = self.left.stage_seconds(step.stage, step.iteration, step.iterations) if self.left else None
         self.progress.update(stage_task, completed=step.iteration, info=step_text(step), eta=time_text(stage_left))
         self.progress.update(self.overall, eta=time_text(left))
-        self.progress.advance(self.overall, megapixel_iterations(*self.pixels, step.covered))
+        count_done(self.progress, self.overall, self.left, step.stage, step.iteration)
 
     def _show_plan(self, plan: Planned) -> None:
         self.left = WorkLeft.of(plan)
@@ -86,14 +84,12 @@ class ProgressDisplay:
             self.console.print(line, markup=False, soft_wrap=True)
 
 
-def rescope(progress: Progress, task: TaskID, left: WorkLeft | None, started: StageStarted) -> None:
-    """Make ``task`` count only the work this run does: the stages and iterations that a resume
-    reuses are left out of its total, so that they neither hold the bar short of 100% nor fool its
-    time left. ``left``: the plan's work (None: no plan seen)."""
-    if left is None or len(left.work) != started.stages:
-        return
-    completed = next(t.completed for t in progress.tasks if t.id == task)
-    progress.update(task, total=completed + left.left(started.stage, started.done))
+def count_done(progress: Progress, task: TaskID, left: WorkLeft | None, stage: int, iteration: int) -> None:
+    """Set ``task`` to the work done once ``stage`` reached ``iteration``: what a resume reuses counts
+    as done (the bar then agrees with the stage's), a stage that converged early counts whole."""
+    if left is not None and stage <= len(left.work):
+        done = sum(left.work) if stage == len(left.work) else left.done(stage, iteration)
+        progress.update(task, completed=done)
 
 
 class BatchDisplay:
@@ -105,7 +101,6 @@ class BatchDisplay:
                                  TimeElapsedColumn(), console=console, transient=True)
         self.task: TaskID | None = None
         self.name = ""
-        self.pixels = (0, 0)
         self.left: WorkLeft | None = None
 
     def __enter__(self) -> BatchDisplay:
@@ -126,12 +121,11 @@ class BatchDisplay:
             self.left = WorkLeft.of(event)
             self.progress.update(self.task, total=sum(self.left.work))
         elif isinstance(event, StageStarted) and self.task is not None:
-            self.pixels = (event.width, event.height)
-            rescope(self.progress, self.task, self.left, event)
+            count_done(self.progress, self.task, self.left, event.stage, event.done)
             label = stage_name(event.stage, event.stages, event.width, event.height)
             self.progress.update(self.task, description=f"{self.name} {label}")
         elif isinstance(event, Step) and self.task is not None:
-            self.progress.advance(self.task, megapixel_iterations(*self.pixels, event.covered))
+            count_done(self.progress, self.task, self.left, event.stage, event.iteration)
         elif isinstance(event, JobFinished):
             colour = {"finished": "green", "failed": "red"}.get(event.status, "yellow")
             self.console.print(Text(f"  {job_finished_text(event)}", style=colour), soft_wrap=True)

@@ -20,6 +20,7 @@ from hires_nst.core.lbfgs import DeviceLBFGS
 from hires_nst.core.memmodel import lbfgs_history
 from hires_nst.engine.objective import LossTerms
 from hires_nst.errors import ConfigError, NumericalError
+from hires_nst.io.safety import stop_requests
 
 StepCallback = Callable[[int, dict[str, float], float, Tensor], None]  # iteration, losses, seconds/it, image
 # iteration, image (the iterate), Adam's state (or {}) and the average's buffers (averaging.KEYS)
@@ -229,6 +230,10 @@ class Stepper:
         best = self.best.image  # a buffer for every optimiser but ours
         return best if best is not None and self.best.terms else self.image.detach()
 
+    def shown(self) -> Tensor:
+        """What a report shows and an interrupted stage writes: the average if kept, else the best point."""
+        return self.best_image() if self.average is None else self.result()
+
     def result(self) -> Tensor:
         """What the stage hands on and writes: the average of the iterates if kept, else the best point."""
         average = self.average
@@ -249,6 +254,17 @@ class Stepper:
         beside ``resume_image``."""
         average = self.average.state() if self.average is not None else {}
         return {**self.state(), **average, **self.best.state()}
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a stage after ``iteration``: what a resume goes on from (``image``,
+    ``state``: ``Stepper.resume_image`` and ``saved_state``) and what it shows (``shown``), so that
+    the iterations it finished are saved, not lost. A KeyboardInterrupt still (whoever catches that
+    stops as before)."""
+
+    def __init__(self, iteration: int, image: Tensor, state: dict[str, Tensor], shown: Tensor) -> None:
+        super().__init__(f"stopped after iteration {iteration}")
+        self.iteration, self.image, self.state, self.shown = iteration, image, state, shown
 
 
 @dataclass
@@ -277,7 +293,8 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
                         iterations: int, on_step: StepCallback | None = None,
                         warm_state: dict[str, Tensor] | None = None, sync_every: int = 1,
                         done: int = 0, on_state: StateCallback | None = None,
-                        average: float = 0.0, stop: Convergence | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                        average: float = 0.0, stop: Convergence | None = None,
+                        stop_on_signal: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """``optimize`` that also returns Adam's (or AdamW's) final state and may start from a previous one.
 
     ``warm_state`` (Adam, AdamW) must already have the image's size (see ``resize_adam_state``).
@@ -299,26 +316,40 @@ def optimize_with_state(image: Tensor, objective: Callable[[Tensor], LossTerms],
     the last: each read waits for the device, so on a GPU the loop otherwise runs ahead of it.
     (Adam and our L-BFGS gain from this; torch's L-BFGS, ``lbfgs-torch``, reads values itself at
     every step.)
+
+    A KeyboardInterrupt after a whole step (from ``on_step``, ``on_state``, or a read) leaves as
+    ``Stopped``, carrying that iteration's image and state; one in the middle of a step (its state
+    half updated) leaves as it came. ``stop_on_signal``: SIGINT/SIGTERM end the loop after the
+    iteration in progress (``safety.stop_requests``), reported like any other, then as ``Stopped``.
     """
     stepper = Stepper(image, objective, optimizer, lr, warm_state, average)
     sync_every, stop = max(1, sync_every), stop or Convergence()
     start, reported = time.perf_counter(), done
-    for iteration in range(done + 1, iterations + 1):
-        stepper.step()
-        if iteration % sync_every and iteration != iterations:
-            continue
-        values, finite = _read_back(stepper.best.terms, stepper.image)  # one wait for the device, not five
-        _check_finite(values, finite, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
-        if on_step is not None:
-            shown = stepper.best_image() if stepper.average is None else stepper.result()
-            on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), shown)
-        if on_state is not None:
-            on_state(iteration, stepper.resume_image(), stepper.saved_state())
-        start, reported = time.perf_counter(), iteration
-        if stop.converged(iteration, values["total"]):
-            break
-    state = stepper.state() if iterations > done else {}
-    return stepper.result(), state
+    whole = done  # the iteration the stepper's state belongs to; -1 while a step is under way
+    with stop_requests(stop_on_signal) as request:
+        try:
+            for iteration in range(done + 1, iterations + 1):
+                whole = -1
+                stepper.step()
+                whole = iteration
+                if iteration % sync_every and iteration != iterations and not request.made:
+                    continue
+                values, finite = _read_back(stepper.best.terms, stepper.image)  # one wait for the device, not five
+                _check_finite(values, finite, f"{'at' if sync_every == 1 else 'by'} iteration {iteration}")
+                if on_step is not None:
+                    on_step(iteration, values, (time.perf_counter() - start) / (iteration - reported), stepper.shown())
+                if on_state is not None:
+                    on_state(iteration, stepper.resume_image(), stepper.saved_state())
+                start, reported = time.perf_counter(), iteration
+                if request.made:
+                    raise KeyboardInterrupt
+                if stop.converged(iteration, values["total"]):
+                    break
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Stopped) or whole <= done:  # nothing new, or a step cut in half
+                raise
+            raise Stopped(whole, stepper.resume_image(), stepper.saved_state(), stepper.shown()) from None
+    return stepper.result(), stepper.state()
 
 
 def _live_state(opt: torch.optim.Optimizer, image: Tensor, optimizer: str) -> dict[str, Tensor]:

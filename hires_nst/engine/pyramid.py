@@ -25,7 +25,7 @@ from hires_nst.core.guides import RegionGuide
 from hires_nst.engine.bandplan import Spreader
 from hires_nst.engine.distributed import BandObjective, same_start
 from hires_nst.engine.objective import Objective, Targets, make_targets
-from hires_nst.engine.optimize import Convergence, optimize_with_state, resize_adam_state, shown
+from hires_nst.engine.optimize import Convergence, Stopped, optimize_with_state, resize_adam_state, shown
 from hires_nst.engine.plan import RenderPlan, StagePlan, min_side
 from hires_nst.engine.regions import Regions
 from hires_nst.engine.resume import Checkpointing, ProgressSaves, saved_progress
@@ -176,11 +176,17 @@ def run_stage(run: Run, plan: StagePlan, inputs: StageInputs, start: Tensor,
     reporter = StepReporter(run, stage, done)
     reporter.started(shown(start, warm_state))
     saves = ProgressSaves(run.checkpointing, stage, done, run.sink) if run.checkpointing is not None else None
-    result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
-                                        iterations=stage.iterations, on_step=reporter,
-                                        warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
-                                        on_state=saves, average=config.optim.average_iterates,
-                                        stop=Convergence(config.optim.tolerance, config.optim.patience))
+    try:  # Ctrl-C stops after the iteration in progress (rank 0 only: the others wait for it in collectives)
+        result, state = optimize_with_state(start, objective, optimizer=config.optim.optimizer, lr=config.lr,
+                                            iterations=stage.iterations, on_step=reporter,
+                                            warm_state=warm_state, sync_every=run.placement.sync_every, done=done,
+                                            on_state=saves, average=config.optim.average_iterates,
+                                            stop=Convergence(config.optim.tolerance, config.optim.patience),
+                                            stop_on_signal=saves is not None)
+    except Stopped as stopped:
+        if saves is not None:
+            saves.stopped(stopped)  # the iterations it finished are kept: a resume loses none
+        raise
     final = {k: float(v) for k, v in objective.loss(result).items()}
     if reporter.reported < stage.iterations:
         run.sink(Message(f"stage {stage.index + 1} converged after {reporter.reported} of {stage.iterations} "

@@ -20,6 +20,7 @@ from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import RenderConfig
 from hires_nst.core import color
 from hires_nst.engine.bandplan import Spreader
+from hires_nst.engine.optimize import Stopped, shown
 from hires_nst.engine.outputs import (
     animation_path,
     output_path,
@@ -33,13 +34,17 @@ from hires_nst.engine.pyramid import Run, run_pyramid
 from hires_nst.engine.regions import Regions, load_regions
 from hires_nst.engine.resume import (
     checkpointing_of,
+    drop_partial,
     find_work_dir,
     fingerprint,
     interrupted,
+    partial_path,
     render_plan,
     resume_advice,
     resume_point,
+    reuse_note,
     work_dir_of,
+    write_partial,
 )
 from hires_nst.errors import ConfigError, DiskFullError, OutputError
 from hires_nst.events import Message, Planned, PlannedStage, Sink, null_sink, tee
@@ -191,27 +196,33 @@ def _render_rank(world: ranks.World, job: RenderJob, workdir: WorkDir | None, si
     spreader = make_spreader(config, plan, placement)
     if workdir is None:
         return _render_silently(job, inputs, plan, placement, spreader, done, went, began)
-    sweep_temp_files(written_files(output, config))
+    sweep_temp_files([*written_files(output, config), partial_path(output)])
     trace = TraceWriter(workdir.path / "trace.csv", keep_stages=done, keep_iterations=went, report=sink)
     try:  # until _run owns it: a sink that fails at the first event must not leave the trace open
         animation = _animation(config, schedule[-1], inputs)
-        sink = tee(sink, trace, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
+        # the trace first: a row is on disk before a sink that stops the render (Ctrl-C in a display) sees it
+        sink = tee(trace, sink, PreviewFile(workdir.path / PREVIEW_NAME, sink), *([animation] if animation else []))
         _announce(plan, placement, workdir, output, config, sink)
         if job.resume and not done and not went:
             sink(Message(f"--resume: nothing saved yet in {workdir.path}; stage 1 starts from its beginning"))
+        note = reuse_note(job, output, workdir, done)
+        if note:
+            sink(Message(note))
     except BaseException:
         trace.close()
         raise
     checkpointing = checkpointing_of(config, workdir, schedule, animation is not None)
     run = Run(config, plan, placement, sink, checkpointing, spreader)
-    image, stage_losses = _run(run, job, inputs, workdir, trace, done, went)
+    image, stage_losses = _run(run, job, inputs, workdir, trace, done, went, output)
     result = _final_image(image, inputs, config)
     seconds = workdir.seconds()  # with the earlier runs' time, for a resumed render
     record = settings_record(job, placement.extractor, placement, schedule, stage_losses, seconds, workdir.path, crop)
 
     def write() -> Path:
         with deferred_interrupts():  # a Ctrl-C now waits for the image and its settings to be complete
-            return write_outputs(output, result, record, config, workdir, schedule, animation)
+            settings = write_outputs(output, result, record, config, workdir, schedule, animation)
+            drop_partial(partial_path(output))  # the image so far of an earlier Ctrl-C, now replaced
+            return settings
 
     settings = retrying_when_full(write, f"the output {output}", workdir.say)
     return RenderResult(output, settings, schedule[-1].width, schedule[-1].height, seconds, stage_losses[-1],
@@ -259,18 +270,59 @@ def _announce(plan: RenderPlan, placement: Placement, workdir: WorkDir, output: 
 
 
 def _run(run: Run, job: RenderJob, inputs: Inputs, workdir: WorkDir, trace: TraceWriter, done: int,
-         went: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir."""
+         went: int, output: Path) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """``run_pyramid`` on the working images; a failure or Ctrl-C is recorded in the work dir, and
+    Ctrl-C leaves the image so far beside the output (``_keep_partial``)."""
     content, styles = working_images(inputs, run.config.loss.preserve_color)
     try:
         return run_pyramid(run, content, styles, inputs.init, done, went, inputs.regions)
-    except KeyboardInterrupt:
-        raise interrupted(workdir, job) from None
+    except KeyboardInterrupt as exc:
+        raise interrupted(workdir, job, _keep_partial(run, inputs, workdir, output, exc)) from None
     except BaseException as exc:
         workdir.set_status("failed", error=f"{type(exc).__name__}: {exc}", resume=job.resume_command)
         raise
     finally:
         trace.close()
+
+
+def _keep_partial(run: Run, inputs: Inputs, workdir: WorkDir, output: Path, stop: KeyboardInterrupt) -> str:
+    """Write the image so far as ``out.partial.png``, at its stage's size, colour treated as the
+    output's; say where and what it shows ('' when there is none yet, or it was not written: a
+    file of the user's in its place, a full disk, another Ctrl-C: the work dir's save is what counts)."""
+    try:
+        found = _image_so_far(workdir, run.plan.schedule, stop)
+        if found is None:
+            return ""
+        image, stage, iteration = found
+        path, stages = partial_path(output), len(run.plan.schedule)
+        about = {"output": str(output), "stage": stage.index + 1, "stages": stages, "iteration": iteration,
+                 "iterations": stage.iterations, "work_dir": str(workdir.path)}
+        if not write_partial(path, _final_image(image, inputs, run.config), about):
+            run.sink(Message(f"{path} is not an image hires-nst wrote: left as it is (the image so far is "
+                             f"not written)"))
+            return ""
+    except (OutputError, KeyboardInterrupt):
+        return ""
+    done = "finished" if iteration == stage.iterations else f"iteration {iteration}/{stage.iterations}"
+    return f"{path} (stage {stage.index + 1}/{stages}, {stage.width}x{stage.height}, {done})"
+
+
+def _image_so_far(workdir: WorkDir, schedule: list[Stage],
+                  stop: KeyboardInterrupt) -> tuple[torch.Tensor, Stage, int] | None:
+    """The image a stopped render got to, its stage and iteration: the stage's best point (or
+    average) as it stopped; else (stopped between stages, or in the middle of a step) the newest
+    one the work dir keeps; None before the first save."""
+    if isinstance(stop, Stopped):
+        index = (workdir.status() or {}).get("stage")
+        if isinstance(index, int) and 0 <= index < len(schedule):
+            return stop.shown, schedule[index], stop.iteration
+    done, went = workdir.kept()
+    if went:
+        image, state = workdir.load_progress(done)
+        return shown(image, state), schedule[done], went
+    if done:
+        return workdir.load_stage(done - 1)[0], schedule[done - 1], schedule[done - 1].iterations
+    return None
 
 
 def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> np.ndarray:

@@ -21,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from hires_nst.config.regionspec import mask_files
 from hires_nst.config.renderjob import RenderJob
 from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import RenderConfig
-from hires_nst.engine.optimize import shown
+from hires_nst.engine.optimize import Stopped, shown
 from hires_nst.engine.outputs import output_path, written_files
 from hires_nst.engine.plan import Crop
 from hires_nst.errors import Interrupted, OutputError
 from hires_nst.events import Message, Sink, null_sink
+from hires_nst.io import images
 from hires_nst.io.checkpoints import WorkDir, file_digest
 from hires_nst.io.preview import PREVIEW_SECONDS
 from hires_nst.io.writeplan import WritePlan
@@ -79,6 +81,7 @@ def render_plan(job: RenderJob, output: Path, work_dir: Path, owner: str = "") -
     plan = WritePlan()
     for path, what in written_files(output, job.config).items():
         plan.write(path, f"{what}{owner}")
+    plan.write(partial_path(output), f"partial image{owner}")  # written only on Ctrl-C
     plan.work_dir(work_dir, f"work dir{owner}")
     for what, path in input_files(job).items():
         plan.read(path, f"{what}{owner}")
@@ -125,13 +128,35 @@ def resume_point(job: RenderJob, workdir: WorkDir, stamp: dict[str, Any], schedu
     return done, workdir.progress(schedule[done], schedule) if done < len(schedule) else 0
 
 
+def reuse_note(job: RenderJob, output: Path, workdir: WorkDir, done: int) -> str:
+    """What a render should say before it starts when its output or a finished render of it is
+    already there ('' when neither is): what it reuses, what it replaces, and what --restart does."""
+    stages, exists = len(workdir.schedule), os.path.lexists(output)
+    replaced = f"; {output} is replaced when it finishes" if exists else ""
+    if workdir.reopened is None:  # no finished render in the work dir, or --resume / --restart said what to do
+        if job.resume and done == stages:
+            return f"--resume: all {stages} stages are finished in {workdir.path}: writing {output} from them"
+        return f"{output} exists: this render replaces it when it finishes" if exists else ""
+    if done == stages:
+        return (f"{output if exists else 'the output'} was rendered before with the same inputs and settings: "
+                f"its {stages} finished stages in {workdir.path} are written out again, nothing is rendered; "
+                "--restart renders it again from the start")
+    if done:
+        return (f"reusing {done} of {stages} stages from the finished render in {workdir.path} (same inputs and "
+                f"settings); the rest are rendered{replaced}; --restart renders every stage again")
+    return (f"the finished render in {workdir.path} is not reused ({workdir.reopened}): this render starts from "
+            f"the beginning{replaced}")
+
+
 def resume_advice(job: RenderJob) -> str:
     if job.resume_command:
         return f"to continue, run: {job.resume_command}"
     return "run the same command with --resume to continue"
 
 
-def interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
+def interrupted(workdir: WorkDir, job: RenderJob, partial: str = "") -> Interrupted:
+    """What a Ctrl-C leaves, for the user: where it stopped, what the work dir keeps, the image so
+    far (``partial``: its path and what it shows, '' if none was written) and how to go on."""
     schedule = workdir.schedule
     stage = (workdir.status() or {}).get("stage")
     kept, _ = workdir.kept()
@@ -143,7 +168,42 @@ def interrupted(workdir: WorkDir, job: RenderJob) -> Interrupted:
     else:
         where = f" during stage {stage + 1}/{len(schedule)}"
     detail = f"interrupted{where}; {workdir.kept_text()}"
-    return Interrupted(f"{detail} in {workdir.path}; {resume_advice(job)}", detail)
+    image = f"; the image so far: {partial}" if partial else ""
+    return Interrupted(f"{detail} in {workdir.path}{image}", detail, resume_advice(job))
+
+
+# --------------------------------------------------------------------------- the image so far
+
+
+def partial_path(output: Path) -> Path:
+    """Where Ctrl-C writes the image so far: ``out.png`` -> ``out.partial.png`` (never the output's
+    own name: nobody should take it for the finished print)."""
+    return output.with_name(f"{output.stem}.partial.png")
+
+
+def partial_record(path: Path) -> dict[str, Any] | None:
+    """What a partial image of ours says about itself (the record in its PNG text); None for any
+    other file, or none."""
+    try:
+        data = json.loads(images.png_text(path).get(images.SETTINGS_KEY, ""))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and data.get("partial") is True else None
+
+
+def write_partial(path: Path, image: np.ndarray, about: dict[str, Any]) -> bool:
+    """Write the image so far (PNG, with ``about`` and a partial mark inside); False, and nothing
+    written, where ``path`` is a file hires-nst did not write as a partial image (a user's)."""
+    if os.path.lexists(path) and partial_record(path) is None:
+        return False
+    images.save_image(path, image, {images.SETTINGS_KEY: json.dumps({"partial": True, **about})})
+    return True
+
+
+def drop_partial(path: Path) -> None:
+    """The finished output replaces the image so far: a partial image of ours goes, anything else stays."""
+    if partial_record(path) is not None:
+        path.unlink(missing_ok=True)
 
 
 def checkpointing_of(config: RenderConfig, workdir: WorkDir, schedule: list[Stage], animated: bool) -> Checkpointing:
@@ -187,17 +247,26 @@ class ProgressSaves:
         return by_count or (minutes > 0 and time.monotonic() - self.time >= minutes * 60)
 
     def __call__(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor]) -> None:
-        if not self.due(iteration):
-            return
+        if self.due(iteration):
+            self._save(iteration, image, optimizer_state)
+
+    def stopped(self, stop: Stopped) -> None:
+        """Ctrl-C: save where the stage got to now (unless a save holds it already), its last
+        iteration included; a failure is reported and the older save stands."""
+        if stop.iteration > self.at:
+            self._save(stop.iteration, stop.image, stop.state, stopping=True)
+
+    def _save(self, iteration: int, image: Tensor, optimizer_state: dict[str, Tensor], stopping: bool = False) -> None:
         workdir = self.checkpointing.workdir
         self.at, self.time = iteration, time.monotonic()
         try:
             workdir.save_progress(self.stage, self.checkpointing.schedule, iteration, image, optimizer_state)
             workdir.save_current(shown(image, optimizer_state).clamp(0, 1))  # what would be written
         except OutputError as exc:
-            if not self.failing:
+            then = "the last save stands" if stopping else "the render goes on and tries again at each save"
+            if stopping or not self.failing:
                 self.sink(Message(f"could not save stage {self.stage.index + 1}'s progress at iteration {iteration} "
-                                  f"({exc}); the render goes on and tries again at each save"))
+                                  f"({exc}); {then}"))
             self.failing = True
             return
         if self.failing:

@@ -77,6 +77,7 @@ class WorkDir:
         self.fingerprint: dict[str, Any] = {}
         self.schedule: Sequence[Stage] = ()
         self.began, self.earlier = time.monotonic(), 0.0  # the render's clock: this run, and runs before
+        self.reopened: str | None = None  # see ``open``: a finished render found here, and why it is not reused
 
     def seconds(self) -> float:
         """The render's time so far: this run's, plus that of the earlier runs whose work it goes on from."""
@@ -134,7 +135,9 @@ class WorkDir:
 
         Work is never discarded silently: unfinished work needs --resume (same settings and first
         stage) or --restart; --resume with nothing to resume is an error. A finished render's
-        checkpoints are replaced by a new render unless it asks to resume. ``inputs`` names the
+        stages are reused as far as they fit this render (same inputs and settings, same sizes),
+        unless it asks to --restart; ``reopened`` then says why none fit ('' when some did) for the
+        render to tell (None: no finished render was found, or a flag decided). ``inputs`` names the
         input files of the fingerprint, for the message when one changed.
         """
         if resume and restart:
@@ -145,8 +148,9 @@ class WorkDir:
         for temp in self._own_temp_files():  # a killed process's half-written file; nobody else writes here
             temp.unlink(missing_ok=True)
         status = self.status() or {}
-        unfinished = bool(self._stage_files() or self._own("stage-*.partial.json")) and \
-            status.get("state") != "finished"
+        finished = status.get("state") == "finished"
+        unfinished = bool(self._stage_files() or self._own("stage-*.partial.json")) and not finished
+        reopened = finished and not resume and not restart
         if restart:
             self.clear()
         elif resume:
@@ -154,21 +158,38 @@ class WorkDir:
         elif unfinished:
             raise ConfigError(f"work dir {self.path} holds an unfinished render ({status.get('state', 'stopped')}); "
                               "add --resume to continue it, or --restart to discard it")
-        else:
+        elif not reopened:
             self.clear()
-        done = self.finished_stages(fingerprint, schedule) if resume else 0
+        done = self.finished_stages(fingerprint, schedule) if resume or reopened else 0
+        self.reopened = self._why_not_reused(fingerprint, schedule, inputs) if reopened and not done else (
+            "" if reopened else None)
+        if reopened and not done:
+            self.clear()  # another render's stages: none may count for this one's fingerprint
         self._drop_stale_progress(schedule, done)
-        if resume and done < len(schedule):
+        if (resume or reopened) and done < len(schedule):
             went = self.progress(schedule[done], schedule)
             record = self._read_json(f"stage-{done}.partial.json") if went else (
                 self._read_json(f"stage-{done - 1}.json") if done else None)
             self.earlier = float((record or {}).get("seconds", 0.0))
-        elif resume:
+        elif resume or reopened:
             self.earlier = float((self._read_json(f"stage-{done - 1}.json") or {}).get("seconds", 0.0))
         self.fingerprint, self.schedule = fingerprint, tuple(schedule)
         self._write_json("settings.json", {"fingerprint": fingerprint,
                                            "schedule": [stage_key(s) for s in schedule]})
         return done
+
+    def _why_not_reused(self, fingerprint: dict[str, Any], schedule: Sequence[Stage], inputs: Sequence[str]) -> str:
+        """Why none of a finished render's stages fit this one."""
+        settings = self._read_json("settings.json") or {}
+        previous = settings.get("fingerprint")
+        if previous != fingerprint:
+            return f"other inputs or settings: {_describe_difference(previous or {}, fingerprint, inputs)}"
+        if not self._stage_files():
+            return "its stage checkpoints were not kept: --no-keep-checkpoints"
+        first = (settings.get("schedule") or [None])[0]
+        if first != stage_key(schedule[0]):
+            return f"its first stage was {_first_stage(first)}, now {_first_stage(stage_key(schedule[0]))}"
+        return "its first stage's checkpoint cannot be read"
 
     def _check_resumable(self, fingerprint: dict[str, Any], schedule: Sequence[Stage], inputs: Sequence[str]) -> None:
         """Refuse a --resume that would not go on from this dir's work (it would start afresh)."""

@@ -317,6 +317,15 @@ def save_image(path: str | os.PathLike, array: np.ndarray, text: Mapping[str, st
     return path
 
 
+def png_text(path: str | os.PathLike) -> dict[str, str]:
+    """The text chunks of a PNG (``save_image``'s ``text``); {} for another file or one that cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return dict(getattr(img, "text", {})) if img.format == "PNG" else {}
+    except (OSError, ValueError, SyntaxError):
+        return {}
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
 

@@ -41,7 +41,8 @@ def retrying_when_full(write: Callable[[], T], what: str, report: Callable[[str]
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block is done, then stop with KeyboardInterrupt.
+    """Hold SIGINT/SIGTERM until the block is done, then hand it to the handler it was meant for
+    (Python's default: KeyboardInterrupt; inside ``stop_requests``: a noted request).
 
     A checkpoint is several files (tensor, preview, record); a Ctrl-C between them would leave a
     stage that does not count. Signals already ignored stay ignored; off the main thread (where
@@ -61,7 +62,60 @@ def deferred_interrupts() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if pending:
-        raise KeyboardInterrupt
+        _deliver(pending[0], previous[signal.Signals(pending[0])])
+
+
+def _deliver(signum: int, handler: object) -> None:
+    """A held signal, handed to the handler it was meant for (``stop_requests``' notes it; Python's
+    default raises KeyboardInterrupt); KeyboardInterrupt where that handler is not Python's."""
+    if callable(handler):
+        handler(signum, None)
+        return
+    raise KeyboardInterrupt
+
+
+class StopRequest:
+    """Whether SIGINT or SIGTERM asked the loop of ``stop_requests`` to stop (``signum``: which)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @property
+    def made(self) -> bool:
+        return self.signum != 0
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool = True) -> Iterator[StopRequest]:
+    """Note SIGINT/SIGTERM instead of raising mid-computation: the optimiser loop stops at the end of
+    the iteration in progress, whose state is then whole and saved, so a resume loses no iteration.
+
+    A second signal while one is noted is handed to the handler that was there before (Ctrl-C twice:
+    stop at once). Only signals whose handler is Python's (the default SIGINT one raises
+    KeyboardInterrupt; the CLI's SIGTERM one too) are noted: SIG_DFL and SIG_IGN stay as they are (a
+    spawned rank dies with its launcher, never waits for an iteration that needs the others).
+    Disabled (``enabled`` False) or off the main thread, the request is never made.
+    """
+    request = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def note(signum: int, frame: object) -> None:
+        if request.made:
+            _deliver(signum, previous[signal.Signals(signum)])
+        request.signum = signum
+
+    for sig, handler in previous.items():
+        if callable(handler):
+            signal.signal(sig, note)
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
 
 
 def stage_checkpoint_bytes(stage: Stage, optimizer: str) -> int:

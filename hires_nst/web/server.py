@@ -98,15 +98,17 @@ def render_state(work_dir: Path) -> dict[str, Any]:
 
 
 def _eta(schedule: list[list[int]], rows: list[dict[str, str]], stage: int) -> float | None:
-    """Seconds left, at the rate of the current stage's last iterations (the same sum as the logs)."""
+    """Seconds left, from the last iterations of the stage before and of the current one (the same
+    cost model as the logs)."""
     left = WorkLeft([tuple(s) for s in schedule])  # type: ignore[misc]
-    recent = [r for r in rows if int(r["stage"]) == stage][-50:]
     eta = None
-    previous = int(recent[0]["iteration"]) - 1 if recent else 0
-    for row in recent:
-        iteration = int(row["iteration"])
-        eta = left.step(stage, iteration, schedule[stage][2], float(row["seconds"]), iteration - previous)
-        previous = iteration
+    for measured in (stage - 1, stage):
+        recent = [r for r in rows if int(r["stage"]) == measured][-50:]
+        previous = int(recent[0]["iteration"]) - 1 if recent else 0
+        for row in recent:
+            iteration = int(row["iteration"])
+            eta = left.step(measured, iteration, schedule[measured][2], float(row["seconds"]), iteration - previous)
+            previous = iteration
     return eta
 
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,7 @@ from hires_nst.cli.main import app
 from hires_nst.config.settings import SECTIONS, RenderConfig, flag_of
 from hires_nst.engine.render import RenderJob, RenderResult
 from hires_nst.errors import InputError, Interrupted
+from tests.helpers.paths import CONTENT, ROOT, STYLE
 from tests.helpers.synthetic import write_image
 
 runner = CliRunner()
@@ -218,17 +225,23 @@ def test_debug_lets_the_exception_and_its_traceback_through(tmp_path: Path, inpu
     assert "error:" not in result.stderr
 
 
-def test_interrupted_render_is_one_line_with_exit_130(monkeypatch: pytest.MonkeyPatch,
-                                                      inputs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_interrupted_render_says_what_it_kept_then_the_resume_command_with_exit_130(
+        monkeypatch: pytest.MonkeyPatch, inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    seen: list[RenderJob] = []
+
     def interrupted(job: RenderJob, sink: object = None) -> RenderResult:
-        raise Interrupted("interrupted during stage 2/3; run the same command with --resume to continue")
+        seen.append(job)
+        raise Interrupted("interrupted during stage 2/3; stage 2 at iteration 57/300 kept in /w; the image so far: "
+                          "/o.partial.png", "interrupted during stage 2/3", f"to continue, run: {job.resume_command}")
 
     monkeypatch.setattr(hires_nst.engine.render, "render", interrupted)
     result = runner.invoke(app, ["render", str(inputs[0]), str(inputs[1]), "-o", str(tmp_path / "o.png")])
 
     assert result.exit_code == 130
-    [line] = result.stderr.splitlines()
-    assert "--resume" in line
+    said, advice = result.stderr.splitlines()
+    assert said == ("interrupted during stage 2/3; stage 2 at iteration 57/300 kept in /w; the image so far: "
+                    "/o.partial.png")  # "interrupted" once
+    assert advice == f"to continue, run: {seen[0].resume_command}" and advice.endswith(" --resume")
 
 
 def test_engine_bug_is_one_internal_error_line_with_exit_70(monkeypatch: pytest.MonkeyPatch,
@@ -273,3 +286,45 @@ def test_tiny_render_writes_the_image_and_its_settings(tmp_path: Path, inputs: t
     # The work dir lies beside the output (absolute, so that --resume finds it from any folder).
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.png", "out.png.json", "out.png.trace.csv",
                                                             "out.png.work"]
+
+
+def test_sigterm_saves_the_iteration_it_stopped_at_and_the_printed_command_resumes_from_there(
+        tmp_path: Path) -> None:
+    work, output = tmp_path / "work", tmp_path / "out.png"
+    command = [str(CONTENT), str(STYLE), "-o", str(output), "--max-size", "64", "--min-size", "32",
+               "--iterations", "100,2", "--tolerance", "0", "--optimizer", "adam",
+               "--work-dir", str(work), "--quiet"]
+    python = [sys.executable, "-m", "hires_nst"]
+    process = subprocess.Popen([*python, "render", *command], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 300
+        while _trace_rows(work) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # as a scheduler would
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    said, advice = stderr.strip().splitlines()
+    record = json.loads((work / "stage-0.partial.json").read_text())
+    stopped = record["iteration"]
+    assert stopped >= 3 and stopped == _trace_rows(work)  # the last iteration reported is the one saved
+    assert said == (f"interrupted during stage 1/2; stage 1 at iteration {stopped}/100 kept in {work}; the image so "
+                    f"far: {tmp_path / 'out.partial.png'} (stage 1/2, 32x24, iteration {stopped}/100)")
+    assert advice.startswith("to continue, run: hires-nst render ") and advice.endswith(" --resume")
+
+    resume = shlex.split(advice.removeprefix("to continue, run: "))[1:]  # without the installed script's name
+    finished = subprocess.run([*python, *resume], stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert finished.returncode == 0, finished.stderr
+    rows = [row.split(",")[:4] for row in (tmp_path / "out.png.trace.csv").read_text().splitlines()[1:]]
+    assert [(int(r[0]), int(r[3])) for r in rows] == [(0, i) for i in range(1, 101)] + [(1, i) for i in range(1, 3)]
+    assert output.is_file() and not (tmp_path / "out.partial.png").exists()
+
+
+def _trace_rows(work: Path) -> int:
+    try:
+        return len((work / "trace.csv").read_text().splitlines()) - 1
+    except OSError:
+        return 0

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from hires_nst.cli.progress import BatchDisplay, ProgressDisplay
-from hires_nst.events import JobStarted, Planned, PlannedStage, StageStarted, Step
+from hires_nst.events import JobStarted, Planned, PlannedStage, StageFinished, StageStarted, Step
 
 LOSSES = {"total": 1.0, "content": 0.5, "style": 0.05, "tv": 0.0}
 PLAN = Planned((PlannedStage(1000, 1000, 100, 0), PlannedStage(2000, 1000, 50, 0)), "cpu", "original")
@@ -26,15 +26,26 @@ def test_the_overall_bar_counts_every_iteration_of_a_sparse_report() -> None:
     assert (overall.completed, overall.total) == (10.0, 200.0)  # megapixel-iterations: 1 MP x 10 of 100 + 2 x 50
 
 
-def test_a_resumed_render_leaves_the_reused_work_out_of_the_overall_bar() -> None:
+def test_a_resumed_render_counts_the_reused_work_as_done_in_the_overall_bar() -> None:
     display = ProgressDisplay(Console(file=io.StringIO()))
     display(PLAN)
     display(StageStarted(1, 2, 2000, 1000, 50, done=20))  # stage 1 reused, stage 2 saved at iteration 20
+    overall = task(display.progress, display.overall)
+    assert (overall.completed, overall.total) == (140.0, 200.0)  # 1 MP x 100, then 2 MP x 20 of 50
     display(Step(1, 30, 50, LOSSES, 0.1, covered=10))
     overall = task(display.progress, display.overall)
-    assert (overall.completed, overall.total) == (20.0, 60.0)  # 30 iterations of 2 MP are left, 10 done
+    assert (overall.completed, overall.total) == (160.0, 200.0)  # 80%: as far as the work is, not this run
     stage = task(display.progress, display.stage_task)
     assert (stage.completed, stage.total) == (30, 50)
+
+
+def test_a_stage_that_converged_early_counts_whole_in_the_overall_bar() -> None:
+    display = ProgressDisplay(Console(file=io.StringIO()))
+    display(PLAN)
+    display(StageStarted(0, 2, 1000, 1000, 100))
+    display(Step(0, 40, 100, LOSSES, 0.1, covered=40))
+    display(StageFinished(0, 1000, 1000, 4.0, LOSSES, iterations=40))
+    assert task(display.progress, display.overall).completed == 100.0
 
 
 def test_the_batch_bar_of_a_resumed_job_reaches_its_end() -> None:
@@ -44,7 +55,7 @@ def test_the_batch_bar_of_a_resumed_job_reaches_its_end() -> None:
     display(StageStarted(1, 2, 2000, 1000, 50, done=40))
     display(Step(1, 50, 50, LOSSES, 0.1, covered=10))
     bar = task(display.progress, display.task)
-    assert bar.completed == bar.total == 20.0
+    assert bar.completed == bar.total == 200.0
 
 
 def test_the_printed_plan_shows_each_stages_tiles_estimated_peak_and_budget() -> None:

@@ -149,13 +149,14 @@ def test_the_render_writes_and_hands_on_the_average_and_reports_its_loss(tmp_pat
 def test_a_resumed_averaged_stage_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
     settings = {"output": {"save_every": 2}, "pyramid": {"iterations": [3, 6, 1]}, "device": {"precision": "fp32"},
                 "optim": {"optimizer": "adam", "average_iterates": 0.7}}
-    with pytest.raises(Interrupted, match="stage 2 at iteration 4/6 kept"):
+    with pytest.raises(Interrupted, match="stage 2 at iteration 5/6 kept"):  # Ctrl-C saves where it stopped
         render(job(tmp_path, **settings), interrupt_at(1, 5))
     work = tmp_path / "work"
-    saved = torch.load(work / "stage-1.partial-4.pt", weights_only=True)
+    saved = torch.load(work / "stage-1.partial-5.pt", weights_only=True)
     assert set(averaging.KEYS) <= set(saved)
     average = saved[averaging.SUM] / saved[averaging.WEIGHT]
     assert np.abs(images.load_image(work / "current.png") - images.to_array(average)).max() <= 1 / 255
+    assert np.abs(images.load_image(tmp_path / "out.partial.png") - images.to_array(average)).max() <= 1 / 255
     assert not torch.allclose(average, saved["image"], atol=1e-3)  # current.png shows the average, not the iterate
     resumed = render(RenderJob(**{**job(tmp_path, **settings).__dict__, "resume": True}))
     uninterrupted = render(job(tmp_path / "again", **settings))

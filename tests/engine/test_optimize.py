@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from hires_nst.config.settings import DEFAULT_LR, OPTIMIZERS, resolve
-from hires_nst.engine.optimize import PIXEL_SCALED, Stepper, make_optimizer, optimize_with_state
+from hires_nst.engine.optimize import PIXEL_SCALED, Stepper, Stopped, make_optimizer, optimize_with_state
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.errors import ConfigError
 from hires_nst.events import StageFinished, Step
@@ -119,3 +121,81 @@ def test_adamw_returns_its_moments_for_a_warm_start_like_adam() -> None:
     _, state = optimize_with_state(torch.rand(1, 3, 4, 4), _constant_gradient(0.1), optimizer="sgd", lr=0.01,
                                    iterations=2)
     assert state == {}
+
+
+def _quadratic(target: torch.Tensor):
+    """|image - target|^2 with its gradient: every step moves the image and Adam's moments."""
+    def objective(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        image.grad = 2 * (image.detach() - target)
+        total = ((image.detach() - target) ** 2).sum()
+        zero = torch.zeros(())
+        return {"total": total, "content": total, "style": zero, "tv": zero}
+    return objective
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_ctrl_c_in_a_report_stops_with_that_iterations_state_and_going_on_from_it_ends_the_same(
+        optimizer: str) -> None:
+    start, target = torch.full((1, 3, 4, 4), 0.5), torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    settings = {"optimizer": optimizer, "lr": 0.05, "iterations": 8}
+
+    def stop_at_five(iteration: int, values: dict, seconds: float, image: torch.Tensor) -> None:
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Stopped) as stopped:
+        optimize_with_state(start, _quadratic(target), on_step=stop_at_five, **settings)
+    assert stopped.value.iteration == 5
+    saved: list[tuple[torch.Tensor, dict]] = []
+    optimize_with_state(start, _quadratic(target), on_state=lambda i, image, state: saved.append((image, state)),
+                        **{**settings, "iterations": 5})
+    image, state = saved[-1]  # what an uninterrupted run holds after 5 iterations
+    torch.testing.assert_close(stopped.value.image, image, rtol=0, atol=0)
+    assert stopped.value.state.keys() == state.keys()
+    for key, value in state.items():
+        torch.testing.assert_close(stopped.value.state[key], value, rtol=0, atol=0)
+
+    resumed, _ = optimize_with_state(stopped.value.image, _quadratic(target), warm_state=stopped.value.state, done=5,
+                                     **settings)
+    whole, _ = optimize_with_state(start, _quadratic(target), **settings)
+    if optimizer == "adam":  # its whole state was kept: the same steps follow
+        torch.testing.assert_close(resumed, whole, rtol=0, atol=0)
+    else:  # our L-BFGS rebuilds its history after the break (not saved): still at the minimum's side
+        assert float(((resumed - target) ** 2).sum()) <= float(((stopped.value.image - target) ** 2).sum())
+
+
+def test_a_ctrl_c_in_the_middle_of_a_step_is_not_taken_for_a_whole_iteration() -> None:
+    calls = 0
+
+    def objective(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # inside the third step: Adam's state is not that of any whole iteration
+            raise KeyboardInterrupt
+        return _constant_gradient(0.1)(image)
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        optimize_with_state(torch.rand(1, 3, 4, 4), objective, optimizer="adam", lr=0.01, iterations=5)
+    assert not isinstance(stopped.value, Stopped)
+
+
+def test_sigint_ends_the_loop_after_the_iteration_in_progress_reported_and_saved() -> None:
+    calls = 0
+
+    def objective(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        if calls == 6:  # Ctrl-C during the sixth step (Adam evaluates once a step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return _constant_gradient(0.1)(image)
+
+    reported: list[int] = []
+    saved: list[int] = []
+    with pytest.raises(Stopped) as stopped:
+        optimize_with_state(torch.rand(1, 3, 4, 4), objective, optimizer="adam", lr=0.01, iterations=20,
+                            sync_every=4, on_step=lambda i, values, seconds, image: reported.append(i),
+                            on_state=lambda i, image, state: saved.append(i), stop_on_signal=True)
+    # Reports come every 4 iterations; the one in progress when Ctrl-C came is finished, reported
+    # and handed to the saver too, then the loop stops.
+    assert (stopped.value.iteration, reported, saved, calls) == (6, [4, 6], [4, 6], 6)
+    assert int(stopped.value.state["step"]) == 6

@@ -173,12 +173,13 @@ def test_progress_saves_keep_one_complete_file_and_a_failed_save_lets_the_render
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_a_resume_goes_on_from_the_saved_progress_of_the_interrupted_stage(tmp_path: Path, optimizer: str) -> None:
     settings = {"output": {"save_every": 2}, "pyramid": {"iterations": [3, 6, 1]}, "optim": {"optimizer": optimizer}}
-    with pytest.raises(Interrupted, match=r"during stage 2/3; 1 finished stage\(s\) and stage 2 at iteration 4/6 kept"):
+    # Stopped at iteration 5, between the saves of 4 and 6: iteration 5 is saved as it stops.
+    with pytest.raises(Interrupted, match=r"during stage 2/3; 1 finished stage\(s\) and stage 2 at iteration 5/6 kept"):
         render(job(tmp_path, **settings), interrupt_at(1, 5))
     events = []
     resumed = render(RenderJob(**{**job(tmp_path, **settings).__dict__, "resume": True}), events.append)
-    assert "resuming stage 2 at iteration 4 of 6" in [getattr(e, "text", "") for e in events]
-    assert [(e.stage, e.iteration) for e in events if isinstance(e, Step)] == [(1, 5), (1, 6), (2, 1)]
+    assert "resuming stage 2 at iteration 5 of 6" in [getattr(e, "text", "") for e in events]
+    assert [(e.stage, e.iteration) for e in events if isinstance(e, Step)] == [(1, 6), (2, 1)]
     assert not list((tmp_path / "work").glob("*partial*"))
     trace = (tmp_path / "work" / "trace.csv").read_text().splitlines()[1:]
     assert [tuple(row.split(",")[i] for i in (0, 3)) for row in trace] == [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from hires_nst.config.settings import resolve
@@ -26,4 +28,12 @@ def interrupt_at(stage: int, iteration: int):
     def sink(event) -> None:
         if isinstance(event, Step) and event.stage == stage and event.iteration == iteration:
             raise KeyboardInterrupt
+    return sink
+
+
+def press_ctrl_c_at(stage: int, iteration: int):
+    """A sink that presses Ctrl-C (a real SIGINT to this process) when ``stage`` reports ``iteration``."""
+    def sink(event) -> None:
+        if isinstance(event, Step) and event.stage == stage and event.iteration == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
     return sink

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from hires_nst.batch.job import JobLog, _tee
@@ -107,3 +108,34 @@ def test_a_job_reads_the_same_in_the_batch_log_and_on_the_terminal() -> None:
     assert [line.split(" ", 1)[1] for line in lines] == ["[1/2] harbour on cuda:0", "harbour: failed in 3.0s: boom"]
     assert [line.strip() for line in out.getvalue().splitlines()] == ["[1/2] harbour on cuda:0",
                                                                       "harbour: failed in 3.0s: boom"]
+
+
+def _report_stage(left: WorkLeft, stage: int, seconds: float) -> float | None:
+    """Every iteration of ``stage`` reported at ``seconds`` each; the time left after the last."""
+    iterations = left.iterations[stage]
+    return [left.step(stage, i, iterations, seconds, 1) for i in range(1, iterations + 1)][-1]
+
+
+def test_the_time_left_after_two_stages_prices_the_third_by_a_fitted_fixed_and_per_pixel_cost() -> None:
+    def cost(side: int) -> float:  # seconds per iteration: 2 s fixed + 1e-5 s per pixel (synthetic)
+        return 2.0 + 1e-5 * side * side
+
+    left = WorkLeft([(256, 256, 100), (512, 512, 100), (1024, 1024, 50)])
+    proportional = _report_stage(left, 0, cost(256))
+    assert proportional == pytest.approx(cost(256) * (4 * 100 + 16 * 50))  # one stage measured: pixels x iterations
+    _report_stage(left, 1, cost(512))
+    left.step(1, 99, 100, cost(512), 1)  # stage 2 not finished yet
+    predicted = left.seconds_left(1, 99)
+    truth = 1 * cost(512) + 50 * cost(1024)
+    assert predicted is not None and abs(predicted - truth) <= 0.3 * truth
+    assert predicted == pytest.approx(truth, rel=1e-6)  # a line through two exact rates is exact
+    # pixels x iterations from stage 2's rate alone would be 48% over:
+    assert (cost(512) + 50 * 4 * cost(512)) / truth > 1.45
+
+
+def test_a_cost_that_does_not_grow_with_the_pixels_is_taken_as_flat_not_falling() -> None:
+    left = WorkLeft([(100, 100, 10), (200, 200, 10), (400, 400, 10)])
+    _report_stage(left, 0, 1.0)  # the first stage slowed by warm-up
+    _report_stage(left, 1, 0.5)
+    assert left.cost() == (0.5, 0.0)
+    assert left.seconds_left(1, 10) == 10 * 0.5
