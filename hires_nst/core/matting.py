@@ -25,6 +25,7 @@ mu mean(v)`` cancels in float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +80,7 @@ def matting_guide(content: Tensor, epsilon: float = PAPER_EPSILON, radius: int =
     area = (2 * radius + 1) ** 2
     mean = _box_mean(wide, radius)  # (3, h, w)
     products = _box_mean((wide.unsqueeze(0) * wide.unsqueeze(1)).flatten(0, 1), radius)  # (9, h, w)
-    cov = products.unflatten(0, (3, 3)) - mean.unsqueeze(0) * mean.unsqueeze(1)  # (3, 3, h, w)
+    cov = products.reshape(3, 3, *products.shape[1:]) - mean.unsqueeze(0) * mean.unsqueeze(1)  # (3, 3, h, w)
     eye = torch.eye(3, dtype=COMPUTE_DTYPE, device=image.device)
     regularised = cov.permute(2, 3, 0, 1) + (epsilon / area) * eye  # (h, w, 3, 3)
     inverse = torch.linalg.inv(regularised).permute(2, 3, 0, 1)
@@ -94,13 +95,15 @@ def _apply_strip(guide: MattingGuide, v: Tensor) -> Tensor:
     v = v.to(COMPUTE_DTYPE)
     channels = v.shape[0]
     v_mean = _box_mean(v, r)  # (C, h', w')
-    iv_mean = _box_mean((image.unsqueeze(1) * v.unsqueeze(0)).flatten(0, 1), r).unflatten(0, (3, channels))
+    iv_mean = _box_mean((image.unsqueeze(1) * v.unsqueeze(0)).flatten(0, 1), r)
+    iv_mean = iv_mean.reshape(3, channels, *iv_mean.shape[1:])  # (3, C, h', w'): mean_k(I_m v_c)
     cov = iv_mean - mean.unsqueeze(1) * v_mean.unsqueeze(0)  # (3, C, h', w'): cov_k(I_m, v_c)
     a = (inverse.unsqueeze(2) * cov.unsqueeze(0)).sum(1)  # (3, C, h', w'): D_k cov_k
     b = v_mean - (a * mean.unsqueeze(1)).sum(0)  # (C, h', w')
-    a_sum = _window_sum(a.flatten(0, 1), r).unflatten(0, (3, channels))  # (3, C, h, w)
-    counts = _window_sum(torch.ones_like(v_mean[:1]), r)  # (1, h, w)
-    return counts * v - (image.unsqueeze(1) * a_sum).sum(0) - _window_sum(b, r)
+    a_sum = _window_sum(a.flatten(0, 1), r).reshape(3, channels, *v.shape[1:])  # (3, C, h, w)
+    counts = _window_sum(torch.ones_like(v_mean[:1]), r)  # (1, h, w): n_i
+    lv: Tensor = counts * v - (image.unsqueeze(1) * a_sum).sum(0) - _window_sum(b, r)
+    return lv
 
 
 def apply(guide: MattingGuide, v: Tensor, band_pixels: int = BAND_PIXELS) -> Tensor:
@@ -139,13 +142,13 @@ class _Regulariser(torch.autograd.Function):
     forward found already (L is symmetric), so an autograd objective pays one ``L v``."""
 
     @staticmethod
-    def forward(ctx, image: Tensor, guide: MattingGuide) -> Tensor:
+    def forward(ctx: Any, image: Tensor, guide: MattingGuide) -> Tensor:
         value, grad = quadratic_and_gradient(guide, image)
         ctx.save_for_backward(grad)
         return value
 
     @staticmethod
-    def backward(ctx, upstream: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor, None]:
         (grad,) = ctx.saved_tensors
         return grad * upstream.to(grad.dtype), None
 
