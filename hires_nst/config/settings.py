@@ -95,6 +95,13 @@ class LossConfig:
                                  panel=STYLE, metavar="off|luminance|match")
     mask: str = option("--mask", "A mask image of the photo (resized to it): one region per colour, each styled as a "
                        "--region COLOUR=STYLE says.", "", panel=STYLE, metavar="FILE")
+    photo: bool = option("--photo", "Photorealistic transfer (Luan et al. 2017; docs/photo.md): the style photo's "
+                         "colours and light, the photo's lines kept straight, no brush texture. Fills in the "
+                         "settings of PHOTO_MODE (e.g. --photo-weight) that no preset or flag gives.", False,
+                         panel=STYLE)
+    photo_weight: float = option("--photo-weight", "Weight of the photorealism regulariser: the Matting Laplacian of "
+                                 "the photo (3x3 windows, eps 1e-7), per pixel; 0: off.", 0.0,
+                                 panel=STYLE, metavar="W", shown="0; --photo: 1000")
     region: tuple[str, ...] = option("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
                                      "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
                                      "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
@@ -287,6 +294,9 @@ class RenderConfig:
 
 SECTIONS: dict[str, type] = get_type_hints(RenderConfig)
 
+# What --photo (loss.photo) sets where no layer set it: docs/photo.md gives the measurements.
+PHOTO_MODE: dict[str, dict[str, Any]] = {"loss": {"photo_weight": 1000.0}}
+
 
 def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
     """Merge ``(source, {section: {key: value}})`` layers in order, later ones winning."""
@@ -299,6 +309,10 @@ def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
                 raise ConfigError(f"{source}: [{section}] must be a table of settings")
             for key, value in values.items():
                 merged[section][key] = _coerce(section, key, value, source)
+    if merged["loss"].get("photo"):
+        for section, values in PHOTO_MODE.items():
+            for key, value in values.items():
+                merged[section].setdefault(key, value)
     _default_layers(merged)
     config = RenderConfig(**{name: cls(**merged[name]) for name, cls in SECTIONS.items()})
     validate(config)
@@ -471,7 +485,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _check_loss_numbers(loss: LossConfig) -> None:
-    for key in ("content_weight", "style_weight", "tv_weight"):
+    for key in ("content_weight", "style_weight", "tv_weight", "photo_weight"):
         if not 0 <= getattr(loss, key) <= MAX_LOSS_WEIGHT:
             raise _fail("loss", key, f"must be >= 0 and at most {MAX_LOSS_WEIGHT:g}", getattr(loss, key))
     blend = loss.style_blend

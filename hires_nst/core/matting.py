@@ -35,7 +35,7 @@ from torch import Tensor
 PAPER_EPSILON = 1e-7
 PAPER_RADIUS = 1
 COMPUTE_DTYPE = torch.float64
-BAND_PIXELS = 1 << 20  # pixels per band of ``apply``: ~100 MB of float64 buffers at a time
+BAND_PIXELS = 1 << 18  # pixels per band of ``apply``: ~25 MB of float64 buffers at a time (measured fastest)
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,19 @@ def _box_mean(x: Tensor, radius: int) -> Tensor:
 
 def _window_sum(x: Tensor, radius: int) -> Tensor:
     """For each pixel, the sum of ``x`` over the windows that hold it: the adjoint of a box sum.
-    (C, H - 2r, W - 2r) -> (C, H, W)."""
+    (C, H - 2r, W - 2r) -> (C, H, W). (A box mean over the zero-padded map: in float64 on a CPU
+    about 5x faster than the equal ``conv_transpose2d`` with a kernel of ones.)"""
     side = 2 * radius + 1
-    ones = x.new_ones((x.shape[0], 1, side, side))
-    return F.conv_transpose2d(x.unsqueeze(0), ones, groups=x.shape[0]).squeeze(0)
+    padded = F.pad(x.unsqueeze(0), (2 * radius,) * 4)
+    return F.avg_pool2d(padded, side, stride=1).squeeze(0).mul_(side * side)
+
+
+def _window_counts(height: int, width: int, radius: int, like: Tensor) -> Tensor:
+    """``n_i``, how many windows wholly inside an ``height`` x ``width`` image hold each pixel: (1, H, W)."""
+    def along(n: int) -> Tensor:
+        return _window_sum(like.new_ones((1, 1, n - 2 * radius)), radius)[0, radius]
+
+    return (along(height).unsqueeze(1) * along(width).unsqueeze(0)).unsqueeze(0)
 
 
 def matting_guide(content: Tensor, epsilon: float = PAPER_EPSILON, radius: int = PAPER_RADIUS) -> MattingGuide:
@@ -87,22 +96,38 @@ def matting_guide(content: Tensor, epsilon: float = PAPER_EPSILON, radius: int =
     return MattingGuide(image, mean.to(image.dtype), inverse.to(image.dtype).contiguous(), radius)
 
 
-def _apply_strip(guide: MattingGuide, v: Tensor) -> Tensor:
-    """``L v`` for one strip whose guide holds exactly its windows; (C, h, w) -> (C, h, w), float64."""
-    r = guide.radius
-    image = guide.image.to(COMPUTE_DTYPE)  # (3, h, w)
-    mean, inverse = guide.mean.to(COMPUTE_DTYPE), guide.inverse.to(COMPUTE_DTYPE)
-    v = v.to(COMPUTE_DTYPE)
-    channels = v.shape[0]
-    v_mean = _box_mean(v, r)  # (C, h', w')
-    iv_mean = _box_mean((image.unsqueeze(1) * v.unsqueeze(0)).flatten(0, 1), r)
-    iv_mean = iv_mean.reshape(3, channels, *iv_mean.shape[1:])  # (3, C, h', w'): mean_k(I_m v_c)
-    cov = iv_mean - mean.unsqueeze(1) * v_mean.unsqueeze(0)  # (3, C, h', w'): cov_k(I_m, v_c)
-    a = (inverse.unsqueeze(2) * cov.unsqueeze(0)).sum(1)  # (3, C, h', w'): D_k cov_k
-    b = v_mean - (a * mean.unsqueeze(1)).sum(0)  # (C, h', w')
-    a_sum = _window_sum(a.flatten(0, 1), r).reshape(3, channels, *v.shape[1:])  # (3, C, h, w)
-    counts = _window_sum(torch.ones_like(v_mean[:1]), r)  # (1, h, w): n_i
-    lv: Tensor = counts * v - (image.unsqueeze(1) * a_sum).sum(0) - _window_sum(b, r)
+def _apply_strip(guide: MattingGuide, v: Tensor, dtype: torch.dtype = COMPUTE_DTYPE) -> Tensor:
+    """``L v`` for one strip whose guide holds exactly its windows; (C, h, w) -> (C, h, w) in ``dtype``.
+
+    Written as in-place multiply-adds over the three colours (``m``, ``n``), each broadcast over the
+    C channels of ``v``: a CPU spends this term's time moving memory, not multiplying.
+    """
+    r, channels = guide.radius, v.shape[0]
+    image, mean, inverse = guide.image.to(dtype), guide.mean.to(dtype), guide.inverse.to(dtype)
+    v = v.to(dtype)
+    # mean_k(v_c) and mean_k(I_m v_c), one box filter: (C + 3C, h', w')
+    products = v.new_empty((4 * channels, *v.shape[1:]))
+    products[:channels] = v
+    for m in range(3):
+        torch.mul(image[m], v, out=products[(m + 1) * channels:(m + 2) * channels])
+    means = _box_mean(products, r)
+    v_mean, cov = means[:channels], means[channels:].view(3, channels, *means.shape[1:])
+    for m in range(3):
+        cov[m].addcmul_(mean[m], v_mean, value=-1)  # cov_k(I_m, v_c)
+    # a_k = D_k cov_k (3, C) and b_k = mean_k(v) - a_k^T mu_k (C), side by side: (3C + C, h', w')
+    coefficients = v_mean.new_empty((4 * channels, *v_mean.shape[1:]))
+    a, b = coefficients[:3 * channels].view(3, channels, *v_mean.shape[1:]), coefficients[3 * channels:]
+    b.copy_(v_mean)
+    for m in range(3):
+        torch.mul(inverse[m, 0], cov[0], out=a[m])
+        a[m].addcmul_(inverse[m, 1], cov[1]).addcmul_(inverse[m, 2], cov[2])
+        b.addcmul_(mean[m], a[m], value=-1)
+    # Summed over the windows that hold each pixel, one adjoint box filter: (3C + C, h, w)
+    sums = _window_sum(coefficients, r)
+    lv = _window_counts(v.shape[1], v.shape[2], r, v) * v - sums[3 * channels:]
+    a_sum = sums[:3 * channels].view(3, channels, *v.shape[1:])
+    for m in range(3):
+        lv.addcmul_(image[m], a_sum[m], value=-1)
     return lv
 
 
