@@ -26,6 +26,7 @@ from hires_nst.config.catalog import (
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STYLE_LAYERS,
     OPTIMIZERS,
+    PHOTO_SMOOTHING,
     POOLINGS,
     PRECISIONS,
     STYLE_LOSSES,
@@ -102,6 +103,9 @@ class LossConfig:
     photo_weight: float = option("--photo-weight", "Weight of the photorealism regulariser: the Matting Laplacian of "
                                  "the photo (3x3 windows, eps 1e-7), per pixel; 0: off.", 0.0,
                                  panel=STYLE, metavar="W", shown="0; --photo: 1000")
+    photo_smooth: str = option("--photo-smooth", "A last pass over the output at full size, guided by the photo: off, "
+                               "guided (a guided filter) or affinity (closed-form Matting Laplacian smoothing).", "off",
+                               panel=STYLE, metavar="off|guided|affinity")
     region: tuple[str, ...] = option("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
                                      "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
                                      "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
@@ -505,6 +509,8 @@ def validate(config: RenderConfig) -> None:
     if any(part not in STYLE_LOSSES for part in stage_parts(loss.style_loss)):
         raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)} (or one per stage, e.g. "
                     "gram/w2)", loss.style_loss)
+    if loss.photo_smooth not in PHOTO_SMOOTHING:
+        raise _fail("loss", "photo_smooth", f"must be one of {', '.join(PHOTO_SMOOTHING)}", loss.photo_smooth)
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
     _validate_regions(config)

@@ -182,3 +182,57 @@ def regulariser(guide: MattingGuide, image: Tensor) -> Tensor:
     """``sum_c v_c^T L v_c / N`` for an (1, 3, H, W) image, differentiable."""
     value: Tensor = _Regulariser.apply(image, guide)
     return value
+
+
+def guided_filter(guide_image: Tensor, v: Tensor, radius: int = 8, epsilon: float = 1e-4) -> Tensor:
+    """He et al.'s colour guided filter of ``v`` (C, H, W) by ``guide_image`` (3, H, W): each
+    window's least-squares affine map of the guide's colours to ``v`` (ridge ``epsilon``), averaged
+    over the windows that hold each pixel. It is the same box-filter algebra as ``apply``:
+    ``q = v - (L v) / n`` for the Laplacian with ``eps = epsilon * |w|`` (windows wholly inside
+    the image, so a border pixel averages fewer of them)."""
+    area = (2 * radius + 1) ** 2
+    guide = matting_guide(guide_image, epsilon * area, radius)
+    counts = _window_counts(v.shape[-2], v.shape[-1], radius, v.to(COMPUTE_DTYPE))
+    return (v.to(COMPUTE_DTYPE) - apply(guide, v).to(COMPUTE_DTYPE) / counts).to(v.dtype)
+
+
+def affinity_smooth(guide: MattingGuide, v: Tensor, strength: float = 1.0, iterations: int = 60,
+                    tolerance: float = 1e-4) -> Tensor:
+    """The closed-form photorealistic smoothing of ``v`` (C, H, W): ``argmin_x |x - v|^2 + strength
+    x^T L x``, i.e. ``(I + strength L) x = v`` (Li et al. 2018 solve the same kind of system with
+    the matting affinity), by conjugate gradients with ``apply``: each iteration one ``L x``.
+    Stops when the residual falls under ``tolerance`` of ``|v|``."""
+    target = v.to(COMPUTE_DTYPE)
+    x = target.clone()
+    residual = target - (x + strength * apply(guide, x))
+    direction = residual.clone()
+    rr = (residual * residual).sum()
+    stop = (tolerance * target.norm()) ** 2
+    for _ in range(iterations):
+        if rr <= stop:
+            break
+        product = direction + strength * apply(guide, direction)
+        step = rr / (direction * product).sum()
+        x.add_(step * direction)
+        residual.sub_(step * product)
+        rr_next = (residual * residual).sum()
+        direction = residual + (rr_next / rr) * direction
+        rr = rr_next
+    return x.to(v.dtype)
+
+
+# --photo-smooth: the settings measured in docs/photo.md ("The last pass").
+GUIDED = {"radius": 4, "epsilon": 1e-3}
+AFFINITY = {"strength": 1.0, "iterations": 30}
+
+
+def smooth(image: Tensor, photo: Tensor, method: str) -> Tensor:
+    """Photo mode's optional last pass over ``image`` (1, 3, H, W) guided by ``photo`` (the same
+    shape): ``guided`` (``guided_filter``) or ``affinity`` (``affinity_smooth``), clipped to [0, 1]."""
+    if method == "guided":
+        out = guided_filter(photo[0], image[0], int(GUIDED["radius"]), GUIDED["epsilon"])
+    elif method == "affinity":
+        out = affinity_smooth(matting_guide(photo), image[0], AFFINITY["strength"], int(AFFINITY["iterations"]))
+    else:
+        raise ValueError(f"unknown smoothing {method!r}: guided or affinity")
+    return out.clamp_(0.0, 1.0).unsqueeze(0)

@@ -76,3 +76,23 @@ def test_a_float32_guide_and_image_give_the_float64_regulariser_closely() -> Non
     assert value.dtype == grad.dtype == torch.float32
     torch.testing.assert_close(value.double(), exact, rtol=1e-4, atol=0)
     torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-3, atol=1e-3 * exact_grad.abs().max().item())
+
+
+def test_the_guided_filter_keeps_an_affine_function_of_the_guide_and_smooths_noise() -> None:
+    image = random_image(24, 20)
+    affine = torch.einsum("cm,mhw->chw", torch.tensor([[0.5, 0.2, 0.1], [0.0, 1.0, 0.0], [0.3, 0.3, 0.3]],
+                                                       dtype=F64), image) + 0.1
+    torch.testing.assert_close(matting.guided_filter(image, affine, radius=2, epsilon=1e-9), affine, rtol=0, atol=1e-5)
+    noise = random_image(24, 20, seed=7)
+    smoothed = matting.guided_filter(image, noise, radius=2, epsilon=1.0)  # a large ridge: close to a box blur
+    assert smoothed.std() < 0.6 * noise.std() and smoothed.shape == noise.shape
+
+
+def test_affinity_smoothing_solves_identity_plus_strength_times_l() -> None:
+    image, v = random_image(16, 16), random_image(16, 16, seed=8)
+    guide = matting.matting_guide(image, epsilon=1e-3)
+    x = matting.affinity_smooth(guide, v, strength=0.5, iterations=500, tolerance=1e-12)
+    dense = sparse_matting_laplacian(image, 1e-3).to_dense()
+    expected = torch.linalg.solve(torch.eye(256, dtype=F64) + 0.5 * dense, v.reshape(3, -1).T).T.reshape(v.shape)
+    torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-8)
+    assert float((x - v).abs().max()) > 1e-2  # it did smooth
