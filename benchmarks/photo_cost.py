@@ -2,15 +2,16 @@
 
 Usage: python benchmarks/photo_cost.py [--content ../shared/images/tubingen.jpg]
            [--style ../shared/images/hoovertowernight.jpg] [--max-size 2048] [--iterations 4,3,2,2,2]
-           [--out /tmp/photo-cost] [--skip-renders]
+           [--out /tmp/photo-cost] [--repeats 3] [--skip-renders]
 
-1. Two renders with the same small fixed iteration caps (a full render is ~40 minutes on the dev
-   CPU; the regulariser's cost is per evaluation, so the ratio carries to full iteration counts),
-   painting first, then ``--photo``; prints each one's seconds, evaluations and the ratio.
-2. Per evaluation at the last stage's size: the regulariser's value and gradient
-   (``matting.quadratic_and_gradient``, the per-stage guide once) against one loss-and-gradient
-   evaluation of the network (the stage's objective as the render cuts it), each the median of a
-   few runs, and their ratio.
+1. Renders with the same small fixed iteration caps (a full render is ~40 minutes on the dev CPU;
+   the regulariser's cost is per evaluation, so the ratio carries to full iteration counts), in
+   the order painting, photo, photo, painting (ABBA: a machine whose load drifts during the run
+   weighs on both modes alike); prints each one's seconds and the ratio of the sums.
+2. Per evaluation at the last stage's size, interleaved: one loss-and-gradient evaluation of the
+   stage's objective in painting mode, then in photo mode, ``--repeats`` times (medians and the
+   median of the paired ratios); and the regulariser alone (``matting.quadratic_and_gradient``)
+   and its per-stage guide.
 
 Timings are whatever this machine gives: name its CPU (and its load) when quoting them.
 """
@@ -18,6 +19,7 @@ Timings are whatever this machine gives: name its CPU (and its load) when quotin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import time
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hires_nst.config.schedule import fit_long_side
+from hires_nst.config.schedule import Stage, fit_long_side
 from hires_nst.config.settings import resolve
 from hires_nst.core import matting
 from hires_nst.engine.objective import make_targets
@@ -66,28 +68,37 @@ def median_seconds(run, repeats: int) -> float:
 
 
 def per_evaluation(content: Path, style: Path, max_size: int, repeats: int) -> None:
-    """The regulariser's value and gradient against one network evaluation, at ``max_size``."""
+    """Painting-mode and photo-mode evaluations of the stage objective at ``max_size``, interleaved;
+    the regulariser alone."""
     config = resolve(("benchmark", {"loss": {"photo": True}, "pyramid": {"max_size": max_size}}))
     photo = images.load_image(content)
     width, height = fit_long_side(photo.shape[1], photo.shape[0], max_size)
     placement = make_placement(config, ranks.single(torch.device("cpu")))
     image = images.to_tensor(images.resize(photo, width, height))
-    painting = images.to_tensor(images.resize(images.load_image(style), *fit_long_side(
-        *images.load_image(style).shape[1::-1], max_size)))
+    painting = images.load_image(style)
+    painting_t = images.to_tensor(images.resize(painting, *fit_long_side(painting.shape[1], painting.shape[0],
+                                                                         max_size)))
     began = time.perf_counter()
     guide = matting.matting_guide(image)
     print(f"guide at {width}x{height}: {time.perf_counter() - began:.2f} s (once per stage)")
     regulariser = median_seconds(lambda: matting.quadratic_and_gradient(guide, image), repeats)
-    from hires_nst.config.schedule import Stage
-
-    stage = Stage(0, width, height, 1)
-    plan = tiling_rules(config, placement).plan(stage)
-    weights = loss_weights(config)
-    targets = make_targets(placement.extractor, image, [painting], [], weights, placement.precision, plan.grid)
-    objective = make_objective(placement.extractor, targets, weights, plan.tiles, placement.precision)
-    network = median_seconds(lambda: objective(image.clone()), max(1, repeats // 2))
-    print(f"per evaluation at {width}x{height} ({len(plan.tiles)} window(s)): regulariser {regulariser:.2f} s, "
-          f"whole photo-mode evaluation {network:.2f} s: the regulariser is {regulariser / network:.1%} of it")
+    plan = tiling_rules(config, placement).plan(Stage(0, width, height, 1))
+    objectives = {}
+    for mode, weight in (("painting", 0.0), ("photo", loss_weights(config).photo)):
+        weights = dataclasses.replace(loss_weights(config), photo=weight)
+        targets = make_targets(placement.extractor, image, [painting_t], [], weights, placement.precision, plan.grid)
+        objectives[mode] = make_objective(placement.extractor, targets, weights, plan.tiles, placement.precision)
+    seconds: dict[str, list[float]] = {"painting": [], "photo": []}
+    for _ in range(repeats):
+        for mode, objective in objectives.items():
+            began = time.perf_counter()
+            objective(image.clone())
+            seconds[mode].append(time.perf_counter() - began)
+    ratios = [b / a for a, b in zip(seconds["painting"], seconds["photo"], strict=True)]
+    print(f"per evaluation at {width}x{height} ({len(plan.tiles)} window(s)), {repeats} interleaved pairs: painting "
+          f"{statistics.median(seconds['painting']):.2f} s, photo {statistics.median(seconds['photo']):.2f} s, "
+          f"photo / painting {statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); "
+          f"the regulariser alone {regulariser:.2f} s")
 
 
 def main() -> None:
@@ -104,16 +115,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     iterations = [int(n) for n in args.iterations.split(",")]
     if not args.skip_renders:
-        seconds = {}
-        for mode, loss in (("painting", {}), ("photo", {"photo": True})):
-            shutil.rmtree(out / f"work-{mode}", ignore_errors=True)  # never resume an earlier run
+        seconds = {"painting": 0.0, "photo": 0.0}
+        for run, mode in enumerate(("painting", "photo", "photo", "painting")):
+            loss = {"photo": True} if mode == "photo" else {}
+            work = out / f"work-{run}"
+            shutil.rmtree(work, ignore_errors=True)  # never resume an earlier run
             settings = {"pyramid": {"max_size": args.max_size, "iterations": iterations}, "loss": loss,
-                        "optim": {"tolerance": 0.0}, "output": {"work_dir": str(out / f"work-{mode}")}}
-            total, steps, stages = timed_render(content, style, out / f"{mode}.png", settings)
-            seconds[mode] = total
+                        "optim": {"tolerance": 0.0}, "output": {"work_dir": str(work)}}
+            total, steps, stages = timed_render(content, style, out / f"{mode}-{run}.png", settings)
+            seconds[mode] += total
             print(f"{mode}: {total:.1f} s, {steps} iterations reported, stages "
                   + ", ".join(f"{s:.1f}" for s in stages) + " s", flush=True)
-        print(f"photo / painting: {seconds['photo'] / seconds['painting']:.3f}", flush=True)
+        print(f"photo / painting (ABBA sums): {seconds['photo'] / seconds['painting']:.3f}", flush=True)
     per_evaluation(content, style, args.max_size, args.repeats)
 
 

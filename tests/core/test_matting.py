@@ -96,3 +96,15 @@ def test_affinity_smoothing_solves_identity_plus_strength_times_l() -> None:
     expected = torch.linalg.solve(torch.eye(256, dtype=F64) + 0.5 * dense, v.reshape(3, -1).T).T.reshape(v.shape)
     torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-8)
     assert float((x - v).abs().max()) > 1e-2  # it did smooth
+
+
+def test_the_last_pass_keeps_the_photo_itself_and_clips_to_the_unit_range() -> None:
+    photo = random_image(20, 24).float().unsqueeze(0)
+    for method in ("guided", "affinity"):
+        kept = matting.smooth(photo, photo, method)
+        assert kept.shape == photo.shape and 0 <= kept.min() and kept.max() <= 1
+        assert float((kept - photo).abs().mean()) < 0.05, method  # the photo is its own affine map
+        noisy = (photo + 0.3 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+        assert float((matting.smooth(noisy, photo, method) - photo).abs().mean()) < float((noisy - photo).abs().mean())
+    with pytest.raises(ValueError, match="guided or affinity"):
+        matting.smooth(photo, photo, "blur")
