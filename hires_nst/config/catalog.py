@@ -15,6 +15,7 @@ from hires_nst.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STYLE_LOSSES = ("gram", "w2")
 COLOR_MODES = ("off", "luminance", "match")  # --preserve-color (core/color.py)
+PHOTO_SMOOTHING = ("off", "guided", "affinity")  # --photo-smooth (core/matting.py: smooth)
 # --optimizer: the names config validates, optimize builds (make_optimizer) and memmodel sizes, in
 # --help's order (config's list and optimize's used to differ in it).
 OPTIMIZERS = ("lbfgs", "adam", "adamw", "sgd", "adagrad", "adadelta", "rmsprop", "lbfgs-torch")

@@ -26,6 +26,7 @@ from hires_nst.config.catalog import (
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STYLE_LAYERS,
     OPTIMIZERS,
+    PHOTO_SMOOTHING,
     POOLINGS,
     PRECISIONS,
     STYLE_LOSSES,
@@ -96,6 +97,16 @@ class LossConfig:
                                  panel=STYLE, metavar="off|luminance|match")
     mask: str = option("--mask", "A mask image of the photo (resized to it): one region per colour, each styled as a "
                        "--region COLOUR=STYLE says.", "", panel=STYLE, metavar="FILE")
+    photo: bool = option("--photo", "Photorealistic transfer (Luan et al. 2017; docs/photo.md): the style photo's "
+                         "colours and light, the photo's lines kept straight, no brush texture. Fills in the "
+                         "settings of PHOTO_MODE (e.g. --photo-weight) that no preset or flag gives.", False,
+                         panel=STYLE)
+    photo_weight: float = option("--photo-weight", "Weight of the photorealism regulariser: the Matting Laplacian of "
+                                 "the photo (3x3 windows, eps 1e-7), per pixel; 0: off.", 0.0,
+                                 panel=STYLE, metavar="W", shown="0; --photo: 1000")
+    photo_smooth: str = option("--photo-smooth", "A last pass over the output at full size, guided by the photo: off, "
+                               "guided (a guided filter) or affinity (closed-form Matting Laplacian smoothing).", "off",
+                               panel=STYLE, metavar="off|guided|affinity")
     region: tuple[str, ...] = option("--region", "Where each style goes (repeat it): COLOUR=STYLE[:WEIGHT] with --mask "
                                      "(COLOUR a name, #rrggbb or grey level), or MASK.png:STYLE[:WEIGHT] with one "
                                      "grey-level mask per region; STYLE a PAINTING (its name or number) or photo to "
@@ -288,6 +299,9 @@ class RenderConfig:
 
 SECTIONS: dict[str, type] = get_type_hints(RenderConfig)
 
+# What --photo (loss.photo) sets where no layer set it: docs/photo.md gives the measurements.
+PHOTO_MODE: dict[str, dict[str, Any]] = {"loss": {"photo_weight": 1000.0}}
+
 
 def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
     """Merge ``(source, {section: {key: value}})`` layers in order, later ones winning."""
@@ -304,6 +318,10 @@ def resolve(*layers: tuple[str, Mapping[str, Any]]) -> RenderConfig:
             for key, value in values.items():
                 merged[section][key] = _coerce(section, key, value, source)
                 set_by[section, key] = index
+    if merged["loss"].get("photo"):
+        for section, values in PHOTO_MODE.items():
+            for key, value in values.items():
+                merged[section].setdefault(key, value)
     _adapt_first_stage(merged["pyramid"], set_by)
     _default_layers(merged)
     config = RenderConfig(**{name: cls(**merged[name]) for name, cls in SECTIONS.items()})
@@ -502,7 +520,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _check_loss_numbers(loss: LossConfig) -> None:
-    for key in ("content_weight", "style_weight", "tv_weight"):
+    for key in ("content_weight", "style_weight", "tv_weight", "photo_weight"):
         if not 0 <= getattr(loss, key) <= MAX_LOSS_WEIGHT:
             raise _fail("loss", key, f"must be >= 0 and at most {MAX_LOSS_WEIGHT:g}", getattr(loss, key))
     blend = loss.style_blend
@@ -522,6 +540,8 @@ def validate(config: RenderConfig) -> None:
     if any(part not in STYLE_LOSSES for part in stage_parts(loss.style_loss)):
         raise _fail("loss", "style_loss", f"must be one of {', '.join(STYLE_LOSSES)} (or one per stage, e.g. "
                     "gram/w2)", loss.style_loss)
+    if loss.photo_smooth not in PHOTO_SMOOTHING:
+        raise _fail("loss", "photo_smooth", f"must be one of {', '.join(PHOTO_SMOOTHING)}", loss.photo_smooth)
     if loss.preserve_color not in COLOR_MODES:
         raise _fail("loss", "preserve_color", f"must be one of {', '.join(COLOR_MODES)}", loss.preserve_color)
     _validate_regions(config)

@@ -14,7 +14,7 @@ Every rank holds the whole image and steps the same optimiser on it; each comput
    untiled. Otherwise each tile runs again with grad (``TiledObjective.gradient``);
 4. the bands' gradients (bounds-sized, zero-padded to the largest) all-gathered and added into the
    image gradient in rank order, so every rank gets the same bits; TV is image-sized and cheap, so
-   every rank adds it itself.
+   every rank adds it itself, and so the photo-mode regulariser (``objective.photo_term``).
 
 An all-gather of bounds moves ``(N - 1)`` bands per rank, about ``(N - 1) / N`` of the image plus
 halos; an all-reduce of the whole image gradient would move ``2 (N - 1) / N`` of it.
@@ -32,7 +32,7 @@ from torch import Tensor
 from hires_nst.config.catalog import POOLS_BEFORE
 from hires_nst.core.bands import BandPlan, band_tiles
 from hires_nst.core.tiles import Rect
-from hires_nst.engine.objective import LossTerms, Statistics, Targets, Weights, add_window, loss_terms
+from hires_nst.engine.objective import LossTerms, Statistics, Targets, Weights, add_window, loss_terms, photo_term
 from hires_nst.engine.tiling import StyleFactor, TiledObjective, style_once, tv_gradient
 from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.runtime.placement import Precision
@@ -168,17 +168,18 @@ class BandObjective:
         """Loss terms, with d(total)/d(image) written to ``image.grad``; the same on every rank."""
         crop, kept = self._crop(image), None
         factors: dict[str, StyleFactor] = {}
+        photo, photo_grad = photo_term(self.targets, self.weights, image)  # whole, on every rank, like TV
         if self.one_window:
             with torch.enable_grad():
                 leaf = crop.clone().requires_grad_(True)
                 stats = self._global(self._with_graph(leaf), image.device)
-                terms = loss_terms(stats, self.targets, self.weights, image.detach())
+                terms = loss_terms(stats, self.targets, self.weights, image.detach(), photo=photo)
             kept = (leaf, terms["total"])
         else:  # the style term and its factors from one evaluation, before any fp16 retry of pass 2
             local = self.local.statistics(crop) if self.local else Statistics()
             stats = self._global(local, image.device)
             style, factors = style_once(stats, self.targets, self.weights)
-            terms = loss_terms(stats, self.targets, self.weights, image.detach(), style)
+            terms = loss_terms(stats, self.targets, self.weights, image.detach(), style, photo)
 
         def backward(scale: float) -> Tensor:  # the gathered gradient: an overflow shows on every rank
             with torch.enable_grad():
@@ -188,6 +189,8 @@ class BandObjective:
         grad = self.loss_scale.run(backward)
         if self.weights.tv > 0:
             grad += tv_gradient(image, self.weights.tv)
+        if photo_grad is not None:
+            grad += photo_grad
         image.grad = grad
         return {k: v.detach() for k, v in terms.items()}
 

@@ -22,14 +22,14 @@ from torch import Tensor
 
 from hires_nst.config.catalog import POOLS_BEFORE, alias
 from hires_nst.config.settings import LossConfig
-from hires_nst.core import losses
+from hires_nst.core import losses, matting
 from hires_nst.core.guides import RegionGuide, guided_feature_sum, guided_gram_sum, layer_guides
 from hires_nst.core.tiles import Tile, TileGrid
 from hires_nst.errors import ConfigError
 from hires_nst.model.backbones import FeatureExtractor
 from hires_nst.runtime.placement import FP32, Precision
 
-LossTerms = dict[str, Tensor]  # total, content, style, tv: detached 0-d tensors
+LossTerms = dict[str, Tensor]  # total, content, style, tv (and photo, when weighted): detached 0-d tensors
 
 
 def config_style_loss() -> str:
@@ -50,6 +50,7 @@ class Weights:
     style_layers: dict[str, float]
     # gram (Gatys et al.) or w2 (losses.w2_distance); STYLE_LOSSES. Not given: the config's default.
     style_loss: str = field(default_factory=config_style_loss)
+    photo: float = 0.0  # photo mode's Matting Laplacian regulariser (core/matting.py); 0: off
 
     def __post_init__(self) -> None:
         # The extractor names its outputs convB_C; the config accepts reluB_C for the same tensor
@@ -65,12 +66,12 @@ class Weights:
 
     @classmethod
     def equal_layers(cls, content: float, style: float, tv: float, content_layers: Sequence[str],
-                     style_layers: Sequence[str], style_loss: str | None = None) -> Weights:
+                     style_layers: Sequence[str], style_loss: str | None = None, photo: float = 0.0) -> Weights:
         # Canonical names first, so 'relu1_1' and 'conv1_1' count as the one layer they are.
         content_names = dict.fromkeys(alias(n) for n in content_layers)
         style_names = dict.fromkeys(alias(n) for n in style_layers)
         return cls(content, style, tv, losses.normalised_weights({n: 1.0 for n in content_names}),
-                   losses.normalised_weights({n: 1.0 for n in style_names}), style_loss or config_style_loss())
+                   losses.normalised_weights({n: 1.0 for n in style_names}), style_loss or config_style_loss(), photo)
 
 
 def _canonical_keys(layer_weights: dict[str, float]) -> dict[str, float]:
@@ -95,6 +96,8 @@ class Targets:
     # ``style_norms`` (R,), and each style layer has its guide and its regions' shares of the term.
     guides: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (R, h, w) guide at its resolution
     region_scale: dict[str, Tensor] = field(default_factory=dict)  # style layer -> (R,) weight x area share
+    # Photo mode: the content's Matting Laplacian, whole (every rank and tiling applies it to the whole image).
+    matting: matting.MattingGuide | None = None
 
 
 @dataclass
@@ -200,13 +203,16 @@ def _add(sums: dict[str, Tensor], name: str, part: Tensor) -> None:
 
 
 def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Tensor,
-               style: Tensor | None = None) -> LossTerms:
+               style: Tensor | None = None, photo: Tensor | None = None) -> LossTerms:
     """The loss terms of every objective, from the statistics of the whole image (pass 1).
 
     Content: each layer's relative squared error; style: ``style_loss`` (w2 by default, the squared
     Wasserstein-2 distance of Gaussian fits, or gram, the relative Gram error); ``image`` gives the TV term.
     ``style``: the style term when the caller has it already (``tiling.style_factors`` computes
     it with its derivatives; the w2 term's square roots are the evaluation's dearest part).
+    Photo mode (``weights.photo``): the Matting Laplacian regulariser of ``image``
+    (``matting.regulariser``), or ``photo`` when the caller computed it with its gradient
+    (``photo_term``); only then is there a ``photo`` term.
     """
     t, w = targets, weights
     zero = image.new_zeros((), dtype=torch.promote_types(image.dtype, torch.float32))
@@ -214,7 +220,21 @@ def loss_terms(stats: Statistics, targets: Targets, weights: Weights, image: Ten
                    for n, lw in w.content_layers.items() if n in t.content), zero)
     style = style_loss(stats, targets, weights, zero) if style is None else style
     tv = losses.tv_loss(image) if w.tv > 0 else zero
-    return combine(w, content, style, tv)
+    if w.photo > 0 and photo is None:
+        assert t.matting is not None
+        photo = matting.regulariser(t.matting, image)
+    return combine(w, content, style, tv, photo)
+
+
+def photo_term(targets: Targets, weights: Weights, image: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Photo mode's regulariser (before ``weights.photo``) and ``d(weights.photo * it)/d(image)``,
+    from one ``L v`` on the whole image; (None, None) when off. Image-sized and O(N) like TV, so
+    tiled and shared objectives compute it whole, on every rank: exact by construction."""
+    if weights.photo <= 0:
+        return None, None
+    assert targets.matting is not None
+    value, grad = matting.quadratic_and_gradient(targets.matting, image.detach())
+    return value, grad.float().mul_(weights.photo)
 
 
 def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tensor) -> Tensor:
@@ -247,9 +267,12 @@ def style_loss(stats: Statistics, targets: Targets, weights: Weights, zero: Tens
     return total
 
 
-def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor) -> LossTerms:
+def combine(weights: Weights, content: Tensor, style: Tensor, tv: Tensor, photo: Tensor | None = None) -> LossTerms:
     total = weights.content * content + weights.style * style + weights.tv * tv
-    return {"total": total, "content": content, "style": style, "tv": tv}
+    if photo is None:
+        return {"total": total, "content": content, "style": style, "tv": tv}
+    photo = photo.to(total.dtype)
+    return {"total": total + weights.photo * photo, "content": content, "style": style, "tv": tv, "photo": photo}
 
 
 def require_tileable(extractor: FeatureExtractor, windows: int) -> None:
@@ -302,6 +325,8 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
     With ``regions`` there is no blend: region ``r`` is pulled towards the Grams of
     ``styles[regions.styles[r]]``, within its guide.
 
+    Photo mode (``weights.photo``): the content's Matting Laplacian guide, at the stage's size.
+
     Under the same ``precision`` as the optimisation, so that a perfect match scores zero. With a
     ``grid`` every image is cut like the stage (its own windows): a stage's content and style
     images are as large as the image optimised, so their targets must not need more memory either.
@@ -333,9 +358,10 @@ def make_targets(extractor: FeatureExtractor, content: Tensor | None, styles: Se
         guides = layer_guides(regions.guide, list(weights.style_layers))
         region_weights = torch.tensor(regions.weights, dtype=torch.float32, device=regions.guide.device)
         scale = {n: region_weights * g.sum(dim=(-2, -1)) / max(1, g.shape[-2] * g.shape[-1]) for n, g in guides.items()}
+    guide = matting.matting_guide(content.float()) if content is not None and weights.photo > 0 else None
     return Targets(content_feats, style_grams,
                    {n: t.square().sum() for n, t in content_feats.items()},
-                   {n: t.square().sum(dim=(-2, -1)) for n, t in style_grams.items()}, w2, guides, scale)
+                   {n: t.square().sum(dim=(-2, -1)) for n, t in style_grams.items()}, w2, guides, scale, guide)
 
 
 class Objective:

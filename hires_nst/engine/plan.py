@@ -112,14 +112,14 @@ def loss_weights(config: RenderConfig, stage: int = 0) -> Weights:
     style_loss = at_stage(loss.style_loss, stage)
     if layer_weights is None:
         return Weights.equal_layers(loss.content_weight, loss.style_weight, loss.tv_weight, loss.content_layers,
-                                    loss.style_layers, style_loss)
+                                    loss.style_layers, style_loss, loss.photo_weight)
     style: dict[str, float] = {}
     # a layer named twice (relu1_1, conv1_1) adds up
     for name, weight in zip(loss.style_layers, layer_weights, strict=True):
         style[alias(name)] = style.get(alias(name), 0.0) + weight
     content = losses.normalised_weights({alias(n): 1.0 for n in loss.content_layers})
     return Weights(loss.content_weight, loss.style_weight, loss.tv_weight, content, losses.normalised_weights(style),
-                   style_loss)
+                   style_loss, loss.photo_weight)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from hires_nst.config.catalog import alias
 from hires_nst.config.renderjob import RenderJob, RenderResult
 from hires_nst.config.schedule import Stage
 from hires_nst.config.settings import RenderConfig
-from hires_nst.core import color
+from hires_nst.core import color, matting
 from hires_nst.engine.bandplan import Spreader
 from hires_nst.engine.optimize import Stopped, shown
 from hires_nst.engine.outputs import (
@@ -326,6 +326,9 @@ def _image_so_far(workdir: WorkDir, schedule: list[Stage],
 
 
 def _final_image(image: torch.Tensor, inputs: Inputs, config: RenderConfig) -> np.ndarray:
+    if config.loss.photo_smooth != "off":  # photo mode's last pass, at full size on the device
+        photo = images.resize(inputs.content, image.shape[-1], image.shape[-2])
+        image = matting.smooth(image, images.to_tensor(photo).to(image.device), config.loss.photo_smooth)
     result = images.to_array(image)
     if config.loss.preserve_color == "luminance":
         result = color.with_chroma_of(result, images.resize(inputs.content, result.shape[1], result.shape[0]))

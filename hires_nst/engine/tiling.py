@@ -46,6 +46,7 @@ from hires_nst.engine.objective import (
     core_features,
     core_guide,
     loss_terms,
+    photo_term,
     require_tileable,
     style_loss,
 )
@@ -113,10 +114,13 @@ def evaluate(image: Tensor, stats: Statistics, targets: Targets, weights: Weight
     With fp16 an overflow repeats pass 2 only, at half the loss scale: pass 1 has no backward.
     """
     style, factors = style_once(stats, targets, weights)
-    terms = loss_terms(stats, targets, weights, image.detach(), style)
+    photo, photo_grad = photo_term(targets, weights, image)
+    terms = loss_terms(stats, targets, weights, image.detach(), style, photo)
     grad = loss_scale.run(lambda scale: backward(factors, scale))
     if weights.tv > 0:
         grad += tv_gradient(image, weights.tv)
+    if photo_grad is not None:
+        grad += photo_grad
     image.grad = grad
     return terms
 

@@ -117,7 +117,7 @@ def test_preset_mistakes_name_the_key_and_the_file(tmp_path: Path, text: str, ex
 
 
 def test_an_unknown_preset_name_lists_the_built_in_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'huge'; built-in presets: gatys, poster, preview"):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; built-in presets: gatys, photo, poster, preview"):
         load_preset("huge")
     with pytest.raises(ConfigError, match="unknown preset 'previw'; did you mean preview\\? built-in presets: "):
         load_preset("previw")

@@ -19,10 +19,10 @@ HALO, ALIGN = required_halo(CONTENT_LAYERS + STYLE_LAYERS), align_for(CONTENT_LA
 
 
 def setup_objective(pooling: str, width: int, height: int, content_layers=DEFAULT_CONTENT_LAYERS,
-                    style_layers=DEFAULT_STYLE_LAYERS, tv: float = 0.1, style_loss: str = "gram"):
+                    style_layers=DEFAULT_STYLE_LAYERS, tv: float = 0.1, style_loss: str = "gram", photo: float = 0.0):
     """Original weights, a seeded content image, two styles blended 0.7/0.3, a start image near the content."""
     weights = dataclasses.replace(Weights.equal_layers(1.0, 10.0, tv, content_layers, style_layers),
-                                  style_loss=style_loss)
+                                  style_loss=style_loss, photo=photo)
     extractor = VGGFeatures(load_weights("original"), tuple(content_layers) + tuple(style_layers), pooling)
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, height, width, generator=g)
@@ -32,11 +32,12 @@ def setup_objective(pooling: str, width: int, height: int, content_layers=DEFAUL
     return extractor, targets, weights, image
 
 
-def problem():
-    """A 96 x 64 problem on the shallow layers above, for bands over ranks: every rank builds the same."""
+def problem(photo: float = 0.0):
+    """A 96 x 64 problem on the shallow layers above, for bands over ranks: every rank builds the same
+    (``photo``: with photo mode's regulariser at that weight)."""
     extractor = VGGFeatures(load_weights("original"), CONTENT_LAYERS + STYLE_LAYERS)
     # The paper's loss by name: spawned ranks build this too, outside conftest's switch.
-    weights = Weights.equal_layers(1.0, 10.0, 0.1, CONTENT_LAYERS, STYLE_LAYERS, "gram")
+    weights = Weights.equal_layers(1.0, 10.0, 0.1, CONTENT_LAYERS, STYLE_LAYERS, "gram", photo)
     g = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, 64, 96, generator=g)
     styles = [torch.rand(1, 3, 48, 40, generator=g), torch.rand(1, 3, 32, 56, generator=g)]
