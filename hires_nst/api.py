@@ -227,7 +227,7 @@ def _settings_help(settings: list[Setting]) -> str:
         if setting.option.panel != panel:
             panel = setting.option.panel
             lines.append(f"\n    {panel}:")
-        default = setting.option.shown or repr(setting.default)
+        default = in_keyword_terms(setting.option.shown or "") or repr(setting.default)
         text = f"{setting.name}={default}: {in_keyword_terms(setting.option.help)}"
         lines.extend(textwrap.wrap(text, 104, initial_indent=" " * 8, subsequent_indent=" " * 12))
     return "\n".join(lines)
