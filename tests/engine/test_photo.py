@@ -98,3 +98,19 @@ def test_a_64px_photo_mode_render_keeps_the_photos_edges_better_than_painting_mo
     painting, photo = render_edges("painting"), render_edges("photo", photo=True)
     assert photo > painting + 0.1, (photo, painting)
     assert np.isfinite(painting) and painting < 0.9
+
+
+def test_the_last_pass_runs_through_a_render_and_brings_the_photos_edges_back(tmp_path: Path) -> None:
+    def render_photo(smooth: str) -> np.ndarray:
+        config = resolve(("test", {"pyramid": {"max_size": 48, "iterations": [15]},
+                                   "loss": {"style_loss": "w2", "photo": True, "photo_smooth": smooth},
+                                   "device": {"precision": "fp32"}, "output": {"work_dir": str(tmp_path / smooth)}}))
+        return images.load_image(render(RenderJob(CONTENT, (STYLE,), tmp_path / f"{smooth}.png", config)).output)
+
+    outputs = {smooth: render_photo(smooth) for smooth in ("off", "guided", "affinity")}
+    photo = images.resize(images.load_image(CONTENT), outputs["off"].shape[1], outputs["off"].shape[0])
+    edges = {smooth: edge_agreement(out, photo) for smooth, out in outputs.items()}
+    for smooth in ("guided", "affinity"):
+        assert outputs[smooth].shape == outputs["off"].shape
+        assert float(np.abs(outputs[smooth] - outputs["off"]).mean()) > 1e-3  # the pass ran on the output
+        assert edges[smooth] > edges["off"], edges  # guided by the photo: its edges come back
