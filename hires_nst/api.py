@@ -27,7 +27,7 @@ from PIL import Image
 from hires_nst.config.options import PANELS, Setting
 from hires_nst.config.presets import resolve_with_preset
 from hires_nst.config.settings import all_settings, named_layer
-from hires_nst.errors import ConfigError, HiresNSTError, InputError
+from hires_nst.errors import ConfigError, HiresNSTError, InputError, Interrupted
 from hires_nst.events import Event, null_sink, tee
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -56,9 +56,17 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *, pres
     """
     try:
         return _stylize(content, styles, preset, progress, callback, work_dir, resume, as_array, settings)
+    except Interrupted as exc:  # the command line's advice (a command with --resume) means nothing here
+        exc.advice = RESUME_ADVICE if work_dir is not None else NO_RESUME_ADVICE
+        exc.args = (f"{exc.said if work_dir is not None else 'interrupted'}; {exc.advice}",)
+        raise
     except HiresNSTError as exc:
         exc.args = (in_caller_terms(exc),)  # same error, traceback and fields: only the words change
         raise
+
+
+RESUME_ADVICE = "to continue, call stylize() again with the same arguments and resume=True"
+NO_RESUME_ADVICE = "nothing was kept (no work_dir=): give stylize() a work_dir to be able to go on after a stop"
 
 
 def _stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], preset: str | None, progress: bool,

@@ -21,7 +21,7 @@ from hires_nst import stylize
 from hires_nst.api import in_caller_terms
 from hires_nst.cli.main import app
 from hires_nst.config.settings import all_settings, resolve
-from hires_nst.errors import ConfigError, InputError
+from hires_nst.errors import ConfigError, InputError, Interrupted
 from hires_nst.events import Planned, Preview, StageFinished, Step
 from hires_nst.model.cache import extractors
 from tests.helpers.paths import EXAMPLES
@@ -230,3 +230,31 @@ def test_a_second_call_reuses_the_network_and_renders_the_same_image(monkeypatch
     assert np.array_equal(call(), first) and len(loads) == 2  # a network built afresh renders the same
     call(pooling="avg")  # another network: built, the other one kept
     assert len(loads) == 3 and len(extractors.keys()) == 2
+
+
+# --- a stop, in Python's terms ------------------------------------------------------------------------
+
+
+def _stop_at_the_third_step(event: object) -> None:
+    if isinstance(event, Step) and event.iteration == 3:
+        raise KeyboardInterrupt
+
+
+def test_a_stopped_call_with_a_work_dir_says_to_call_again_with_resume_and_that_call_goes_on(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    with pytest.raises(Interrupted) as stop:
+        stylize(_photo(), _photo(), max_size=32, iterations=6, work_dir=work, callback=_stop_at_the_third_step)
+    assert str(stop.value).endswith("; to continue, call stylize() again with the same arguments and resume=True")
+    assert "--resume" not in str(stop.value) and "hires-nst render" not in str(stop.value)
+
+    steps: list[int] = []
+    stylize(_photo(), _photo(), max_size=32, iterations=6, work_dir=work, resume=True,
+            callback=lambda e: steps.append(e.iteration) if isinstance(e, Step) else None)
+    assert steps and steps[0] == 4  # it goes on after the iteration it stopped at
+
+
+def test_a_stopped_call_without_a_work_dir_says_nothing_was_kept() -> None:
+    with pytest.raises(Interrupted) as stop:
+        stylize(_photo(), _photo(), max_size=32, iterations=6, callback=_stop_at_the_third_step)
+    assert str(stop.value) == ("interrupted; nothing was kept (no work_dir=): give stylize() a work_dir to be able "
+                               "to go on after a stop")
