@@ -77,7 +77,7 @@ class LossConfig:
     style_layers: tuple[str, ...] = option("--style-layers", "Style layers, e.g. conv1_1,conv2_1,conv3_1; the "
                                            "backbone's default if not given.", DEFAULT_STYLE_LAYERS,
                                            panel=EXPERIMENTS, metavar="LAYER[,...]", shown="backbone's")
-    # Defaults chosen by sweeps scored with the independent scorer (README, "The default render"):
+    # Defaults chosen by sweeps scored with the independent scorer (docs/default-render.md):
     # halving paints the painting's motifs (Starry Night's swirls) and keeps the photo's subject;
     # descending (issue 17's default) kept the subject but painted no motif, equal painted over it.
     style_layer_weights: str = option("--style-layer-weights", "Weights of the style layers: halving (each half the "
@@ -176,7 +176,7 @@ class DeviceConfig:
                          panel=DEVICES, metavar="DEVICE")
     devices: str = option("--devices", "Render on several devices, one process (rank) each: all (every CUDA "
                           "device) or a list such as cuda:0,cuda:1 or cpu,cpu (overrides --device); empty: the one "
-                          "--device. Several machines: torchrun (see the README).", "",
+                          "--device. Several machines: torchrun (see docs/performance.md).", "",
                           panel=DEVICES, metavar="all|DEVICE,...")
     precision: str = option("--precision", "Number format of the VGG passes: auto (bf16 where the device does it "
                             "natively, else fp32), fp32, bf16, or fp16 (CUDA only, with loss scaling). The image, "

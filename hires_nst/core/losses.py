@@ -1,6 +1,6 @@
 """The style-transfer losses as pure functions on tensors: content, two style losses, TV.
 
-Normalisation (our choice, documented in the README): every term is scale-free, so one set of
+Normalisation (our choice, documented in docs/method.md): every term is scale-free, so one set of
 default weights works across image sizes, across layers (conv1_1 responses are much smaller than
 conv5_1's) and across weight sources (Caffe 0..255 inputs vs torchvision's normalised ones). The
 paper's per-layer ``1 / (4 N^2 M^2)`` factors serve the same purpose for one network and one

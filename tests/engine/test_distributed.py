@@ -22,18 +22,17 @@ from typer.testing import CliRunner
 
 from hires_nst.cli.main import app
 from hires_nst.config.settings import resolve
-from hires_nst.core.bands import BandPlan, balanced_cuts, band_tiles, plan_bands
+from hires_nst.core.bands import balanced_cuts, band_tiles, plan_bands
 from hires_nst.core.tiles import Rect
 from hires_nst.engine.bandplan import Costs, Line, spread_pays
-from hires_nst.engine.distributed import BandObjective
 from hires_nst.engine.objective import Objective
 from hires_nst.engine.optimize import optimize_with_state
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.events import Message
 from hires_nst.io import images
 from hires_nst.runtime import ranks
-from hires_nst.runtime.placement import FP32, resolve_devices
-from tests.helpers.objectives import ALIGN, CONTENT_LAYERS, HALO, STYLE_LAYERS, problem
+from hires_nst.runtime.placement import resolve_devices
+from tests.helpers.objectives import CONTENT_LAYERS, STYLE_LAYERS, band_evaluations, problem
 from tests.helpers.paths import CONTENT, ROOT, STYLE
 
 CPU = torch.device("cpu")
@@ -144,14 +143,10 @@ def test_under_torchrun_devices_come_from_local_rank(monkeypatch: pytest.MonkeyP
 def evaluate_on_ranks(world: ranks.World) -> dict:
     """On every rank: one evaluation per band layout, then a few steps; what every rank ended with."""
     extractor, weights, targets, image = problem()
-    out: dict = {}
-    for name, tile in (("one window", None), ("tiled", 16)):
-        plan = BandPlan(tuple(plan_bands(96, 64, world.size, HALO, ALIGN)), tile, HALO, ALIGN)
-        objective = BandObjective(world, extractor, targets, weights, plan, 96, 64, FP32)
-        leaf = image.clone()
-        terms = objective(leaf)
-        out[name] = ({k: float(v) for k, v in terms.items()}, leaf.grad, objective.loss(image),
-                     objective.one_window)
+    evaluations = band_evaluations(world, extractor, weights, targets, image)
+    out: dict = {name: (terms, grad, loss, objective.one_window)
+                 for name, (terms, grad, loss, objective) in evaluations.items()}
+    objective = evaluations["tiled"][3]
     for optimizer, lr in (("lbfgs", 1.0), ("adam", 0.02)):
         stepped, _ = optimize_with_state(image, objective, optimizer=optimizer, lr=lr, iterations=4)
         out[optimizer] = ranks.all_gather(world, stepped)

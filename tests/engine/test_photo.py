@@ -11,16 +11,13 @@ import torch
 
 from hires_nst.config.settings import resolve
 from hires_nst.core import matting
-from hires_nst.core.bands import BandPlan, plan_bands
 from hires_nst.core.photoscore import edge_agreement
-from hires_nst.engine.distributed import BandObjective
 from hires_nst.engine.objective import Objective
 from hires_nst.engine.render import RenderJob, render
 from hires_nst.engine.tiling import TiledObjective, make_objective
 from hires_nst.io import images
 from hires_nst.runtime import ranks
-from hires_nst.runtime.placement import FP32
-from tests.helpers.objectives import ALIGN, CONTENT_LAYERS, HALO, STYLE_LAYERS, problem, setup_objective
+from tests.helpers.objectives import CONTENT_LAYERS, STYLE_LAYERS, band_evaluations, problem, setup_objective
 from tests.helpers.paths import CONTENT, STYLE
 from tests.helpers.synthetic import tiles_for
 
@@ -59,15 +56,8 @@ def test_tiled_photo_mode_loss_and_gradient_equal_the_untiled_ones() -> None:
 
 def photo_on_ranks(world: ranks.World) -> dict:
     """On every rank: one photo-mode evaluation per band layout (one window, 16 px tiles)."""
-    extractor, weights, targets, image = problem(photo=500.0)
-    out: dict = {}
-    for name, tile in (("one window", None), ("tiled", 16)):
-        plan = BandPlan(tuple(plan_bands(96, 64, world.size, HALO, ALIGN)), tile, HALO, ALIGN)
-        objective = BandObjective(world, extractor, targets, weights, plan, 96, 64, FP32)
-        leaf = image.clone()
-        terms = objective(leaf)
-        out[name] = ({k: float(v) for k, v in terms.items()}, leaf.grad, objective.loss(image))
-    return out
+    evaluations = band_evaluations(world, *problem(photo=500.0))
+    return {name: (terms, grad, loss) for name, (terms, grad, loss, _) in evaluations.items()}
 
 
 @pytest.mark.slow

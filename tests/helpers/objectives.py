@@ -8,10 +8,14 @@ import dataclasses
 import torch
 
 from hires_nst.config.catalog import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from hires_nst.core.bands import BandPlan, plan_bands
 from hires_nst.core.tiles import align_for, required_halo
+from hires_nst.engine.distributed import BandObjective
 from hires_nst.engine.objective import Weights, make_targets
 from hires_nst.model.features import VGGFeatures
 from hires_nst.model.weights import load_weights
+from hires_nst.runtime import ranks
+from hires_nst.runtime.placement import FP32
 
 # Shallow layers keep the halo at 12 px, so that the bands of a small image really are apart.
 CONTENT_LAYERS, STYLE_LAYERS = ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1")
@@ -44,3 +48,16 @@ def problem(photo: float = 0.0):
     targets = make_targets(extractor, content, styles, [0.7, 0.3], weights)
     image = (0.5 * content + 0.5 * torch.rand(1, 3, 64, 96, generator=g)).clamp(0, 1)
     return extractor, weights, targets, image
+
+
+def band_evaluations(world: ranks.World, extractor, weights, targets, image) -> dict:
+    """On every rank, one evaluation of ``problem()``'s objective per band layout ("one window", "tiled"
+    in 16 px tiles): layout -> (loss terms as floats, the gradient, ``loss`` alone, the objective)."""
+    out: dict = {}
+    for name, tile in (("one window", None), ("tiled", 16)):
+        plan = BandPlan(tuple(plan_bands(96, 64, world.size, HALO, ALIGN)), tile, HALO, ALIGN)
+        objective = BandObjective(world, extractor, targets, weights, plan, 96, 64, FP32)
+        leaf = image.clone()
+        terms = objective(leaf)
+        out[name] = ({k: float(v) for k, v in terms.items()}, leaf.grad, objective.loss(image), objective)
+    return out
